@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: formatting, lints, unit tests and the end-to-end tests against real
+# containerd, registry and FUSE. Installs what is missing first. Needs root (mounts, containerd).
+#
+#   sudo scripts/test.sh                 # everything
+#   sudo scripts/test.sh -E 'package(dragonfly-estargz)'   # extra args go to cargo nextest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build"
+cargo build --workspace --bins --locked
+export DRAGONFLY_SNAPSHOTTER_BIN="$PWD/target/debug/dragonfly-snapshotter"
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  # End-to-end tests each start a containerd, a registry and a daemon: two at a time on 2 cores.
+  cargo nextest run --workspace --locked --no-fail-fast --test-threads 2 "$@"
+else
+  cargo test --workspace --locked --no-fail-fast -- --test-threads 2 "$@"
+fi

@@ -1,0 +1,244 @@
+//! Daemon configuration: one YAML file, every key optional with a documented default.
+//!
+//! `config/snapshotter.yaml` in the repository is the annotated example; keep the two in step.
+//! The daemon starts with no file at all (`Config::default()`), which suits local use.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Top-level daemon configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Root directory of the daemon's state: `metadata.redb`, `snapshots/`, `cache/`.
+    pub root: PathBuf,
+    /// Unix socket containerd connects to (`[proxy_plugins.dragonfly] address`).
+    pub address: PathBuf,
+    /// Logging.
+    pub log: LogConfig,
+    /// Prometheus metrics endpoint.
+    pub metrics: MetricsConfig,
+    /// Lazy layers: prefetch and background fetch.
+    pub prefetch: PrefetchConfig,
+    /// FUSE mount settings of lazy layers.
+    pub fuse: FuseConfig,
+    /// Snapshot behaviour.
+    pub snapshot: SnapshotConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from("/var/lib/dragonfly-snapshotter"),
+            address: PathBuf::from("/run/dragonfly/snapshotter.sock"),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            prefetch: PrefetchConfig::default(),
+            fuse: FuseConfig::default(),
+            snapshot: SnapshotConfig::default(),
+        }
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `debug`, `dragonfly_snapshotter=debug,info`, ...
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Prometheus endpoint settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP server serving `/metrics`; `null` disables it.
+    pub address: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            address: Some(SocketAddr::from(([127, 0, 0, 1], 9250))),
+        }
+    }
+}
+
+/// Prefetch and background-fetch settings of lazy layers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrefetchConfig {
+    /// Fetch the files before the layer's `.prefetch.landmark` when the layer is mounted.
+    pub landmark: bool,
+    /// Longest time a container start waits for the landmark prefetch, in seconds.
+    pub wait_timeout_secs: u64,
+    /// Fetch the rest of every lazy layer's blob in the background at low priority.
+    pub background: bool,
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        PrefetchConfig {
+            landmark: true,
+            wait_timeout_secs: 10,
+            background: true,
+        }
+    }
+}
+
+/// FUSE settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FuseConfig {
+    /// Attribute and entry cache timeout handed to the kernel, in seconds. Layers are
+    /// immutable, so a long timeout is safe.
+    pub attr_timeout_secs: u64,
+    /// Threads answering FUSE requests that need no network (lookups, attributes, cached reads).
+    pub threads: usize,
+    /// Decompressed chunks kept in memory, shared by all lazy layers.
+    pub chunk_cache_entries: usize,
+}
+
+impl Default for FuseConfig {
+    fn default() -> Self {
+        FuseConfig {
+            attr_timeout_secs: 3600,
+            threads: 2,
+            chunk_cache_entries: 64,
+        }
+    }
+}
+
+/// Snapshot behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Serve eStargz / zstd:chunked layers lazily (otherwise containerd unpacks every layer).
+    pub lazy: bool,
+    /// Accept a lazy layer whose TOC digest is not given by a label (no verification of the TOC).
+    /// Off by default: an unverified TOC means unverified chunk digests.
+    pub allow_unverified_toc: bool,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            lazy: true,
+            allow_unverified_toc: false,
+        }
+    }
+}
+
+/// Failure to read the configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML is malformed or has unknown keys.
+    #[error("invalid config file {path}: {source} (see config/snapshotter.yaml for every key and its default)")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The YAML error.
+        source: serde_yaml_ng::Error,
+    },
+}
+
+impl Config {
+    /// Reads a YAML file; missing keys take their defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Parses YAML text; an empty document is the default configuration.
+    pub fn parse(text: &str) -> Result<Config, serde_yaml_ng::Error> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml_ng::from_str(text)
+    }
+
+    /// `<root>/metadata.redb`
+    pub fn metadata_path(&self) -> PathBuf {
+        self.root.join("metadata.redb")
+    }
+
+    /// `<root>/snapshots`
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    /// `<root>/cache`
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_document_is_default() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.root, PathBuf::from("/var/lib/dragonfly-snapshotter"));
+        assert!(c.prefetch.background);
+    }
+
+    #[test]
+    fn partial_document_keeps_other_defaults() {
+        let c = Config::parse("root: /tmp/x\nprefetch:\n  background: false\n").unwrap();
+        assert_eq!(c.root, PathBuf::from("/tmp/x"));
+        assert!(!c.prefetch.background);
+        assert!(c.prefetch.landmark);
+        assert_eq!(c.snapshots_dir(), PathBuf::from("/tmp/x/snapshots"));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_a_hint() {
+        let err = Config::parse("roots: /tmp/x\n").unwrap_err();
+        assert!(err.to_string().contains("roots"), "{err}");
+    }
+
+    #[test]
+    fn metrics_can_be_disabled() {
+        let c = Config::parse("metrics:\n  address: null\n").unwrap();
+        assert!(c.metrics.address.is_none());
+    }
+}

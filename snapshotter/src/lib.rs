@@ -1,0 +1,11 @@
+//! The Dragonfly-rs peer daemon: a containerd proxy snapshotter.
+//!
+//! Data flows one way: containerd → [`snapshot`] (snapshot semantics, metadata, gRPC) →
+//! [`layer`] (a lazy layer: labels → blob → TOC → FUSE mount) → [`fs`] (the FUSE filesystem of
+//! one layer, which asks for verified chunks) → the piece store (`dragonfly-storage`) → a
+//! source of byte ranges (the registry today, peers next). [`daemon`] wires them together.
+
+pub mod config;
+pub mod daemon;
+pub mod metrics;
+pub mod snapshot;

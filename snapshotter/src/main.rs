@@ -1,0 +1,68 @@
+//! `dragonfly-snapshotter`: the Dragonfly-rs peer daemon (containerd proxy snapshotter).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use dragonfly_snapshotter::config::{Config, LogFormat};
+
+/// containerd proxy snapshotter serving eStargz and zstd:chunked layers lazily.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// YAML configuration file (every key optional; see config/snapshotter.yaml).
+    #[arg(long, short = 'c', env = "DRAGONFLY_SNAPSHOTTER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides `root` from the config.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Overrides `address` (the unix socket containerd connects to).
+    #[arg(long)]
+    address: Option<PathBuf>,
+    /// Overrides `log.level` (a tracing filter such as `info` or `debug`).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(root) = args.root {
+        config.root = root;
+    }
+    if let Some(address) = args.address {
+        config.address = address;
+    }
+    if let Some(level) = args.log_level {
+        config.log.level = level;
+    }
+    init_tracing(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("dragonfly-worker")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(dragonfly_snapshotter::daemon::run(config))
+}
+
+fn init_tracing(config: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level).with_context(|| {
+        format!(
+            "invalid log.level {:?}: use a tracing filter such as `info`",
+            config.log.level
+        )
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}

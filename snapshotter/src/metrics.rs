@@ -1,0 +1,197 @@
+//! Prometheus metrics of the daemon and the `/metrics` HTTP endpoint.
+//!
+//! Counters that live in libraries (the piece store's byte counts) are read when scraped;
+//! everything else is recorded here by the module that does the work.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Called at scrape time to refresh gauges mirrored from other components.
+pub type Refresher = Box<dyn Fn(&Metrics) + Send + Sync>;
+
+/// All metrics of the daemon.
+pub struct Metrics {
+    registry: Registry,
+    /// Snapshot API calls by operation and result code.
+    pub snapshot_ops: IntCounterVec,
+    /// Bytes fetched from the registry (compressed blob bytes).
+    pub registry_fetch_bytes: IntCounter,
+    /// Registry range requests by result.
+    pub registry_fetches: IntCounterVec,
+    /// Latency of registry range requests.
+    pub registry_fetch_seconds: HistogramVec,
+    /// Bytes of blobs read from the local piece store instead of a source.
+    pub cache_hit_bytes: IntGauge,
+    /// Bytes of blobs fetched into the piece store from any source.
+    pub cache_fetched_bytes: IntGauge,
+    /// Bytes currently held by the piece store.
+    pub cache_usage_bytes: IntGauge,
+    /// FUSE reads answered, by result.
+    pub fuse_reads: IntCounterVec,
+    /// Bytes returned to FUSE reads.
+    pub fuse_read_bytes: IntCounter,
+    /// Latency of FUSE reads that needed chunk data.
+    pub fuse_read_seconds: HistogramVec,
+    /// Chunks that failed verification against their chunkDigest.
+    pub chunk_verify_failures: IntCounter,
+    /// Lazy layers currently mounted.
+    pub lazy_layers: IntGauge,
+    /// Lazy layer mount latency by result.
+    pub mount_seconds: HistogramVec,
+    refreshers: std::sync::Mutex<Vec<Refresher>>,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new_custom(Some("dragonfly_snapshotter".into()), None)
+            .expect("a valid metrics prefix");
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        Arc::new(Metrics {
+            snapshot_ops: counter_vec(
+                "snapshot_operations_total",
+                "Snapshot API calls by operation and result code.",
+                &["operation", "code"],
+            ),
+            registry_fetch_bytes: counter(
+                "registry_fetch_bytes_total",
+                "Compressed blob bytes fetched from registries.",
+            ),
+            registry_fetches: counter_vec(
+                "registry_fetches_total",
+                "Registry range requests by result.",
+                &["result"],
+            ),
+            registry_fetch_seconds: histogram(
+                "registry_fetch_seconds",
+                "Latency of registry range requests.",
+                &["result"],
+            ),
+            cache_hit_bytes: gauge(
+                "cache_hit_bytes",
+                "Blob bytes served from the local piece store without fetching.",
+            ),
+            cache_fetched_bytes: gauge(
+                "cache_fetched_bytes",
+                "Blob bytes fetched into the piece store from any source.",
+            ),
+            cache_usage_bytes: gauge(
+                "cache_usage_bytes",
+                "Bytes of blob pieces held by the piece store.",
+            ),
+            fuse_reads: counter_vec(
+                "fuse_reads_total",
+                "FUSE read requests on lazy layers by result.",
+                &["result"],
+            ),
+            fuse_read_bytes: counter("fuse_read_bytes_total", "Bytes returned to FUSE reads."),
+            fuse_read_seconds: histogram(
+                "fuse_read_seconds",
+                "Latency of FUSE reads on lazy layers.",
+                &["source"],
+            ),
+            chunk_verify_failures: counter(
+                "chunk_verify_failures_total",
+                "Chunks whose bytes did not match their chunkDigest.",
+            ),
+            lazy_layers: gauge("lazy_layers", "Lazy layers currently mounted."),
+            mount_seconds: histogram(
+                "lazy_mount_seconds",
+                "Time to mount a lazy layer (footer, TOC, FUSE).",
+                &["result"],
+            ),
+            registry,
+            refreshers: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Registers a function run before each scrape.
+    pub fn add_refresher(&self, f: Refresher) {
+        self.refreshers.lock().expect("not poisoned").push(f);
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        for f in self.refreshers.lock().expect("not poisoned").iter() {
+            f(self);
+        }
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+/// Serves `/metrics` on `addr` until the task is dropped.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    use axum::{routing::get, Router};
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move { m.render() }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_metrics_with_prefix() {
+        let m = Metrics::new();
+        m.snapshot_ops.with_label_values(&["prepare", "ok"]).inc();
+        m.add_refresher(Box::new(|m| m.cache_usage_bytes.set(42)));
+        let text = m.render();
+        assert!(text.contains("dragonfly_snapshotter_snapshot_operations_total{code=\"ok\",operation=\"prepare\"} 1"), "{text}");
+        assert!(
+            text.contains("dragonfly_snapshotter_cache_usage_bytes 42"),
+            "{text}"
+        );
+    }
+}
