@@ -1,0 +1,1 @@
+//! eStargz and zstd:chunked layer formats.
