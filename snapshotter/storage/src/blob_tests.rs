@@ -1,0 +1,340 @@
+//! Tests of fetching, single-flight, coalescing, persistence and verification.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::testutil::{bytes, MemSource};
+use crate::{PieceStore, Priority, StoreConfig, StoreError};
+
+const PL: u32 = 64 * 1024;
+
+fn config() -> StoreConfig {
+    StoreConfig {
+        capacity_bytes: 1 << 40,
+        piece_length: PL,
+        max_concurrent_fetches: 4,
+        max_fetch_bytes: 4 * u64::from(PL),
+    }
+}
+
+async fn store(dir: &std::path::Path) -> PieceStore {
+    PieceStore::open(dir, config()).await.unwrap()
+}
+
+#[tokio::test]
+async fn reads_fetch_only_the_pieces_they_need_then_hit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path()).await;
+    let data = bytes(10 * PL as usize + 123, 1);
+    let src = MemSource::new(data.clone());
+    let blob = s
+        .blob(&src.digest(), data.len() as u64, Arc::new(src.clone()))
+        .unwrap();
+
+    let r = 3 * PL as u64 + 10..4 * PL as u64 + 20;
+    let got = blob.read(r.clone(), Priority::OnDemand).await.unwrap();
+    assert_eq!(&got[..], &data[r.start as usize..r.end as usize]);
+    assert_eq!(src.requests(), vec![3 * PL as u64..5 * PL as u64]);
+    assert!(blob.has_range(r.clone()) && !blob.has_range(0..1));
+    assert_eq!(blob.fetched_bytes(), 2 * PL as u64);
+
+    let again = blob
+        .read(r.start + 5..r.end, Priority::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(&again[..], &data[r.start as usize + 5..r.end as usize]);
+    assert_eq!(
+        src.requests().len(),
+        1,
+        "second read must be served locally"
+    );
+    assert_eq!(s.stats().hit_bytes, r.end - r.start - 5);
+
+    // The short last piece.
+    let tail = data.len() as u64 - 50..data.len() as u64;
+    let got = blob.read(tail.clone(), Priority::OnDemand).await.unwrap();
+    assert_eq!(&got[..], &data[tail.start as usize..]);
+    assert_eq!(src.requests()[1], 10 * PL as u64..data.len() as u64);
+    assert_eq!(blob.fetched_bytes(), 2 * PL as u64 + 123);
+    assert_eq!(s.usage().bytes_on_disk, 2 * PL as u64 + 123);
+
+    // Empty and out-of-range reads.
+    assert!(blob
+        .read(5..5, Priority::OnDemand)
+        .await
+        .unwrap()
+        .is_empty());
+    let e = blob
+        .read(0..data.len() as u64 + 1, Priority::OnDemand)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::OutOfRange { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn concurrent_readers_share_one_request_and_adjacent_pieces_coalesce() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path()).await;
+    let data = bytes(16 * PL as usize, 2);
+    let src = MemSource::slow(data.clone(), Duration::from_millis(50));
+    let blob = s
+        .blob(&src.digest(), data.len() as u64, Arc::new(src.clone()))
+        .unwrap();
+
+    let mut readers = Vec::new();
+    for i in 0..8u64 {
+        let b = blob.clone();
+        readers.push(tokio::spawn(async move {
+            b.read(i * 100..2 * PL as u64 - i, Priority::OnDemand).await
+        }));
+    }
+    for r in readers {
+        r.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        src.requests(),
+        vec![0..2 * PL as u64],
+        "one request for all readers"
+    );
+
+    // Ten missing pieces, at most four per request.
+    blob.ensure(2 * PL as u64..12 * PL as u64, Priority::OnDemand)
+        .await
+        .unwrap();
+    let reqs = src.requests();
+    assert_eq!(
+        reqs[1..],
+        [
+            2 * PL as u64..6 * PL as u64,
+            6 * PL as u64..10 * PL as u64,
+            10 * PL as u64..12 * PL as u64
+        ]
+    );
+    assert!(src.max_in_flight.load(Ordering::SeqCst) <= 4);
+}
+
+#[tokio::test]
+async fn a_cancelled_reader_does_not_leave_a_half_fetched_piece() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path()).await;
+    let data = bytes(4 * PL as usize, 3);
+    let src = MemSource::slow(data.clone(), Duration::from_millis(100));
+    let blob = s
+        .blob(&src.digest(), data.len() as u64, Arc::new(src.clone()))
+        .unwrap();
+    let b = blob.clone();
+    let reader = tokio::spawn(async move { b.read(0..10, Priority::OnDemand).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    reader.abort();
+    // The fetch still completes and a later reader gets the bytes without a new request.
+    let got = blob.read(0..10, Priority::OnDemand).await.unwrap();
+    assert_eq!(&got[..], &data[..10]);
+    assert_eq!(src.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn source_errors_and_short_responses_are_reported_and_nothing_is_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path()).await;
+    let data = bytes(4 * PL as usize, 4);
+    let src = MemSource::new(data.clone());
+    let blob = s
+        .blob(&src.digest(), data.len() as u64, Arc::new(src.clone()))
+        .unwrap();
+
+    src.fail.store(true, Ordering::SeqCst);
+    let e = blob.read(0..10, Priority::OnDemand).await.unwrap_err();
+    assert!(
+        e.is_retryable() && e.to_string().contains("injected failure"),
+        "{e}"
+    );
+    assert_eq!(blob.fetched_bytes(), 0);
+
+    src.fail.store(false, Ordering::SeqCst);
+    src.short.store(true, Ordering::SeqCst);
+    let e = blob.read(0..10, Priority::OnDemand).await.unwrap_err();
+    assert!(e.to_string().contains("returned"), "{e}");
+    assert_eq!(blob.fetched_bytes(), 0);
+
+    src.short.store(false, Ordering::SeqCst);
+    assert_eq!(
+        &blob.read(0..10, Priority::OnDemand).await.unwrap()[..],
+        &data[..10]
+    );
+}
+
+#[tokio::test]
+async fn pieces_survive_a_restart_and_a_damaged_bitmap_means_refetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = bytes(6 * PL as usize, 5);
+    let src = MemSource::new(data.clone());
+    let digest = src.digest();
+    {
+        let s = store(dir.path()).await;
+        let blob = s
+            .blob(&digest, data.len() as u64, Arc::new(src.clone()))
+            .unwrap();
+        blob.ensure(PL as u64..3 * PL as u64, Priority::OnDemand)
+            .await
+            .unwrap();
+    }
+    let s = store(dir.path()).await;
+    assert_eq!(s.usage().bytes_on_disk, 2 * PL as u64);
+    let src2 = MemSource::new(data.clone());
+    let blob = s
+        .blob(&digest, data.len() as u64, Arc::new(src2.clone()))
+        .unwrap();
+    let got = blob
+        .read(PL as u64..3 * PL as u64, Priority::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(&got[..], &data[PL as usize..3 * PL as usize]);
+    assert!(
+        src2.requests().is_empty(),
+        "restored pieces must not be fetched again"
+    );
+    drop((blob, s));
+
+    // Damage the bitmap: the pieces are fetched again, never served unverified.
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let bitmap = dir.path().join("sha256").join(hex).join("bitmap");
+    let mut raw = std::fs::read(&bitmap).unwrap();
+    raw[30] ^= 1;
+    std::fs::write(&bitmap, raw).unwrap();
+    let s = store(dir.path()).await;
+    assert_eq!(s.usage().bytes_on_disk, 0);
+    let src3 = MemSource::new(data.clone());
+    let blob = s
+        .blob(&digest, data.len() as u64, Arc::new(src3.clone()))
+        .unwrap();
+    blob.read(PL as u64..PL as u64 + 1, Priority::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(src3.requests().len(), 1);
+
+    // Asking for the blob with another size is refused.
+    let e = s.blob(&digest, 7, Arc::new(src3.clone())).unwrap_err();
+    assert!(matches!(e, StoreError::SizeMismatch { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn a_complete_blob_is_verified_and_wrong_bytes_are_thrown_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path()).await;
+    let data = bytes(5 * PL as usize + 7, 6);
+    let src = MemSource::new(data.clone());
+    let blob = s
+        .blob(&src.digest(), data.len() as u64, Arc::new(src.clone()))
+        .unwrap();
+    blob.fetch_all(Priority::Background).await.unwrap();
+    assert!(blob.is_complete() && blob.is_verified());
+
+    let liar = MemSource::new(data.clone());
+    liar.corrupt.store(true, Ordering::SeqCst);
+    let digest = MemSource::new(bytes(3 * PL as usize, 7)).digest();
+    let bad = s
+        .blob(&digest, data.len() as u64, Arc::new(liar.clone()))
+        .unwrap();
+    let e = bad.fetch_all(Priority::Background).await.unwrap_err();
+    assert!(matches!(e, StoreError::DigestMismatch { .. }), "{e}");
+    assert!(!bad.is_complete() && !bad.is_verified());
+    // Everything was thrown away; a reader racing the verification may have re-fetched a
+    // few pieces since.
+    assert!(bad.fetched_bytes() < data.len() as u64);
+    assert_eq!(s.stats().digest_failures, 1);
+    assert_eq!(
+        s.usage().bytes_on_disk,
+        data.len() as u64 + bad.fetched_bytes()
+    );
+}
+
+#[tokio::test]
+async fn invalidated_pieces_are_fetched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path()).await;
+    let data = bytes(3 * PL as usize, 8);
+    let src = MemSource::new(data.clone());
+    let blob = s
+        .blob(&src.digest(), data.len() as u64, Arc::new(src.clone()))
+        .unwrap();
+    blob.ensure(0..3 * PL as u64, Priority::OnDemand)
+        .await
+        .unwrap();
+    blob.invalidate(PL as u64 + 5..PL as u64 + 6).await.unwrap();
+    assert!(!blob.has_range(PL as u64..PL as u64 + 1));
+    assert!(blob.has_range(0..PL as u64) && blob.has_range(2 * PL as u64..3 * PL as u64));
+    blob.read(PL as u64..PL as u64 + 1, Priority::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(src.requests().last().unwrap(), &(PL as u64..2 * PL as u64));
+}
+
+#[tokio::test]
+async fn bad_digests_are_refused_before_touching_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path()).await;
+    let src = MemSource::new(vec![1, 2, 3]);
+    for d in [
+        "sha256:../../etc",
+        "sha512:00",
+        "sha256:ABCDEF0000000000000000000000000000000000000000000000000000000000",
+        "",
+    ] {
+        let e = s.blob(d, 3, Arc::new(src.clone())).unwrap_err();
+        assert!(matches!(e, StoreError::InvalidDigest(_)), "{d}: {e}");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn eviction_removes_least_recently_used_blobs_nobody_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = PieceStore::open(
+        dir.path(),
+        StoreConfig {
+            capacity_bytes: 5 * u64::from(PL),
+            ..config()
+        },
+    )
+    .await
+    .unwrap();
+    let mut digests = Vec::new();
+    let mut pinned = None;
+    for i in 0..4u64 {
+        let data = bytes(2 * PL as usize, 100 + i);
+        let src = MemSource::new(data.clone());
+        let blob = s
+            .blob(&src.digest(), data.len() as u64, Arc::new(src.clone()))
+            .unwrap();
+        blob.fetch_all(Priority::Background).await.unwrap();
+        if i == 0 {
+            pinned = Some((blob.pin(), blob.clone()));
+        }
+        digests.push(src.digest());
+    }
+    s.evict_to_capacity();
+    let usage = s.usage();
+    assert!(usage.bytes_on_disk <= 5 * u64::from(PL), "{usage:?}");
+    assert_eq!(usage.blobs, 2, "{usage:?}");
+    assert_eq!(usage.pinned, 1);
+    let exists = |d: &String| {
+        dir.path()
+            .join("sha256")
+            .join(d.strip_prefix("sha256:").unwrap())
+            .exists()
+    };
+    assert!(exists(&digests[0]), "the pinned blob stays");
+    assert!(!exists(&digests[1]), "the oldest unpinned blob goes");
+    assert!(exists(&digests[3]));
+    // Held blobs are never removed, released ones can be.
+    assert!(!s.remove(&digests[0]).unwrap());
+    drop(pinned);
+    assert!(s.remove(&digests[0]).unwrap());
+    assert!(!exists(&digests[0]));
+}

@@ -1,0 +1,104 @@
+//! Configuration of the piece store (the `cache:` section of the daemon's config).
+
+use serde::Deserialize;
+
+use crate::error::StoreError;
+
+/// Limits and piece size of the piece store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Bytes of pieces kept; least-recently-used unpinned blobs are evicted beyond this.
+    pub capacity_bytes: u64,
+    /// Piece length of new blobs (a power of two, at least 64 KiB); recorded per blob.
+    pub piece_length: u32,
+    /// Concurrent requests to sources, across all blobs.
+    pub max_concurrent_fetches: usize,
+    /// Adjacent missing pieces are coalesced into requests of at most this many bytes.
+    pub max_fetch_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            capacity_bytes: 10 << 30,
+            piece_length: 1 << 20,
+            max_concurrent_fetches: 8,
+            max_fetch_bytes: 8 << 20,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Checks the values; the error says which key to fix.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        let bad = |m: String| Err(StoreError::Config(m));
+        if !self.piece_length.is_power_of_two() || self.piece_length < 64 * 1024 {
+            return bad(format!(
+                "cache.piece_length is {}; it must be a power of two of at least 65536",
+                self.piece_length
+            ));
+        }
+        if self.max_concurrent_fetches == 0 {
+            return bad("cache.max_concurrent_fetches must be at least 1".into());
+        }
+        if self.max_fetch_bytes < u64::from(self.piece_length) {
+            return bad(format!(
+                "cache.max_fetch_bytes ({}) must be at least cache.piece_length ({})",
+                self.max_fetch_bytes, self.piece_length
+            ));
+        }
+        Ok(())
+    }
+
+    /// Pieces per coalesced request.
+    pub(crate) fn pieces_per_fetch(&self, piece_length: u32) -> u32 {
+        (self.max_fetch_bytes / u64::from(piece_length)).clamp(1, u64::from(u32::MAX)) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        StoreConfig::default().validate().unwrap();
+        let c = StoreConfig {
+            piece_length: 1000,
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("cache.piece_length"));
+        let c = StoreConfig {
+            max_concurrent_fetches: 0,
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_concurrent_fetches"));
+        let c = StoreConfig {
+            max_fetch_bytes: 1024,
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_fetch_bytes"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = serde_json::from_str::<StoreConfig>(r#"{"capacity": 1}"#).unwrap_err();
+        assert!(e.to_string().contains("capacity"), "{e}");
+        let c: StoreConfig = serde_json::from_str(r#"{"piece_length": 65536}"#).unwrap();
+        assert_eq!(c.piece_length, 65536);
+        assert_eq!(c.capacity_bytes, 10 << 30);
+    }
+}
