@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use dragonfly_registry::RegistryConfig;
+pub use dragonfly_storage::StoreConfig;
+
 /// Top-level daemon configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -20,6 +23,10 @@ pub struct Config {
     pub log: LogConfig,
     /// Prometheus metrics endpoint.
     pub metrics: MetricsConfig,
+    /// Registry access: plain-HTTP hosts, mirrors, credentials, timeouts and retries.
+    pub registry: RegistryConfig,
+    /// The piece store (blob cache) under `<root>/cache`.
+    pub cache: StoreConfig,
     /// Lazy layers: prefetch and background fetch.
     pub prefetch: PrefetchConfig,
     /// FUSE mount settings of lazy layers.
@@ -35,6 +42,8 @@ impl Default for Config {
             address: PathBuf::from("/run/dragonfly/snapshotter.sock"),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            registry: RegistryConfig::default(),
+            cache: StoreConfig::default(),
             prefetch: PrefetchConfig::default(),
             fuse: FuseConfig::default(),
             snapshot: SnapshotConfig::default(),
@@ -234,6 +243,18 @@ mod tests {
     fn unknown_key_is_rejected_with_a_hint() {
         let err = Config::parse("roots: /tmp/x\n").unwrap_err();
         assert!(err.to_string().contains("roots"), "{err}");
+    }
+
+    #[test]
+    fn the_documented_example_is_the_default() {
+        let text = include_str!("../../config/snapshotter.yaml");
+        let c = Config::parse(text).expect("config/snapshotter.yaml parses");
+        let d = Config::default();
+        assert_eq!(
+            format!("{c:?}"),
+            format!("{d:?}"),
+            "the example must show the defaults"
+        );
     }
 
     #[test]

@@ -9,8 +9,13 @@ use dragonfly_proto::snapshots::snapshots_server::SnapshotsServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use dragonfly_registry::RegistryClient;
+use dragonfly_storage::PieceStore;
+
 use crate::config::Config;
+use crate::layer::{LayerManager, LayerSettings};
 use crate::metrics::Metrics;
+use crate::snapshot::remote::RemoteLayers;
 use crate::snapshot::service::SnapshotService;
 use crate::snapshot::Snapshotter;
 
@@ -19,11 +24,51 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.root)
         .with_context(|| format!("cannot create the root directory {}", config.root.display()))?;
     let metrics = Metrics::new();
-    let snapshotter = Arc::new(
-        Snapshotter::open(&config.snapshots_dir(), &config.metadata_path(), None)
+    let remote: Option<Arc<LayerManager>> = if config.snapshot.lazy {
+        let store = PieceStore::open(&config.cache_dir(), config.cache.clone())
             .await
-            .context("cannot open the snapshotter")?,
+            .with_context(|| {
+                format!(
+                    "cannot open the piece store in {}",
+                    config.cache_dir().display()
+                )
+            })?;
+        export_store_metrics(&metrics, store.clone());
+        let registry = RegistryClient::new(config.registry.clone())
+            .context("invalid registry configuration")?;
+        Some(LayerManager::new(
+            registry,
+            store,
+            metrics.clone(),
+            LayerSettings {
+                prefetch: config.prefetch.clone(),
+                fuse: config.fuse.clone(),
+                allow_unverified_toc: config.snapshot.allow_unverified_toc,
+                opaque_xattr: "trusted.overlay.opaque".into(),
+            },
+        ))
+    } else {
+        None
+    };
+    let snapshotter = Arc::new(
+        Snapshotter::open(
+            &config.snapshots_dir(),
+            &config.metadata_path(),
+            remote.clone().map(|r| r as Arc<dyn RemoteLayers>),
+        )
+        .await
+        .context("cannot open the snapshotter")?,
     );
+    if let Some(manager) = &remote {
+        let layers = snapshotter
+            .remote_snapshots()
+            .await
+            .context("cannot list lazy layers to re-mount")?
+            .into_iter()
+            .map(|(name, id, labels)| (name, id, snapshotter.layer_dir(id), labels))
+            .collect();
+        manager.restore(layers).await;
+    }
 
     if let Some(addr) = config.metrics.address {
         let m = metrics.clone();
@@ -71,4 +116,14 @@ async fn stop_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
         _ = int.recv() => tracing::info!("SIGINT received, stopping"),
     }
+}
+
+/// Mirrors the piece store's counters into Prometheus at scrape time.
+fn export_store_metrics(metrics: &Metrics, store: PieceStore) {
+    metrics.add_refresher(Box::new(move |m| {
+        let stats = store.stats();
+        m.cache_hit_bytes.set(stats.hit_bytes as i64);
+        m.cache_fetched_bytes.set(stats.fetched_bytes as i64);
+        m.cache_usage_bytes.set(store.usage().bytes_on_disk as i64);
+    }));
 }

@@ -7,5 +7,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod fs;
+pub mod layer;
 pub mod metrics;
 pub mod snapshot;

@@ -24,13 +24,14 @@ pub trait RemoteLayers: Send + Sync + 'static {
     fn wants(&self, labels: &BTreeMap<String, String>) -> bool;
 
     /// Mounts the layer described by `labels` on `mountpoint` (an empty directory). `id`
-    /// identifies the snapshot for later calls.
+    /// identifies the snapshot for later calls. Returns labels to store with the committed
+    /// snapshot (they come back in `labels` when the layer is re-mounted after a restart).
     fn mount<'a>(
         &'a self,
         id: u64,
         mountpoint: &'a Path,
         labels: &'a BTreeMap<String, String>,
-    ) -> BoxFuture<'a, Result<(), SnapshotError>>;
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, SnapshotError>>;
 
     /// Called before a container uses the layer: waits (bounded) for the landmark prefetch and
     /// reports a layer that cannot serve reads.

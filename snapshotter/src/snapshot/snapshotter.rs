@@ -243,9 +243,12 @@ impl Snapshotter {
             self.drop_record(key, record.id).await;
             return Err(e);
         }
-        if let Err(e) = remote.mount(record.id, &mountpoint, &labels).await {
-            self.drop_record(key, record.id).await;
-            return Err(e);
+        match remote.mount(record.id, &mountpoint, &labels).await {
+            Ok(extra) => labels.extend(extra),
+            Err(e) => {
+                self.drop_record(key, record.id).await;
+                return Err(e);
+            }
         }
         labels.insert(LABEL_REMOTE.to_owned(), REMOTE_VALUE.to_owned());
         let store = self.store.clone();

@@ -1,0 +1,356 @@
+//! Lazy layers: from Prepare labels to a mounted, verified FUSE filesystem, plus the layer's
+//! prefetch and background fetch.
+//!
+//! Mounting a layer: blob size (remembered in a label after the first mount, so restarts need
+//! no registry) → footer and TOC read through the piece store (so they are cached too) → TOC
+//! digest checked against the manifest's `toc.digest` → index built → FUSE mounted. Then the
+//! landmark's prioritized files are fetched (containers wait for that, bounded) and the rest of
+//! the blob is fetched in the background at low priority, after which the whole blob's digest
+//! is checked by the piece store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dragonfly_estargz::{
+    decode_toc, locate_toc, verify_toc_digest, IndexOptions, LayerIndex, Limits, Prefetch,
+    FOOTER_READ_SIZE,
+};
+use dragonfly_registry::RegistryClient;
+use dragonfly_storage::{Blob, PieceStore, PinGuard, Priority};
+use futures::future::{BoxFuture, FutureExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::labels::{LayerLabels, BLOB_SIZE};
+use super::source::RegistrySource;
+use crate::config::{FuseConfig, PrefetchConfig};
+use crate::fs::mount::{mount, MountedLayerFs};
+use crate::fs::{ChunkCache, ChunkReader, LayerFs};
+use crate::metrics::Metrics;
+use crate::snapshot::remote::RemoteLayers;
+use crate::snapshot::SnapshotError;
+
+/// Settings of the layer manager.
+#[derive(Debug, Clone)]
+pub struct LayerSettings {
+    /// Prefetch and background fetch.
+    pub prefetch: PrefetchConfig,
+    /// FUSE.
+    pub fuse: FuseConfig,
+    /// Mount layers whose TOC digest is unknown.
+    pub allow_unverified_toc: bool,
+    /// Overlay's opaque-directory xattr name.
+    pub opaque_xattr: String,
+}
+
+struct Mounted {
+    fs: Option<MountedLayerFs>,
+    prefetched: watch::Receiver<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    _pin: PinGuard,
+}
+
+/// Mounts and tracks lazy layers; the [`RemoteLayers`] of the snapshotter.
+pub struct LayerManager {
+    registry: RegistryClient,
+    store: PieceStore,
+    chunk_cache: Arc<ChunkCache>,
+    metrics: Arc<Metrics>,
+    settings: LayerSettings,
+    runtime: tokio::runtime::Handle,
+    layers: Mutex<HashMap<u64, Mounted>>,
+}
+
+fn unavailable(what: impl std::fmt::Display) -> SnapshotError {
+    SnapshotError::Unavailable(what.to_string())
+}
+
+impl LayerManager {
+    /// A manager fetching through `store` with `registry` as the origin.
+    pub fn new(
+        registry: RegistryClient,
+        store: PieceStore,
+        metrics: Arc<Metrics>,
+        settings: LayerSettings,
+    ) -> Arc<LayerManager> {
+        Arc::new(LayerManager {
+            chunk_cache: ChunkCache::new(settings.fuse.chunk_cache_entries),
+            registry,
+            store,
+            metrics,
+            settings,
+            runtime: tokio::runtime::Handle::current(),
+            layers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn open_blob(&self, l: &LayerLabels) -> Result<Blob, SnapshotError> {
+        let repo = l.image.repo();
+        let size = match l.blob_size {
+            Some(s) => s,
+            None => self
+                .registry
+                .blob_size(&repo, &l.digest)
+                .await
+                .map_err(|e| {
+                    unavailable(format!("cannot get the size of layer {}: {e}", l.digest))
+                })?,
+        };
+        let source = Arc::new(RegistrySource::new(
+            self.registry.clone(),
+            repo,
+            l.digest.clone(),
+            self.metrics.clone(),
+        ));
+        self.store
+            .blob(&l.digest, size, source)
+            .map_err(|e| unavailable(format!("cannot open layer {} in the cache: {e}", l.digest)))
+    }
+
+    async fn build_index(
+        &self,
+        l: &LayerLabels,
+        blob: &Blob,
+    ) -> Result<(Arc<LayerIndex>, dragonfly_estargz::LayerFormat), SnapshotError> {
+        let size = blob.size();
+        let tail_len = FOOTER_READ_SIZE.min(size);
+        let tail = blob
+            .read(size - tail_len..size, Priority::OnDemand)
+            .await
+            .map_err(|e| {
+                unavailable(format!("cannot read the footer of layer {}: {e}", l.digest))
+            })?;
+        let loc = locate_toc(size, &tail).map_err(|e| {
+            SnapshotError::InvalidArgument(format!(
+                "layer {} is not eStargz/zstd:chunked: {e}",
+                l.digest
+            ))
+        })?;
+        let toc_bytes = blob
+            .read(
+                loc.toc_offset..loc.toc_offset + loc.toc_len,
+                Priority::OnDemand,
+            )
+            .await
+            .map_err(|e| unavailable(format!("cannot read the TOC of layer {}: {e}", l.digest)))?;
+        let expected = match (&l.toc_digest, l.skip_verify || self.settings.allow_unverified_toc) {
+            (Some(d), _) => Some(d.clone()),
+            (None, true) => None,
+            (None, false) => {
+                return Err(SnapshotError::InvalidArgument(format!(
+                    "layer {} has no containerd.io/snapshot/stargz/toc.digest label, so its TOC cannot be verified; \
+                     set snapshot.allow_unverified_toc to mount it anyway",
+                    l.digest
+                )))
+            }
+        };
+        let opts = IndexOptions {
+            opaque_xattr: self.settings.opaque_xattr.clone(),
+            ..IndexOptions::default()
+        };
+        let digest = l.digest.clone();
+        let format = loc.format;
+        let index = tokio::task::spawn_blocking(move || {
+            let decoded = decode_toc(&loc, &toc_bytes, &Limits::default())
+                .map_err(|e| format!("bad TOC in layer {digest}: {e}"))?;
+            if let Some(expected) = &expected {
+                verify_toc_digest(&decoded, expected)
+                    .map_err(|e| format!("TOC of layer {digest} failed verification: {e}"))?;
+            }
+            LayerIndex::build(&decoded.toc, loc.toc_offset, &opts)
+                .map_err(|e| format!("bad TOC in layer {digest}: {e}"))
+        })
+        .await
+        .map_err(|e| SnapshotError::Io(format!("TOC task failed: {e}")))?
+        .map_err(SnapshotError::InvalidArgument)?;
+        Ok((Arc::new(index), format))
+    }
+
+    async fn mount_layer(
+        &self,
+        id: u64,
+        mountpoint: &Path,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, SnapshotError> {
+        let l = LayerLabels::parse(labels)?;
+        let blob = self.open_blob(&l).await?;
+        let pin = blob.pin();
+        let (index, format) = self.build_index(&l, &blob).await?;
+        let reader = ChunkReader::new(
+            blob.clone(),
+            format,
+            self.chunk_cache.clone(),
+            self.metrics.clone(),
+        );
+        let fs = LayerFs::new(
+            index.clone(),
+            reader,
+            self.runtime.clone(),
+            Duration::from_secs(self.settings.fuse.attr_timeout_secs),
+            self.metrics.clone(),
+        );
+        let mp = mountpoint.to_owned();
+        let threads = self.settings.fuse.threads;
+        let mounted = tokio::task::spawn_blocking(move || mount(fs, &mp, threads))
+            .await
+            .map_err(|e| SnapshotError::Io(format!("mount task failed: {e}")))?
+            .map_err(|e| {
+                SnapshotError::io(
+                    format!(
+                        "cannot mount FUSE on {} (is /dev/fuse available?)",
+                        mountpoint.display()
+                    ),
+                    e,
+                )
+            })?;
+        let (tx, rx) = watch::channel(false);
+        let tasks = vec![self.spawn_fetchers(&l.digest, blob.clone(), &index, tx)];
+        self.layers.lock().expect("not poisoned").insert(
+            id,
+            Mounted {
+                fs: Some(mounted),
+                prefetched: rx,
+                tasks,
+                _pin: pin,
+            },
+        );
+        self.metrics.lazy_layers.inc();
+        let mut extra = BTreeMap::new();
+        extra.insert(BLOB_SIZE.to_owned(), blob.size().to_string());
+        Ok(extra)
+    }
+
+    /// Landmark prefetch, then (if enabled) the rest of the blob in the background.
+    fn spawn_fetchers(
+        &self,
+        digest: &str,
+        blob: Blob,
+        index: &LayerIndex,
+        done: watch::Sender<bool>,
+    ) -> JoinHandle<()> {
+        let prefetch = match (self.settings.prefetch.landmark, index.prefetch()) {
+            (true, Prefetch::Landmark { end }) => Some(end),
+            _ => None,
+        };
+        let background = self.settings.prefetch.background;
+        let digest = digest.to_owned();
+        tokio::spawn(async move {
+            if let Some(end) = prefetch {
+                let started = Instant::now();
+                match blob
+                    .ensure(0..end.min(blob.size()), Priority::Prefetch)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!(layer = %digest, bytes = end, elapsed_ms = started.elapsed().as_millis() as u64, "landmark prefetch done")
+                    }
+                    Err(e) => {
+                        tracing::warn!(layer = %digest, error = %e, "landmark prefetch failed; files will be fetched on demand")
+                    }
+                }
+            }
+            let _ = done.send(true);
+            if background {
+                match blob.fetch_all(Priority::Background).await {
+                    Ok(_) => {
+                        tracing::info!(layer = %digest, "layer fully fetched and its digest verified")
+                    }
+                    Err(e) => {
+                        tracing::warn!(layer = %digest, error = %e, "background fetch stopped")
+                    }
+                }
+            }
+        })
+    }
+
+    /// Re-mounts the lazy layers of committed snapshots after a restart. Failures are logged;
+    /// the snapshot then reports itself unavailable when a container wants it.
+    pub async fn restore(
+        &self,
+        layers: Vec<(String, u64, std::path::PathBuf, BTreeMap<String, String>)>,
+    ) {
+        for (name, id, mountpoint, labels) in layers {
+            if let Err(e) = std::fs::create_dir_all(&mountpoint) {
+                tracing::error!(snapshot = %name, error = %e, "cannot recreate mountpoint");
+                continue;
+            }
+            match self.mount_layer(id, &mountpoint, &labels).await {
+                Ok(_) => tracing::info!(snapshot = %name, id, "lazy layer re-mounted"),
+                Err(e) => {
+                    tracing::error!(snapshot = %name, id, error = %e, "cannot re-mount lazy layer")
+                }
+            }
+        }
+    }
+}
+
+impl RemoteLayers for LayerManager {
+    fn wants(&self, labels: &BTreeMap<String, String>) -> bool {
+        LayerLabels::present(labels)
+    }
+
+    fn mount<'a>(
+        &'a self,
+        id: u64,
+        mountpoint: &'a Path,
+        labels: &'a BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, SnapshotError>> {
+        async move {
+            let started = Instant::now();
+            let res = self.mount_layer(id, mountpoint, labels).await;
+            let result = if res.is_ok() { "ok" } else { "error" };
+            self.metrics
+                .mount_seconds
+                .with_label_values(&[result])
+                .observe(started.elapsed().as_secs_f64());
+            res
+        }
+        .boxed()
+    }
+
+    fn check(&self, id: u64) -> BoxFuture<'_, Result<(), SnapshotError>> {
+        async move {
+            let rx = {
+                let layers = self.layers.lock().expect("not poisoned");
+                match layers.get(&id) {
+                    Some(m) => m.prefetched.clone(),
+                    None => {
+                        return Err(unavailable(format!(
+                            "lazy layer of snapshot id {id} is not mounted (its re-mount after a restart failed; see the daemon log)"
+                        )))
+                    }
+                }
+            };
+            let wait = Duration::from_secs(self.settings.prefetch.wait_timeout_secs);
+            let mut rx = rx;
+            let _ = tokio::time::timeout(wait, rx.wait_for(|done| *done)).await;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn unmount<'a>(
+        &'a self,
+        id: u64,
+        _mountpoint: &'a Path,
+    ) -> BoxFuture<'a, Result<(), SnapshotError>> {
+        async move {
+            let removed = self.layers.lock().expect("not poisoned").remove(&id);
+            if let Some(mut m) = removed {
+                for t in &m.tasks {
+                    t.abort();
+                }
+                if let Some(fs) = m.fs.take() {
+                    tokio::task::spawn_blocking(move || fs.unmount())
+                        .await
+                        .map_err(|e| SnapshotError::Io(format!("unmount task failed: {e}")))?;
+                }
+                self.metrics.lazy_layers.dec();
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
