@@ -9,3 +9,6 @@ pub mod mount;
 
 pub use chunks::{ChunkCache, ChunkReader};
 pub use layerfs::LayerFs;
+
+#[cfg(test)]
+mod tests;

@@ -13,10 +13,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dragonfly_estargz::{
-    decode_toc, locate_toc, verify_toc_digest, IndexOptions, LayerIndex, Limits, Prefetch,
-    FOOTER_READ_SIZE,
-};
+use dragonfly_estargz::{IndexOptions, LayerIndex, Prefetch};
 use dragonfly_registry::RegistryClient;
 use dragonfly_storage::{Blob, PieceStore, PinGuard, Priority};
 use futures::future::{BoxFuture, FutureExt};
@@ -25,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use super::labels::{LayerLabels, BLOB_SIZE};
 use super::source::RegistrySource;
+use super::toc::load_index;
 use crate::config::{FuseConfig, PrefetchConfig};
 use crate::fs::mount::{mount, MountedLayerFs};
 use crate::fs::{ChunkCache, ChunkReader, LayerFs};
@@ -114,27 +112,6 @@ impl LayerManager {
         l: &LayerLabels,
         blob: &Blob,
     ) -> Result<(Arc<LayerIndex>, dragonfly_estargz::LayerFormat), SnapshotError> {
-        let size = blob.size();
-        let tail_len = FOOTER_READ_SIZE.min(size);
-        let tail = blob
-            .read(size - tail_len..size, Priority::OnDemand)
-            .await
-            .map_err(|e| {
-                unavailable(format!("cannot read the footer of layer {}: {e}", l.digest))
-            })?;
-        let loc = locate_toc(size, &tail).map_err(|e| {
-            SnapshotError::InvalidArgument(format!(
-                "layer {} is not eStargz/zstd:chunked: {e}",
-                l.digest
-            ))
-        })?;
-        let toc_bytes = blob
-            .read(
-                loc.toc_offset..loc.toc_offset + loc.toc_len,
-                Priority::OnDemand,
-            )
-            .await
-            .map_err(|e| unavailable(format!("cannot read the TOC of layer {}: {e}", l.digest)))?;
         let expected = match (&l.toc_digest, l.skip_verify || self.settings.allow_unverified_toc) {
             (Some(d), _) => Some(d.clone()),
             (None, true) => None,
@@ -150,21 +127,7 @@ impl LayerManager {
             opaque_xattr: self.settings.opaque_xattr.clone(),
             ..IndexOptions::default()
         };
-        let digest = l.digest.clone();
-        let format = loc.format;
-        let index = tokio::task::spawn_blocking(move || {
-            let decoded = decode_toc(&loc, &toc_bytes, &Limits::default())
-                .map_err(|e| format!("bad TOC in layer {digest}: {e}"))?;
-            if let Some(expected) = &expected {
-                verify_toc_digest(&decoded, expected)
-                    .map_err(|e| format!("TOC of layer {digest} failed verification: {e}"))?;
-            }
-            LayerIndex::build(&decoded.toc, loc.toc_offset, &opts)
-                .map_err(|e| format!("bad TOC in layer {digest}: {e}"))
-        })
-        .await
-        .map_err(|e| SnapshotError::Io(format!("TOC task failed: {e}")))?
-        .map_err(SnapshotError::InvalidArgument)?;
+        let (index, format) = load_index(blob, expected, opts).await?;
         Ok((Arc::new(index), format))
     }
 

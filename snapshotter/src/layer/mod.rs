@@ -4,5 +4,6 @@
 pub mod labels;
 pub mod manager;
 pub mod source;
+pub mod toc;
 
 pub use manager::{LayerManager, LayerSettings};

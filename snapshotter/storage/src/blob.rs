@@ -308,6 +308,11 @@ impl BlobInner {
     async fn fetch_run(self: &Arc<Self>, run: &Run) -> Result<(), RunFailure> {
         let range = self.piece_range(&run.pieces);
         let want = range.end - range.start;
+        if run.priority.load(Ordering::Relaxed) == Priority::Background as u8 {
+            self.shared.background_pause().await;
+        } else {
+            self.shared.urgent_fetch_started();
+        }
         let permit = self.shared.gate.acquire(run.priority.clone()).await;
         let source = self.source.lock().expect("source lock").clone();
         self.shared
@@ -433,8 +438,9 @@ impl BlobInner {
                 .digest_failures
                 .fetch_add(1, Ordering::Relaxed);
             *this.last_mismatch.lock().expect("mismatch lock") = Some(actual.clone());
+            // Only the bitmap is cleared: refetched pieces overwrite the bytes in place, and
+            // truncating the file here could wipe a piece fetched meanwhile.
             this.discard(0..u32::MAX)?;
-            this.files.punch_all(this.size)?;
             Err(StoreError::DigestMismatch {
                 digest: this.digest.clone(),
                 actual,
@@ -508,12 +514,14 @@ impl Blob {
     pub async fn read(&self, range: Range<u64>, priority: Priority) -> Result<Bytes, StoreError> {
         let len = range.end.saturating_sub(range.start);
         loop {
+            // Taken before making the range present: pieces thrown away at any point after
+            // this (a failed verification) make the read below start over.
+            let generation = self.inner.lock().generation;
             let was_present = self.has_range(range.clone());
             self.inner.ensure(range.clone(), priority).await?;
             if range.is_empty() {
                 return Ok(Bytes::new());
             }
-            let generation = self.inner.lock().generation;
             let inner = self.inner.clone();
             let start = range.start;
             let data = tokio::task::spawn_blocking(move || inner.files.read(start, len as usize))

@@ -15,6 +15,7 @@ fn config() -> StoreConfig {
         piece_length: PL,
         max_concurrent_fetches: 4,
         max_fetch_bytes: 4 * u64::from(PL),
+        background_pause_ms: 0,
     }
 }
 
@@ -337,4 +338,32 @@ async fn eviction_removes_least_recently_used_blobs_nobody_holds() {
     drop(pinned);
     assert!(s.remove(&digests[0]).unwrap());
     assert!(!exists(&digests[0]));
+}
+
+#[tokio::test]
+async fn background_fetches_pause_while_containers_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = PieceStore::open(
+        dir.path(),
+        StoreConfig {
+            background_pause_ms: 300,
+            ..config()
+        },
+    )
+    .await
+    .unwrap();
+    let data = bytes(8 * PL as usize, 9);
+    let src = MemSource::new(data.clone());
+    let blob = s
+        .blob(&src.digest(), data.len() as u64, Arc::new(src.clone()))
+        .unwrap();
+    blob.read(0..1, Priority::OnDemand).await.unwrap();
+    let started = std::time::Instant::now();
+    blob.fetch_all(Priority::Background).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(blob.is_verified());
 }

@@ -16,6 +16,9 @@ pub struct StoreConfig {
     pub max_concurrent_fetches: usize,
     /// Adjacent missing pieces are coalesced into requests of at most this many bytes.
     pub max_fetch_bytes: u64,
+    /// Background fetches wait until no more urgent fetch has started for this long, so
+    /// they never compete with a container's reads for bandwidth.
+    pub background_pause_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -25,6 +28,7 @@ impl Default for StoreConfig {
             piece_length: 1 << 20,
             max_concurrent_fetches: 8,
             max_fetch_bytes: 8 << 20,
+            background_pause_ms: 500,
         }
     }
 }

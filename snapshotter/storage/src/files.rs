@@ -163,15 +163,4 @@ impl BlobFiles {
         }
         Ok(format!("sha256:{}", hex::encode(h.finalize())))
     }
-
-    /// Gives the disk space of every piece back (the file keeps its size, all holes).
-    pub(crate) fn punch_all(&self, size: u64) -> Result<(), StoreError> {
-        let path = self.dir.join("data");
-        self.data
-            .set_len(0)
-            .map_err(StoreError::io("cannot truncate blob data", &path))?;
-        self.data
-            .set_len(size)
-            .map_err(StoreError::io("cannot size blob data", &path))
-    }
 }

@@ -36,12 +36,31 @@ pub(crate) struct Shared {
     pub bytes_on_disk: AtomicU64,
     pub evict: Notify,
     clock: AtomicU64,
+    /// When the last on-demand or prefetch fetch started.
+    last_urgent: Mutex<Option<std::time::Instant>>,
 }
 
 impl Shared {
     /// A monotonically increasing use stamp for LRU order.
     pub(crate) fn tick(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Notes that a fetch someone waits for is starting.
+    pub(crate) fn urgent_fetch_started(&self) {
+        *self.last_urgent.lock().expect("urgent lock") = Some(std::time::Instant::now());
+    }
+
+    /// Waits until no urgent fetch has started for the configured pause.
+    pub(crate) async fn background_pause(&self) {
+        let pause = std::time::Duration::from_millis(self.config.background_pause_ms);
+        loop {
+            let last = *self.last_urgent.lock().expect("urgent lock");
+            match last.map(|t| t.elapsed()) {
+                Some(since) if since < pause => tokio::time::sleep(pause - since).await,
+                _ => return,
+            }
+        }
     }
 }
 
@@ -133,6 +152,7 @@ impl PieceStore {
             bytes_on_disk: AtomicU64::new(0),
             evict: Notify::new(),
             clock: AtomicU64::new(1),
+            last_urgent: Mutex::new(None),
         });
         let root = dir.to_owned();
         let loaded = {

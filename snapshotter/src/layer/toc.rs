@@ -1,0 +1,56 @@
+//! Reading a lazy layer's TOC through the piece store: footer → TOC bytes → digest check
+//! against the manifest's `toc.digest` → the layer index. The footer and TOC are ordinary
+//! pieces, so after the first mount they come from the local store.
+
+use dragonfly_estargz::{
+    decode_toc, locate_toc, verify_toc_digest, IndexOptions, LayerFormat, LayerIndex, Limits,
+    FOOTER_READ_SIZE,
+};
+use dragonfly_storage::{Blob, Priority};
+
+use crate::snapshot::SnapshotError;
+
+fn unavailable(what: String) -> SnapshotError {
+    SnapshotError::Unavailable(what)
+}
+
+/// Builds the index of `blob`. With `expected_toc` the TOC must hash to it; `None` accepts an
+/// unverified TOC (the caller decided that is allowed).
+pub async fn load_index(
+    blob: &Blob,
+    expected_toc: Option<String>,
+    opts: IndexOptions,
+) -> Result<(LayerIndex, LayerFormat), SnapshotError> {
+    let digest = blob.digest().to_owned();
+    let size = blob.size();
+    let tail_len = FOOTER_READ_SIZE.min(size);
+    let tail = blob
+        .read(size - tail_len..size, Priority::OnDemand)
+        .await
+        .map_err(|e| unavailable(format!("cannot read the footer of layer {digest}: {e}")))?;
+    let loc = locate_toc(size, &tail).map_err(|e| {
+        SnapshotError::InvalidArgument(format!("layer {digest} is not eStargz/zstd:chunked: {e}"))
+    })?;
+    let toc_bytes = blob
+        .read(
+            loc.toc_offset..loc.toc_offset + loc.toc_len,
+            Priority::OnDemand,
+        )
+        .await
+        .map_err(|e| unavailable(format!("cannot read the TOC of layer {digest}: {e}")))?;
+    let format = loc.format;
+    tokio::task::spawn_blocking(move || {
+        let decoded = decode_toc(&loc, &toc_bytes, &Limits::default())
+            .map_err(|e| format!("bad TOC in layer {digest}: {e}"))?;
+        if let Some(expected) = &expected_toc {
+            verify_toc_digest(&decoded, expected)
+                .map_err(|e| format!("TOC of layer {digest} failed verification: {e}"))?;
+        }
+        LayerIndex::build(&decoded.toc, loc.toc_offset, &opts)
+            .map_err(|e| format!("bad TOC in layer {digest}: {e}"))
+    })
+    .await
+    .map_err(|e| SnapshotError::Io(format!("TOC task failed: {e}")))?
+    .map_err(SnapshotError::InvalidArgument)
+    .map(|index| (index, format))
+}
