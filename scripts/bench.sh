@@ -109,7 +109,7 @@ coldstart() {
   tb_convert_estargz "$REG/bench/large:gzip" "$REG/bench/large:estargz"
   rm -rf "$big"
   local image_bytes
-  image_bytes=$(skopeo inspect --tls-verify=false "docker://$REG/bench/python:gzip" | python3 -c 'import json,sys; print(sum(l["Size"] for l in json.load(sys.stdin)["LayersData"]))')
+  image_bytes=$(skopeo inspect --raw --tls-verify=false "docker://$REG/bench/python:gzip" | python3 -c 'import json,sys; print(sum(l["size"] for l in json.load(sys.stdin)["layers"]))')
 
   echo "== cold start, registry egress limited to $RATE"
   limit_registry

@@ -52,15 +52,17 @@ tb_start_containerd() { # name [dragonfly-socket]
 
 tb_start_dragonfly() { # name bin [extra yaml lines]
   local name=$1 bin=$2 extra=${3:-}
-  local metrics="metrics: {address: null}"
+  local metrics="metrics: {address: null}" log="log: {level: info}"
   case "$extra" in *metrics:*) metrics="" ;; esac
+  case "$extra" in *log:*) log="" ;; esac
   cat > "$TB_DIR/$name.yaml" <<YAML
 root: $TB_DIR/$name
 address: $TB_DIR/$name.sock
-log: {level: info}
+$log
 $metrics
 $extra
 YAML
+  rm -f "$TB_DIR/$name.sock"
   "$bin" --config "$TB_DIR/$name.yaml" > "$TB_DIR/$name.log" 2>&1 &
   echo $! > "$TB_DIR/$name.pid"
   tb_wait_for "$TB_DIR/$name.sock" "dragonfly-snapshotter $name"

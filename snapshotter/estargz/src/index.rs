@@ -619,6 +619,11 @@ fn apply_attrs(n: &mut Node, e: &crate::toc::TocEntry, _opts: &IndexOptions) -> 
         if k.is_empty() || k.contains('\0') {
             return Err(bad(&e.name, "empty or NUL xattr name"));
         }
+        // containerd refuses `trusted.*` ("admin") xattrs from layer archives; an unpacked
+        // layer never has them, so a lazy one must not either.
+        if k.starts_with("trusted.") {
+            continue;
+        }
         n.xattrs.insert(OsString::from(k), value);
     }
     Ok(())
@@ -700,7 +705,7 @@ mod tests {
                     Ent::Dir("tmp", 0o1777),
                     Ent::Packed(vec![("small/a", b"aaaa"), ("small/b", b"bbbbbb")]),
                     Ent::Raw(
-                        json!({"name": "x", "type": "reg", "size": 2, "offset": 0, "chunkDigest": crate::toc::sha256_digest(b"#!"), "xattrs": {"user.note": "aGk="}}),
+                        json!({"name": "x", "type": "reg", "size": 2, "offset": 0, "chunkDigest": crate::toc::sha256_digest(b"#!"), "xattrs": {"user.note": "aGk=", "trusted.admin": "aGk="}}),
                     ),
                 ],
                 4 << 20,
@@ -749,6 +754,10 @@ mod tests {
             assert_eq!(read_file(&idx, f, &b.blob, path(&idx, "small/a")), b"aaaa");
             let x = idx.node(path(&idx, "x")).unwrap();
             assert_eq!(x.xattrs.get(OsStr::new("user.note")).unwrap(), b"hi");
+            assert!(
+                !x.xattrs.contains_key(OsStr::new("trusted.admin")),
+                "containerd drops trusted.* xattrs"
+            );
             // Implicit parents exist, are 0755 and counted.
             let run = idx.node(path(&idx, "run")).unwrap();
             assert_eq!((run.kind, run.mode), (NodeKind::Dir, 0o755));

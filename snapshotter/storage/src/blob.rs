@@ -216,6 +216,11 @@ impl BlobInner {
         let pieces = self.pieces_of(&range);
         let per_fetch = self.shared.config.pieces_per_fetch(self.piece_length);
         loop {
+            if priority == Priority::Background && !self.lock().have.has_all(pieces.clone()) {
+                // Wait for a quiet moment before claiming pieces: a container read must never
+                // find its piece claimed by a background request that is still waiting.
+                self.shared.background_pause().await;
+            }
             let waits = {
                 let mut st = self.lock();
                 if st.have.has_all(pieces.clone()) {
@@ -308,9 +313,7 @@ impl BlobInner {
     async fn fetch_run(self: &Arc<Self>, run: &Run) -> Result<(), RunFailure> {
         let range = self.piece_range(&run.pieces);
         let want = range.end - range.start;
-        if run.priority.load(Ordering::Relaxed) == Priority::Background as u8 {
-            self.shared.background_pause().await;
-        } else {
+        if run.priority.load(Ordering::Relaxed) != Priority::Background as u8 {
             self.shared.urgent_fetch_started();
         }
         let permit = self.shared.gate.acquire(run.priority.clone()).await;
@@ -547,15 +550,17 @@ impl Blob {
     }
 
     /// Fetches every missing piece in order, one request at a time at `priority` (so other
-    /// reads overtake it), then verifies the blob's digest.
+    /// reads overtake it; background requests are `background_fetch_bytes` long and wait for
+    /// a quiet moment), then verifies the blob's digest.
     pub async fn fetch_all(&self, priority: Priority) -> Result<(), StoreError> {
-        let step = u64::from(self.inner.piece_length)
-            * u64::from(
-                self.inner
-                    .shared
-                    .config
-                    .pieces_per_fetch(self.inner.piece_length),
-            );
+        let config = &self.inner.shared.config;
+        let max = if priority == Priority::Background {
+            config.background_fetch_bytes
+        } else {
+            config.max_fetch_bytes
+        };
+        let pl = u64::from(self.inner.piece_length);
+        let step = (max / pl).max(1) * pl;
         let mut offset = 0;
         while offset < self.inner.size {
             let end = (offset + step).min(self.inner.size);

@@ -16,6 +16,7 @@ fn config() -> StoreConfig {
         max_concurrent_fetches: 4,
         max_fetch_bytes: 4 * u64::from(PL),
         background_pause_ms: 0,
+        background_fetch_bytes: 2 * u64::from(PL),
     }
 }
 

@@ -10,7 +10,8 @@ use crate::error::StoreError;
 pub struct StoreConfig {
     /// Bytes of pieces kept; least-recently-used unpinned blobs are evicted beyond this.
     pub capacity_bytes: u64,
-    /// Piece length of new blobs (a power of two, at least 64 KiB); recorded per blob.
+    /// Piece length of new blobs (a power of two, at least 64 KiB); recorded per blob. Small
+    /// pieces keep lazy reads of small files cheap; requests still coalesce adjacent pieces.
     pub piece_length: u32,
     /// Concurrent requests to sources, across all blobs.
     pub max_concurrent_fetches: usize,
@@ -19,16 +20,20 @@ pub struct StoreConfig {
     /// Background fetches wait until no more urgent fetch has started for this long, so
     /// they never compete with a container's reads for bandwidth.
     pub background_pause_ms: u64,
+    /// Size of each background request; small, so a container read that arrives while one is
+    /// in flight waits little for the bandwidth.
+    pub background_fetch_bytes: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> StoreConfig {
         StoreConfig {
             capacity_bytes: 10 << 30,
-            piece_length: 1 << 20,
+            piece_length: 256 << 10,
             max_concurrent_fetches: 8,
             max_fetch_bytes: 8 << 20,
-            background_pause_ms: 500,
+            background_pause_ms: 1000,
+            background_fetch_bytes: 1 << 20,
         }
     }
 }

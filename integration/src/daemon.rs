@@ -1,0 +1,104 @@
+//! Our daemon, `dragonfly-snapshotter`, started from the built binary with its own root.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::procs::{unmount_under, wait_until, Proc};
+
+/// A running daemon.
+pub struct Daemon {
+    /// Its directory (root, socket, config, log).
+    pub dir: PathBuf,
+    /// The socket containerd connects to.
+    pub socket: PathBuf,
+    proc: Option<Proc>,
+}
+
+fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("DRAGONFLY_SNAPSHOTTER_BIN") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dragonfly-snapshotter")
+}
+
+impl Daemon {
+    /// Starts the daemon in `dir`; `extra_yaml` is appended to its config (e.g.
+    /// `prefetch: {background: false}`).
+    pub fn start(dir: &Path, extra_yaml: &str) -> Result<Daemon> {
+        std::fs::create_dir_all(dir)?;
+        let socket = dir.join("dragonfly.sock");
+        let config = format!(
+            "root: {root}\naddress: {sock}\nmetrics: {{address: null}}\nlog: {{level: 'dragonfly_snapshotter=debug,dragonfly_storage=debug,info'}}\n{extra_yaml}\n",
+            root = dir.join("root").display(),
+            sock = socket.display()
+        );
+        std::fs::write(dir.join("config.yaml"), config)?;
+        let mut d = Daemon {
+            dir: dir.to_owned(),
+            socket,
+            proc: None,
+        };
+        d.spawn()?;
+        Ok(d)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let bin = binary();
+        anyhow::ensure!(
+            bin.exists(),
+            "{} not found: build it first (cargo build --bins) or set DRAGONFLY_SNAPSHOTTER_BIN",
+            bin.display()
+        );
+        let _ = std::fs::remove_file(&self.socket);
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config").arg(self.dir.join("config.yaml"));
+        let mut proc = Proc::spawn("dragonfly-snapshotter", cmd, &self.dir.join("daemon.log"))?;
+        let sock = self.socket.clone();
+        let ready = wait_until("dragonfly-snapshotter", Duration::from_secs(30), || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        });
+        if let Err(e) = ready {
+            proc.check_running()?;
+            return Err(e).context(proc.log_tail(30));
+        }
+        self.proc = Some(proc);
+        Ok(())
+    }
+
+    /// SIGKILL: no clean-up, mounts are left behind, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// Starts the daemon again on the same root.
+    pub fn restart(&mut self) -> Result<()> {
+        if let Some(mut p) = self.proc.take() {
+            p.stop(Duration::from_secs(10));
+        }
+        self.spawn()
+    }
+
+    /// The daemon's pid, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.pid())
+    }
+
+    /// The daemon's whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop(Duration::from_secs(10));
+        }
+        unmount_under(&self.dir);
+    }
+}
