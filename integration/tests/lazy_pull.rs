@@ -107,17 +107,33 @@ fn every_format_shows_the_root_filesystem_overlayfs_shows() {
     }
     bed.containerd.remove_container("oracle");
 
+    same_as_oracle(&bed, &oracle, [&gzip, &esgz, &zstd], 3);
+    assert!(
+        bed.daemon.log().contains("landmark prefetch done"),
+        "the eStargz image has a landmark; its files must be prefetched\n{}",
+        bed.logs()
+    );
+}
+
+/// Pulls each variant with our snapshotter (lazily for eStargz and zstd:chunked, a plain pull
+/// for gzip) and compares the container's root filesystem with the overlayfs oracle.
+fn same_as_oracle(
+    bed: &TestBed,
+    oracle: &rootfs::Listing,
+    [gzip, esgz, zstd]: [&String; 3],
+    layers: usize,
+) {
     for (name, image, lazy) in [
-        ("estargz", &esgz, true),
-        ("zstdchunked", &zstd, true),
-        ("gzip, plain pull", &gzip, false),
+        ("estargz", esgz, true),
+        ("zstdchunked", zstd, true),
+        ("gzip, plain pull", gzip, false),
     ] {
         let mounted_before = bed.daemon.log().matches("lazy layer mounted").count();
         if lazy {
-            rpull(&bed, image);
+            rpull(bed, image);
         } else {
             must(
-                &bed,
+                bed,
                 "plain pull",
                 bed.containerd.ctr(&[
                     "image",
@@ -132,18 +148,18 @@ fn every_format_shows_the_root_filesystem_overlayfs_shows() {
         let mounted = bed.daemon.log().matches("lazy layer mounted").count() - mounted_before;
         assert_eq!(
             mounted,
-            if lazy { 3 } else { 0 },
+            if lazy { layers } else { 0 },
             "{name}: lazy layers mounted\n{}",
             bed.logs()
         );
         let id = format!("c-{}", name.split(',').next().unwrap());
         let pid = must(
-            &bed,
+            bed,
             name,
             bed.containerd.run_detached("dragonfly", image, &id),
         );
         let ours = rootfs::list_process_root(pid).expect("walk container");
-        let d = rootfs::diff(&oracle, &ours);
+        let d = rootfs::diff(oracle, &ours);
         assert!(
             d.is_empty(),
             "{name}: root filesystem differs from overlayfs:\n{}\n{}",
@@ -152,11 +168,42 @@ fn every_format_shows_the_root_filesystem_overlayfs_shows() {
         );
         bed.containerd.remove_container(&id);
     }
-    assert!(
-        bed.daemon.log().contains("landmark prefetch done"),
-        "the eStargz image has a landmark; its files must be prefetched\n{}",
-        bed.logs()
+}
+
+#[test]
+fn the_large_image_shows_the_root_filesystem_overlayfs_shows() {
+    let bed = TestBed::start("").expect("test bed");
+    let img = must(&bed, "build fixture", fixtures::large_image(bed.path()));
+    let [gzip, esgz, zstd] = must(
+        &bed,
+        "publish",
+        fixtures::publish(&bed.containerd, &bed.registry.addr, "large", &img, &[]),
     );
+    must(
+        &bed,
+        "pull for overlayfs",
+        bed.containerd.ctr(&[
+            "image",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            "overlayfs",
+            &gzip,
+        ]),
+    );
+    let pid = must(
+        &bed,
+        "run on overlayfs",
+        bed.containerd.run_detached("overlayfs", &gzip, "oracle"),
+    );
+    let oracle = rootfs::list_process_root(pid).expect("walk oracle");
+    assert!(
+        oracle["/data/huge.bin"].contains("size=41943040"),
+        "{}",
+        oracle["/data/huge.bin"]
+    );
+    bed.containerd.remove_container("oracle");
+    same_as_oracle(&bed, &oracle, [&gzip, &esgz, &zstd], 2);
 }
 
 #[test]
