@@ -2,7 +2,8 @@
 //!
 //! containerd's snapshots service is generated here with its *server* side (containerd-client
 //! only ships clients); its `containerd.types.Mount` message is mapped onto containerd-client's
-//! type so the two crates share one definition.
+//! type so the two crates share one definition. Our own services (`dragonfly/...`) are generated
+//! with both sides.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let containerd = "containerd/github.com/containerd/containerd/api";
@@ -13,5 +14,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .extern_path(".containerd.types", "::containerd_client::types")
         .compile_protos(&[snapshots.as_str()], &["containerd"])?;
+    println!("cargo:rerun-if-changed=dragonfly");
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(
+            &[
+                "dragonfly/scheduler/v1/scheduler.proto",
+                "dragonfly/peer/v1/peer.proto",
+            ],
+            &["."],
+        )?;
     Ok(())
 }

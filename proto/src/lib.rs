@@ -3,6 +3,9 @@
 //! - [`snapshots`]: containerd's `containerd.services.snapshots.v1.Snapshots` service, which the
 //!   peer daemon serves to containerd as a proxy snapshotter (server and client are generated; the
 //!   client is what our tests use to speak to the daemon exactly as containerd does).
+//! - [`scheduler`]: `dragonfly.scheduler.v1.Scheduler`, which peers use to find parents.
+//! - [`peer`]: `dragonfly.peer.v1.Peer`, which peers serve to each other (pieces) and to the
+//!   scheduler (seed triggers).
 
 /// containerd's snapshots service (`containerd.services.snapshots.v1`).
 pub mod snapshots {
@@ -12,3 +15,30 @@ pub mod snapshots {
 
 /// containerd's shared types (`containerd.types`), re-exported from containerd-client.
 pub use containerd_client::types;
+
+/// Our services, in modules mirroring their protobuf packages (generated code refers to other
+/// packages by relative path).
+pub mod dragonfly {
+    /// `dragonfly.scheduler`
+    pub mod scheduler {
+        /// The scheduler service (`dragonfly.scheduler.v1`).
+        pub mod v1 {
+            #![allow(clippy::all, missing_docs)]
+            tonic::include_proto!("dragonfly.scheduler.v1");
+
+            /// Protocol revision this build speaks (major * 1000 + minor).
+            pub const PROTOCOL: u32 = 1000;
+        }
+    }
+    /// `dragonfly.peer`
+    pub mod peer {
+        /// The peer service (`dragonfly.peer.v1`).
+        pub mod v1 {
+            #![allow(clippy::all, missing_docs)]
+            tonic::include_proto!("dragonfly.peer.v1");
+        }
+    }
+}
+
+pub use dragonfly::peer::v1 as peer;
+pub use dragonfly::scheduler::v1 as scheduler;

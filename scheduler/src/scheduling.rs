@@ -1,0 +1,547 @@
+//! Answering FindParents: sample the peers that hold pieces of the task, drop the ones this
+//! peer must not use, score the rest, return the best; with none, make the peer wait for a seed
+//! peer (triggering one if the task has none) or send it to the origin.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dragonfly_proto::scheduler as pb;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+use crate::config::SchedulingConfig;
+use crate::evaluator::{score, Candidate, Child};
+use crate::state::{HostInfo, SeedStatus, State, StateError};
+
+/// At most this many pieces per FindParents.
+pub const MAX_PIECES_PER_REQUEST: usize = 4096;
+
+/// A seed peer to start on a task (done by the caller, outside every lock).
+#[derive(Debug)]
+pub struct SeedTrigger {
+    /// The seed host.
+    pub host: HostInfo,
+    /// The task, with origin headers.
+    pub task: pb::Task,
+}
+
+/// The seed host responsible for `task`: rendezvous hashing over the seed hosts, so every
+/// scheduler picks the same one and tasks spread evenly.
+pub fn pick_seed<'a>(
+    task: &str,
+    seeds: impl Iterator<Item = &'a HostInfo>,
+) -> Option<&'a HostInfo> {
+    seeds.max_by_key(|h| {
+        let d = Sha256::new()
+            .chain_update(task.as_bytes())
+            .chain_update([0])
+            .chain_update(h.id.as_bytes())
+            .finalize();
+        u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+    })
+}
+
+fn response(decision: pb::Decision, reason: &str) -> pb::FindParentsResponse {
+    pb::FindParentsResponse {
+        decision: decision as i32,
+        reason: reason.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// Decides for one FindParents request.
+pub fn find_parents(
+    state: &State,
+    cfg: &SchedulingConfig,
+    req: &pb::FindParentsRequest,
+    rng: &mut impl Rng,
+) -> Result<(pb::FindParentsResponse, Option<SeedTrigger>), StateError> {
+    if req.pieces.len() > MAX_PIECES_PER_REQUEST {
+        return Err(StateError::Invalid(format!(
+            "at most {MAX_PIECES_PER_REQUEST} pieces per request"
+        )));
+    }
+    let task = state
+        .task(&req.task_id)
+        .ok_or_else(|| StateError::UnknownTask(req.task_id.clone()))?;
+    let mut t = task.lock().expect("task lock");
+    let child = t
+        .peers
+        .get(req.peer_id.as_str())
+        .ok_or_else(|| StateError::UnknownPeer(req.peer_id.clone(), req.task_id.clone()))?;
+    let child_host_id = child.host_id.clone();
+    let limit = match req.limit as usize {
+        0 => cfg.candidate_parent_limit,
+        n => n.min(20),
+    };
+    let digests: Vec<pb::PieceInfo> = req
+        .pieces
+        .iter()
+        .filter_map(|n| {
+            t.piece_digests.get(n).map(|d| pb::PieceInfo {
+                number: *n,
+                digest: d.clone(),
+                length: 0,
+            })
+        })
+        .collect();
+
+    let mut scored: Vec<(f64, pb::Parent)> =
+        state.with_hosts(|hosts| -> Result<_, StateError> {
+            let child_host = hosts
+                .get(&child_host_id)
+                .ok_or_else(|| StateError::UnknownHost(child_host_id.to_string()))?;
+            let child_place = Child {
+                idc: &child_host.idc,
+                location: &child_host.location,
+            };
+            let mut out = Vec::new();
+            let n = t.holders.len();
+            if n == 0 || req.pieces.is_empty() {
+                return Ok(out);
+            }
+            let start = rng.random_range(0..n);
+            for i in 0..n.min(cfg.scan_limit) {
+                let id = &t.holders[(start + i) % n];
+                if **id == *req.peer_id || t.blocklist.contains(id) || child.avoid.contains(id) {
+                    continue;
+                }
+                let Some(p) = t.peers.get(id) else { continue };
+                if p.host_id == child_host_id {
+                    continue;
+                }
+                let Some(host) = hosts.get(&p.host_id) else {
+                    continue;
+                };
+                let have: Vec<u32> = req
+                    .pieces
+                    .iter()
+                    .copied()
+                    .filter(|n| p.pieces.contains(*n))
+                    .collect();
+                if have.is_empty() {
+                    continue;
+                }
+                let s = score(
+                    child_place,
+                    Candidate {
+                        has: have.len(),
+                        asked: req.pieces.len(),
+                        active_uploads: host.active_uploads,
+                        upload_slots: host.upload_slots,
+                        uploads_ok: p.uploads_ok,
+                        uploads_failed: p.uploads_failed,
+                        cost_ms: p.cost_ms,
+                        idc: &host.idc,
+                        location: &host.location,
+                        seed: host.seed,
+                        complete: t.is_complete(p),
+                    },
+                );
+                out.push((
+                    s,
+                    pb::Parent {
+                        peer_id: id.to_string(),
+                        host_id: host.id.to_string(),
+                        ip: host.ip.clone(),
+                        upload_port: host.upload_port,
+                        pieces: have,
+                        score: s,
+                    },
+                ));
+                if out.len() >= cfg.filter_parent_limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })?;
+
+    if !scored.is_empty() {
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        scored.truncate(limit);
+        if let Some(c) = t.peers.get_mut(req.peer_id.as_str()) {
+            c.waiting_since = None;
+        }
+        let mut r = response(pb::Decision::Parents, "");
+        r.parents = scored.into_iter().map(|(_, p)| p).collect();
+        r.digests = digests;
+        return Ok((r, None));
+    }
+
+    // Nobody has the pieces.
+    let child_is_seed = state.host(&child_host_id).is_some_and(|h| h.seed);
+    let (mut resp, trigger) = decide_without_parents(
+        state,
+        cfg,
+        &mut t,
+        &req.peer_id,
+        &child_host_id,
+        child_is_seed,
+    );
+    resp.digests = digests;
+    Ok((resp, trigger))
+}
+
+fn decide_without_parents(
+    state: &State,
+    cfg: &SchedulingConfig,
+    t: &mut crate::state::TaskState,
+    peer_id: &str,
+    child_host: &Arc<str>,
+    child_is_seed: bool,
+) -> (pb::FindParentsResponse, Option<SeedTrigger>) {
+    let wait = |reason: &str| {
+        let mut r = response(pb::Decision::Wait, reason);
+        r.retry_after_ms = cfg.retry_after_ms;
+        r
+    };
+    let now = Instant::now();
+    let seed_wait = Duration::from_millis(cfg.seed_wait_timeout_ms);
+    let already_origin = t.peers.get(peer_id).is_some_and(|p| p.back_to_source);
+    if child_is_seed || already_origin {
+        if let Some(p) = t.peers.get_mut(peer_id) {
+            p.back_to_source = true;
+        }
+        return (
+            response(
+                pb::Decision::BackToSource,
+                "seed peers and peers already at the origin fetch from it",
+            ),
+            None,
+        );
+    }
+    let mut trigger = None;
+    match t.seed.clone() {
+        SeedStatus::Triggered { host, at } => {
+            let alive = state.host(&host).is_some();
+            let progress = t.last_seed_piece.map_or(at, |p| p.max(at));
+            if alive && now.duration_since(progress) < seed_wait {
+                return (
+                    wait("a seed peer is fetching the task from the origin"),
+                    None,
+                );
+            }
+        }
+        SeedStatus::Failed { at } if now.duration_since(at) < seed_wait => {}
+        SeedStatus::None | SeedStatus::Failed { .. } => {
+            let seeds = state.seed_hosts();
+            if let Some(seed) = pick_seed(&t.id, seeds.iter().filter(|h| h.id != *child_host)) {
+                t.seed = SeedStatus::Triggered {
+                    host: seed.id.clone(),
+                    at: now,
+                };
+                trigger = Some(SeedTrigger {
+                    host: seed.clone(),
+                    task: t.to_proto(),
+                });
+                return (wait("triggered a seed peer for the task"), trigger);
+            }
+        }
+    }
+    if t.back_to_source_peers() >= cfg.back_to_source_limit {
+        return (
+            wait("too many peers of this task are fetching from the origin"),
+            trigger,
+        );
+    }
+    if let Some(p) = t.peers.get_mut(peer_id) {
+        p.back_to_source = true;
+    }
+    (
+        response(
+            pb::Decision::BackToSource,
+            "no peer has the pieces and no seed peer can fetch them",
+        ),
+        trigger,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::State;
+    use rand::SeedableRng;
+
+    fn host(id: &str, seed: bool, idc: &str) -> pb::Host {
+        pb::Host {
+            id: id.into(),
+            hostname: id.into(),
+            ip: "127.0.0.1".into(),
+            upload_port: 4000,
+            r#type: if seed {
+                pb::HostType::Seed
+            } else {
+                pb::HostType::Normal
+            } as i32,
+            idc: idc.into(),
+            location: String::new(),
+            upload_slots: 10,
+        }
+    }
+
+    fn task() -> pb::Task {
+        pb::Task {
+            id: "sha256:task".into(),
+            content_length: 10 * 65536,
+            piece_length: 65536,
+            url: "oci://r/x@sha256:task".into(),
+            digest: String::new(),
+            origin_headers: [("authorization".to_string(), "Bearer secret".to_string())].into(),
+        }
+    }
+
+    fn digest(n: u32) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(n.to_be_bytes())))
+    }
+
+    fn piece(peer: &str, n: u32, parent: &str) -> pb::PieceFinished {
+        pb::PieceFinished {
+            peer_id: peer.into(),
+            task_id: "sha256:task".into(),
+            piece: Some(pb::PieceInfo {
+                number: n,
+                digest: digest(n),
+                length: 65536,
+            }),
+            parent_id: parent.into(),
+            cost_ms: 10,
+        }
+    }
+
+    fn ask(
+        state: &State,
+        cfg: &SchedulingConfig,
+        peer: &str,
+        pieces: &[u32],
+    ) -> (pb::FindParentsResponse, Option<SeedTrigger>) {
+        let req = pb::FindParentsRequest {
+            peer_id: peer.into(),
+            task_id: "sha256:task".into(),
+            pieces: pieces.to_vec(),
+            limit: 0,
+        };
+        find_parents(state, cfg, &req, &mut rand::rngs::StdRng::seed_from_u64(1)).unwrap()
+    }
+
+    fn decision(r: &pb::FindParentsResponse) -> pb::Decision {
+        pb::Decision::try_from(r.decision).unwrap()
+    }
+
+    /// Hosts a..e (normal), peers pa..pe registered on the task.
+    fn swarm(seed_host: bool) -> State {
+        let s = State::default();
+        for h in ["a", "b", "c", "d", "e"] {
+            s.announce_host(1000, &host(h, false, if h == "c" { "dc1" } else { "dc2" }))
+                .unwrap();
+            s.register_peer(h, &format!("p{h}"), &task()).unwrap();
+        }
+        if seed_host {
+            s.announce_host(1000, &host("seed", true, "")).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn parents_are_ranked_and_filtered() {
+        let s = swarm(false);
+        let cfg = SchedulingConfig::default();
+        // pb has 1 piece, pc has 3 (origin), pd has 3 but is avoided later.
+        for n in 0..3 {
+            s.piece_finished(&piece("pc", n, "")).unwrap();
+            s.piece_finished(&piece("pd", n, "pc")).unwrap();
+        }
+        s.piece_finished(&piece("pb", 0, "pc")).unwrap();
+        // A second peer of host a must never be its own host's parent.
+        s.register_peer("a", "pa2", &task()).unwrap();
+        s.piece_finished(&piece("pa2", 0, "pc")).unwrap();
+        let (r, trig) = ask(&s, &cfg, "pa", &[0, 1, 2]);
+        assert!(trig.is_none());
+        assert_eq!(decision(&r), pb::Decision::Parents);
+        let ids: Vec<&str> = r.parents.iter().map(|p| p.peer_id.as_str()).collect();
+        assert!(!ids.contains(&"pa") && !ids.contains(&"pa2"), "{ids:?}");
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        assert_eq!(ids[2], "pb", "fewest pieces ranks last: {ids:?}");
+        assert_eq!(
+            r.parents.iter().find(|p| p.peer_id == "pb").unwrap().pieces,
+            vec![0]
+        );
+        assert_eq!(r.digests.len(), 3);
+        assert_eq!(r.digests[1].digest, digest(1));
+
+        // Reported failures keep a parent away from this child; corruption from everyone.
+        s.bad_parent(&pb::ReportBadParentRequest {
+            peer_id: "pa".into(),
+            task_id: "sha256:task".into(),
+            parent_id: "pd".into(),
+            corrupt: false,
+            reason: "timeout".into(),
+        })
+        .unwrap();
+        s.bad_parent(&pb::ReportBadParentRequest {
+            peer_id: "pe".into(),
+            task_id: "sha256:task".into(),
+            parent_id: "pc".into(),
+            corrupt: true,
+            reason: "digest".into(),
+        })
+        .unwrap();
+        let (r, _) = ask(&s, &cfg, "pa", &[0, 1, 2]);
+        let ids: Vec<&str> = r.parents.iter().map(|p| p.peer_id.as_str()).collect();
+        assert_eq!(ids, vec!["pb"]);
+        let (r, _) = ask(&s, &cfg, "pb", &[1]);
+        let ids: Vec<&str> = r.parents.iter().map(|p| p.peer_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            vec!["pd"],
+            "pc is blocklisted for the task, pd still fine for others"
+        );
+    }
+
+    #[test]
+    fn contradicting_digests_are_refused_and_bad_input_is_an_error() {
+        let s = swarm(false);
+        assert!(s.piece_finished(&piece("pc", 1, "")).unwrap());
+        let mut liar = piece("pd", 1, "");
+        liar.piece.as_mut().unwrap().digest = digest(99);
+        assert!(!s.piece_finished(&liar).unwrap());
+        let (r, _) = ask(&s, &SchedulingConfig::default(), "pa", &[1]);
+        assert_eq!(
+            r.parents.len(),
+            1,
+            "the refused report did not make pd a holder"
+        );
+        assert!(
+            matches!(
+                s.piece_finished(&piece("pc", 10, "")),
+                Err(StateError::Invalid(_))
+            ),
+            "past the end"
+        );
+        let mut bad = piece("pc", 1, "");
+        bad.piece.as_mut().unwrap().digest = "md5:x".into();
+        assert!(matches!(
+            s.piece_finished(&bad),
+            Err(StateError::Invalid(_))
+        ));
+        assert!(matches!(
+            s.piece_finished(&piece("nobody", 1, "")),
+            Err(StateError::UnknownPeer(..))
+        ));
+        assert!(matches!(
+            s.register_peer("ghost", "p", &task()),
+            Err(StateError::UnknownHost(_))
+        ));
+        let mut t = task();
+        t.piece_length = 1000;
+        assert!(matches!(
+            s.register_peer("a", "p", &t),
+            Err(StateError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn without_parents_a_seed_is_triggered_once_and_peers_wait_for_it() {
+        let s = swarm(true);
+        let cfg = SchedulingConfig::default();
+        let (r, trig) = ask(&s, &cfg, "pa", &[0]);
+        assert_eq!(decision(&r), pb::Decision::Wait);
+        let trig = trig.expect("a seed trigger");
+        assert_eq!(&*trig.host.id, "seed");
+        assert_eq!(trig.task.origin_headers["authorization"], "Bearer secret");
+        let (r, trig) = ask(&s, &cfg, "pb", &[0]);
+        assert_eq!(decision(&r), pb::Decision::Wait);
+        assert!(trig.is_none(), "triggered once");
+        // The seed registers, goes to the origin, reports a piece: it becomes a parent.
+        s.register_peer("seed", "pseed", &task()).unwrap();
+        let (r, _) = ask(&s, &cfg, "pseed", &[0]);
+        assert_eq!(decision(&r), pb::Decision::BackToSource);
+        s.piece_finished(&piece("pseed", 0, "")).unwrap();
+        let (r, _) = ask(&s, &cfg, "pa", &[0]);
+        assert_eq!(decision(&r), pb::Decision::Parents);
+        assert_eq!(r.parents[0].peer_id, "pseed");
+    }
+
+    #[test]
+    fn peers_go_to_the_origin_when_no_seed_can_help() {
+        let s = swarm(false);
+        let cfg = SchedulingConfig {
+            back_to_source_limit: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            decision(&ask(&s, &cfg, "pa", &[0]).0),
+            pb::Decision::BackToSource
+        );
+        assert_eq!(
+            decision(&ask(&s, &cfg, "pb", &[0]).0),
+            pb::Decision::BackToSource
+        );
+        assert_eq!(
+            decision(&ask(&s, &cfg, "pc", &[0]).0),
+            pb::Decision::Wait,
+            "origin limit reached"
+        );
+        // A seed that stops making progress is given up on.
+        let s = swarm(true);
+        let cfg = SchedulingConfig {
+            seed_wait_timeout_ms: 0,
+            ..Default::default()
+        };
+        let (r, trig) = ask(&s, &cfg, "pa", &[0]);
+        assert!(trig.is_some() && decision(&r) == pb::Decision::Wait);
+        assert_eq!(
+            decision(&ask(&s, &cfg, "pa", &[0]).0),
+            pb::Decision::BackToSource
+        );
+        // A seed that failed to trigger sends peers to the origin.
+        let s = swarm(true);
+        let cfg = SchedulingConfig::default();
+        ask(&s, &cfg, "pa", &[0]);
+        s.task("sha256:task").unwrap().lock().unwrap().seed =
+            SeedStatus::Failed { at: Instant::now() };
+        assert_eq!(
+            decision(&ask(&s, &cfg, "pb", &[0]).0),
+            pb::Decision::BackToSource
+        );
+    }
+
+    #[test]
+    fn silent_hosts_expire_with_their_peers() {
+        let s = swarm(false);
+        s.piece_finished(&piece("pc", 0, "")).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        for h in ["a", "b", "d", "e"] {
+            assert!(s.keepalive(h, 0));
+        }
+        let (hosts, _) = s.expire(Duration::from_millis(10), Duration::from_secs(60));
+        assert_eq!(hosts, 1);
+        assert!(s.host("c").is_none() && !s.keepalive("c", 0));
+        let (r, _) = ask(&s, &SchedulingConfig::default(), "pa", &[0]);
+        assert!(r.parents.is_empty(), "expired host's peer is gone");
+    }
+
+    #[test]
+    fn seeds_are_picked_stably_and_spread() {
+        let s = State::default();
+        for i in 0..4 {
+            s.announce_host(1000, &host(&format!("seed{i}"), true, ""))
+                .unwrap();
+        }
+        let seeds = s.seed_hosts();
+        let mut counts = std::collections::HashMap::new();
+        for t in 0..400 {
+            let a = pick_seed(&format!("task{t}"), seeds.iter())
+                .unwrap()
+                .id
+                .clone();
+            let b = pick_seed(&format!("task{t}"), seeds.iter().rev())
+                .unwrap()
+                .id
+                .clone();
+            assert_eq!(a, b, "independent of order");
+            *counts.entry(a).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 4);
+        assert!(counts.values().all(|c| *c > 50), "{counts:?}");
+    }
+}

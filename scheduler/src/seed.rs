@@ -1,0 +1,42 @@
+//! Starting a seed peer on a task: the scheduler calls the seed's `Peer.TriggerDownload`.
+//! The origin headers travel with the call and are never logged.
+
+use std::time::{Duration, Instant};
+
+use dragonfly_proto::peer::peer_client::PeerClient;
+use dragonfly_proto::peer::TriggerDownloadRequest;
+
+use crate::scheduling::SeedTrigger;
+use crate::state::{SeedStatus, State};
+
+/// Calls the seed; on failure marks the task's seed as failed so peers go to the origin.
+pub async fn trigger(state: &State, t: SeedTrigger) {
+    let endpoint = format!("http://{}:{}", t.host.ip, t.host.upload_port);
+    let task_id = t.task.id.clone();
+    let res = async {
+        let ch = tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        PeerClient::new(ch)
+            .trigger_download(TriggerDownloadRequest { task: Some(t.task) })
+            .await
+            .map(|r| r.into_inner().started)
+            .map_err(|e| e.message().to_owned())
+    }
+    .await;
+    match res {
+        Ok(started) => {
+            tracing::info!(task = %task_id, seed = %t.host.id, started, "seed peer triggered")
+        }
+        Err(e) => {
+            tracing::warn!(task = %task_id, seed = %t.host.id, error = %e, "cannot trigger the seed peer; peers will go to the origin");
+            if let Some(task) = state.task(&task_id) {
+                task.lock().expect("task lock").seed = SeedStatus::Failed { at: Instant::now() };
+            }
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Wiring: the gRPC server, `/metrics`, and the reaper that expires silent hosts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use dragonfly_proto::scheduler::scheduler_server::SchedulerServer;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::service::SchedulerService;
+use crate::state::State;
+
+/// Runs the scheduler until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let state = Arc::new(State::default());
+    let metrics = Metrics::new();
+    if let Some(addr) = config.metrics.address {
+        let (m, s) = (metrics.clone(), state.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, m, s).await {
+                tracing::error!(%addr, error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    let keepalive = Duration::from_secs(u64::from(config.scheduling.keepalive_interval_secs));
+    let task_ttl = Duration::from_secs(config.scheduling.task_ttl_secs);
+    let reaper_state = state.clone();
+    let reaper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(keepalive);
+        loop {
+            tick.tick().await;
+            reaper_state.expire(keepalive * 3, task_ttl);
+        }
+    });
+    let service = SchedulerService::new(state, config.scheduling.clone(), metrics);
+    let listener = tokio::net::TcpListener::bind(config.address)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.address))?;
+    tracing::info!(address = %listener.local_addr()?, "scheduler serving");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let served = tonic::transport::Server::builder()
+        .add_service(SchedulerServer::new(service).max_decoding_message_size(16 << 20))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    reaper.abort();
+    served.context("gRPC server failed")
+}

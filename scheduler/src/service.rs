@@ -1,0 +1,187 @@
+//! The gRPC `dragonfly.scheduler.v1.Scheduler` service over the in-memory [`State`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use dragonfly_proto::scheduler as pb;
+use dragonfly_proto::scheduler::scheduler_server::Scheduler;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::SchedulingConfig;
+use crate::metrics::Metrics;
+use crate::scheduling::find_parents;
+use crate::state::{State, StateError};
+
+/// The service.
+#[derive(Clone)]
+pub struct SchedulerService {
+    state: Arc<State>,
+    config: SchedulingConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl SchedulerService {
+    /// A service over `state`.
+    pub fn new(
+        state: Arc<State>,
+        config: SchedulingConfig,
+        metrics: Arc<Metrics>,
+    ) -> SchedulerService {
+        SchedulerService {
+            state,
+            config,
+            metrics,
+        }
+    }
+}
+
+fn status(e: StateError) -> Status {
+    match e {
+        StateError::UnknownHost(_) | StateError::UnknownTask(_) | StateError::UnknownPeer(..) => {
+            Status::not_found(e.to_string())
+        }
+        StateError::Invalid(_) => Status::invalid_argument(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Scheduler for SchedulerService {
+    async fn announce_host(
+        &self,
+        req: Request<pb::AnnounceHostRequest>,
+    ) -> Result<Response<pb::AnnounceHostResponse>, Status> {
+        let r = req.into_inner();
+        if r.protocol / 1000 != pb::PROTOCOL / 1000 {
+            return Err(Status::failed_precondition(format!(
+                "protocol {} is not spoken here (scheduler speaks {}.x); upgrade the peer or the scheduler",
+                r.protocol,
+                pb::PROTOCOL / 1000
+            )));
+        }
+        let host = r
+            .host
+            .ok_or_else(|| Status::invalid_argument("host is required"))?;
+        self.state
+            .announce_host(r.protocol, &host)
+            .map_err(status)?;
+        tracing::debug!(host = %host.id, seed = host.r#type == pb::HostType::Seed as i32, "host announced");
+        Ok(Response::new(pb::AnnounceHostResponse {
+            protocol: pb::PROTOCOL,
+            keepalive_interval_secs: self.config.keepalive_interval_secs,
+        }))
+    }
+
+    async fn keep_alive(
+        &self,
+        req: Request<pb::KeepAliveRequest>,
+    ) -> Result<Response<pb::KeepAliveResponse>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(pb::KeepAliveResponse {
+            known: self.state.keepalive(&r.host_id, r.active_uploads),
+        }))
+    }
+
+    async fn leave_host(
+        &self,
+        req: Request<pb::LeaveHostRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.state.leave_host(&req.into_inner().host_id);
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn register_peer(
+        &self,
+        req: Request<pb::RegisterPeerRequest>,
+    ) -> Result<Response<pb::RegisterPeerResponse>, Status> {
+        let r = req.into_inner();
+        let task = r
+            .task
+            .ok_or_else(|| Status::invalid_argument("task is required"))?;
+        let (content_length, piece_length) = self
+            .state
+            .register_peer(&r.host_id, &r.peer_id, &task)
+            .map_err(status)?;
+        Ok(Response::new(pb::RegisterPeerResponse {
+            content_length,
+            piece_length,
+        }))
+    }
+
+    async fn report_pieces(
+        &self,
+        req: Request<Streaming<pb::PieceFinished>>,
+    ) -> Result<Response<pb::ReportPiecesResponse>, Status> {
+        let mut stream = req.into_inner();
+        let (mut accepted, mut refused) = (0, 0);
+        while let Some(report) = stream.message().await? {
+            match self.state.piece_finished(&report) {
+                Ok(true) => accepted += 1,
+                Ok(false) => refused += 1,
+                Err(e) => return Err(status(e)),
+            }
+        }
+        self.metrics
+            .piece_reports
+            .with_label_values(&["accepted"])
+            .inc_by(accepted);
+        self.metrics
+            .piece_reports
+            .with_label_values(&["refused"])
+            .inc_by(refused);
+        Ok(Response::new(pb::ReportPiecesResponse {
+            accepted,
+            refused,
+        }))
+    }
+
+    async fn find_parents(
+        &self,
+        req: Request<pb::FindParentsRequest>,
+    ) -> Result<Response<pb::FindParentsResponse>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let (resp, trigger) =
+            find_parents(&self.state, &self.config, &r, &mut rand::rng()).map_err(status)?;
+        let decision = match pb::Decision::try_from(resp.decision) {
+            Ok(pb::Decision::Parents) => "parents",
+            Ok(pb::Decision::Wait) => "wait",
+            _ => "back_to_source",
+        };
+        self.metrics.decisions.with_label_values(&[decision]).inc();
+        self.metrics
+            .find_parents_seconds
+            .with_label_values(&[decision])
+            .observe(started.elapsed().as_secs_f64());
+        if let Some(t) = trigger {
+            self.metrics
+                .seed_triggers
+                .with_label_values(&["sent"])
+                .inc();
+            let state = self.state.clone();
+            tokio::spawn(async move { crate::seed::trigger(&state, t).await });
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn report_bad_parent(
+        &self,
+        req: Request<pb::ReportBadParentRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let r = req.into_inner();
+        self.metrics
+            .bad_parents
+            .with_label_values(&[if r.corrupt { "corrupt" } else { "failed" }])
+            .inc();
+        self.state.bad_parent(&r).map_err(status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn leave_peer(
+        &self,
+        req: Request<pb::LeavePeerRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let r = req.into_inner();
+        self.state.leave_peer(&r.task_id, &r.peer_id);
+        Ok(Response::new(pb::Empty {}))
+    }
+}

@@ -1,0 +1,504 @@
+//! The in-memory model: hosts, tasks, the peers of each task and the pieces each peer holds,
+//! piece digests recorded from the origin, and blocklists.
+//!
+//! Locking: one `RwLock` over the host table, one over the task table, and a `Mutex` per task,
+//! so requests about different tasks do not contend.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use dragonfly_proto::scheduler as pb;
+
+use crate::pieceset::PieceSet;
+
+/// A host that announced itself.
+#[derive(Debug, Clone)]
+pub struct HostInfo {
+    /// The announced host.
+    pub id: Arc<str>,
+    /// Address of its peer service.
+    pub ip: String,
+    /// Port of its peer service.
+    pub upload_port: u32,
+    /// Seed peer or normal.
+    pub seed: bool,
+    /// IDC.
+    pub idc: String,
+    /// Location.
+    pub location: String,
+    /// Upload slots.
+    pub upload_slots: u32,
+    /// Uploads running (from keepalives).
+    pub active_uploads: u32,
+    /// Last announce or keepalive.
+    pub last_seen: Instant,
+    /// Protocol revision it speaks.
+    pub protocol: u32,
+}
+
+/// One peer (a host downloading a task).
+#[derive(Debug)]
+pub struct PeerState {
+    /// The peer.
+    pub id: Arc<str>,
+    /// Its host.
+    pub host_id: Arc<str>,
+    /// Pieces it holds.
+    pub pieces: PieceSet,
+    /// Uploads children reported as good / bad.
+    pub uploads_ok: u64,
+    /// Uploads reported bad.
+    pub uploads_failed: u64,
+    /// Moving average of the cost of pieces fetched from it, ms.
+    pub cost_ms: f64,
+    /// Whether it was sent to the origin.
+    pub back_to_source: bool,
+    /// Parents this peer must not be given again.
+    pub avoid: HashSet<Arc<str>>,
+    /// When it first asked for parents and got none (for the seed wait bound).
+    pub waiting_since: Option<Instant>,
+}
+
+/// The seed peer status of a task.
+#[derive(Debug, Clone)]
+pub enum SeedStatus {
+    /// Never triggered.
+    None,
+    /// Triggered on a host at a time.
+    Triggered {
+        /// The seed host.
+        host: Arc<str>,
+        /// When.
+        at: Instant,
+    },
+    /// The trigger failed.
+    Failed {
+        /// When.
+        at: Instant,
+    },
+}
+
+/// One task.
+pub struct TaskState {
+    /// The task ID.
+    pub id: Arc<str>,
+    /// Total bytes (0 unknown).
+    pub content_length: u64,
+    /// Piece length, fixed by the first registration.
+    pub piece_length: u32,
+    /// Origin URL.
+    pub url: String,
+    /// Expected digest of the whole content.
+    pub digest: String,
+    /// Headers for the origin, from the latest registrant; in memory only, never logged.
+    pub origin_headers: HashMap<String, String>,
+    /// Piece digests recorded from origin downloads.
+    pub piece_digests: HashMap<u32, String>,
+    /// Peers by ID.
+    pub peers: HashMap<Arc<str>, PeerState>,
+    /// Peers holding at least one piece, for sampling.
+    pub holders: Vec<Arc<str>>,
+    /// Parents that served corrupt pieces: never a parent again for this task.
+    pub blocklist: HashSet<Arc<str>>,
+    /// Seed peer status.
+    pub seed: SeedStatus,
+    /// When a peer on a seed host last reported a piece of this task.
+    pub last_seed_piece: Option<Instant>,
+    /// When the task last had a peer.
+    pub last_active: Instant,
+}
+
+impl std::fmt::Debug for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskState")
+            .field("id", &self.id)
+            .field("content_length", &self.content_length)
+            .field("piece_length", &self.piece_length)
+            .field(
+                "origin_headers",
+                &format_args!("<{} redacted>", self.origin_headers.len()),
+            )
+            .field("peers", &self.peers.len())
+            .finish()
+    }
+}
+
+impl TaskState {
+    /// Pieces of the task (0 when the length is unknown).
+    pub fn piece_count(&self) -> u32 {
+        if self.piece_length == 0 {
+            return 0;
+        }
+        self.content_length.div_ceil(u64::from(self.piece_length)) as u32
+    }
+
+    /// Whether `peer` holds every piece.
+    pub fn is_complete(&self, peer: &PeerState) -> bool {
+        let n = self.piece_count();
+        n > 0 && peer.pieces.len() >= n
+    }
+
+    /// Peers of this task currently fetching from the origin.
+    pub fn back_to_source_peers(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|p| p.back_to_source && !self.is_complete(p))
+            .count()
+    }
+
+    fn remove_peer(&mut self, peer: &str) -> Option<PeerState> {
+        let removed = self.peers.remove(peer)?;
+        self.holders.retain(|h| &**h != peer);
+        Some(removed)
+    }
+
+    /// The task as the origin-facing seed needs it.
+    pub fn to_proto(&self) -> pb::Task {
+        pb::Task {
+            id: self.id.to_string(),
+            content_length: self.content_length,
+            piece_length: self.piece_length,
+            url: self.url.clone(),
+            digest: self.digest.clone(),
+            origin_headers: self.origin_headers.clone(),
+        }
+    }
+}
+
+/// Why a state change was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateError {
+    /// Unknown host.
+    #[error("host {0} is not announced; call AnnounceHost first")]
+    UnknownHost(String),
+    /// Unknown task.
+    #[error("task {0} is not known; call RegisterPeer first")]
+    UnknownTask(String),
+    /// Unknown peer.
+    #[error("peer {0} is not registered for task {1}; call RegisterPeer first")]
+    UnknownPeer(String, String),
+    /// A field is missing or malformed.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// Hosts and tasks.
+#[derive(Default)]
+pub struct State {
+    hosts: RwLock<HashMap<Arc<str>, HostInfo>>,
+    tasks: RwLock<HashMap<Arc<str>, Arc<Mutex<TaskState>>>>,
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), StateError> {
+    if id.is_empty() || id.len() > 512 {
+        return Err(StateError::Invalid(format!("{what} must be 1..=512 bytes")));
+    }
+    Ok(())
+}
+
+fn check_digest(d: &str) -> Result<(), StateError> {
+    let ok = d
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(StateError::Invalid(format!(
+            "piece digest {d:?} is not sha256:<64 hex>"
+        )))
+    }
+}
+
+impl State {
+    /// Adds or refreshes a host.
+    pub fn announce_host(&self, protocol: u32, h: &pb::Host) -> Result<(), StateError> {
+        check_id("host.id", &h.id)?;
+        if h.ip.is_empty() || h.upload_port == 0 || h.upload_port > 65535 {
+            return Err(StateError::Invalid(
+                "host.ip and host.upload_port (1..=65535) are required".into(),
+            ));
+        }
+        let id: Arc<str> = Arc::from(h.id.as_str());
+        let info = HostInfo {
+            id: id.clone(),
+            ip: h.ip.clone(),
+            upload_port: h.upload_port,
+            seed: h.r#type == pb::HostType::Seed as i32,
+            idc: h.idc.clone(),
+            location: h.location.clone(),
+            upload_slots: h.upload_slots.max(1),
+            active_uploads: 0,
+            last_seen: Instant::now(),
+            protocol,
+        };
+        self.hosts.write().expect("hosts lock").insert(id, info);
+        Ok(())
+    }
+
+    /// Marks a host alive; false if unknown.
+    pub fn keepalive(&self, host: &str, active_uploads: u32) -> bool {
+        match self.hosts.write().expect("hosts lock").get_mut(host) {
+            Some(h) => {
+                h.last_seen = Instant::now();
+                h.active_uploads = active_uploads;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A copy of a host.
+    pub fn host(&self, id: &str) -> Option<HostInfo> {
+        self.hosts.read().expect("hosts lock").get(id).cloned()
+    }
+
+    /// Alive seed hosts.
+    pub fn seed_hosts(&self) -> Vec<HostInfo> {
+        self.hosts
+            .read()
+            .expect("hosts lock")
+            .values()
+            .filter(|h| h.seed)
+            .cloned()
+            .collect()
+    }
+
+    /// Runs `f` with the host table.
+    pub fn with_hosts<R>(&self, f: impl FnOnce(&HashMap<Arc<str>, HostInfo>) -> R) -> R {
+        f(&self.hosts.read().expect("hosts lock"))
+    }
+
+    /// Counts (hosts, tasks, peers).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let hosts = self.hosts.read().expect("hosts lock").len();
+        let tasks = self.tasks.read().expect("tasks lock");
+        let peers = tasks
+            .values()
+            .map(|t| t.lock().expect("task lock").peers.len())
+            .sum();
+        (hosts, tasks.len(), peers)
+    }
+
+    /// The task, if known.
+    pub fn task(&self, id: &str) -> Option<Arc<Mutex<TaskState>>> {
+        self.tasks.read().expect("tasks lock").get(id).cloned()
+    }
+
+    /// Removes a host and its peers from every task.
+    pub fn leave_host(&self, host: &str) {
+        self.hosts.write().expect("hosts lock").remove(host);
+        let tasks: Vec<_> = self
+            .tasks
+            .read()
+            .expect("tasks lock")
+            .values()
+            .cloned()
+            .collect();
+        for t in tasks {
+            let mut t = t.lock().expect("task lock");
+            let gone: Vec<Arc<str>> = t
+                .peers
+                .values()
+                .filter(|p| &*p.host_id == host)
+                .map(|p| p.id.clone())
+                .collect();
+            for p in gone {
+                t.remove_peer(&p);
+            }
+        }
+    }
+
+    /// Registers a peer for a task (creating the task); returns (content_length, piece_length).
+    pub fn register_peer(
+        &self,
+        host_id: &str,
+        peer_id: &str,
+        task: &pb::Task,
+    ) -> Result<(u64, u32), StateError> {
+        check_id("peer_id", peer_id)?;
+        check_id("task.id", &task.id)?;
+        if task.piece_length != 0
+            && (!task.piece_length.is_power_of_two() || task.piece_length < 16 * 1024)
+        {
+            return Err(StateError::Invalid(format!(
+                "task.piece_length {} must be a power of two of at least 16 KiB",
+                task.piece_length
+            )));
+        }
+        if self.host(host_id).is_none() {
+            return Err(StateError::UnknownHost(host_id.to_owned()));
+        }
+        let entry = {
+            let mut tasks = self.tasks.write().expect("tasks lock");
+            tasks
+                .entry(Arc::from(task.id.as_str()))
+                .or_insert_with(|| {
+                    Arc::new(Mutex::new(TaskState {
+                        id: Arc::from(task.id.as_str()),
+                        content_length: task.content_length,
+                        piece_length: task.piece_length,
+                        url: task.url.clone(),
+                        digest: task.digest.clone(),
+                        origin_headers: HashMap::new(),
+                        piece_digests: HashMap::new(),
+                        peers: HashMap::new(),
+                        holders: Vec::new(),
+                        blocklist: HashSet::new(),
+                        seed: SeedStatus::None,
+                        last_seed_piece: None,
+                        last_active: Instant::now(),
+                    }))
+                })
+                .clone()
+        };
+        let mut t = entry.lock().expect("task lock");
+        if t.content_length == 0 {
+            t.content_length = task.content_length;
+        }
+        if t.piece_length == 0 {
+            t.piece_length = task.piece_length;
+        }
+        if t.url.is_empty() {
+            t.url = task.url.clone();
+        }
+        if t.digest.is_empty() {
+            t.digest = task.digest.clone();
+        }
+        if !task.origin_headers.is_empty() {
+            t.origin_headers = task.origin_headers.clone();
+        }
+        t.last_active = Instant::now();
+        let id: Arc<str> = Arc::from(peer_id);
+        t.peers.entry(id.clone()).or_insert_with(|| PeerState {
+            id,
+            host_id: Arc::from(host_id),
+            pieces: PieceSet::default(),
+            uploads_ok: 0,
+            uploads_failed: 0,
+            cost_ms: 0.0,
+            back_to_source: false,
+            avoid: HashSet::new(),
+            waiting_since: None,
+        });
+        Ok((t.content_length, t.piece_length))
+    }
+
+    /// Records a finished piece; `Ok(false)` when refused because its digest contradicts the
+    /// recorded one.
+    pub fn piece_finished(&self, r: &pb::PieceFinished) -> Result<bool, StateError> {
+        let piece = r
+            .piece
+            .as_ref()
+            .ok_or_else(|| StateError::Invalid("piece is required".into()))?;
+        check_digest(&piece.digest)?;
+        let task = self
+            .task(&r.task_id)
+            .ok_or_else(|| StateError::UnknownTask(r.task_id.clone()))?;
+        let mut t = task.lock().expect("task lock");
+        let count = t.piece_count();
+        if count > 0 && piece.number >= count {
+            return Err(StateError::Invalid(format!(
+                "piece {} is past the end of task {} ({count} pieces)",
+                piece.number, r.task_id
+            )));
+        }
+        if !t.peers.contains_key(r.peer_id.as_str()) {
+            return Err(StateError::UnknownPeer(
+                r.peer_id.clone(),
+                r.task_id.clone(),
+            ));
+        }
+        match t.piece_digests.get(&piece.number) {
+            Some(d) if *d != piece.digest => {
+                tracing::warn!(task = %r.task_id, peer = %r.peer_id, piece = piece.number, "piece report contradicts the recorded digest; refused");
+                return Ok(false);
+            }
+            None if r.parent_id.is_empty() => {
+                t.piece_digests.insert(piece.number, piece.digest.clone());
+            }
+            _ => {}
+        }
+        if !r.parent_id.is_empty() {
+            if let Some(parent) = t.peers.get_mut(r.parent_id.as_str()) {
+                parent.uploads_ok += 1;
+                parent.cost_ms = if parent.cost_ms == 0.0 {
+                    f64::from(r.cost_ms)
+                } else {
+                    0.8 * parent.cost_ms + 0.2 * f64::from(r.cost_ms)
+                };
+            }
+        }
+        t.last_active = Instant::now();
+        let host = t.peers[r.peer_id.as_str()].host_id.clone();
+        if self.host(&host).is_some_and(|h| h.seed) {
+            t.last_seed_piece = Some(Instant::now());
+        }
+        let peer = t.peers.get_mut(r.peer_id.as_str()).expect("checked above");
+        let first = peer.pieces.is_empty();
+        peer.pieces.insert(piece.number);
+        peer.waiting_since = None;
+        if first {
+            let id = peer.id.clone();
+            t.holders.push(id);
+        }
+        Ok(true)
+    }
+
+    /// A child reports a parent: corrupt bytes blocklist it for the task (and forget its
+    /// pieces); a failed transfer keeps it away from this child.
+    pub fn bad_parent(&self, r: &pb::ReportBadParentRequest) -> Result<(), StateError> {
+        let task = self
+            .task(&r.task_id)
+            .ok_or_else(|| StateError::UnknownTask(r.task_id.clone()))?;
+        let mut t = task.lock().expect("task lock");
+        let parent: Arc<str> = Arc::from(r.parent_id.as_str());
+        if r.corrupt {
+            tracing::warn!(task = %r.task_id, parent = %r.parent_id, reporter = %r.peer_id, reason = %r.reason, "parent served corrupt data; blocklisted for the task");
+            t.blocklist.insert(parent.clone());
+            if let Some(p) = t.peers.get_mut(&parent) {
+                p.pieces.clear();
+            }
+            t.holders.retain(|h| *h != parent);
+        }
+        if let Some(p) = t.peers.get_mut(&parent) {
+            p.uploads_failed += 1;
+        }
+        let child = t
+            .peers
+            .get_mut(r.peer_id.as_str())
+            .ok_or_else(|| StateError::UnknownPeer(r.peer_id.clone(), r.task_id.clone()))?;
+        child.avoid.insert(parent);
+        Ok(())
+    }
+
+    /// Removes a peer from a task.
+    pub fn leave_peer(&self, task: &str, peer: &str) {
+        if let Some(t) = self.task(task) {
+            t.lock().expect("task lock").remove_peer(peer);
+        }
+    }
+
+    /// Expires hosts silent for `host_ttl` (with their peers) and idle empty tasks.
+    pub fn expire(&self, host_ttl: Duration, task_ttl: Duration) -> (usize, usize) {
+        let dead: Vec<Arc<str>> = self
+            .hosts
+            .read()
+            .expect("hosts lock")
+            .values()
+            .filter(|h| h.last_seen.elapsed() > host_ttl)
+            .map(|h| h.id.clone())
+            .collect();
+        for h in &dead {
+            tracing::info!(host = %h, "host expired (no keepalive)");
+            self.leave_host(h);
+        }
+        let mut tasks = self.tasks.write().expect("tasks lock");
+        let before = tasks.len();
+        tasks.retain(|_, t| {
+            let t = t.lock().expect("task lock");
+            !(t.peers.is_empty() && t.last_active.elapsed() > task_ttl)
+        });
+        (dead.len(), before - tasks.len())
+    }
+}

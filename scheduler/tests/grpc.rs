@@ -1,0 +1,339 @@
+//! The real `dragonfly-scheduler` binary over gRPC: a swarm's conversation, a seed trigger
+//! received by a peer service (test code speaking the proto), and malformed requests answered
+//! with gRPC errors, never a crash.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dragonfly_proto::peer as peerpb;
+use dragonfly_proto::peer::peer_server::{Peer, PeerServer};
+use dragonfly_proto::scheduler as pb;
+use dragonfly_proto::scheduler::scheduler_client::SchedulerClient;
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+
+struct Scheduler {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start() -> (Scheduler, SchedulerClient<Channel>) {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cfg = dir.path().join("scheduler.yaml");
+    std::fs::write(&cfg, format!("address: {addr}\nmetrics: {{address: null}}\nscheduling: {{keepalive_interval_secs: 1}}\n")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_dragonfly-scheduler"))
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = Scheduler {
+        child,
+        addr: addr.clone(),
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(c) = SchedulerClient::connect(format!("http://{addr}")).await {
+            return (s, c);
+        }
+        assert!(Instant::now() < deadline, "scheduler did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn host(id: &str, port: u32, seed: bool) -> pb::AnnounceHostRequest {
+    pb::AnnounceHostRequest {
+        protocol: pb::PROTOCOL,
+        host: Some(pb::Host {
+            id: id.into(),
+            hostname: id.into(),
+            ip: "127.0.0.1".into(),
+            upload_port: port,
+            r#type: if seed {
+                pb::HostType::Seed
+            } else {
+                pb::HostType::Normal
+            } as i32,
+            idc: String::new(),
+            location: String::new(),
+            upload_slots: 8,
+        }),
+    }
+}
+
+fn task() -> pb::Task {
+    pb::Task {
+        id: "sha256:abc".into(),
+        content_length: 4 << 20,
+        piece_length: 1 << 20,
+        url: "oci://127.0.0.1:5000/x@sha256:abc".into(),
+        digest: String::new(),
+        origin_headers: [("authorization".to_string(), "Basic c2VjcmV0".to_string())].into(),
+    }
+}
+
+fn report(peer: &str, n: u32, parent: &str) -> pb::PieceFinished {
+    pb::PieceFinished {
+        peer_id: peer.into(),
+        task_id: "sha256:abc".into(),
+        piece: Some(pb::PieceInfo {
+            number: n,
+            digest: format!("sha256:{}", hex::encode(Sha256::digest([n as u8]))),
+            length: 1 << 20,
+        }),
+        parent_id: parent.into(),
+        cost_ms: 5,
+    }
+}
+
+/// A seed peer's service that records triggers.
+#[derive(Clone, Default)]
+struct FakeSeed {
+    triggers: Arc<Mutex<Vec<pb::Task>>>,
+}
+
+#[tonic::async_trait]
+impl Peer for FakeSeed {
+    async fn get_piece(
+        &self,
+        _r: Request<peerpb::GetPieceRequest>,
+    ) -> Result<Response<peerpb::GetPieceResponse>, Status> {
+        Err(Status::not_found("no pieces here"))
+    }
+    async fn trigger_download(
+        &self,
+        r: Request<peerpb::TriggerDownloadRequest>,
+    ) -> Result<Response<peerpb::TriggerDownloadResponse>, Status> {
+        self.triggers
+            .lock()
+            .unwrap()
+            .push(r.into_inner().task.unwrap());
+        Ok(Response::new(peerpb::TriggerDownloadResponse {
+            started: true,
+        }))
+    }
+}
+
+#[tokio::test]
+async fn a_swarm_conversation_with_a_seed_trigger() {
+    let (_s, mut c) = start().await;
+    let seed = FakeSeed::default();
+    let seed_port = free_port();
+    let svc = seed.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(PeerServer::new(svc))
+            .serve(format!("127.0.0.1:{seed_port}").parse().unwrap())
+            .await
+    });
+    c.announce_host(host("seed-1", seed_port as u32, true))
+        .await
+        .unwrap();
+    for h in ["n1", "n2"] {
+        let r = c
+            .announce_host(host(h, 4000, false))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.keepalive_interval_secs, 1);
+        c.register_peer(pb::RegisterPeerRequest {
+            host_id: h.into(),
+            peer_id: format!("p-{h}"),
+            task: Some(task()),
+        })
+        .await
+        .unwrap();
+    }
+    // Nobody has anything: wait for the seed, which gets the trigger with the credentials.
+    let ask = |peer: &str| pb::FindParentsRequest {
+        peer_id: peer.into(),
+        task_id: "sha256:abc".into(),
+        pieces: vec![0, 1, 2, 3],
+        limit: 0,
+    };
+    let r = c.find_parents(ask("p-n1")).await.unwrap().into_inner();
+    assert_eq!(r.decision, pb::Decision::Wait as i32, "{r:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seed.triggers.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the seed was not triggered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = seed.triggers.lock().unwrap()[0].clone();
+    assert_eq!(
+        (t.id.as_str(), t.origin_headers["authorization"].as_str()),
+        ("sha256:abc", "Basic c2VjcmV0")
+    );
+
+    // The seed downloads from the origin and reports on a stream; n1 then gets it as parent.
+    c.register_peer(pb::RegisterPeerRequest {
+        host_id: "seed-1".into(),
+        peer_id: "p-seed".into(),
+        task: Some(task()),
+    })
+    .await
+    .unwrap();
+    let r = c.find_parents(ask("p-seed")).await.unwrap().into_inner();
+    assert_eq!(r.decision, pb::Decision::BackToSource as i32);
+    let reports = tokio_stream::iter((0..4).map(|n| report("p-seed", n, "")));
+    let ack = c.report_pieces(reports).await.unwrap().into_inner();
+    assert_eq!((ack.accepted, ack.refused), (4, 0));
+    let r = c.find_parents(ask("p-n1")).await.unwrap().into_inner();
+    assert_eq!(r.decision, pb::Decision::Parents as i32);
+    assert_eq!(r.parents[0].peer_id, "p-seed");
+    assert_eq!(r.parents[0].upload_port, seed_port as u32);
+    assert_eq!(r.digests.len(), 4);
+
+    // n1 reports pieces it got from the seed; a corrupt report about the seed blocklists it.
+    let ack = c
+        .report_pieces(tokio_stream::iter(
+            (0..2).map(|n| report("p-n1", n, "p-seed")),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.accepted, 2);
+    c.report_bad_parent(pb::ReportBadParentRequest {
+        peer_id: "p-n2".into(),
+        task_id: "sha256:abc".into(),
+        parent_id: "p-seed".into(),
+        corrupt: true,
+        reason: "digest mismatch".into(),
+    })
+    .await
+    .unwrap();
+    let r = c.find_parents(ask("p-n2")).await.unwrap().into_inner();
+    let ids: Vec<_> = r.parents.iter().map(|p| p.peer_id.as_str()).collect();
+    assert_eq!(ids, vec!["p-n1"]);
+    assert_eq!(r.parents[0].pieces, vec![0, 1]);
+    c.leave_peer(pb::LeavePeerRequest {
+        peer_id: "p-n1".into(),
+        task_id: "sha256:abc".into(),
+    })
+    .await
+    .unwrap();
+    let r = c.find_parents(ask("p-n2")).await.unwrap().into_inner();
+    assert!(r.parents.is_empty());
+}
+
+#[tokio::test]
+async fn malformed_requests_get_grpc_errors_and_the_scheduler_lives_on() {
+    let (mut s, mut c) = start().await;
+    let mut old = host("n1", 4000, false);
+    old.protocol = 2000;
+    assert_eq!(
+        c.announce_host(old).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    let e = c
+        .announce_host(pb::AnnounceHostRequest {
+            protocol: pb::PROTOCOL,
+            host: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let mut no_port = host("n1", 0, false);
+    no_port.host.as_mut().unwrap().upload_port = 0;
+    assert_eq!(
+        c.announce_host(no_port).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let e = c
+        .register_peer(pb::RegisterPeerRequest {
+            host_id: "ghost".into(),
+            peer_id: "p".into(),
+            task: Some(task()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("AnnounceHost"), "{}", e.message());
+    let e = c
+        .find_parents(pb::FindParentsRequest {
+            peer_id: "p".into(),
+            task_id: "nope".into(),
+            pieces: vec![1],
+            limit: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    c.announce_host(host("n1", 4000, false)).await.unwrap();
+    c.register_peer(pb::RegisterPeerRequest {
+        host_id: "n1".into(),
+        peer_id: "p".into(),
+        task: Some(task()),
+    })
+    .await
+    .unwrap();
+    let e = c
+        .find_parents(pb::FindParentsRequest {
+            peer_id: "p".into(),
+            task_id: "sha256:abc".into(),
+            pieces: vec![0; 5000],
+            limit: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let mut bad = report("p", 0, "");
+    bad.piece = None;
+    assert_eq!(
+        c.report_pieces(tokio_stream::iter(vec![bad]))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+    // Raw garbage on the HTTP/2 port does not take it down.
+    use tokio::io::AsyncWriteExt;
+    let mut raw = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    let _ = raw
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x00\x01garbage")
+        .await;
+    drop(raw);
+    assert!(s.child.try_wait().unwrap().is_none(), "scheduler crashed");
+    // Hosts that stop keeping alive are expired (3 intervals of 1 s).
+    assert!(
+        c.keep_alive(pb::KeepAliveRequest {
+            host_id: "n1".into(),
+            active_uploads: 0
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .known
+    );
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert!(
+        !c.keep_alive(pb::KeepAliveRequest {
+            host_id: "n1".into(),
+            active_uploads: 0
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .known
+    );
+}
