@@ -2,6 +2,8 @@
 # Benchmarks that compare Dragonfly-rs against a baseline measured in the same run, printed as
 # ratios and written as JSON under target/bench/.
 #
+#   scripts/bench.sh scheduler         # parent selections/s with 10,000 simulated peers (sampled
+#                                      # vs a full scan in the same run) and the swarm's memory
 #   sudo scripts/bench.sh coldstart    # cold pull + `python3 -V` of a Debian bookworm+python3 image,
 #                                      # registry egress limited to 100 Mbit/s: dragonfly (eStargz,
 #                                      # lazy) vs containerd's overlayfs; then warm sequential read of
@@ -21,7 +23,7 @@ REG=127.0.0.1:$PORT
 RATE=${BENCH_RATE:-100mbit}
 LARGE_MIB=${BENCH_LARGE_MIB:-256}
 
-[ "$(id -u)" -eq 0 ] || { echo "run as root: sudo scripts/bench.sh coldstart" >&2; exit 1; }
+[ "${1:-}" = scheduler ] || [ "$(id -u)" -eq 0 ] || { echo "run as root: sudo scripts/bench.sh $*" >&2; exit 1; }
 
 now() { date +%s.%N; }
 elapsed() { echo "$2 - $1" | bc -l; }
@@ -153,7 +155,14 @@ PY
   echo "written: $OUT_DIR/coldstart.json"
 }
 
+scheduler_bench() {
+  mkdir -p "$OUT_DIR"
+  cargo run --release --quiet -p dragonfly-scheduler --example selection_bench -- "$OUT_DIR/scheduler.json"
+  echo "written: $OUT_DIR/scheduler.json"
+}
+
 case "${1:-}" in
   coldstart) coldstart ;;
-  *) echo "usage: sudo scripts/bench.sh coldstart" >&2; exit 2 ;;
+  scheduler) scheduler_bench ;;
+  *) echo "usage: scripts/bench.sh coldstart|scheduler" >&2; exit 2 ;;
 esac

@@ -86,84 +86,88 @@ pub fn find_parents(
         })
         .collect();
 
-    let mut scored: Vec<(f64, pb::Parent)> =
-        state.with_hosts(|hosts| -> Result<_, StateError> {
-            let child_host = hosts
-                .get(&child_host_id)
-                .ok_or_else(|| StateError::UnknownHost(child_host_id.to_string()))?;
-            let child_place = Child {
-                idc: &child_host.idc,
-                location: &child_host.location,
+    // Score candidates without allocating; build the answer for the winners only.
+    let parents: Vec<pb::Parent> = state.with_hosts(|hosts| -> Result<_, StateError> {
+        let child_host = hosts
+            .get(&child_host_id)
+            .ok_or_else(|| StateError::UnknownHost(child_host_id.to_string()))?;
+        let child_place = Child {
+            idc: &child_host.idc,
+            location: &child_host.location,
+        };
+        let mut scored: Vec<(f64, &Arc<str>)> = Vec::with_capacity(cfg.filter_parent_limit.min(64));
+        let n = t.holders.len();
+        if n == 0 || req.pieces.is_empty() {
+            return Ok(Vec::new());
+        }
+        let start = rng.random_range(0..n);
+        for i in 0..n.min(cfg.scan_limit) {
+            let id = &t.holders[(start + i) % n];
+            if **id == *req.peer_id || t.blocklist.contains(id) || child.avoid.contains(id) {
+                continue;
+            }
+            let Some(p) = t.peers.get(id) else { continue };
+            if p.host_id == child_host_id {
+                continue;
+            }
+            let Some(host) = hosts.get(&p.host_id) else {
+                continue;
             };
-            let mut out = Vec::new();
-            let n = t.holders.len();
-            if n == 0 || req.pieces.is_empty() {
-                return Ok(out);
+            let has = req.pieces.iter().filter(|n| p.pieces.contains(**n)).count();
+            if has == 0 {
+                continue;
             }
-            let start = rng.random_range(0..n);
-            for i in 0..n.min(cfg.scan_limit) {
-                let id = &t.holders[(start + i) % n];
-                if **id == *req.peer_id || t.blocklist.contains(id) || child.avoid.contains(id) {
-                    continue;
-                }
-                let Some(p) = t.peers.get(id) else { continue };
-                if p.host_id == child_host_id {
-                    continue;
-                }
-                let Some(host) = hosts.get(&p.host_id) else {
-                    continue;
-                };
-                let have: Vec<u32> = req
-                    .pieces
-                    .iter()
-                    .copied()
-                    .filter(|n| p.pieces.contains(*n))
-                    .collect();
-                if have.is_empty() {
-                    continue;
-                }
-                let s = score(
-                    child_place,
-                    Candidate {
-                        has: have.len(),
-                        asked: req.pieces.len(),
-                        active_uploads: host.active_uploads,
-                        upload_slots: host.upload_slots,
-                        uploads_ok: p.uploads_ok,
-                        uploads_failed: p.uploads_failed,
-                        cost_ms: p.cost_ms,
-                        idc: &host.idc,
-                        location: &host.location,
-                        seed: host.seed,
-                        complete: t.is_complete(p),
-                    },
-                );
-                out.push((
-                    s,
-                    pb::Parent {
-                        peer_id: id.to_string(),
-                        host_id: host.id.to_string(),
-                        ip: host.ip.clone(),
-                        upload_port: host.upload_port,
-                        pieces: have,
-                        score: s,
-                    },
-                ));
-                if out.len() >= cfg.filter_parent_limit {
-                    break;
-                }
+            let s = score(
+                child_place,
+                Candidate {
+                    has,
+                    asked: req.pieces.len(),
+                    active_uploads: host.active_uploads,
+                    upload_slots: host.upload_slots,
+                    uploads_ok: p.uploads_ok,
+                    uploads_failed: p.uploads_failed,
+                    cost_ms: p.cost_ms,
+                    idc: &host.idc,
+                    location: &host.location,
+                    seed: host.seed,
+                    complete: t.is_complete(p),
+                },
+            );
+            scored.push((s, id));
+            if scored.len() >= cfg.filter_parent_limit {
+                break;
             }
-            Ok(out)
-        })?;
-
-    if !scored.is_empty() {
+        }
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
         scored.truncate(limit);
+        Ok(scored
+            .into_iter()
+            .filter_map(|(s, id)| {
+                let p = t.peers.get(id)?;
+                let host = hosts.get(&p.host_id)?;
+                Some(pb::Parent {
+                    peer_id: id.to_string(),
+                    host_id: host.id.to_string(),
+                    ip: host.ip.clone(),
+                    upload_port: host.upload_port,
+                    pieces: req
+                        .pieces
+                        .iter()
+                        .copied()
+                        .filter(|n| p.pieces.contains(*n))
+                        .collect(),
+                    score: s,
+                })
+            })
+            .collect())
+    })?;
+
+    if !parents.is_empty() {
         if let Some(c) = t.peers.get_mut(req.peer_id.as_str()) {
             c.waiting_since = None;
         }
         let mut r = response(pb::Decision::Parents, "");
-        r.parents = scored.into_iter().map(|(_, p)| p).collect();
+        r.parents = parents;
         r.digests = digests;
         return Ok((r, None));
     }
