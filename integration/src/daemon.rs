@@ -30,8 +30,13 @@ impl Daemon {
     pub fn start(dir: &Path, extra_yaml: &str) -> Result<Daemon> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("dragonfly.sock");
+        let metrics = if extra_yaml.contains("metrics:") {
+            ""
+        } else {
+            "metrics: {address: null}\n"
+        };
         let config = format!(
-            "root: {root}\naddress: {sock}\nmetrics: {{address: null}}\nlog: {{level: 'dragonfly_snapshotter=debug,dragonfly_storage=debug,info'}}\n{extra_yaml}\n",
+            "root: {root}\naddress: {sock}\n{metrics}log: {{level: 'dragonfly_snapshotter=debug,dragonfly_storage=debug,info'}}\n{extra_yaml}\n",
             root = dir.join("root").display(),
             sock = socket.display()
         );

@@ -11,5 +11,7 @@ pub mod oci;
 pub mod procs;
 pub mod registry;
 pub mod rootfs;
+pub mod scheduler;
+pub mod swarm;
 
 pub use bed::TestBed;

@@ -33,6 +33,46 @@ pub struct Config {
     pub fuse: FuseConfig,
     /// Snapshot behaviour.
     pub snapshot: SnapshotConfig,
+    /// Piece exchange with other peers through the scheduler.
+    pub p2p: P2pConfig,
+}
+
+/// Peer-to-peer: which schedulers to use and how this host serves pieces to others.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct P2pConfig {
+    /// Scheduler gRPC addresses (host:port). Empty: no P2P, every byte comes from registries.
+    pub schedulers: Vec<String>,
+    /// Where the peer service (pieces for other peers) listens.
+    pub listen: SocketAddr,
+    /// IP other peers reach this host on; default: the local address used to reach the first
+    /// scheduler.
+    pub advertise_ip: Option<std::net::IpAddr>,
+    /// Host ID announced to schedulers; default `<ip>-<hostname>`.
+    pub host_id: Option<String>,
+    /// Data centre of this host (parents in the same IDC are preferred).
+    pub idc: String,
+    /// `|`-separated location, e.g. `eu|de|fra|rack7`.
+    pub location: String,
+    /// Concurrent piece uploads served to other peers.
+    pub upload_slots: u32,
+    /// Parents fetched from at once for one request.
+    pub parallel_parents: usize,
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        P2pConfig {
+            schedulers: Vec::new(),
+            listen: "0.0.0.0:4000".parse().expect("valid"),
+            advertise_ip: None,
+            host_id: None,
+            idc: String::new(),
+            location: String::new(),
+            upload_slots: 32,
+            parallel_parents: 4,
+        }
+    }
 }
 
 impl Default for Config {
@@ -47,6 +87,7 @@ impl Default for Config {
             prefetch: PrefetchConfig::default(),
             fuse: FuseConfig::default(),
             snapshot: SnapshotConfig::default(),
+            p2p: P2pConfig::default(),
         }
     }
 }

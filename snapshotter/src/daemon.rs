@@ -15,9 +15,12 @@ use dragonfly_storage::PieceStore;
 use crate::config::Config;
 use crate::layer::{LayerManager, LayerSettings};
 use crate::metrics::Metrics;
+use crate::p2p::upload::PeerService;
+use crate::p2p::{P2p, ParentClients, SchedulerPool, MAX_MESSAGE_BYTES};
 use crate::snapshot::remote::RemoteLayers;
 use crate::snapshot::service::SnapshotService;
 use crate::snapshot::Snapshotter;
+use dragonfly_proto::peer::peer_server::PeerServer;
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -36,6 +39,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         export_store_metrics(&metrics, store.clone());
         let registry = RegistryClient::new(config.registry.clone())
             .context("invalid registry configuration")?;
+        let p2p = start_p2p(&config, &store, &metrics).await?;
         Some(LayerManager::new(
             registry,
             store,
@@ -46,6 +50,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 allow_unverified_toc: config.snapshot.allow_unverified_toc,
                 opaque_xattr: "trusted.overlay.opaque".into(),
             },
+            p2p,
         ))
     } else {
         None
@@ -116,6 +121,52 @@ async fn stop_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
         _ = int.recv() => tracing::info!("SIGINT received, stopping"),
     }
+}
+
+/// With schedulers configured: serves pieces to other peers, announces this host and keeps it
+/// alive, and returns the engine lazy layers fetch through.
+async fn start_p2p(
+    config: &Config,
+    store: &PieceStore,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Arc<P2p>>> {
+    if config.p2p.schedulers.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(config.p2p.listen)
+        .await
+        .with_context(|| format!("cannot listen on p2p.listen {}", config.p2p.listen))?;
+    let port = listener.local_addr()?.port();
+    let pool = SchedulerPool::new(&config.p2p, port, false)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot set up P2P: {e}"))?;
+    tokio::spawn(pool.clone().keepalive_loop());
+    let service = PeerService::new(
+        store.clone(),
+        config.p2p.upload_slots,
+        pool.clone(),
+        metrics.clone(),
+    );
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(
+                PeerServer::new(service)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming(incoming)
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "peer service failed; other peers cannot fetch pieces from this host");
+        }
+    });
+    tracing::info!(port, host = pool.host_id(), schedulers = ?config.p2p.schedulers, "P2P enabled");
+    Ok(Some(Arc::new(P2p {
+        pool,
+        parents: Arc::new(ParentClients::default()),
+        parallel: config.p2p.parallel_parents,
+    })))
 }
 
 /// Mirrors the piece store's counters into Prometheus at scrape time.

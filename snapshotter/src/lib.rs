@@ -10,4 +10,5 @@ pub mod daemon;
 pub mod fs;
 pub mod layer;
 pub mod metrics;
+pub mod p2p;
 pub mod snapshot;

@@ -43,6 +43,16 @@ pub struct Metrics {
     pub lazy_layers: IntGauge,
     /// Lazy layer mount latency by result.
     pub mount_seconds: HistogramVec,
+    /// Blob bytes obtained by the P2P engine, by source (`peer` or `origin`).
+    pub p2p_bytes: IntCounterVec,
+    /// Pieces obtained by the P2P engine, by source.
+    pub p2p_pieces: IntCounterVec,
+    /// Parents reported bad, by kind (`corrupt`, `failed`).
+    pub p2p_bad_parents: IntCounterVec,
+    /// Pieces uploaded to other peers, by result.
+    pub p2p_uploads: IntCounterVec,
+    /// Bytes uploaded to other peers.
+    pub p2p_upload_bytes: IntCounter,
     refreshers: std::sync::Mutex<Vec<Refresher>>,
 }
 
@@ -135,6 +145,27 @@ impl Metrics {
                 "Chunks whose bytes did not match their chunkDigest.",
             ),
             lazy_layers: gauge("lazy_layers", "Lazy layers currently mounted."),
+            p2p_bytes: counter_vec(
+                "p2p_bytes_total",
+                "Blob bytes obtained through the P2P engine by source (peer, origin).",
+                &["source"],
+            ),
+            p2p_pieces: counter_vec(
+                "p2p_pieces_total",
+                "Pieces obtained through the P2P engine by source (peer, origin).",
+                &["source"],
+            ),
+            p2p_bad_parents: counter_vec(
+                "p2p_bad_parents_total",
+                "Parents reported to the scheduler, by kind (corrupt, failed).",
+                &["kind"],
+            ),
+            p2p_uploads: counter_vec(
+                "p2p_uploads_total",
+                "Piece uploads to other peers by result.",
+                &["result"],
+            ),
+            p2p_upload_bytes: counter("p2p_upload_bytes_total", "Bytes uploaded to other peers."),
             mount_seconds: histogram(
                 "lazy_mount_seconds",
                 "Time to mount a lazy layer (footer, TOC, FUSE).",

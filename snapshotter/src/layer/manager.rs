@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use dragonfly_estargz::{IndexOptions, LayerIndex, Prefetch};
 use dragonfly_registry::RegistryClient;
-use dragonfly_storage::{Blob, PieceStore, PinGuard, Priority};
+use dragonfly_storage::{Blob, PieceStore, PinGuard, Priority, RangeSource};
 use futures::future::{BoxFuture, FutureExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -27,6 +27,8 @@ use crate::config::{FuseConfig, PrefetchConfig};
 use crate::fs::mount::{mount, MountedLayerFs};
 use crate::fs::{ChunkCache, ChunkReader, LayerFs};
 use crate::metrics::Metrics;
+use crate::p2p::source::SharedPeerSource;
+use crate::p2p::{P2p, PeerSource};
 use crate::snapshot::remote::RemoteLayers;
 use crate::snapshot::SnapshotError;
 
@@ -59,6 +61,7 @@ pub struct LayerManager {
     settings: LayerSettings,
     runtime: tokio::runtime::Handle,
     layers: Mutex<HashMap<u64, Mounted>>,
+    p2p: Option<Arc<P2p>>,
 }
 
 fn unavailable(what: impl std::fmt::Display) -> SnapshotError {
@@ -72,6 +75,7 @@ impl LayerManager {
         store: PieceStore,
         metrics: Arc<Metrics>,
         settings: LayerSettings,
+        p2p: Option<Arc<P2p>>,
     ) -> Arc<LayerManager> {
         Arc::new(LayerManager {
             chunk_cache: ChunkCache::new(settings.fuse.chunk_cache_entries),
@@ -81,6 +85,7 @@ impl LayerManager {
             settings,
             runtime: tokio::runtime::Handle::current(),
             layers: Mutex::new(HashMap::new()),
+            p2p,
         })
     }
 
@@ -96,12 +101,28 @@ impl LayerManager {
                     unavailable(format!("cannot get the size of layer {}: {e}", l.digest))
                 })?,
         };
-        let source = Arc::new(RegistrySource::new(
+        let url = format!("oci://{}/{}@{}", repo.registry, repo.repository, l.digest);
+        let origin: Arc<dyn RangeSource> = Arc::new(RegistrySource::new(
             self.registry.clone(),
             repo,
             l.digest.clone(),
             self.metrics.clone(),
         ));
+        // With P2P, parents go in front of the registry.
+        let source: Arc<dyn RangeSource> = match &self.p2p {
+            Some(p2p) => Arc::new(SharedPeerSource(PeerSource::new(
+                origin,
+                p2p.pool.clone(),
+                p2p.parents.clone(),
+                self.metrics.clone(),
+                &l.digest,
+                size,
+                self.store.piece_length_of(&l.digest),
+                url,
+                p2p.parallel,
+            ))),
+            None => origin,
+        };
         self.store
             .blob(&l.digest, size, source)
             .map_err(|e| unavailable(format!("cannot open layer {} in the cache: {e}", l.digest)))

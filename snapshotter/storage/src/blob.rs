@@ -353,6 +353,7 @@ impl BlobInner {
             .stats
             .fetched_bytes
             .fetch_add(want, Ordering::Relaxed);
+        source.stored(self.piece_range(&run.pieces));
         if complete {
             let this = self.clone();
             tokio::spawn(async move {
@@ -592,6 +593,29 @@ impl Blob {
             message: "pieces were discarded while fetching".into(),
             retryable: true,
         })
+    }
+
+    /// The bytes of `range` if every piece of it is present; `None` otherwise. Never fetches
+    /// (this is what uploads to other peers use).
+    pub async fn read_local(&self, range: Range<u64>) -> Result<Option<Bytes>, StoreError> {
+        self.inner.check_range(&range)?;
+        let generation = self.inner.lock().generation;
+        if !self.has_range(range.clone()) {
+            return Ok(None);
+        }
+        let inner = self.inner.clone();
+        let len = (range.end - range.start) as usize;
+        let data = tokio::task::spawn_blocking(move || inner.files.read(range.start, len))
+            .await
+            .map_err(|e| StoreError::Io {
+                what: "read task failed",
+                path: self.inner.dir().to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        if self.inner.lock().generation != generation {
+            return Ok(None);
+        }
+        Ok(Some(Bytes::from(data)))
     }
 
     /// Throws away the pieces covering `range`, e.g. after their bytes failed a chunk

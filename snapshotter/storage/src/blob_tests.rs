@@ -368,3 +368,42 @@ async fn background_fetches_pause_while_containers_read() {
     );
     assert!(blob.is_verified());
 }
+
+#[tokio::test]
+async fn local_reads_never_fetch_and_sources_hear_about_stored_ranges() {
+    type Ranges = Arc<std::sync::Mutex<Vec<std::ops::Range<u64>>>>;
+    struct Recording(Arc<MemSource>, Ranges);
+    impl crate::RangeSource for Recording {
+        fn fetch(
+            &self,
+            range: std::ops::Range<u64>,
+        ) -> futures::future::BoxFuture<'static, Result<bytes::Bytes, crate::SourceError>> {
+            crate::RangeSource::fetch(&self.0, range)
+        }
+        fn stored(&self, range: std::ops::Range<u64>) {
+            self.1.lock().unwrap().push(range);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path()).await;
+    let data = bytes(3 * PL as usize + 10, 10);
+    let src = MemSource::new(data.clone());
+    let stored: Ranges = Arc::default();
+    let source = Recording(src.clone(), stored.clone());
+    let blob = s
+        .blob(&src.digest(), data.len() as u64, Arc::new(source))
+        .unwrap();
+    assert!(blob.read_local(0..10).await.unwrap().is_none());
+    assert!(src.requests().is_empty(), "local reads never fetch");
+    blob.ensure(PL as u64..PL as u64 + 1, Priority::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(*stored.lock().unwrap(), vec![PL as u64..2 * PL as u64]);
+    let got = blob
+        .read_local(PL as u64..2 * PL as u64)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got[..], &data[PL as usize..2 * PL as usize]);
+    assert!(s.get(&src.digest()).is_some() && s.get("sha256:0").is_none());
+}

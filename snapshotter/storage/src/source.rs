@@ -19,4 +19,8 @@ pub struct SourceError {
 pub trait RangeSource: Send + Sync + 'static {
     /// Exactly the bytes of `range` (the store checks the length).
     fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, SourceError>>;
+
+    /// Called once the bytes of `range` (from an earlier `fetch`) are durable in the store and
+    /// readable by others, e.g. to announce the pieces to a scheduler. Must not block.
+    fn stored(&self, _range: Range<u64>) {}
 }

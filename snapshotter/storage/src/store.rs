@@ -211,6 +211,20 @@ impl PieceStore {
         Ok(Blob::from_inner(inner))
     }
 
+    /// The blob `digest` if the store knows it (whatever pieces it has).
+    pub fn get(&self, digest: &str) -> Option<Blob> {
+        let blobs = self.inner.blobs.lock().expect("store lock");
+        blobs.get(digest).map(|b| Blob::from_inner(b.clone()))
+    }
+
+    /// The piece length `digest` has (if stored) or will get.
+    pub fn piece_length_of(&self, digest: &str) -> u32 {
+        let blobs = self.inner.blobs.lock().expect("store lock");
+        blobs
+            .get(digest)
+            .map_or(self.inner.shared.config.piece_length, |b| b.piece_length)
+    }
+
     /// Counters since the store was opened.
     pub fn stats(&self) -> StoreStats {
         let s = &self.inner.shared.stats;

@@ -1,0 +1,64 @@
+//! Our scheduler, `dragonfly-scheduler`, started from the built binary on a free loopback port.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::procs::{free_port, wait_until, Proc};
+
+/// A running scheduler.
+pub struct Scheduler {
+    /// `127.0.0.1:PORT` of its gRPC service.
+    pub addr: String,
+    proc: Proc,
+}
+
+fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("DRAGONFLY_SCHEDULER_BIN") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dragonfly-scheduler")
+}
+
+impl Scheduler {
+    /// Starts a scheduler with its config and log in `dir`.
+    pub fn start(dir: &Path) -> Result<Scheduler> {
+        std::fs::create_dir_all(dir)?;
+        let bin = binary();
+        anyhow::ensure!(
+            bin.exists(),
+            "{} not found: build it first (cargo build --bins)",
+            bin.display()
+        );
+        let addr = format!("127.0.0.1:{}", free_port());
+        let config = dir.join("scheduler.yaml");
+        std::fs::write(
+            &config,
+            format!("address: {addr}\nmetrics: {{address: null}}\nlog: {{level: 'dragonfly_scheduler=debug,info'}}\nscheduling: {{keepalive_interval_secs: 1}}\n"),
+        )?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config").arg(&config);
+        let mut proc = Proc::spawn("dragonfly-scheduler", cmd, &dir.join("scheduler.log"))?;
+        let a = addr.clone();
+        let up = wait_until("scheduler", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&a).is_ok()
+        });
+        if let Err(e) = up {
+            proc.check_running()?;
+            return Err(e).context(proc.log_tail(20));
+        }
+        Ok(Scheduler { addr, proc })
+    }
+
+    /// Its log.
+    pub fn log(&self) -> String {
+        self.proc.log()
+    }
+
+    /// Stops it.
+    pub fn stop(&mut self) {
+        self.proc.stop(Duration::from_secs(5));
+    }
+}

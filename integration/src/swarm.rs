@@ -1,0 +1,128 @@
+//! A swarm on one machine: a registry, a scheduler and several nodes, each with its own daemon
+//! (P2P enabled, its own host ID and upload port) and its own containerd.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::containerd::Containerd;
+use crate::daemon::Daemon;
+use crate::procs::{free_port, unmount_under};
+use crate::registry::Registry;
+use crate::scheduler::Scheduler;
+
+/// One node: our daemon and a containerd using it.
+pub struct Node {
+    /// containerd (dropped first).
+    pub containerd: Containerd,
+    /// Our daemon.
+    pub daemon: Daemon,
+    /// The daemon's metrics address.
+    pub metrics: String,
+}
+
+impl Node {
+    /// The daemon's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(&self.metrics) else {
+            return String::new();
+        };
+        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    /// Sum of a metric's samples whose line contains `filter`.
+    pub fn metric(&self, name: &str, filter: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// Registry + scheduler + nodes in one temp dir.
+pub struct Swarm {
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    /// The scheduler.
+    pub scheduler: Scheduler,
+    /// The registry.
+    pub registry: Registry,
+    dir: CleanDir,
+}
+
+struct CleanDir(tempfile::TempDir);
+
+impl Drop for CleanDir {
+    fn drop(&mut self) {
+        unmount_under(self.0.path());
+    }
+}
+
+impl Swarm {
+    /// Starts a registry, a scheduler and `n` nodes; `daemon_yaml` is extra daemon config.
+    pub fn start(n: usize, daemon_yaml: &str) -> Result<Swarm> {
+        anyhow::ensure!(
+            nix::unistd::geteuid().is_root(),
+            "end-to-end tests must run as root (sudo scripts/test.sh)"
+        );
+        let dir = CleanDir(
+            tempfile::Builder::new()
+                .prefix("dfly-swarm-")
+                .tempdir_in("/var/tmp")?,
+        );
+        let registry = Registry::start(dir.0.path())?;
+        let scheduler = Scheduler::start(&dir.0.path().join("scheduler"))?;
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let metrics = format!("127.0.0.1:{}", free_port());
+            let yaml = format!(
+                "metrics: {{address: '{metrics}'}}\np2p: {{schedulers: ['{}'], listen: '127.0.0.1:0', advertise_ip: 127.0.0.1, host_id: node-{i}}}\n{daemon_yaml}",
+                scheduler.addr
+            );
+            let node_dir = dir.0.path().join(format!("node-{i}"));
+            let daemon = Daemon::start(&node_dir.join("daemon"), &yaml)?;
+            let containerd = Containerd::start(&node_dir.join("containerd"), &daemon.socket)?;
+            nodes.push(Node {
+                containerd,
+                daemon,
+                metrics,
+            });
+        }
+        Ok(Swarm {
+            nodes,
+            scheduler,
+            registry,
+            dir,
+        })
+    }
+
+    /// The swarm's directory.
+    pub fn path(&self) -> &Path {
+        self.dir.0.path()
+    }
+
+    /// Logs for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let log = n.daemon.log();
+            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            out.push_str(&format!(
+                "--- node-{i} daemon ---\n{}\n",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        let s = self.scheduler.log();
+        let tail: Vec<&str> = s.lines().rev().take(25).collect();
+        out.push_str(&format!(
+            "--- scheduler ---\n{}\n",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+        out
+    }
+}

@@ -1,0 +1,204 @@
+//! The schedulers this host uses: announcing the host to each, keeping alive, and picking the
+//! scheduler responsible for a task by rendezvous hashing of the task ID (so every peer of a
+//! task meets on the same scheduler, and state partitions without shared storage). A scheduler
+//! that fails is skipped for a while; with none left, reads go to the origin.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dragonfly_proto::scheduler as pb;
+use dragonfly_proto::scheduler::scheduler_client::SchedulerClient;
+use sha2::{Digest, Sha256};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::P2pConfig;
+
+/// How long a failed scheduler is skipped.
+const DOWN_FOR: Duration = Duration::from_secs(5);
+
+struct Member {
+    addr: String,
+    client: SchedulerClient<Channel>,
+    down_until: Mutex<Option<Instant>>,
+}
+
+/// The schedulers of this host.
+pub struct SchedulerPool {
+    members: Vec<Member>,
+    host: pb::Host,
+    /// Piece uploads running now (reported in keepalives).
+    pub active_uploads: Arc<AtomicU32>,
+}
+
+/// Picks the local address used to reach `target` (no packet is sent).
+async fn local_ip_towards(target: &str) -> Option<IpAddr> {
+    let addr = tokio::net::lookup_host(target).await.ok()?.next()?;
+    let bind = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let sock = tokio::net::UdpSocket::bind(bind).await.ok()?;
+    sock.connect(addr).await.ok()?;
+    sock.local_addr().ok().map(|a| a.ip())
+}
+
+impl SchedulerPool {
+    /// A pool for `config.schedulers`, announcing this host with the peer service on
+    /// `upload_port`.
+    pub async fn new(
+        config: &P2pConfig,
+        upload_port: u16,
+        seed: bool,
+    ) -> Result<Arc<SchedulerPool>, String> {
+        if config.schedulers.is_empty() {
+            return Err("p2p.schedulers is empty".into());
+        }
+        let mut members = Vec::new();
+        for addr in &config.schedulers {
+            let channel = Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| format!("invalid scheduler address {addr:?} in p2p.schedulers: {e}"))?
+                .connect_timeout(Duration::from_secs(3))
+                .timeout(Duration::from_secs(10))
+                .connect_lazy();
+            members.push(Member {
+                addr: addr.clone(),
+                client: SchedulerClient::new(channel),
+                down_until: Mutex::new(None),
+            });
+        }
+        let ip = match config.advertise_ip {
+            Some(ip) => ip,
+            None => local_ip_towards(&config.schedulers[0])
+                .await
+                .ok_or_else(|| {
+                    format!(
+                        "cannot tell which local address reaches {}; set p2p.advertise_ip",
+                        config.schedulers[0]
+                    )
+                })?,
+        };
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        let id = config
+            .host_id
+            .clone()
+            .unwrap_or_else(|| format!("{ip}-{hostname}{}", if seed { "-seed" } else { "" }));
+        let host = pb::Host {
+            id,
+            hostname,
+            ip: ip.to_string(),
+            upload_port: u32::from(upload_port),
+            r#type: if seed {
+                pb::HostType::Seed
+            } else {
+                pb::HostType::Normal
+            } as i32,
+            idc: config.idc.clone(),
+            location: config.location.clone(),
+            upload_slots: config.upload_slots,
+        };
+        Ok(Arc::new(SchedulerPool {
+            members,
+            host,
+            active_uploads: Arc::new(AtomicU32::new(0)),
+        }))
+    }
+
+    /// This host's ID.
+    pub fn host_id(&self) -> &str {
+        &self.host.id
+    }
+
+    /// The scheduler for `task`, skipping ones that failed recently; `None` if all are down.
+    pub fn for_task(&self, task: &str) -> Option<(usize, SchedulerClient<Channel>)> {
+        let now = Instant::now();
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| {
+                m.down_until
+                    .lock()
+                    .expect("down lock")
+                    .is_none_or(|t| t <= now)
+            })
+            .max_by_key(|(_, m)| {
+                let d = Sha256::new()
+                    .chain_update(task.as_bytes())
+                    .chain_update([0])
+                    .chain_update(m.addr.as_bytes())
+                    .finalize();
+                u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+            })
+            .map(|(i, m)| (i, m.client.clone()))
+    }
+
+    /// Marks scheduler `i` as failed for a while.
+    pub fn mark_down(&self, i: usize, error: &str) {
+        if let Some(m) = self.members.get(i) {
+            let mut d = m.down_until.lock().expect("down lock");
+            if d.is_none_or(|t| t <= Instant::now()) {
+                tracing::warn!(scheduler = %m.addr, error, "scheduler unavailable; using others or the origin for {}s", DOWN_FOR.as_secs());
+            }
+            *d = Some(Instant::now() + DOWN_FOR);
+        }
+    }
+
+    async fn announce(&self, m: &Member) -> Result<u32, String> {
+        let r = m
+            .client
+            .clone()
+            .announce_host(pb::AnnounceHostRequest {
+                protocol: pb::PROTOCOL,
+                host: Some(self.host.clone()),
+            })
+            .await
+            .map_err(|e| e.message().to_owned())?;
+        Ok(r.into_inner().keepalive_interval_secs.max(1))
+    }
+
+    /// Announces the host to every scheduler and keeps it alive (re-announcing to schedulers
+    /// that forgot it, e.g. after their restart). Runs until aborted.
+    pub async fn keepalive_loop(self: Arc<Self>) {
+        let mut interval = Duration::from_secs(5);
+        let mut announced = vec![false; self.members.len()];
+        loop {
+            for (i, m) in self.members.iter().enumerate() {
+                if !announced[i] {
+                    match self.announce(m).await {
+                        Ok(secs) => {
+                            interval = Duration::from_secs(u64::from(secs));
+                            announced[i] = true;
+                            *m.down_until.lock().expect("down lock") = None;
+                            tracing::info!(scheduler = %m.addr, host = %self.host.id, "announced to scheduler");
+                        }
+                        Err(e) => self.mark_down(i, &e),
+                    }
+                    continue;
+                }
+                let req = pb::KeepAliveRequest {
+                    host_id: self.host.id.clone(),
+                    active_uploads: self.active_uploads.load(Ordering::Relaxed),
+                };
+                match m.client.clone().keep_alive(req).await {
+                    Ok(r) if r.get_ref().known => {}
+                    Ok(_) => announced[i] = false,
+                    Err(e) => {
+                        announced[i] = false;
+                        self.mark_down(i, e.message());
+                    }
+                }
+            }
+            let retry_soon = announced.iter().any(|a| !a);
+            tokio::time::sleep(if retry_soon {
+                Duration::from_secs(1).min(interval)
+            } else {
+                interval
+            })
+            .await;
+        }
+    }
+}

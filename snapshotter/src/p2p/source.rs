@@ -1,0 +1,422 @@
+//! The P2P source of one blob: what the piece store calls for missing pieces. It asks the
+//! task's scheduler for parents, fetches pieces from several parents at once, checks each
+//! against the digest the scheduler recorded when the piece first left the origin, reports bad
+//! parents, and fetches from the origin (the registry) whatever no parent could provide — or
+//! everything, when the scheduler says so or cannot be reached. Pieces are reported to the
+//! scheduler once the store has them on disk, so nobody is sent to us for a piece we lack.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use dragonfly_proto::peer as peerpb;
+use dragonfly_proto::scheduler as pb;
+use dragonfly_storage::{RangeSource, SourceError};
+use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{self, StreamExt};
+use sha2::{Digest, Sha256};
+
+use super::{ParentClients, SchedulerPool};
+use crate::metrics::Metrics;
+
+/// Longest a read waits for a seed peer before taking the origin itself.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Rounds of FindParents per read before the rest goes to the origin.
+const MAX_ROUNDS: usize = 4;
+
+struct Pending {
+    digest: String,
+    parent: String,
+    cost_ms: u32,
+}
+
+#[derive(Default)]
+struct SourceState {
+    /// `Some(true)` registered; `Some(false)` P2P unusable for this blob.
+    registered: Option<bool>,
+    /// Pieces fetched but not yet durable in the store.
+    pending: HashMap<u32, Pending>,
+}
+
+/// Parents in front of the origin for one blob.
+pub struct PeerSource {
+    origin: Arc<dyn RangeSource>,
+    pool: Arc<SchedulerPool>,
+    parents: Arc<ParentClients>,
+    metrics: Arc<Metrics>,
+    task: pb::Task,
+    peer_id: String,
+    parallel: usize,
+    state: Mutex<SourceState>,
+}
+
+fn sha256(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(b)))
+}
+
+impl PeerSource {
+    /// A source for blob `digest` of `size` bytes cut into `piece_length` pieces, whose origin
+    /// is `origin` (`url` names it for seed peers).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        origin: Arc<dyn RangeSource>,
+        pool: Arc<SchedulerPool>,
+        parents: Arc<ParentClients>,
+        metrics: Arc<Metrics>,
+        digest: &str,
+        size: u64,
+        piece_length: u32,
+        url: String,
+        parallel: usize,
+    ) -> Arc<PeerSource> {
+        let peer_id = format!(
+            "{}-{}-{:016x}",
+            pool.host_id(),
+            &digest[digest.len().saturating_sub(12)..],
+            rand::random::<u64>()
+        );
+        Arc::new(PeerSource {
+            origin,
+            pool,
+            parents,
+            metrics,
+            task: pb::Task {
+                id: digest.to_owned(),
+                content_length: size,
+                piece_length,
+                url,
+                digest: digest.to_owned(),
+                origin_headers: Default::default(),
+            },
+            peer_id,
+            parallel: parallel.max(1),
+            state: Mutex::new(SourceState::default()),
+        })
+    }
+
+    fn piece_len(&self, n: u32) -> u64 {
+        let pl = u64::from(self.task.piece_length);
+        (self.task.content_length - u64::from(n) * pl).min(pl)
+    }
+
+    /// Registers with the task's scheduler once; false when P2P cannot be used for this blob.
+    async fn registered(&self) -> bool {
+        if let Some(r) = self.state.lock().expect("state lock").registered {
+            return r;
+        }
+        let Some((i, mut c)) = self.pool.for_task(&self.task.id) else {
+            return false;
+        };
+        let req = pb::RegisterPeerRequest {
+            host_id: self.pool.host_id().to_owned(),
+            peer_id: self.peer_id.clone(),
+            task: Some(self.task.clone()),
+        };
+        match c.register_peer(req).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                let usable = r.piece_length == self.task.piece_length;
+                if !usable {
+                    tracing::warn!(task = %self.task.id, ours = self.task.piece_length, swarm = r.piece_length, "the swarm uses another piece length; this blob comes from the origin only");
+                }
+                self.state.lock().expect("state lock").registered = Some(usable);
+                usable
+            }
+            Err(e) => {
+                // Not cached: try again on the next read, once the scheduler is back.
+                self.pool.mark_down(i, e.message());
+                false
+            }
+        }
+    }
+
+    /// Fetches `pieces` from the origin in one request and splits them.
+    async fn fetch_origin(&self, pieces: Range<u32>) -> Result<Vec<(u32, Bytes)>, SourceError> {
+        let pl = u64::from(self.task.piece_length);
+        let range = u64::from(pieces.start) * pl
+            ..(u64::from(pieces.end) * pl).min(self.task.content_length);
+        let data = self.origin.fetch(range.clone()).await?;
+        if data.len() as u64 != range.end - range.start {
+            return Err(SourceError {
+                message: format!(
+                    "the origin returned {} bytes for {}..{}",
+                    data.len(),
+                    range.start,
+                    range.end
+                ),
+                retryable: true,
+            });
+        }
+        let mut out = Vec::new();
+        let mut st = self.state.lock().expect("state lock");
+        for n in pieces {
+            let off = (u64::from(n) * pl - range.start) as usize;
+            let piece = data.slice(off..off + self.piece_len(n) as usize);
+            st.pending.insert(
+                n,
+                Pending {
+                    digest: sha256(&piece),
+                    parent: String::new(),
+                    cost_ms: 0,
+                },
+            );
+            out.push((n, piece));
+        }
+        self.metrics
+            .p2p_pieces
+            .with_label_values(&["origin"])
+            .inc_by(out.len() as u64);
+        self.metrics
+            .p2p_bytes
+            .with_label_values(&["origin"])
+            .inc_by(data.len() as u64);
+        Ok(out)
+    }
+
+    async fn report_bad(&self, parent: &str, corrupt: bool, reason: String) {
+        self.metrics
+            .p2p_bad_parents
+            .with_label_values(&[if corrupt { "corrupt" } else { "failed" }])
+            .inc();
+        if corrupt {
+            tracing::error!(task = %self.task.id, parent, %reason, "parent sent a piece that does not match its digest; reported");
+        } else {
+            tracing::debug!(task = %self.task.id, parent, %reason, "piece from parent failed");
+        }
+        if let Some((i, mut c)) = self.pool.for_task(&self.task.id) {
+            let req = pb::ReportBadParentRequest {
+                peer_id: self.peer_id.clone(),
+                task_id: self.task.id.clone(),
+                parent_id: parent.to_owned(),
+                corrupt,
+                reason,
+            };
+            if let Err(e) = c.report_bad_parent(req).await {
+                self.pool.mark_down(i, e.message());
+            }
+        }
+    }
+
+    /// One piece from one parent, verified against `digest`.
+    async fn fetch_from_parent(&self, parent: &pb::Parent, n: u32, digest: &str) -> Option<Bytes> {
+        let started = Instant::now();
+        let mut client = match self.parents.get(&parent.ip, parent.upload_port) {
+            Ok(c) => c,
+            Err(e) => {
+                self.report_bad(&parent.peer_id, false, e).await;
+                return None;
+            }
+        };
+        let req = peerpb::GetPieceRequest {
+            task_id: self.task.id.clone(),
+            number: n,
+            peer_id: self.peer_id.clone(),
+        };
+        let data = match client.get_piece(req).await {
+            Ok(r) => Bytes::from(r.into_inner().data),
+            Err(e) => {
+                self.report_bad(
+                    &parent.peer_id,
+                    false,
+                    format!("GetPiece {n}: {}", e.message()),
+                )
+                .await;
+                return None;
+            }
+        };
+        let d = data.clone();
+        let actual = tokio::task::spawn_blocking(move || sha256(&d)).await.ok()?;
+        if data.len() as u64 != self.piece_len(n) || actual != digest {
+            self.report_bad(
+                &parent.peer_id,
+                true,
+                format!(
+                    "piece {n}: {} bytes hashing to {actual}, expected {digest}",
+                    data.len()
+                ),
+            )
+            .await;
+            return None;
+        }
+        self.state.lock().expect("state lock").pending.insert(
+            n,
+            Pending {
+                digest: actual,
+                parent: parent.peer_id.clone(),
+                cost_ms: started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
+            },
+        );
+        self.metrics.p2p_pieces.with_label_values(&["peer"]).inc();
+        self.metrics
+            .p2p_bytes
+            .with_label_values(&["peer"])
+            .inc_by(data.len() as u64);
+        Some(data)
+    }
+
+    /// Pieces from parents; returns what it got (the rest goes to the origin).
+    async fn fetch_from_parents(&self, pieces: &[u32]) -> HashMap<u32, Bytes> {
+        let mut got: HashMap<u32, Bytes> = HashMap::new();
+        let started = Instant::now();
+        for _round in 0..MAX_ROUNDS {
+            let missing: Vec<u32> = pieces
+                .iter()
+                .copied()
+                .filter(|n| !got.contains_key(n))
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            let Some((i, mut c)) = self.pool.for_task(&self.task.id) else {
+                break;
+            };
+            let req = pb::FindParentsRequest {
+                peer_id: self.peer_id.clone(),
+                task_id: self.task.id.clone(),
+                pieces: missing.clone(),
+                limit: self.parallel as u32,
+            };
+            let resp = match c.find_parents(req).await {
+                Ok(r) => r.into_inner(),
+                Err(e) => {
+                    self.pool.mark_down(i, e.message());
+                    break;
+                }
+            };
+            match pb::Decision::try_from(resp.decision) {
+                Ok(pb::Decision::Parents) => {}
+                Ok(pb::Decision::Wait) if started.elapsed() < MAX_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(u64::from(
+                        resp.retry_after_ms.clamp(20, 2000),
+                    )))
+                    .await;
+                    continue;
+                }
+                _ => break,
+            }
+            let digests: HashMap<u32, String> = resp
+                .digests
+                .into_iter()
+                .map(|d| (d.number, d.digest))
+                .collect();
+            // Spread the pieces over the parents that have them, best parents first.
+            let mut plan: Vec<(u32, pb::Parent, String)> = Vec::new();
+            for (k, n) in missing.iter().enumerate() {
+                let Some(digest) = digests.get(n) else {
+                    continue;
+                };
+                let holders: Vec<&pb::Parent> = resp
+                    .parents
+                    .iter()
+                    .filter(|p| p.pieces.contains(n))
+                    .collect();
+                if let Some(p) = holders.get(k % holders.len().max(1)) {
+                    plan.push((*n, (*p).clone(), digest.clone()));
+                }
+            }
+            if plan.is_empty() {
+                break;
+            }
+            let results: Vec<(u32, Option<Bytes>)> = stream::iter(plan)
+                .map(|(n, p, d)| async move { (n, self.fetch_from_parent(&p, n, &d).await) })
+                .buffer_unordered(self.parallel)
+                .collect()
+                .await;
+            for (n, data) in results {
+                if let Some(d) = data {
+                    got.insert(n, d);
+                }
+            }
+        }
+        got
+    }
+
+    async fn fetch_range(self: Arc<Self>, range: Range<u64>) -> Result<Bytes, SourceError> {
+        let pl = u64::from(self.task.piece_length);
+        let aligned = range.start.is_multiple_of(pl)
+            && (range.end.is_multiple_of(pl) || range.end == self.task.content_length);
+        if !aligned || range.end > self.task.content_length || !self.registered().await {
+            return self.origin.fetch(range).await;
+        }
+        let pieces: Vec<u32> = ((range.start / pl) as u32..range.end.div_ceil(pl) as u32).collect();
+        let mut got = self.fetch_from_parents(&pieces).await;
+        // Whatever is still missing comes from the origin, in contiguous runs.
+        let mut run: Option<Range<u32>> = None;
+        let mut runs = Vec::new();
+        for n in &pieces {
+            if got.contains_key(n) {
+                runs.extend(run.take());
+                continue;
+            }
+            run = Some(match run.take() {
+                Some(r) if r.end == *n => r.start..n + 1,
+                Some(r) => {
+                    runs.push(r);
+                    *n..n + 1
+                }
+                None => *n..n + 1,
+            });
+        }
+        runs.extend(run);
+        for r in runs {
+            for (n, data) in self.fetch_origin(r).await? {
+                got.insert(n, data);
+            }
+        }
+        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+        for n in &pieces {
+            out.extend_from_slice(&got[n]);
+        }
+        Ok(out.freeze())
+    }
+
+    fn report_stored(self: Arc<Self>, range: Range<u64>) {
+        let pl = u64::from(self.task.piece_length);
+        let reports: Vec<pb::PieceFinished> = {
+            let mut st = self.state.lock().expect("state lock");
+            ((range.start / pl) as u32..range.end.div_ceil(pl) as u32)
+                .filter_map(|n| {
+                    st.pending.remove(&n).map(|p| pb::PieceFinished {
+                        peer_id: self.peer_id.clone(),
+                        task_id: self.task.id.clone(),
+                        piece: Some(pb::PieceInfo {
+                            number: n,
+                            digest: p.digest,
+                            length: self.piece_len(n) as u32,
+                        }),
+                        parent_id: p.parent,
+                        cost_ms: p.cost_ms,
+                    })
+                })
+                .collect()
+        };
+        if reports.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            let Some((i, mut c)) = self.pool.for_task(&self.task.id) else {
+                return;
+            };
+            if let Err(e) = c.report_pieces(stream::iter(reports)).await {
+                self.pool.mark_down(i, e.message());
+            }
+        });
+    }
+}
+
+/// The store holds `Arc<dyn RangeSource>`; this wrapper lets the source hand itself to tasks.
+pub struct SharedPeerSource(pub Arc<PeerSource>);
+
+impl RangeSource for SharedPeerSource {
+    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, SourceError>> {
+        self.0.clone().fetch_range(range).boxed()
+    }
+
+    fn stored(&self, range: Range<u64>) {
+        if self.0.state.lock().expect("state lock").registered == Some(true) {
+            self.0.clone().report_stored(range);
+        }
+    }
+}
