@@ -17,6 +17,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --workspace --bins --locked
 export DRAGONFLY_SNAPSHOTTER_BIN="$PWD/target/debug/dragonfly-snapshotter"
+export DRAGONFLY_SCHEDULER_BIN="$PWD/target/debug/dragonfly-scheduler"
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -131,3 +131,217 @@ fn a_second_node_gets_the_layer_from_the_first_not_the_registry() {
     let d = rootfs::diff(&oracle, &ours);
     assert!(d.is_empty(), "{}", d.join("\n"));
 }
+
+#[test]
+fn pulls_succeed_when_the_scheduler_is_gone() {
+    let mut swarm = Swarm::start(2, "prefetch: {background: false}").expect("swarm");
+    let img = fixtures::large_image(swarm.path()).expect("fixture");
+    let [_, esgz, _] = fixtures::publish(
+        &swarm.nodes[0].containerd,
+        &swarm.registry.addr,
+        "large",
+        &img,
+        &[],
+    )
+    .expect("publish");
+    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        fixtures::random_bytes(40 << 20, 7),
+    ));
+    let a = &swarm.nodes[0];
+    a.containerd
+        .ctr_remote(&[
+            "image",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            "dragonfly",
+            &esgz,
+        ])
+        .expect("rpull");
+    let (ok, out) =
+        a.containerd
+            .run_once("dragonfly", &esgz, "a", &["/bin/cat", "/data/small.txt"]);
+    assert!(ok, "{out}");
+    swarm.scheduler.stop();
+    for (i, node) in swarm.nodes.iter().enumerate() {
+        if i == 1 {
+            node.containerd
+                .ctr_remote(&[
+                    "image",
+                    "rpull",
+                    "--plain-http",
+                    "--snapshotter",
+                    "dragonfly",
+                    &esgz,
+                ])
+                .expect("rpull without scheduler");
+        }
+        let (ok, out) = node.containerd.run_once(
+            "dragonfly",
+            &esgz,
+            "after",
+            &["/bin/sha256sum", "/data/huge.bin"],
+        );
+        assert!(
+            ok && out.contains(&want),
+            "node {i} without a scheduler: {out}\n{}",
+            swarm.logs()
+        );
+    }
+}
+
+mod corrupt_parent {
+    use super::*;
+    use dragonfly_proto::peer as peerpb;
+    use dragonfly_proto::peer::peer_server::{Peer, PeerServer};
+    use dragonfly_proto::scheduler as pb;
+    use dragonfly_proto::scheduler::scheduler_client::SchedulerClient;
+    use sha2::{Digest, Sha256};
+    use tonic::{Request, Response, Status};
+
+    const PIECE: usize = 256 << 10;
+
+    /// Claims every piece (with the right digests) and serves each with one byte flipped.
+    struct Liar {
+        blob: Vec<u8>,
+    }
+
+    #[tonic::async_trait]
+    impl Peer for Liar {
+        async fn get_piece(
+            &self,
+            r: Request<peerpb::GetPieceRequest>,
+        ) -> Result<Response<peerpb::GetPieceResponse>, Status> {
+            let n = r.into_inner().number as usize;
+            let start = n * PIECE;
+            let mut data = self.blob[start..(start + PIECE).min(self.blob.len())].to_vec();
+            data[0] ^= 0xff;
+            Ok(Response::new(peerpb::GetPieceResponse {
+                number: n as u32,
+                digest: String::new(),
+                data,
+            }))
+        }
+        async fn trigger_download(
+            &self,
+            _r: Request<peerpb::TriggerDownloadRequest>,
+        ) -> Result<Response<peerpb::TriggerDownloadResponse>, Status> {
+            Err(Status::unimplemented("no"))
+        }
+    }
+
+    #[test]
+    fn a_parent_serving_corrupt_pieces_is_blocklisted_and_no_bad_byte_is_served() {
+        let swarm = Swarm::start(1, "prefetch: {background: false}").expect("swarm");
+        let img = fixtures::large_image(swarm.path()).expect("fixture");
+        let [_, esgz, _] = fixtures::publish(
+            &swarm.nodes[0].containerd,
+            &swarm.registry.addr,
+            "large",
+            &img,
+            &[],
+        )
+        .expect("publish");
+        let layers = layer_digests(&esgz);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let liar_port = dragonfly_integration::procs::free_port();
+        // The liar announces itself and claims every piece of every layer, with true digests.
+        rt.block_on(async {
+            let mut c = SchedulerClient::connect(format!("http://{}", swarm.scheduler.addr))
+                .await
+                .unwrap();
+            c.announce_host(pb::AnnounceHostRequest {
+                protocol: pb::PROTOCOL,
+                host: Some(pb::Host {
+                    id: "liar".into(),
+                    hostname: "liar".into(),
+                    ip: "127.0.0.1".into(),
+                    upload_port: liar_port as u32,
+                    r#type: pb::HostType::Normal as i32,
+                    upload_slots: 64,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+            for d in &layers {
+                let blob = std::fs::read(swarm.registry.blob_path(d)).unwrap();
+                let task = pb::Task {
+                    id: d.clone(),
+                    content_length: blob.len() as u64,
+                    piece_length: PIECE as u32,
+                    ..Default::default()
+                };
+                c.register_peer(pb::RegisterPeerRequest {
+                    host_id: "liar".into(),
+                    peer_id: format!("liar-{d}"),
+                    task: Some(task),
+                })
+                .await
+                .unwrap();
+                let reports: Vec<pb::PieceFinished> = blob
+                    .chunks(PIECE)
+                    .enumerate()
+                    .map(|(n, p)| pb::PieceFinished {
+                        peer_id: format!("liar-{d}"),
+                        task_id: d.clone(),
+                        piece: Some(pb::PieceInfo {
+                            number: n as u32,
+                            digest: format!("sha256:{}", hex::encode(Sha256::digest(p))),
+                            length: p.len() as u32,
+                        }),
+                        parent_id: String::new(),
+                        cost_ms: 1,
+                    })
+                    .collect();
+                c.report_pieces(tokio_stream::iter(reports)).await.unwrap();
+            }
+            let huge = std::fs::read(swarm.registry.blob_path(&layers[1])).unwrap();
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(PeerServer::new(Liar { blob: huge }))
+                    .serve(format!("127.0.0.1:{liar_port}").parse().unwrap()),
+            );
+        });
+        let node = &swarm.nodes[0];
+        node.containerd
+            .ctr_remote(&[
+                "image",
+                "rpull",
+                "--plain-http",
+                "--snapshotter",
+                "dragonfly",
+                &esgz,
+            ])
+            .expect("rpull");
+        let want = hex::encode(Sha256::digest(fixtures::random_bytes(40 << 20, 7)));
+        let (ok, out) = node.containerd.run_once(
+            "dragonfly",
+            &esgz,
+            "read",
+            &["/bin/sha256sum", "/data/huge.bin"],
+        );
+        assert!(
+            ok && out.contains(&want),
+            "corrupt pieces reached the container: {out}\n{}",
+            swarm.logs()
+        );
+        let corrupt = node.metric("dragonfly_snapshotter_p2p_bad_parents_total", "corrupt");
+        assert!(
+            corrupt >= 1.0,
+            "the liar was not reported\n{}",
+            swarm.logs()
+        );
+        assert!(
+            swarm.scheduler.log().contains("blocklisted"),
+            "{}",
+            swarm.logs()
+        );
+        // Once blocklisted it is never offered again: everything else came from the origin.
+        assert!(
+            corrupt <= 8.0,
+            "reported {corrupt} times: it kept being offered"
+        );
+        drop(rt);
+    }
+}
