@@ -66,6 +66,11 @@ impl Drop for CleanDir {
 impl Swarm {
     /// Starts a registry, a scheduler and `n` nodes; `daemon_yaml` is extra daemon config.
     pub fn start(n: usize, daemon_yaml: &str) -> Result<Swarm> {
+        Swarm::start_with_seeds(0, n, daemon_yaml)
+    }
+
+    /// Like [`Swarm::start`], with the first `seeds` nodes running as seed peers.
+    pub fn start_with_seeds(seeds: usize, n: usize, daemon_yaml: &str) -> Result<Swarm> {
         anyhow::ensure!(
             nix::unistd::geteuid().is_root(),
             "end-to-end tests must run as root (sudo scripts/test.sh)"
@@ -81,8 +86,9 @@ impl Swarm {
         for i in 0..n {
             let metrics = format!("127.0.0.1:{}", free_port());
             let yaml = format!(
-                "metrics: {{address: '{metrics}'}}\np2p: {{schedulers: ['{}'], listen: '127.0.0.1:0', advertise_ip: 127.0.0.1, host_id: node-{i}}}\n{daemon_yaml}",
-                scheduler.addr
+                "metrics: {{address: '{metrics}'}}\np2p: {{schedulers: ['{}'], listen: '127.0.0.1:0', advertise_ip: 127.0.0.1, host_id: node-{i}, seed_peer: {}}}\n{daemon_yaml}",
+                scheduler.addr,
+                i < seeds
             );
             let node_dir = dir.0.path().join(format!("node-{i}"));
             let daemon = Daemon::start(&node_dir.join("daemon"), &yaml)?;

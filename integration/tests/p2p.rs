@@ -345,3 +345,82 @@ mod corrupt_parent {
         drop(rt);
     }
 }
+
+#[test]
+fn a_seed_peer_fetches_from_the_origin_once_for_everyone() {
+    let swarm = Swarm::start_with_seeds(1, 3, "").expect("swarm");
+    let img = fixtures::large_image(swarm.path()).expect("fixture");
+    let [_, esgz, _] = fixtures::publish(
+        &swarm.nodes[1].containerd,
+        &swarm.registry.addr,
+        "large",
+        &img,
+        &[],
+    )
+    .expect("publish");
+    let layers = layer_digests(&esgz);
+    let sizes: u64 = layers
+        .iter()
+        .map(|d| {
+            std::fs::metadata(swarm.registry.blob_path(d))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        fixtures::random_bytes(40 << 20, 7),
+    ));
+    for (i, node) in swarm.nodes.iter().enumerate().skip(1) {
+        node.containerd
+            .ctr_remote(&[
+                "image",
+                "rpull",
+                "--plain-http",
+                "--snapshotter",
+                "dragonfly",
+                &esgz,
+            ])
+            .expect("rpull");
+        let (ok, out) = node.containerd.run_once(
+            "dragonfly",
+            &esgz,
+            "read",
+            &["/bin/sha256sum", "/data/huge.bin"],
+        );
+        assert!(
+            ok && out.contains(&want),
+            "node {i}: {out}\n{}",
+            swarm.logs()
+        );
+    }
+    // Let background fills finish, then count what left the registry.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let from_registry: u64 = layers.iter().map(|d| swarm.registry.bytes_sent(d)).sum();
+    let seed = &swarm.nodes[0];
+    eprintln!(
+        "layer blobs {sizes} bytes; registry sent {from_registry} ({:.3}x); seed took {} from the origin; nodes took {} and {} from peers",
+        from_registry as f64 / sizes as f64,
+        seed.metric("dragonfly_snapshotter_p2p_bytes_total", "origin"),
+        swarm.nodes[1].metric("dragonfly_snapshotter_p2p_bytes_total", "peer"),
+        swarm.nodes[2].metric("dragonfly_snapshotter_p2p_bytes_total", "peer"),
+    );
+    assert!(
+        seed.daemon.log().contains("seed download complete"),
+        "{}",
+        swarm.logs()
+    );
+    assert!(
+        from_registry as f64 <= 1.05 * sizes as f64,
+        "registry sent {from_registry} for {sizes} bytes of layers\n{}",
+        swarm.logs()
+    );
+    for n in &swarm.nodes[1..] {
+        assert!(n.metric("dragonfly_snapshotter_p2p_bytes_total", "peer") > 0.0);
+        assert_eq!(
+            n.metric("dragonfly_snapshotter_p2p_bytes_total", "origin"),
+            0.0,
+            "{}",
+            swarm.logs()
+        );
+    }
+}

@@ -58,6 +58,9 @@ pub struct P2pConfig {
     pub upload_slots: u32,
     /// Parents fetched from at once for one request.
     pub parallel_parents: usize,
+    /// Run as a seed peer: announce as one, and fetch tasks from their origin when the
+    /// scheduler triggers it (also `--seed-peer`).
+    pub seed_peer: bool,
 }
 
 impl Default for P2pConfig {
@@ -71,6 +74,7 @@ impl Default for P2pConfig {
             location: String::new(),
             upload_slots: 32,
             parallel_parents: 4,
+            seed_peer: false,
         }
     }
 }

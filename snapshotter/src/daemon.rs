@@ -15,6 +15,7 @@ use dragonfly_storage::PieceStore;
 use crate::config::Config;
 use crate::layer::{LayerManager, LayerSettings};
 use crate::metrics::Metrics;
+use crate::p2p::seed::SeedDownloader;
 use crate::p2p::upload::PeerService;
 use crate::p2p::{P2p, ParentClients, SchedulerPool, MAX_MESSAGE_BYTES};
 use crate::snapshot::remote::RemoteLayers;
@@ -137,15 +138,30 @@ async fn start_p2p(
         .await
         .with_context(|| format!("cannot listen on p2p.listen {}", config.p2p.listen))?;
     let port = listener.local_addr()?.port();
-    let pool = SchedulerPool::new(&config.p2p, port, false)
+    let seed = config.p2p.seed_peer;
+    let pool = SchedulerPool::new(&config.p2p, port, seed)
         .await
         .map_err(|e| anyhow::anyhow!("cannot set up P2P: {e}"))?;
     tokio::spawn(pool.clone().keepalive_loop());
+    let p2p = Arc::new(P2p {
+        pool: pool.clone(),
+        parents: Arc::new(ParentClients::default()),
+        parallel: config.p2p.parallel_parents,
+    });
+    let downloader = seed.then(|| {
+        SeedDownloader::new(
+            store.clone(),
+            config.registry.clone(),
+            p2p.clone(),
+            metrics.clone(),
+        )
+    });
     let service = PeerService::new(
         store.clone(),
         config.p2p.upload_slots,
         pool.clone(),
         metrics.clone(),
+        downloader,
     );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {
@@ -161,12 +177,8 @@ async fn start_p2p(
             tracing::error!(error = %e, "peer service failed; other peers cannot fetch pieces from this host");
         }
     });
-    tracing::info!(port, host = pool.host_id(), schedulers = ?config.p2p.schedulers, "P2P enabled");
-    Ok(Some(Arc::new(P2p {
-        pool,
-        parents: Arc::new(ParentClients::default()),
-        parallel: config.p2p.parallel_parents,
-    })))
+    tracing::info!(port, host = pool.host_id(), seed, schedulers = ?config.p2p.schedulers, "P2P enabled");
+    Ok(Some(p2p))
 }
 
 /// Mirrors the piece store's counters into Prometheus at scrape time.

@@ -23,6 +23,10 @@ struct Args {
     /// Overrides `log.level` (a tracing filter such as `info` or `debug`).
     #[arg(long)]
     log_level: Option<String>,
+    /// Run as a seed peer (sets `p2p.seed_peer`): fetch tasks from their origin when the
+    /// scheduler triggers it and serve their pieces. Needs `p2p.schedulers`.
+    #[arg(long)]
+    seed_peer: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +43,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(level) = args.log_level {
         config.log.level = level;
+    }
+    if args.seed_peer {
+        config.p2p.seed_peer = true;
     }
     init_tracing(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -3,6 +3,7 @@
 //! parents in front of the registry for every blob read.
 
 pub mod schedulers;
+pub mod seed;
 pub mod source;
 pub mod upload;
 

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
+use super::seed::SeedDownloader;
 use super::SchedulerPool;
 use crate::metrics::Metrics;
 
@@ -22,6 +23,7 @@ pub struct PeerService {
     slots: Arc<Semaphore>,
     pool: Arc<SchedulerPool>,
     metrics: Arc<Metrics>,
+    seed: Option<Arc<SeedDownloader>>,
 }
 
 impl PeerService {
@@ -31,12 +33,14 @@ impl PeerService {
         slots: u32,
         pool: Arc<SchedulerPool>,
         metrics: Arc<Metrics>,
+        seed: Option<Arc<SeedDownloader>>,
     ) -> PeerService {
         PeerService {
             store,
             slots: Arc::new(Semaphore::new(slots.max(1) as usize)),
             pool,
             metrics,
+            seed,
         }
     }
 }
@@ -112,10 +116,18 @@ impl Peer for PeerService {
 
     async fn trigger_download(
         &self,
-        _req: Request<pb::TriggerDownloadRequest>,
+        req: Request<pb::TriggerDownloadRequest>,
     ) -> Result<Response<pb::TriggerDownloadResponse>, Status> {
-        Err(Status::unimplemented(
-            "this peer is not a seed peer (seed mode, dragonfly-snapshotter --seed-peer, serves triggers)",
-        ))
+        let Some(seed) = &self.seed else {
+            return Err(Status::unimplemented(
+                "this peer is not a seed peer (start it with --seed-peer to serve triggers)",
+            ));
+        };
+        let task = req
+            .into_inner()
+            .task
+            .ok_or_else(|| Status::invalid_argument("task is required"))?;
+        let started = seed.trigger(task).await?;
+        Ok(Response::new(pb::TriggerDownloadResponse { started }))
     }
 }

@@ -1,0 +1,187 @@
+//! Seed peer mode: when the scheduler triggers a task, fetch it from its origin into the piece
+//! store (reporting pieces as they land, so waiting peers can start) and keep serving it.
+//! Registry credentials that come with the trigger are used for that download only: never
+//! logged, never stored.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use dragonfly_proto::scheduler as pb;
+use dragonfly_registry::{Credential, RegistryClient, RegistryConfig, Repository};
+use dragonfly_storage::{PieceStore, Priority, RangeSource};
+use tonic::Status;
+
+use super::source::SharedPeerSource;
+use super::{P2p, PeerSource};
+use crate::layer::source::RegistrySource;
+use crate::metrics::Metrics;
+
+/// Starts origin downloads for the scheduler.
+pub struct SeedDownloader {
+    store: PieceStore,
+    registry: RegistryConfig,
+    p2p: Arc<P2p>,
+    metrics: Arc<Metrics>,
+    running: Mutex<HashSet<String>>,
+}
+
+/// `oci://REGISTRY/REPO@DIGEST` → (repository, digest).
+pub fn parse_oci_url(url: &str) -> Result<(Repository, String), String> {
+    let rest = url
+        .strip_prefix("oci://")
+        .ok_or_else(|| format!("task url {url:?} is not oci://REGISTRY/REPO@DIGEST"))?;
+    let (path, digest) = rest
+        .rsplit_once('@')
+        .ok_or_else(|| format!("task url {url:?} has no @DIGEST"))?;
+    let (registry, repository) = path
+        .split_once('/')
+        .ok_or_else(|| format!("task url {url:?} has no repository"))?;
+    if registry.is_empty() || repository.is_empty() || !digest.starts_with("sha256:") {
+        return Err(format!(
+            "task url {url:?} is not oci://REGISTRY/REPO@sha256:..."
+        ));
+    }
+    Ok((
+        Repository {
+            registry: registry.to_owned(),
+            repository: repository.to_owned(),
+        },
+        digest.to_owned(),
+    ))
+}
+
+impl SeedDownloader {
+    /// A downloader into `store` using `registry` settings.
+    pub fn new(
+        store: PieceStore,
+        registry: RegistryConfig,
+        p2p: Arc<P2p>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<SeedDownloader> {
+        Arc::new(SeedDownloader {
+            store,
+            registry,
+            p2p,
+            metrics,
+            running: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn client_for(&self, repo: &Repository, task: &pb::Task) -> Result<RegistryClient, Status> {
+        let mut config = self.registry.clone();
+        let auth = task
+            .origin_headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v.as_str());
+        if let Some(basic) = auth.and_then(|v| v.strip_prefix("Basic ")) {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(basic.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    Status::invalid_argument(
+                        "the trigger's Authorization header is not valid Basic credentials",
+                    )
+                })?;
+            let (username, password) = decoded.split_once(':').ok_or_else(|| {
+                Status::invalid_argument("the trigger's Basic credentials have no ':'")
+            })?;
+            config.credentials.insert(
+                repo.registry.clone(),
+                Credential::Basic {
+                    username: username.to_owned(),
+                    password: password.to_owned(),
+                },
+            );
+        }
+        RegistryClient::new(config).map_err(|e| Status::internal(format!("registry client: {e}")))
+    }
+
+    /// Starts fetching `task`; false if it is already here or being fetched.
+    pub async fn trigger(self: &Arc<Self>, task: pb::Task) -> Result<bool, Status> {
+        let (repo, digest) = parse_oci_url(&task.url).map_err(Status::invalid_argument)?;
+        if digest != task.id {
+            return Err(Status::invalid_argument(format!(
+                "task {} does not match its url's digest {digest}",
+                task.id
+            )));
+        }
+        if let Some(b) = self.store.get(&digest) {
+            if b.is_complete() {
+                return Ok(false);
+            }
+        }
+        if !self
+            .running
+            .lock()
+            .expect("running lock")
+            .insert(digest.clone())
+        {
+            return Ok(false);
+        }
+        let client = self.client_for(&repo, &task)?;
+        let size = match task.content_length {
+            0 => client.blob_size(&repo, &digest).await.map_err(|e| {
+                Status::unavailable(format!("cannot stat {digest} at its origin: {e}"))
+            })?,
+            n => n,
+        };
+        let url = task.url.clone();
+        let origin: Arc<dyn RangeSource> = Arc::new(RegistrySource::new(
+            client,
+            repo,
+            digest.clone(),
+            self.metrics.clone(),
+        ));
+        let source = PeerSource::new(
+            origin,
+            self.p2p.pool.clone(),
+            self.p2p.parents.clone(),
+            self.metrics.clone(),
+            &digest,
+            size,
+            self.store.piece_length_of(&digest),
+            url,
+            self.p2p.parallel,
+        );
+        let blob = self
+            .store
+            .blob(&digest, size, Arc::new(SharedPeerSource(source)))
+            .map_err(|e| Status::internal(format!("cannot store {digest}: {e}")))?;
+        let me = self.clone();
+        tokio::spawn(async move {
+            tracing::info!(task = %digest, size, "seed download started");
+            match blob.fetch_all(Priority::Prefetch).await {
+                Ok(()) => tracing::info!(task = %digest, "seed download complete and verified"),
+                Err(e) => tracing::error!(task = %digest, error = %e, "seed download failed"),
+            }
+            me.running.lock().expect("running lock").remove(&digest);
+        });
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oci_urls_parse_and_bad_ones_are_refused() {
+        let (r, d) = parse_oci_url("oci://127.0.0.1:5000/library/x@sha256:ab").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), d.as_str()),
+            ("127.0.0.1:5000", "library/x", "sha256:ab")
+        );
+        for bad in [
+            "http://x/y@sha256:a",
+            "oci://x@sha256:a",
+            "oci://x/y",
+            "oci:///y@sha256:a",
+            "oci://x/y@md5:a",
+        ] {
+            assert!(parse_oci_url(bad).is_err(), "{bad}");
+        }
+    }
+}
