@@ -71,6 +71,12 @@ impl Swarm {
 
     /// Like [`Swarm::start`], with the first `seeds` nodes running as seed peers.
     pub fn start_with_seeds(seeds: usize, n: usize, daemon_yaml: &str) -> Result<Swarm> {
+        Swarm::start_with(seeds, n, daemon_yaml, "")
+    }
+
+    /// Like [`Swarm::start_with_seeds`]; `p2p_extra` adds keys to every daemon's `p2p` map
+    /// (e.g. `upload_rate_bytes_per_sec: 8000000`).
+    pub fn start_with(seeds: usize, n: usize, daemon_yaml: &str, p2p_extra: &str) -> Result<Swarm> {
         anyhow::ensure!(
             nix::unistd::geteuid().is_root(),
             "end-to-end tests must run as root (sudo scripts/test.sh)"
@@ -86,9 +92,10 @@ impl Swarm {
         for i in 0..n {
             let metrics = format!("127.0.0.1:{}", free_port());
             let yaml = format!(
-                "metrics: {{address: '{metrics}'}}\np2p: {{schedulers: ['{}'], listen: '127.0.0.1:0', advertise_ip: 127.0.0.1, host_id: node-{i}, seed_peer: {}}}\n{daemon_yaml}",
+                "metrics: {{address: '{metrics}'}}\np2p: {{schedulers: ['{}'], listen: '127.0.0.1:0', advertise_ip: 127.0.0.1, host_id: node-{i}, seed_peer: {}{}}}\n{daemon_yaml}",
                 scheduler.addr,
-                i < seeds
+                i < seeds,
+                if p2p_extra.is_empty() { String::new() } else { format!(", {p2p_extra}") }
             );
             let node_dir = dir.0.path().join(format!("node-{i}"));
             let daemon = Daemon::start(&node_dir.join("daemon"), &yaml)?;

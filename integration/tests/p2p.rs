@@ -424,3 +424,78 @@ fn a_seed_peer_fetches_from_the_origin_once_for_everyone() {
         );
     }
 }
+
+#[test]
+fn a_parent_killed_mid_transfer_does_not_stop_the_pull() {
+    // Parents upload at 8 MB/s so the 40 MiB read is still running when the parent dies.
+    let mut swarm = Swarm::start_with(
+        0,
+        2,
+        "prefetch: {background: false}",
+        "upload_rate_bytes_per_sec: 8000000",
+    )
+    .expect("swarm");
+    let img = fixtures::large_image(swarm.path()).expect("fixture");
+    let [_, esgz, _] = fixtures::publish(
+        &swarm.nodes[0].containerd,
+        &swarm.registry.addr,
+        "large",
+        &img,
+        &[],
+    )
+    .expect("publish");
+    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        fixtures::random_bytes(40 << 20, 7),
+    ));
+    for node in &swarm.nodes {
+        node.containerd
+            .ctr_remote(&[
+                "image",
+                "rpull",
+                "--plain-http",
+                "--snapshotter",
+                "dragonfly",
+                &esgz,
+            ])
+            .expect("rpull");
+    }
+    let (ok, out) = swarm.nodes[0].containerd.run_once(
+        "dragonfly",
+        &esgz,
+        "a",
+        &["/bin/sha256sum", "/data/huge.bin"],
+    );
+    assert!(ok && out.contains(&want), "{out}");
+    let logs_before = swarm.logs();
+    let (first, rest) = swarm.nodes.split_at_mut(1);
+    let (ok, out) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            rest[0].containerd.run_once(
+                "dragonfly",
+                &esgz,
+                "b",
+                &["/bin/sha256sum", "/data/huge.bin"],
+            )
+        });
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        first[0].daemon.kill9();
+        reader.join().unwrap()
+    });
+    let b = &swarm.nodes[1];
+    let (peer, origin) = (
+        b.metric("dragonfly_snapshotter_p2p_bytes_total", "peer"),
+        b.metric("dragonfly_snapshotter_p2p_bytes_total", "origin"),
+    );
+    eprintln!(
+        "node 1 took {peer} bytes from its parent before it died and {origin} from the origin"
+    );
+    assert!(
+        ok && out.contains(&want),
+        "the pull failed or is wrong after its parent died: {out}\n{logs_before}\n{}",
+        swarm.logs()
+    );
+    assert!(
+        peer > 0.0 && origin > 0.0,
+        "expected both sources: peer {peer}, origin {origin}"
+    );
+}

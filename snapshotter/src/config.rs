@@ -56,6 +56,8 @@ pub struct P2pConfig {
     pub location: String,
     /// Concurrent piece uploads served to other peers.
     pub upload_slots: u32,
+    /// Upload bandwidth to other peers in bytes per second; 0 is unlimited.
+    pub upload_rate_bytes_per_sec: u64,
     /// Parents fetched from at once for one request.
     pub parallel_parents: usize,
     /// Run as a seed peer: announce as one, and fetch tasks from their origin when the
@@ -73,6 +75,7 @@ impl Default for P2pConfig {
             idc: String::new(),
             location: String::new(),
             upload_slots: 32,
+            upload_rate_bytes_per_sec: 0,
             parallel_parents: 4,
             seed_peer: false,
         }

@@ -162,6 +162,7 @@ async fn start_p2p(
         pool.clone(),
         metrics.clone(),
         downloader,
+        config.p2p.upload_rate_bytes_per_sec,
     );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {

@@ -2,6 +2,7 @@
 //! serves a task), the upload service other peers fetch pieces from, and the source that puts
 //! parents in front of the registry for every blob read.
 
+pub mod ratelimit;
 pub mod schedulers;
 pub mod seed;
 pub mod source;

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
+use super::ratelimit::RateLimit;
 use super::seed::SeedDownloader;
 use super::SchedulerPool;
 use crate::metrics::Metrics;
@@ -24,6 +25,7 @@ pub struct PeerService {
     pool: Arc<SchedulerPool>,
     metrics: Arc<Metrics>,
     seed: Option<Arc<SeedDownloader>>,
+    rate: Option<RateLimit>,
 }
 
 impl PeerService {
@@ -34,6 +36,7 @@ impl PeerService {
         pool: Arc<SchedulerPool>,
         metrics: Arc<Metrics>,
         seed: Option<Arc<SeedDownloader>>,
+        rate_bytes_per_sec: u64,
     ) -> PeerService {
         PeerService {
             store,
@@ -41,6 +44,7 @@ impl PeerService {
             pool,
             metrics,
             seed,
+            rate: (rate_bytes_per_sec > 0).then(|| RateLimit::new(rate_bytes_per_sec)),
         }
     }
 }
@@ -105,6 +109,9 @@ impl Peer for PeerService {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
+        if let Some(rate) = &self.rate {
+            rate.take(data.len() as u64).await;
+        }
         self.metrics.p2p_uploads.with_label_values(&["ok"]).inc();
         self.metrics.p2p_upload_bytes.inc_by(data.len() as u64);
         Ok(Response::new(pb::GetPieceResponse {
