@@ -81,9 +81,25 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .args(args))
     }
 
+    /// The container ID used for `id`: runc keeps its state per namespace and ID in one
+    /// machine-wide directory, so IDs must differ between the containerd instances of
+    /// concurrent tests.
+    pub fn container_id(&self, id: &str) -> String {
+        let tag = self
+            .dir
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+        format!("{id}-{tag}")
+    }
+
     /// Starts a long-running container (`sleep`) and returns its init pid, so tests can look at
     /// its root filesystem through `/proc/PID/root`.
     pub fn run_detached(&self, snapshotter: &str, image: &str, id: &str) -> Result<u32> {
+        let id = self.container_id(id);
+        let id = id.as_str();
         self.ctr(&[
             "run",
             "-d",
@@ -114,6 +130,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         id: &str,
         cmd: &[&str],
     ) -> (bool, String) {
+        let id = self.container_id(id);
+        let id = id.as_str();
         let mut args = vec!["run", "--rm", "--snapshotter", snapshotter, image, id];
         args.extend_from_slice(cmd);
         match self.ctr(&args) {
@@ -122,8 +140,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         }
     }
 
-    /// Kills and removes a container.
+    /// Kills and removes a container (by the ID the test gave it).
     pub fn remove_container(&self, id: &str) {
+        self.remove_exact(&self.container_id(id));
+    }
+
+    fn remove_exact(&self, id: &str) {
         let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
         for _ in 0..50 {
             if self.ctr(&["task", "rm", "-f", id]).is_ok() {
@@ -153,7 +175,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         }
         if let Ok(out) = self.ctr(&["container", "ls", "-q"]) {
             for id in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                self.remove_container(id);
+                self.remove_exact(id);
             }
         }
         if let Some(mut p) = self.proc.take() {

@@ -207,6 +207,68 @@ fn the_large_image_shows_the_root_filesystem_overlayfs_shows() {
 }
 
 #[test]
+fn gzip_layers_pulled_with_labels_are_downloaded_and_unpacked_by_us_like_containerd() {
+    let bed = TestBed::start("").expect("test bed");
+    let img = must(&bed, "build fixture", fixtures::kinds_image(bed.path()));
+    let [gzip, _, _] = must(
+        &bed,
+        "publish",
+        fixtures::publish(&bed.containerd, &bed.registry.addr, "kinds", &img, &[]),
+    );
+    must(
+        &bed,
+        "pull for overlayfs",
+        bed.containerd.ctr(&[
+            "image",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            "overlayfs",
+            &gzip,
+        ]),
+    );
+    let pid = must(
+        &bed,
+        "run on overlayfs",
+        bed.containerd.run_detached("overlayfs", &gzip, "oracle"),
+    );
+    let oracle = rootfs::list_process_root(pid).expect("walk oracle");
+    bed.containerd.remove_container("oracle");
+    let before: u64 = img.layers.iter().map(|d| bed.registry.bytes_sent(d)).sum();
+    // rpull passes the layer labels: the daemon downloads (piece store, P2P) and unpacks.
+    rpull(&bed, &gzip);
+    let unpacked = bed
+        .daemon
+        .log()
+        .matches("layer unpacked and committed")
+        .count();
+    assert_eq!(unpacked, 3, "{}", bed.logs());
+    let sent: u64 = img
+        .layers
+        .iter()
+        .map(|d| bed.registry.bytes_sent(d))
+        .sum::<u64>()
+        - before;
+    assert_eq!(
+        sent, img.layer_bytes,
+        "each layer blob is downloaded exactly once"
+    );
+    let pid = must(
+        &bed,
+        "run",
+        bed.containerd.run_detached("dragonfly", &gzip, "ours"),
+    );
+    let ours = rootfs::list_process_root(pid).expect("walk ours");
+    let d = rootfs::diff(&oracle, &ours);
+    assert!(
+        d.is_empty(),
+        "unpacked by us differs from containerd's unpack:\n{}\n{}",
+        d.join("\n"),
+        bed.logs()
+    );
+}
+
+#[test]
 fn a_container_reading_one_small_file_fetches_a_small_fraction() {
     let bed = TestBed::start("prefetch: {background: false}").expect("test bed");
     let img = must(&bed, "build fixture", fixtures::large_image(bed.path()));

@@ -105,6 +105,39 @@ fn a_second_node_gets_the_layer_from_the_first_not_the_registry() {
     );
     assert!(a.metric("dragonfly_snapshotter_p2p_upload_bytes_total", "") > 0.0);
 
+    // Ordinary gzip layers go through the swarm too: node 1 unpacks them from node 0's pieces.
+    for (i, node) in swarm.nodes.iter().enumerate() {
+        let before: u64 = img
+            .layers
+            .iter()
+            .map(|d| swarm.registry.bytes_sent(d))
+            .sum();
+        must(
+            "rpull gzip",
+            node.containerd.ctr_remote(&[
+                "image",
+                "rpull",
+                "--plain-http",
+                "--snapshotter",
+                "dragonfly",
+                &gzip,
+            ]),
+        );
+        let sent: u64 = img
+            .layers
+            .iter()
+            .map(|d| swarm.registry.bytes_sent(d))
+            .sum::<u64>()
+            - before;
+        let expected = if i == 0 { img.layer_bytes } else { 0 };
+        assert_eq!(
+            sent,
+            expected,
+            "node {i}: registry bytes for the gzip layers\n{}",
+            swarm.logs()
+        );
+    }
+
     // And what node 1 sees is what overlayfs shows.
     must(
         "oracle pull",

@@ -23,13 +23,14 @@ use tokio::task::JoinHandle;
 use super::labels::{LayerLabels, BLOB_SIZE};
 use super::source::RegistrySource;
 use super::toc::load_index;
+use super::unpack::unpack;
 use crate::config::{FuseConfig, PrefetchConfig};
 use crate::fs::mount::{mount, MountedLayerFs};
 use crate::fs::{ChunkCache, ChunkReader, LayerFs};
 use crate::metrics::Metrics;
 use crate::p2p::source::SharedPeerSource;
 use crate::p2p::{P2p, PeerSource};
-use crate::snapshot::remote::RemoteLayers;
+use crate::snapshot::remote::{RemoteLayers, LABEL_REMOTE, UNPACKED_VALUE};
 use crate::snapshot::SnapshotError;
 
 /// Settings of the layer manager.
@@ -160,6 +161,13 @@ impl LayerManager {
     ) -> Result<BTreeMap<String, String>, SnapshotError> {
         let l = LayerLabels::parse(labels)?;
         let blob = self.open_blob(&l).await?;
+        let verifiable =
+            l.toc_digest.is_some() || l.skip_verify || self.settings.allow_unverified_toc;
+        if !verifiable || !has_toc_footer(&blob).await {
+            // An ordinary layer (or one whose TOC cannot be verified): download it through the
+            // piece store (so P2P) and unpack it ourselves.
+            return self.unpack_layer(&l, blob, mountpoint).await;
+        }
         let pin = blob.pin();
         let (index, format) = self.build_index(&l, &blob).await?;
         let reader = ChunkReader::new(
@@ -202,6 +210,45 @@ impl LayerManager {
         );
         self.metrics.lazy_layers.inc();
         let mut extra = BTreeMap::new();
+        extra.insert(BLOB_SIZE.to_owned(), blob.size().to_string());
+        Ok(extra)
+    }
+
+    /// Fetches the whole blob (verified against its digest) and unpacks it into `mountpoint`;
+    /// the snapshot is then an ordinary directory. On failure the directory is emptied so
+    /// containerd's own download starts clean.
+    async fn unpack_layer(
+        &self,
+        l: &LayerLabels,
+        blob: Blob,
+        mountpoint: &Path,
+    ) -> Result<BTreeMap<String, String>, SnapshotError> {
+        let started = Instant::now();
+        let _pin = blob.pin();
+        blob.fetch_all(Priority::OnDemand)
+            .await
+            .map_err(|e| unavailable(format!("cannot download layer {}: {e}", l.digest)))?;
+        let file = blob
+            .open_verified()
+            .map_err(|e| unavailable(format!("cannot open layer {}: {e}", l.digest)))?
+            .ok_or_else(|| unavailable(format!("layer {} did not verify", l.digest)))?;
+        let (mp, opaque) = (mountpoint.to_owned(), self.settings.opaque_xattr.clone());
+        let res = tokio::task::spawn_blocking(move || {
+            let r = unpack(file, &mp, &opaque);
+            if r.is_err() {
+                let _ = std::fs::remove_dir_all(&mp);
+                let _ = std::fs::create_dir_all(&mp);
+            }
+            r
+        })
+        .await
+        .map_err(|e| SnapshotError::Io(format!("unpack task failed: {e}")))?;
+        let entries = res.map_err(|e| {
+            SnapshotError::InvalidArgument(format!("cannot unpack layer {}: {e}", l.digest))
+        })?;
+        tracing::info!(layer = %l.digest, entries, bytes = blob.size(), elapsed_ms = started.elapsed().as_millis() as u64, "layer downloaded through the piece store and unpacked");
+        let mut extra = BTreeMap::new();
+        extra.insert(LABEL_REMOTE.to_owned(), UNPACKED_VALUE.to_owned());
         extra.insert(BLOB_SIZE.to_owned(), blob.size().to_string());
         Ok(extra)
     }
@@ -336,5 +383,15 @@ impl RemoteLayers for LayerManager {
             Ok(())
         }
         .boxed()
+    }
+}
+
+/// Whether the blob ends with an eStargz or zstd:chunked footer.
+async fn has_toc_footer(blob: &Blob) -> bool {
+    let size = blob.size();
+    let tail_len = dragonfly_estargz::FOOTER_READ_SIZE.min(size);
+    match blob.read(size - tail_len..size, Priority::OnDemand).await {
+        Ok(tail) => dragonfly_estargz::locate_toc(size, &tail).is_ok(),
+        Err(_) => false,
     }
 }

@@ -5,5 +5,6 @@ pub mod labels;
 pub mod manager;
 pub mod source;
 pub mod toc;
+pub mod unpack;
 
 pub use manager::{LayerManager, LayerSettings};

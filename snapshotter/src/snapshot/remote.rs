@@ -17,6 +17,9 @@ pub const LABEL_TARGET_REF: &str = "containerd.io/snapshot.ref";
 pub const LABEL_REMOTE: &str = "containerd.io/snapshot/remote";
 /// Value of [`LABEL_REMOTE`].
 pub const REMOTE_VALUE: &str = "remote snapshot";
+/// Value of [`LABEL_REMOTE`] for a layer we downloaded and unpacked ourselves: an ordinary
+/// directory from then on, not a lazy mount.
+pub const UNPACKED_VALUE: &str = "unpacked by dragonfly";
 
 /// Serves layers lazily.
 pub trait RemoteLayers: Send + Sync + 'static {

@@ -250,17 +250,32 @@ impl Snapshotter {
                 return Err(e);
             }
         }
-        labels.insert(LABEL_REMOTE.to_owned(), REMOTE_VALUE.to_owned());
+        labels
+            .entry(LABEL_REMOTE.to_owned())
+            .or_insert_with(|| REMOTE_VALUE.to_owned());
+        let lazy = labels.get(LABEL_REMOTE).map(String::as_str) == Some(REMOTE_VALUE);
+        // A lazy mount uses no disk of its own; an unpacked layer is counted like any other.
+        let usage = if lazy {
+            Usage::default()
+        } else {
+            let dir = mountpoint.clone();
+            blocking(move || disk_usage(&dir)).await?
+        };
         let store = self.store.clone();
         let (k, t) = (key.to_owned(), target.to_owned());
-        let committed = blocking(move || store.commit(&k, &t, labels, Usage::default())).await;
+        let committed = blocking(move || store.commit(&k, &t, labels, usage)).await;
         match committed {
             Ok(_) => {
                 tracing::info!(
                     key,
                     target,
                     id = record.id,
-                    "lazy layer mounted and committed"
+                    "{}",
+                    if lazy {
+                        "lazy layer mounted and committed"
+                    } else {
+                        "layer unpacked and committed"
+                    }
                 );
                 Ok(())
             }

@@ -595,6 +595,17 @@ impl Blob {
         })
     }
 
+    /// A read-only handle on the whole blob's bytes, once it is complete and verified.
+    pub fn open_verified(&self) -> Result<Option<std::fs::File>, StoreError> {
+        if !self.is_verified() {
+            return Ok(None);
+        }
+        let path = self.inner.dir().join("data");
+        std::fs::File::open(&path)
+            .map(Some)
+            .map_err(StoreError::io("cannot open blob data", path))
+    }
+
     /// The bytes of `range` if every piece of it is present; `None` otherwise. Never fetches
     /// (this is what uploads to other peers use).
     pub async fn read_local(&self, range: Range<u64>) -> Result<Option<Bytes>, StoreError> {
