@@ -13,6 +13,7 @@ pub struct Scheduler {
     /// `127.0.0.1:PORT` of its gRPC service.
     pub addr: String,
     proc: Proc,
+    dir: PathBuf,
 }
 
 fn binary() -> PathBuf {
@@ -38,18 +39,33 @@ impl Scheduler {
             &config,
             format!("address: {addr}\nmetrics: {{address: null}}\nlog: {{level: 'dragonfly_scheduler=debug,info'}}\nscheduling: {{keepalive_interval_secs: 1}}\n"),
         )?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("--config").arg(&config);
+        let proc = Scheduler::spawn(dir, &addr)?;
+        Ok(Scheduler {
+            addr,
+            proc,
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn spawn(dir: &Path, addr: &str) -> Result<Proc> {
+        let mut cmd = Command::new(binary());
+        cmd.arg("--config").arg(dir.join("scheduler.yaml"));
         let mut proc = Proc::spawn("dragonfly-scheduler", cmd, &dir.join("scheduler.log"))?;
-        let a = addr.clone();
         let up = wait_until("scheduler", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(&a).is_ok()
+            std::net::TcpStream::connect(addr).is_ok()
         });
         if let Err(e) = up {
             proc.check_running()?;
             return Err(e).context(proc.log_tail(20));
         }
-        Ok(Scheduler { addr, proc })
+        Ok(proc)
+    }
+
+    /// Stops it and starts a new one on the same address: all its state is gone.
+    pub fn restart(&mut self) -> Result<()> {
+        self.proc.stop(Duration::from_secs(5));
+        self.proc = Scheduler::spawn(&self.dir, &self.addr)?;
+        Ok(())
     }
 
     /// Its log.

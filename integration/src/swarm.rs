@@ -91,8 +91,10 @@ impl Swarm {
         let mut nodes = Vec::new();
         for i in 0..n {
             let metrics = format!("127.0.0.1:{}", free_port());
+            // Each node has its own loopback address.
+            let ip = 10 + i;
             let yaml = format!(
-                "metrics: {{address: '{metrics}'}}\np2p: {{schedulers: ['{}'], listen: '127.0.0.1:0', advertise_ip: 127.0.0.1, host_id: node-{i}, seed_peer: {}{}}}\n{daemon_yaml}",
+                "metrics: {{address: '{metrics}'}}\np2p: {{schedulers: ['{}'], listen: '127.0.0.{ip}:0', advertise_ip: 127.0.0.{ip}, host_id: node-{i}, seed_peer: {}{}}}\n{daemon_yaml}",
                 scheduler.addr,
                 i < seeds,
                 if p2p_extra.is_empty() { String::new() } else { format!(", {p2p_extra}") }

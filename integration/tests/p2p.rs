@@ -380,18 +380,22 @@ mod corrupt_parent {
 }
 
 #[test]
-fn a_seed_peer_fetches_from_the_origin_once_for_everyone() {
-    let swarm = Swarm::start_with_seeds(1, 3, "").expect("swarm");
-    let img = fixtures::large_image(swarm.path()).expect("fixture");
-    let [_, esgz, _] = fixtures::publish(
+fn a_seed_and_three_nodes_pull_estargz_and_gzip_with_each_byte_leaving_the_registry_once() {
+    let swarm = Swarm::start_with_seeds(1, 4, "").expect("swarm");
+    let must = |what: &str, r: anyhow::Result<String>| {
+        r.unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", swarm.logs()))
+    };
+    let img = fixtures::kinds_image(swarm.path()).expect("fixture");
+    let [gzip, esgz, _] = fixtures::publish(
         &swarm.nodes[1].containerd,
         &swarm.registry.addr,
-        "large",
+        "kinds",
         &img,
         &[],
     )
     .expect("publish");
-    let layers = layer_digests(&esgz);
+    let mut layers = layer_digests(&esgz);
+    layers.extend(img.layers.iter().cloned());
     let sizes: u64 = layers
         .iter()
         .map(|d| {
@@ -400,42 +404,49 @@ fn a_seed_peer_fetches_from_the_origin_once_for_everyone() {
                 .len()
         })
         .sum();
-    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        fixtures::random_bytes(40 << 20, 7),
+    let before: u64 = layers.iter().map(|d| swarm.registry.bytes_sent(d)).sum();
+    let big = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        fixtures::random_bytes(6 << 20, 1),
     ));
     for (i, node) in swarm.nodes.iter().enumerate().skip(1) {
-        node.containerd
-            .ctr_remote(&[
-                "image",
+        for image in [&esgz, &gzip] {
+            must(
                 "rpull",
-                "--plain-http",
-                "--snapshotter",
+                node.containerd.ctr_remote(&[
+                    "image",
+                    "rpull",
+                    "--plain-http",
+                    "--snapshotter",
+                    "dragonfly",
+                    image,
+                ]),
+            );
+            let (ok, out) = node.containerd.run_once(
                 "dragonfly",
-                &esgz,
-            ])
-            .expect("rpull");
-        let (ok, out) = node.containerd.run_once(
-            "dragonfly",
-            &esgz,
-            "read",
-            &["/bin/sha256sum", "/data/huge.bin"],
-        );
-        assert!(
-            ok && out.contains(&want),
-            "node {i}: {out}\n{}",
-            swarm.logs()
-        );
+                image,
+                "read",
+                &["/bin/sha256sum", "/data/big.bin"],
+            );
+            assert!(
+                ok && out.contains(&big),
+                "node {i} {image}: {out}\n{}",
+                swarm.logs()
+            );
+        }
     }
     // Let background fills finish, then count what left the registry.
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let from_registry: u64 = layers.iter().map(|d| swarm.registry.bytes_sent(d)).sum();
+    let from_registry: u64 = layers
+        .iter()
+        .map(|d| swarm.registry.bytes_sent(d))
+        .sum::<u64>()
+        - before;
     let seed = &swarm.nodes[0];
     eprintln!(
-        "layer blobs {sizes} bytes; registry sent {from_registry} ({:.3}x); seed took {} from the origin; nodes took {} and {} from peers",
+        "layer blobs {sizes} bytes; registry sent {from_registry} ({:.3}x); seed took {} from the origin; nodes took {:?} from peers",
         from_registry as f64 / sizes as f64,
         seed.metric("dragonfly_snapshotter_p2p_bytes_total", "origin"),
-        swarm.nodes[1].metric("dragonfly_snapshotter_p2p_bytes_total", "peer"),
-        swarm.nodes[2].metric("dragonfly_snapshotter_p2p_bytes_total", "peer"),
+        swarm.nodes[1..].iter().map(|n| n.metric("dragonfly_snapshotter_p2p_bytes_total", "peer")).collect::<Vec<_>>(),
     );
     assert!(
         seed.daemon.log().contains("seed download complete"),
@@ -448,13 +459,44 @@ fn a_seed_peer_fetches_from_the_origin_once_for_everyone() {
         swarm.logs()
     );
     for n in &swarm.nodes[1..] {
-        assert!(n.metric("dragonfly_snapshotter_p2p_bytes_total", "peer") > 0.0);
+        assert!(n.metric("dragonfly_snapshotter_p2p_pieces_total", "peer") > 0.0);
         assert_eq!(
             n.metric("dragonfly_snapshotter_p2p_bytes_total", "origin"),
             0.0,
             "{}",
             swarm.logs()
         );
+    }
+    // Every node's containers see what overlayfs shows, for both images.
+    let oracle_node = &swarm.nodes[1];
+    must(
+        "oracle pull",
+        oracle_node.containerd.ctr(&[
+            "image",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            "overlayfs",
+            &gzip,
+        ]),
+    );
+    let pid = oracle_node
+        .containerd
+        .run_detached("overlayfs", &gzip, "oracle")
+        .expect("oracle");
+    let oracle = rootfs::list_process_root(pid).expect("walk oracle");
+    oracle_node.containerd.remove_container("oracle");
+    for (i, node) in swarm.nodes.iter().enumerate().skip(1) {
+        for (k, image) in [&esgz, &gzip].into_iter().enumerate() {
+            let id = format!("walk{k}");
+            let pid = node
+                .containerd
+                .run_detached("dragonfly", image, &id)
+                .expect("run");
+            let d = rootfs::diff(&oracle, &rootfs::list_process_root(pid).expect("walk"));
+            assert!(d.is_empty(), "node {i} {image}:\n{}", d.join("\n"));
+            node.containerd.remove_container(&id);
+        }
     }
 }
 
@@ -530,5 +572,82 @@ fn a_parent_killed_mid_transfer_does_not_stop_the_pull() {
     assert!(
         peer > 0.0 && origin > 0.0,
         "expected both sources: peer {peer}, origin {origin}"
+    );
+}
+
+#[test]
+fn after_a_scheduler_restart_peers_announce_what_they_hold_again() {
+    let mut swarm = Swarm::start(2, "prefetch: {background: false}").expect("swarm");
+    let img = fixtures::large_image(swarm.path()).expect("fixture");
+    let [_, esgz, _] = fixtures::publish(
+        &swarm.nodes[0].containerd,
+        &swarm.registry.addr,
+        "large",
+        &img,
+        &[],
+    )
+    .expect("publish");
+    let layers = layer_digests(&esgz);
+    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        fixtures::random_bytes(40 << 20, 7),
+    ));
+    let a = &swarm.nodes[0];
+    a.containerd
+        .ctr_remote(&[
+            "image",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            "dragonfly",
+            &esgz,
+        ])
+        .expect("rpull");
+    let (ok, out) = a.containerd.run_once(
+        "dragonfly",
+        &esgz,
+        "a",
+        &["/bin/sha256sum", "/data/huge.bin"],
+    );
+    assert!(ok && out.contains(&want), "{out}");
+    swarm.scheduler.restart().expect("scheduler restart");
+    // Node 0 notices at its next keepalive (1 s), announces again and re-reports its pieces.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !swarm.nodes[0]
+        .daemon
+        .log()
+        .contains("announced pieces already held")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 0 did not re-announce\n{}",
+            swarm.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let before: u64 = layers.iter().map(|d| swarm.registry.bytes_sent(d)).sum();
+    let b = &swarm.nodes[1];
+    b.containerd
+        .ctr_remote(&[
+            "image",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            "dragonfly",
+            &esgz,
+        ])
+        .expect("rpull");
+    let (ok, out) = b.containerd.run_once(
+        "dragonfly",
+        &esgz,
+        "b",
+        &["/bin/sha256sum", "/data/huge.bin"],
+    );
+    assert!(ok && out.contains(&want), "{out}\n{}", swarm.logs());
+    let after: u64 = layers.iter().map(|d| swarm.registry.bytes_sent(d)).sum();
+    assert_eq!(
+        after - before,
+        0,
+        "node 1 went to the registry after the scheduler restart\n{}",
+        swarm.logs()
     );
 }

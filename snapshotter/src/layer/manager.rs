@@ -113,6 +113,7 @@ impl LayerManager {
         let source: Arc<dyn RangeSource> = match &self.p2p {
             Some(p2p) => Arc::new(SharedPeerSource(PeerSource::new(
                 origin,
+                self.store.clone(),
                 p2p.pool.clone(),
                 p2p.parents.clone(),
                 self.metrics.clone(),

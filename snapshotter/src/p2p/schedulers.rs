@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use dragonfly_proto::scheduler as pb;
@@ -13,6 +13,7 @@ use dragonfly_proto::scheduler::scheduler_client::SchedulerClient;
 use sha2::{Digest, Sha256};
 use tonic::transport::{Channel, Endpoint};
 
+use super::PeerSource;
 use crate::config::P2pConfig;
 
 /// How long a failed scheduler is skipped.
@@ -30,6 +31,8 @@ pub struct SchedulerPool {
     host: pb::Host,
     /// Piece uploads running now (reported in keepalives).
     pub active_uploads: Arc<AtomicU32>,
+    /// Blob sources to register again when a scheduler forgets this host.
+    sources: Mutex<Vec<Weak<PeerSource>>>,
 }
 
 /// Picks the local address used to reach `target` (no packet is sent).
@@ -105,7 +108,36 @@ impl SchedulerPool {
             members,
             host,
             active_uploads: Arc::new(AtomicU32::new(0)),
+            sources: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// Remembers a blob source so it registers again (and re-announces its pieces) after a
+    /// scheduler forgot this host.
+    pub fn track(&self, source: &Arc<PeerSource>) {
+        let mut sources = self.sources.lock().expect("sources lock");
+        sources.retain(|s| s.strong_count() > 0);
+        sources.push(Arc::downgrade(source));
+    }
+
+    fn reregister_all(&self) {
+        let live: Vec<Arc<PeerSource>> = self
+            .sources
+            .lock()
+            .expect("sources lock")
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        tracing::info!(
+            sources = live.len(),
+            "registering blobs again with the scheduler"
+        );
+        for s in live {
+            s.forget_registration();
+            tokio::spawn(async move {
+                s.registered().await;
+            });
+        }
     }
 
     /// This host's ID.
@@ -165,6 +197,7 @@ impl SchedulerPool {
     pub async fn keepalive_loop(self: Arc<Self>) {
         let mut interval = Duration::from_secs(5);
         let mut announced = vec![false; self.members.len()];
+        let mut ever = vec![false; self.members.len()];
         loop {
             for (i, m) in self.members.iter().enumerate() {
                 if !announced[i] {
@@ -172,6 +205,11 @@ impl SchedulerPool {
                         Ok(secs) => {
                             interval = Duration::from_secs(u64::from(secs));
                             announced[i] = true;
+                            if ever[i] {
+                                // The scheduler lost this host (restart or expiry).
+                                self.reregister_all();
+                            }
+                            ever[i] = true;
                             *m.down_until.lock().expect("down lock") = None;
                             tracing::info!(scheduler = %m.addr, host = %self.host.id, "announced to scheduler");
                         }

@@ -137,6 +137,7 @@ impl SeedDownloader {
         ));
         let source = PeerSource::new(
             origin,
+            self.store.clone(),
             self.p2p.pool.clone(),
             self.p2p.parents.clone(),
             self.metrics.clone(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use dragonfly_proto::peer as peerpb;
 use dragonfly_proto::scheduler as pb;
-use dragonfly_storage::{RangeSource, SourceError};
+use dragonfly_storage::{PieceStore, RangeSource, SourceError};
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{self, StreamExt};
 use sha2::{Digest, Sha256};
@@ -43,6 +43,7 @@ struct SourceState {
 /// Parents in front of the origin for one blob.
 pub struct PeerSource {
     origin: Arc<dyn RangeSource>,
+    store: PieceStore,
     pool: Arc<SchedulerPool>,
     parents: Arc<ParentClients>,
     metrics: Arc<Metrics>,
@@ -62,6 +63,7 @@ impl PeerSource {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         origin: Arc<dyn RangeSource>,
+        store: PieceStore,
         pool: Arc<SchedulerPool>,
         parents: Arc<ParentClients>,
         metrics: Arc<Metrics>,
@@ -77,8 +79,9 @@ impl PeerSource {
             &digest[digest.len().saturating_sub(12)..],
             rand::random::<u64>()
         );
-        Arc::new(PeerSource {
+        let source = Arc::new(PeerSource {
             origin,
+            store,
             pool,
             parents,
             metrics,
@@ -93,7 +96,9 @@ impl PeerSource {
             peer_id,
             parallel: parallel.max(1),
             state: Mutex::new(SourceState::default()),
-        })
+        });
+        source.pool.track(&source);
+        source
     }
 
     fn piece_len(&self, n: u32) -> u64 {
@@ -101,8 +106,13 @@ impl PeerSource {
         (self.task.content_length - u64::from(n) * pl).min(pl)
     }
 
+    /// Makes the next read register again.
+    pub fn forget_registration(&self) {
+        self.state.lock().expect("state lock").registered = None;
+    }
+
     /// Registers with the task's scheduler once; false when P2P cannot be used for this blob.
-    async fn registered(&self) -> bool {
+    pub async fn registered(self: &Arc<Self>) -> bool {
         if let Some(r) = self.state.lock().expect("state lock").registered {
             return r;
         }
@@ -122,6 +132,9 @@ impl PeerSource {
                     tracing::warn!(task = %self.task.id, ours = self.task.piece_length, swarm = r.piece_length, "the swarm uses another piece length; this blob comes from the origin only");
                 }
                 self.state.lock().expect("state lock").registered = Some(usable);
+                if usable {
+                    self.announce_held();
+                }
                 usable
             }
             Err(e) => {
@@ -130,6 +143,52 @@ impl PeerSource {
                 false
             }
         }
+    }
+
+    /// After (re-)registering: tells the scheduler about the pieces already in the store (from
+    /// before a restart of this daemon or of the scheduler). Their bytes were verified when
+    /// they arrived; digests are computed from the store.
+    fn announce_held(self: &Arc<Self>) {
+        let Some(blob) = self.store.get(&self.task.id) else {
+            return;
+        };
+        if blob.fetched_bytes() == 0 {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let pl = u64::from(me.task.piece_length);
+            let count = me.task.content_length.div_ceil(pl) as u32;
+            let mut reports = Vec::new();
+            for n in 0..count {
+                let range = u64::from(n) * pl..(u64::from(n + 1) * pl).min(me.task.content_length);
+                if let Ok(Some(data)) = blob.read_local(range).await {
+                    let digest = tokio::task::spawn_blocking(move || sha256(&data))
+                        .await
+                        .unwrap_or_default();
+                    reports.push(pb::PieceFinished {
+                        peer_id: me.peer_id.clone(),
+                        task_id: me.task.id.clone(),
+                        piece: Some(pb::PieceInfo {
+                            number: n,
+                            digest,
+                            length: me.piece_len(n) as u32,
+                        }),
+                        parent_id: String::new(),
+                        cost_ms: 0,
+                    });
+                }
+            }
+            let held = reports.len();
+            if let Some((i, mut c)) = me.pool.for_task(&me.task.id) {
+                match c.report_pieces(stream::iter(reports)).await {
+                    Ok(_) => {
+                        tracing::info!(task = %me.task.id, pieces = held, "announced pieces already held")
+                    }
+                    Err(e) => me.pool.mark_down(i, e.message()),
+                }
+            }
+        });
     }
 
     /// Fetches `pieces` from the origin in one request and splits them.
@@ -280,6 +339,13 @@ impl PeerSource {
             };
             let resp = match c.find_parents(req).await {
                 Ok(r) => r.into_inner(),
+                Err(e) if e.code() == tonic::Code::NotFound => {
+                    // The scheduler forgot us (restarted, or expired our host): register again
+                    // on the next read, and take the origin for this one.
+                    tracing::info!(task = %self.task.id, "scheduler does not know this peer any more; will register again");
+                    self.state.lock().expect("state lock").registered = None;
+                    break;
+                }
                 Err(e) => {
                     self.pool.mark_down(i, e.message());
                     break;
