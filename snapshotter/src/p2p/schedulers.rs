@@ -179,6 +179,12 @@ impl SchedulerPool {
         }
     }
 
+    /// Announces this host to scheduler `i` now (e.g. when it says it does not know us).
+    pub async fn announce_to(&self, i: usize) -> Result<u32, String> {
+        let m = self.members.get(i).ok_or("no such scheduler")?;
+        self.announce(m).await
+    }
+
     async fn announce(&self, m: &Member) -> Result<u32, String> {
         let r = m
             .client

@@ -124,7 +124,14 @@ impl PeerSource {
             peer_id: self.peer_id.clone(),
             task: Some(self.task.clone()),
         };
-        match c.register_peer(req).await {
+        let mut res = c.register_peer(req.clone()).await;
+        if matches!(&res, Err(e) if e.code() == tonic::Code::NotFound) {
+            // The scheduler does not know this host yet (it restarted): announce, then retry.
+            if self.pool.announce_to(i).await.is_ok() {
+                res = c.register_peer(req).await;
+            }
+        }
+        match res {
             Ok(r) => {
                 let r = r.into_inner();
                 let usable = r.piece_length == self.task.piece_length;
