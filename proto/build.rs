@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Piece bytes are passed along without copying.
+        .bytes(".dragonfly.peer.v1.GetPieceResponse.data")
         .compile_protos(
             &[
                 "dragonfly/scheduler/v1/scheduler.proto",

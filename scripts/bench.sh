@@ -2,6 +2,8 @@
 # Benchmarks that compare Dragonfly-rs against a baseline measured in the same run, printed as
 # ratios and written as JSON under target/bench/.
 #
+#   scripts/bench.sh pieces            # peer-to-peer piece throughput on loopback through the real
+#                                      # peer service, vs reading the store directly
 #   scripts/bench.sh scheduler         # parent selections/s with 10,000 simulated peers (sampled
 #                                      # vs a full scan in the same run) and the swarm's memory
 #   sudo scripts/bench.sh coldstart    # cold pull + `python3 -V` of a Debian bookworm+python3 image,
@@ -23,7 +25,7 @@ REG=127.0.0.1:$PORT
 RATE=${BENCH_RATE:-100mbit}
 LARGE_MIB=${BENCH_LARGE_MIB:-256}
 
-[ "${1:-}" = scheduler ] || [ "$(id -u)" -eq 0 ] || { echo "run as root: sudo scripts/bench.sh $*" >&2; exit 1; }
+[ "${1:-}" = scheduler ] || [ "${1:-}" = pieces ] || [ "$(id -u)" -eq 0 ] || { echo "run as root: sudo scripts/bench.sh $*" >&2; exit 1; }
 
 now() { date +%s.%N; }
 elapsed() { echo "$2 - $1" | bc -l; }
@@ -161,8 +163,15 @@ scheduler_bench() {
   echo "written: $OUT_DIR/scheduler.json"
 }
 
+pieces_bench() {
+  mkdir -p "$OUT_DIR"
+  cargo run --release --quiet -p dragonfly-snapshotter --example piece_bench -- "$OUT_DIR/pieces.json"
+  echo "written: $OUT_DIR/pieces.json"
+}
+
 case "${1:-}" in
   coldstart) coldstart ;;
   scheduler) scheduler_bench ;;
-  *) echo "usage: scripts/bench.sh coldstart|scheduler" >&2; exit 2 ;;
+  pieces) pieces_bench ;;
+  *) echo "usage: scripts/bench.sh coldstart|scheduler|pieces" >&2; exit 2 ;;
 esac

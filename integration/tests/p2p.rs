@@ -252,7 +252,7 @@ mod corrupt_parent {
             Ok(Response::new(peerpb::GetPieceResponse {
                 number: n as u32,
                 digest: String::new(),
-                data,
+                data: data.into(),
             }))
         }
         async fn trigger_download(

@@ -167,6 +167,9 @@ async fn start_p2p(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
+            .initial_stream_window_size(crate::p2p::WINDOW)
+            .initial_connection_window_size(crate::p2p::WINDOW)
+            .tcp_nodelay(true)
             .add_service(
                 PeerServer::new(service)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)

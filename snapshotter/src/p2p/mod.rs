@@ -21,6 +21,10 @@ pub use source::PeerSource;
 /// Largest gRPC message we accept or send (a piece plus framing).
 pub const MAX_MESSAGE_BYTES: usize = 80 << 20;
 
+/// HTTP/2 flow-control window for piece transfers: large enough that a whole piece is in
+/// flight without waiting for window updates.
+pub const WINDOW: u32 = 16 << 20;
+
 /// Lazily connected clients of parents' peer services, shared by all blobs.
 #[derive(Default)]
 pub struct ParentClients {
@@ -43,6 +47,9 @@ impl ParentClients {
             .map_err(|e| format!("bad parent address {key}: {e}"))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(30))
+            .initial_stream_window_size(WINDOW)
+            .initial_connection_window_size(WINDOW)
+            .tcp_nodelay(true)
             .connect_lazy();
         let client = PeerClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -281,7 +281,7 @@ impl PeerSource {
             peer_id: self.peer_id.clone(),
         };
         let data = match client.get_piece(req).await {
-            Ok(r) => Bytes::from(r.into_inner().data),
+            Ok(r) => r.into_inner().data,
             Err(e) => {
                 self.report_bad(
                     &parent.peer_id,

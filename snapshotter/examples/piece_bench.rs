@@ -1,0 +1,203 @@
+//! Benchmark: peer-to-peer piece throughput on loopback. A blob sits in a piece store served by
+//! the real peer service (gRPC, as between nodes); a client fetches every piece with N requests
+//! in flight: transport alone, then checking each piece's sha256 like the P2P source does.
+//! Baselines in the same run: reading the pieces straight from the store, and sha256 on one
+//! core (the receiver's verification bounds what a 2-core node can take in).
+//! Run by `scripts/bench.sh pieces`; prints figures and writes JSON to the first argument.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use dragonfly_proto::peer::peer_server::PeerServer;
+use dragonfly_proto::peer::GetPieceRequest;
+use dragonfly_snapshotter::config::P2pConfig;
+use dragonfly_snapshotter::metrics::Metrics;
+use dragonfly_snapshotter::p2p::upload::PeerService;
+use dragonfly_snapshotter::p2p::{SchedulerPool, MAX_MESSAGE_BYTES};
+use dragonfly_storage::{PieceStore, Priority, RangeSource, SourceError, StoreConfig};
+use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{self, StreamExt};
+use sha2::{Digest, Sha256};
+
+const SIZE: usize = 512 << 20;
+
+struct Mem(Bytes);
+
+impl RangeSource for Mem {
+    fn fetch(&self, r: std::ops::Range<u64>) -> BoxFuture<'static, Result<Bytes, SourceError>> {
+        let b = self.0.slice(r.start as usize..r.end as usize);
+        async move { Ok(b) }.boxed()
+    }
+}
+
+fn gbps(bytes: usize, secs: f64) -> f64 {
+    bytes as f64 / secs / 1e9
+}
+
+#[tokio::main]
+async fn main() {
+    let out = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "target/bench/pieces.json".into());
+    let piece_length: u32 = std::env::var("BENCH_PIECE_LENGTH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4 << 20);
+    let dir = tempfile::Builder::new()
+        .prefix("dfly-piece-bench-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let data: Vec<u8> = (0..SIZE)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+    let store = PieceStore::open(
+        dir.path(),
+        StoreConfig {
+            piece_length,
+            ..StoreConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let blob_bytes = Bytes::from(data);
+    let blob = store
+        .blob(&digest, SIZE as u64, Arc::new(Mem(blob_bytes.clone())))
+        .unwrap();
+    blob.fetch_all(Priority::OnDemand).await.unwrap();
+    let pieces = (SIZE as u64).div_ceil(u64::from(piece_length)) as u32;
+    // What the scheduler would hand the receiver: the digest of every piece.
+    let expected: Vec<Vec<u8>> = (0..pieces)
+        .map(|n| {
+            let s = n as usize * piece_length as usize;
+            Sha256::digest(&blob_bytes[s..(s + piece_length as usize).min(SIZE)]).to_vec()
+        })
+        .collect();
+    let expected = &expected;
+
+    // Baseline: the store itself.
+    let started = Instant::now();
+    for n in 0..pieces {
+        let s = u64::from(n) * u64::from(piece_length);
+        let b = blob
+            .read_local(s..(s + u64::from(piece_length)).min(SIZE as u64))
+            .await
+            .unwrap()
+            .unwrap();
+        std::hint::black_box(b);
+    }
+    let local = gbps(SIZE, started.elapsed().as_secs_f64());
+
+    // The peer service on loopback.
+    let config = P2pConfig {
+        schedulers: vec!["127.0.0.1:1".into()],
+        advertise_ip: Some("127.0.0.1".parse().unwrap()),
+        upload_slots: 64,
+        ..P2pConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let pool = SchedulerPool::new(&config, port, false).await.unwrap();
+    let service = PeerService::new(store.clone(), 64, pool, Metrics::new(), None, 0);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .initial_stream_window_size(dragonfly_snapshotter::p2p::WINDOW)
+            .initial_connection_window_size(dragonfly_snapshotter::p2p::WINDOW)
+            .tcp_nodelay(true)
+            .add_service(
+                PeerServer::new(service)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    // The client the P2P source uses.
+    let client = dragonfly_snapshotter::p2p::ParentClients::default()
+        .get("127.0.0.1", u32::from(port))
+        .unwrap();
+    // Transport alone (what a parent can push), then with the receiver's mandatory check.
+    let started = Instant::now();
+    let total: usize = stream::iter(0..pieces)
+        .map(|n| {
+            let mut c = client.clone();
+            let digest = digest.clone();
+            async move {
+                c.get_piece(GetPieceRequest {
+                    task_id: digest,
+                    number: n,
+                    peer_id: "bench".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .data
+                .len()
+            }
+        })
+        .buffer_unordered(8)
+        .fold(0, |a, b| async move { a + b })
+        .await;
+    assert_eq!(total, SIZE);
+    let transport = gbps(SIZE, started.elapsed().as_secs_f64());
+    let hash_started = Instant::now();
+    std::hint::black_box(Sha256::digest(&blob_bytes));
+    let sha256 = gbps(SIZE, hash_started.elapsed().as_secs_f64());
+    let mut results = Vec::new();
+    for inflight in [1usize, 4, 8] {
+        let started = Instant::now();
+        let total: usize = stream::iter(0..pieces)
+            .map(|n| {
+                let mut c = client.clone();
+                let digest = digest.clone();
+                async move {
+                    let r = c
+                        .get_piece(GetPieceRequest {
+                            task_id: digest,
+                            number: n,
+                            peer_id: "bench".into(),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    let d = r.data.clone();
+                    let s = u64::from(n) * u64::from(piece_length);
+                    let want = expected[n as usize].clone();
+                    let ok = tokio::task::spawn_blocking(move || Sha256::digest(&d).to_vec())
+                        .await
+                        .unwrap();
+                    assert_eq!(ok, want, "piece at {s}");
+                    r.data.len()
+                }
+            })
+            .buffer_unordered(inflight)
+            .fold(0, |a, b| async move { a + b })
+            .await;
+        assert_eq!(total, SIZE);
+        results.push((inflight, gbps(SIZE, started.elapsed().as_secs_f64())));
+    }
+    let best = results.iter().map(|r| r.1).fold(0.0, f64::max);
+    let per: Vec<String> = results
+        .iter()
+        .map(|(n, g)| format!("\"{n}\": {g:.3}"))
+        .collect();
+    let json = format!(
+        "{{\n  \"bench\": \"piece_transfer\",\n  \"bytes\": {SIZE},\n  \"piece_length\": {piece_length},\n  \"store_read_gbps\": {local:.3},\n  \"grpc_gbps_by_inflight\": {{{}}},\n  \"best_grpc_gbps\": {best:.3},\n  \"transport_only_gbps\": {transport:.3},\n  \"sha256_one_core_gbps\": {sha256:.3},\n  \"ratio_to_store_read\": {:.3}\n}}\n",
+        per.join(", "),
+        best / local
+    );
+    if let Some(d) = std::path::Path::new(&out).parent() {
+        std::fs::create_dir_all(d).ok();
+    }
+    std::fs::write(&out, &json).unwrap();
+    print!("{json}");
+    println!(
+        "peer-to-peer pieces over loopback: transport {transport:.2} GB/s (target >= 1.5 GB/s); with the receiver's sha256 check {best:.2} GB/s (sha256 on one core: {sha256:.2} GB/s); store read {local:.2} GB/s"
+    );
+}
