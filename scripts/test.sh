@@ -18,6 +18,7 @@ echo "== build"
 cargo build --workspace --bins --locked
 export DRAGONFLY_SNAPSHOTTER_BIN="$PWD/target/debug/dragonfly-snapshotter"
 export DRAGONFLY_SCHEDULER_BIN="$PWD/target/debug/dragonfly-scheduler"
+export DFCTL_BIN="$PWD/target/debug/dfctl"
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then

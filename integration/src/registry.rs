@@ -56,7 +56,7 @@ impl Registry {
     /// Every blob GET served so far, in order.
     pub fn blob_gets(&self) -> Vec<BlobGet> {
         let re = regex::Regex::new(
-            r#""GET /v2/[^ ]+/blobs/(sha256:[0-9a-f]{64}) HTTP/[0-9.]+" (\d{3}) (\d+)"#,
+            r#""GET /v2/[^ ]+/blobs/(sha256:[0-9a-f]{64})(?:\?[^ ]*)? HTTP/[0-9.]+" (\d{3}) (\d+)"#,
         )
         .expect("valid regex");
         re.captures_iter(&self.proc.log())

@@ -651,3 +651,70 @@ fn after_a_scheduler_restart_peers_announce_what_they_hold_again() {
         swarm.logs()
     );
 }
+
+#[test]
+fn dfctl_get_downloads_a_file_through_the_swarm() {
+    let swarm = Swarm::start(2, "").expect("swarm");
+    let img = fixtures::large_image(swarm.path()).expect("fixture");
+    fixtures::publish(
+        &swarm.nodes[0].containerd,
+        &swarm.registry.addr,
+        "large",
+        &img,
+        &[],
+    )
+    .expect("publish");
+    // Any HTTP URL with Range support will do; the registry's blob URL is one.
+    let digest = &img.layers[1];
+    let url = format!(
+        "http://{}/v2/large/blobs/{digest}?X-Amz-Signature=first",
+        swarm.registry.addr
+    );
+    let want = std::fs::read(swarm.registry.blob_path(digest)).unwrap();
+    let dfctl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dfctl");
+    let dfctl = std::env::var("DFCTL_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or(dfctl);
+    for (i, node) in swarm.nodes.iter().enumerate() {
+        let before = swarm.registry.bytes_sent(digest);
+        let out = swarm.path().join(format!("file-{i}"));
+        // The second node uses another signature: same task.
+        let url = if i == 0 {
+            url.clone()
+        } else {
+            url.replace("first", "second")
+        };
+        let r = run(Command::new(&dfctl)
+            .arg("--socket")
+            .arg(&node.daemon.socket)
+            .args(["get", "--quiet", &url, "-O"])
+            .arg(&out)
+            .args(["--digest", digest]));
+        assert!(r.is_ok(), "dfctl get on node {i}: {r:?}\n{}", swarm.logs());
+        assert!(
+            std::fs::read(&out).unwrap() == want,
+            "node {i} wrote wrong bytes"
+        );
+        let sent = swarm.registry.bytes_sent(digest) - before;
+        eprintln!("node {i}: registry sent {sent} of {} bytes", want.len());
+        if i == 0 {
+            assert!(sent >= want.len() as u64);
+        } else {
+            assert_eq!(
+                sent,
+                0,
+                "node 1 must get the file from node 0\n{}",
+                swarm.logs()
+            );
+        }
+    }
+    // A wrong expected digest is an error and leaves no file.
+    let out = swarm.path().join("bad");
+    let r = run(Command::new(&dfctl)
+        .arg("--socket")
+        .arg(&swarm.nodes[1].daemon.socket)
+        .args(["get", "--quiet", &url, "-O"])
+        .arg(&out)
+        .args(["--digest", &format!("sha256:{}", "0".repeat(64))]));
+    assert!(r.is_err() && !out.exists(), "{r:?}");
+}

@@ -6,6 +6,7 @@
 //! - [`scheduler`]: `dragonfly.scheduler.v1.Scheduler`, which peers use to find parents.
 //! - [`peer`]: `dragonfly.peer.v1.Peer`, which peers serve to each other (pieces) and to the
 //!   scheduler (seed triggers).
+//! - [`dfdaemon`]: `dragonfly.dfdaemon.v1.Download`, the daemon's local API used by `dfctl`.
 
 /// containerd's snapshots service (`containerd.services.snapshots.v1`).
 pub mod snapshots {
@@ -30,6 +31,14 @@ pub mod dragonfly {
             pub const PROTOCOL: u32 = 1000;
         }
     }
+    /// `dragonfly.dfdaemon`
+    pub mod dfdaemon {
+        /// The daemon's local download service (`dragonfly.dfdaemon.v1`).
+        pub mod v1 {
+            #![allow(clippy::all, missing_docs)]
+            tonic::include_proto!("dragonfly.dfdaemon.v1");
+        }
+    }
     /// `dragonfly.peer`
     pub mod peer {
         /// The peer service (`dragonfly.peer.v1`).
@@ -40,5 +49,6 @@ pub mod dragonfly {
     }
 }
 
+pub use dragonfly::dfdaemon::v1 as dfdaemon;
 pub use dragonfly::peer::v1 as peer;
 pub use dragonfly::scheduler::v1 as scheduler;

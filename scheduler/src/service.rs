@@ -184,4 +184,24 @@ impl Scheduler for SchedulerService {
         self.state.leave_peer(&r.task_id, &r.peer_id);
         Ok(Response::new(pb::Empty {}))
     }
+
+    async fn stat_task(
+        &self,
+        req: Request<pb::StatTaskRequest>,
+    ) -> Result<Response<pb::StatTaskResponse>, Status> {
+        let r = req.into_inner();
+        let resp = match self.state.task(&r.task_id) {
+            Some(t) => {
+                let t = t.lock().expect("task lock");
+                pb::StatTaskResponse {
+                    known: t.content_length > 0,
+                    content_length: t.content_length,
+                    piece_length: t.piece_length,
+                    peers: t.peers.len() as u32,
+                }
+            }
+            None => pb::StatTaskResponse::default(),
+        };
+        Ok(Response::new(resp))
+    }
 }

@@ -15,12 +15,14 @@ use dragonfly_storage::PieceStore;
 use crate::config::Config;
 use crate::layer::{LayerManager, LayerSettings};
 use crate::metrics::Metrics;
+use crate::p2p::download::DownloadService;
 use crate::p2p::seed::SeedDownloader;
 use crate::p2p::upload::PeerService;
 use crate::p2p::{P2p, ParentClients, SchedulerPool, MAX_MESSAGE_BYTES};
 use crate::snapshot::remote::RemoteLayers;
 use crate::snapshot::service::SnapshotService;
 use crate::snapshot::Snapshotter;
+use dragonfly_proto::dfdaemon::download_server::DownloadServer;
 use dragonfly_proto::peer::peer_server::PeerServer;
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -28,6 +30,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.root)
         .with_context(|| format!("cannot create the root directory {}", config.root.display()))?;
     let metrics = Metrics::new();
+    let mut download = None;
     let remote: Option<Arc<LayerManager>> = if config.snapshot.lazy {
         let store = PieceStore::open(&config.cache_dir(), config.cache.clone())
             .await
@@ -41,6 +44,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let registry = RegistryClient::new(config.registry.clone())
             .context("invalid registry configuration")?;
         let p2p = start_p2p(&config, &store, &metrics).await?;
+        download = Some(DownloadServer::new(DownloadService::new(
+            store.clone(),
+            p2p.clone(),
+            metrics.clone(),
+        )));
         Some(LayerManager::new(
             registry,
             store,
@@ -92,6 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             snapshotter.clone(),
             metrics.clone(),
         )))
+        .add_optional_service(download)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop_signal())
         .await
         .context("gRPC server failed")?;

@@ -2,6 +2,8 @@
 //! serves a task), the upload service other peers fetch pieces from, and the source that puts
 //! parents in front of the registry for every blob read.
 
+pub mod download;
+pub mod http_source;
 pub mod ratelimit;
 pub mod schedulers;
 pub mod seed;

@@ -140,6 +140,26 @@ impl SchedulerPool {
         }
     }
 
+    /// The content length the task's scheduler knows for `task`, if any.
+    pub async fn stat_task(&self, task: &str) -> Option<u64> {
+        let (i, mut c) = self.for_task(task)?;
+        match c
+            .stat_task(pb::StatTaskRequest {
+                task_id: task.to_owned(),
+            })
+            .await
+        {
+            Ok(r) => {
+                let r = r.into_inner();
+                (r.known && r.content_length > 0).then_some(r.content_length)
+            }
+            Err(e) => {
+                self.mark_down(i, e.message());
+                None
+            }
+        }
+    }
+
     /// This host's ID.
     pub fn host_id(&self) -> &str {
         &self.host.id

@@ -281,6 +281,7 @@ async fn bad_digests_are_refused_before_touching_disk() {
         "sha256:../../etc",
         "sha512:00",
         "sha256:ABCDEF0000000000000000000000000000000000000000000000000000000000",
+        "md5:0000000000000000000000000000000000000000000000000000000000000000",
         "",
     ] {
         let e = s.blob(d, 3, Arc::new(src.clone())).unwrap_err();
@@ -406,4 +407,25 @@ async fn local_reads_never_fetch_and_sources_hear_about_stored_ranges() {
         .unwrap();
     assert_eq!(&got[..], &data[PL as usize..2 * PL as usize]);
     assert!(s.get(&src.digest()).is_some() && s.get("sha256:0").is_none());
+}
+
+#[tokio::test]
+async fn task_blobs_are_kept_and_reloaded_without_a_content_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = bytes(3 * PL as usize, 11);
+    let name = format!("task:{}", "ab".repeat(32));
+    {
+        let s = store(dir.path()).await;
+        let src = MemSource::new(data.clone());
+        let blob = s.blob(&name, data.len() as u64, Arc::new(src)).unwrap();
+        blob.fetch_all(Priority::Background).await.unwrap();
+        assert!(blob.is_verified());
+    }
+    let s = store(dir.path()).await;
+    let blob = s.get(&name).expect("reloaded");
+    assert!(blob.is_complete());
+    assert_eq!(
+        &blob.read_local(0..10).await.unwrap().unwrap()[..],
+        &data[..10]
+    );
 }

@@ -1,6 +1,6 @@
 //! The store: the directory of blobs, their lookup, usage accounting and LRU eviction.
 //!
-//! Layout: `<dir>/sha256/<hex>/{data,bitmap,meta.json}`. Opening the store loads every blob
+//! Layout: `<dir>/{sha256,task}/<hex>/{data,bitmap,meta.json}`. Opening the store loads every blob
 //! found (partial ones resume where they stopped); a directory that is not a usable blob is
 //! removed with a warning.
 
@@ -129,16 +129,22 @@ impl RangeSource for NoSource {
     }
 }
 
+/// Blob names: `sha256:<hex>` for content-addressed blobs (verified against the name when
+/// complete) and `task:<hex>` for tasks that are not (files fetched by URL; their pieces are
+/// verified by whoever fetches them).
+const KINDS: [&str; 2] = ["sha256", "task"];
+
 fn blob_dir(root: &Path, digest: &str) -> Result<PathBuf, StoreError> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .filter(|h| {
-            h.len() == 64
+    let (kind, hex) = digest
+        .split_once(':')
+        .filter(|(k, h)| {
+            KINDS.contains(k)
+                && h.len() == 64
                 && h.bytes()
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         })
         .ok_or_else(|| StoreError::InvalidDigest(digest.to_owned()))?;
-    Ok(root.join("sha256").join(hex))
+    Ok(root.join(kind).join(hex))
 }
 
 impl PieceStore {
@@ -327,19 +333,31 @@ fn load_all(
     root: &Path,
     shared: &Arc<Shared>,
 ) -> Result<HashMap<String, Arc<BlobInner>>, StoreError> {
-    let dir = root.join("sha256");
+    let mut blobs = HashMap::new();
+    for kind in KINDS {
+        load_kind(root, kind, shared, &mut blobs)?;
+    }
+    Ok(blobs)
+}
+
+fn load_kind(
+    root: &Path,
+    kind: &str,
+    shared: &Arc<Shared>,
+    blobs: &mut HashMap<String, Arc<BlobInner>>,
+) -> Result<(), StoreError> {
+    let dir = root.join(kind);
     std::fs::create_dir_all(&dir).map_err(StoreError::io(
         "cannot create the piece store directory",
         &dir,
     ))?;
-    let mut blobs = HashMap::new();
     let entries =
         std::fs::read_dir(&dir).map_err(StoreError::io("cannot list the piece store", &dir))?;
     for entry in entries {
         let entry = entry.map_err(StoreError::io("cannot list the piece store", &dir))?;
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        let digest = format!("sha256:{name}");
+        let digest = format!("{kind}:{name}");
         let loaded = blob_dir(root, &digest)
             .map_err(|e| e.to_string())
             .and_then(|_| BlobFiles::load(&path))
@@ -369,5 +387,5 @@ fn load_all(
             }
         }
     }
-    Ok(blobs)
+    Ok(())
 }

@@ -1,0 +1,283 @@
+//! The daemon's local download service (`dfctl get`): an ordinary file by URL, through the
+//! swarm. Its task ID is sha256 over the URL with signed-URL query parameters removed, plus
+//! tag and application, so the same file fetched with other signatures is one task. Pieces go
+//! to the piece store (and to other peers) like blob pieces; the file is then copied out.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dragonfly_proto::dfdaemon as pb;
+use dragonfly_proto::dfdaemon::download_server::Download;
+use dragonfly_storage::{PieceStore, Priority, RangeSource};
+use sha2::{Digest, Sha256};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::http_source::HttpSource;
+use super::source::SharedPeerSource;
+use super::{P2p, PeerSource};
+use crate::metrics::Metrics;
+
+/// Query parameters of signed URLs (S3, GCS, OSS, OBS, COS) and containerd's `ns`: never part
+/// of a task ID.
+pub const FILTERED_QUERY_PARAMS: &[&str] = &[
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+    "X-Amz-Security-Token",
+    "X-Amz-User-Agent",
+    "X-Goog-Algorithm",
+    "X-Goog-Credential",
+    "X-Goog-Date",
+    "X-Goog-Expires",
+    "X-Goog-SignedHeaders",
+    "X-Goog-Signature",
+    "OSSAccessKeyId",
+    "Expires",
+    "Signature",
+    "SecurityToken",
+    "AccessKeyId",
+    "X-Obs-Date",
+    "X-Obs-Security-Token",
+    "q-sign-algorithm",
+    "q-ak",
+    "q-sign-time",
+    "q-key-time",
+    "q-header-list",
+    "q-url-param-list",
+    "q-signature",
+    "x-cos-security-token",
+    "ns",
+];
+
+/// `url` without the filtered query parameters (and without a trailing `/` on a bare host).
+pub fn filtered_url(url: &str, extra: &[String]) -> Result<String, String> {
+    let mut u = reqwest::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let drop: HashSet<&str> = FILTERED_QUERY_PARAMS
+        .iter()
+        .copied()
+        .chain(extra.iter().map(String::as_str))
+        .collect();
+    let kept: Vec<(String, String)> = u
+        .query_pairs()
+        .filter(|(k, _)| !drop.contains(k.as_ref()))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        u.set_query(None);
+    } else {
+        u.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    let mut s = u.to_string();
+    if u.path() == "/" && u.query().is_none() {
+        s = s.trim_end_matches('/').to_owned();
+    }
+    Ok(s)
+}
+
+/// The task ID of a URL download (hex).
+pub fn task_id(
+    url: &str,
+    tag: &str,
+    application: &str,
+    extra: &[String],
+) -> Result<String, String> {
+    let f = filtered_url(url, extra)?;
+    Ok(hex::encode(
+        Sha256::new()
+            .chain_update(f)
+            .chain_update(tag)
+            .chain_update(application)
+            .finalize(),
+    ))
+}
+
+/// The service.
+pub struct DownloadService {
+    store: PieceStore,
+    p2p: Option<Arc<P2p>>,
+    metrics: Arc<Metrics>,
+}
+
+impl DownloadService {
+    /// Downloads into `store`, through `p2p` when configured.
+    pub fn new(store: PieceStore, p2p: Option<Arc<P2p>>, metrics: Arc<Metrics>) -> DownloadService {
+        DownloadService {
+            store,
+            p2p,
+            metrics,
+        }
+    }
+}
+
+fn copy_out(file: std::fs::File, output: &Path, digest: &str) -> Result<(), String> {
+    let tmp = output.with_extension("dfctl-part");
+    let mut src = std::io::BufReader::new(file);
+    let mut dst =
+        std::fs::File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut src, &mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        std::io::Write::write_all(&mut dst, &buf[..n])
+            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    }
+    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if !digest.is_empty() && actual != digest {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("the file hashes to {actual}, not {digest}"));
+    }
+    dst.sync_all().map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, output)
+        .map_err(|e| format!("cannot move the file to {}: {e}", output.display()))
+}
+
+#[tonic::async_trait]
+impl Download for DownloadService {
+    type DownloadStream = ReceiverStream<Result<pb::DownloadProgress, Status>>;
+
+    async fn download(
+        &self,
+        req: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        let r = req.into_inner();
+        let output = Path::new(&r.output_path).to_owned();
+        if !output.is_absolute() {
+            return Err(Status::invalid_argument("output_path must be absolute"));
+        }
+        let hex = task_id(&r.url, &r.tag, &r.application, &r.filtered_query_params)
+            .map_err(Status::invalid_argument)?;
+        let name = format!("task:{hex}");
+        let http = HttpSource::new(&r.url, r.headers.clone().into_iter().collect())
+            .map_err(Status::invalid_argument)?;
+        // Size: from the store, else the swarm (so a preheated file needs no origin at all),
+        // else the origin.
+        let known = match (self.store.get(&name), &self.p2p) {
+            (Some(b), _) => Some(b.size()),
+            (None, Some(p2p)) => p2p.pool.stat_task(&name).await,
+            (None, None) => None,
+        };
+        let size = match known {
+            Some(s) => s,
+            None => http
+                .size()
+                .await
+                .map_err(|e| Status::unavailable(e.message))?,
+        };
+        let origin: Arc<dyn RangeSource> = Arc::new(http);
+        let source: Arc<dyn RangeSource> = match &self.p2p {
+            Some(p2p) => {
+                let mut filtered = filtered_url(&r.url, &r.filtered_query_params)
+                    .map_err(Status::invalid_argument)?;
+                filtered.truncate(2048);
+                Arc::new(SharedPeerSource(PeerSource::new(
+                    origin,
+                    self.store.clone(),
+                    p2p.pool.clone(),
+                    p2p.parents.clone(),
+                    self.metrics.clone(),
+                    &name,
+                    size,
+                    self.store.piece_length_of(&name),
+                    filtered,
+                    p2p.parallel,
+                )))
+            }
+            None => origin,
+        };
+        let blob = self
+            .store
+            .blob(&name, size, source)
+            .map_err(|e| Status::internal(format!("cannot store the download: {e}")))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let digest = r.digest.clone();
+        tokio::spawn(async move {
+            let _pin = blob.pin();
+            let progress = |done: bool| pb::DownloadProgress {
+                task_id: hex.clone(),
+                content_length: size,
+                completed_bytes: blob.fetched_bytes(),
+                done,
+            };
+            let fetch = blob.fetch_all(Priority::OnDemand);
+            tokio::pin!(fetch);
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            let res = loop {
+                tokio::select! {
+                    r = &mut fetch => break r,
+                    _ = tick.tick() => { let _ = tx.send(Ok(progress(false))).await; }
+                }
+            };
+            if let Err(e) = res {
+                let _ = tx
+                    .send(Err(Status::unavailable(format!("download failed: {e}"))))
+                    .await;
+                return;
+            }
+            let file = match blob.open_verified() {
+                Ok(Some(f)) => f,
+                _ => {
+                    let _ = tx
+                        .send(Err(Status::internal("the download is not complete")))
+                        .await;
+                    return;
+                }
+            };
+            let out = output.clone();
+            match tokio::task::spawn_blocking(move || copy_out(file, &out, &digest)).await {
+                Ok(Ok(())) => {
+                    let _ = tx.send(Ok(progress(true))).await;
+                }
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(Status::failed_precondition(e))).await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_url_parameters_do_not_split_tasks() {
+        let a =
+            "https://bucket.s3.example.com/models/x.bin?X-Amz-Signature=abc&X-Amz-Date=1&version=2";
+        let b =
+            "https://bucket.s3.example.com/models/x.bin?version=2&X-Amz-Signature=zzz&X-Amz-Date=9";
+        assert_eq!(
+            filtered_url(a, &[]).unwrap(),
+            "https://bucket.s3.example.com/models/x.bin?version=2"
+        );
+        assert_eq!(
+            task_id(a, "", "", &[]).unwrap(),
+            task_id(b, "", "", &[]).unwrap()
+        );
+        assert_ne!(
+            task_id(a, "v1", "", &[]).unwrap(),
+            task_id(a, "v2", "", &[]).unwrap(),
+            "tag splits"
+        );
+        assert_ne!(
+            task_id(a, "", "", &[]).unwrap(),
+            task_id(a, "", "", &["version".into()]).unwrap()
+        );
+        assert_eq!(filtered_url("http://h:80/", &[]).unwrap(), "http://h");
+        assert!(filtered_url("not a url", &[]).is_err());
+        assert!(HttpSource::new("ftp://x/y", Default::default()).is_err());
+    }
+}
