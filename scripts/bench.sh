@@ -2,6 +2,10 @@
 # Benchmarks that compare Dragonfly-rs against a baseline measured in the same run, printed as
 # ratios and written as JSON under target/bench/.
 #
+#   sudo scripts/bench.sh swarm        # N nodes (network namespaces, 1 Gbit links) + a seed peer
+#                                      # fetch one blob at once from an origin limited to
+#                                      # 100 Mbit/s with dfctl get, vs every node going to the
+#                                      # origin directly (BENCH_SWARM_NODES=8, BENCH_SWARM_MIB=1024)
 #   scripts/bench.sh pieces            # peer-to-peer piece throughput on loopback through the real
 #                                      # peer service, vs reading the store directly
 #   scripts/bench.sh scheduler         # parent selections/s with 10,000 simulated peers (sampled
@@ -163,6 +167,143 @@ scheduler_bench() {
   echo "written: $OUT_DIR/scheduler.json"
 }
 
+# ---- swarm: network namespaces, one origin, a scheduler, a seed peer and N nodes ----------
+SW_NET=10.77.0
+swarm_cleanup() {
+  for pid in $(cat "$TB_DIR"/sw-*.pid 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
+  sleep 1
+  for pid in $(cat "$TB_DIR"/sw-*.pid 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+  rm -f "$TB_DIR"/sw-*.pid
+  for ns in $(ip netns list 2>/dev/null | awk '/^dfsw/ {print $1}'); do ip netns del "$ns" 2>/dev/null || true; done
+  ip link del dfswbr 2>/dev/null || true
+}
+
+sw_origin_bytes() { # digest
+  { grep -o "\"GET /v2/bench/blob/blobs/$1[^\"]*\" 20[06] [0-9]*" "$TB_DIR/origin.log" || true; } | awk '{s+=$NF} END {print s+0}'
+}
+
+sw_ns() { # name ip rate
+  local ns=$1 ip=$2 rate=$3
+  ip netns add "$ns"
+  ip link add "v$ns" type veth peer name eth0 netns "$ns"
+  ip link set "v$ns" master dfswbr up
+  ip netns exec "$ns" ip addr add "$ip/24" dev eth0
+  ip netns exec "$ns" ip link set eth0 up
+  ip netns exec "$ns" ip link set lo up
+  ip netns exec "$ns" ip route add default via "$SW_NET.1"
+  # Egress of this host: the link's bandwidth.
+  ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate "$rate" burst 256kb latency 50ms
+}
+
+sw_daemon() { # ns ip name extra-cli
+  local ns=$1 ip=$2 name=$3 extra=${4:-}
+  mkdir -p "$TB_DIR/$name"
+  cat > "$TB_DIR/$name.yaml" <<YAML
+root: $TB_DIR/$name
+address: $TB_DIR/$name.sock
+log: {level: info}
+metrics: {address: "$ip:9250"}
+p2p: {schedulers: ["$SW_NET.1:8002"], listen: "$ip:4000", advertise_ip: $ip, host_id: $name}
+YAML
+  ip netns exec "$ns" "$REPO_DIR/target/release/dragonfly-snapshotter" --config "$TB_DIR/$name.yaml" $extra > "$TB_DIR/$name.log" 2>&1 &
+  echo $! > "$TB_DIR/sw-$name.pid"
+  tb_wait_for "$TB_DIR/$name.sock" "daemon $name"
+}
+
+swarm() {
+  [ "$(id -u)" -eq 0 ] || { echo "run as root" >&2; exit 1; }
+  local nodes=${BENCH_SWARM_NODES:-8} mib=${BENCH_SWARM_MIB:-1024} link=${BENCH_LINK:-1gbit}
+  scripts/install-deps.sh
+  echo "== release build"
+  cargo build --release --bins --quiet
+  mkdir -p "$OUT_DIR"
+  export TB_DIR=$BENCH_DIR/swarm
+  swarm_cleanup; rm -rf "$TB_DIR"; mkdir -p "$TB_DIR"
+  trap swarm_cleanup EXIT
+  ip link add dfswbr type bridge
+  ip addr add "$SW_NET.1/24" dev dfswbr
+  ip link set dfswbr up
+  # The origin (a real registry) in its own namespace, its egress limited to $RATE.
+  sw_ns dfsworigin "$SW_NET.2" "$RATE"
+  cat > "$TB_DIR/origin.yml" <<YAML
+version: 0.1
+log: {level: info}
+storage: {filesystem: {rootdirectory: $TB_DIR/origin-data}}
+http: {addr: $SW_NET.2:5000}
+YAML
+  ip netns exec dfsworigin docker-registry serve "$TB_DIR/origin.yml" > "$TB_DIR/origin.log" 2>&1 &
+  echo $! > "$TB_DIR/sw-origin.pid"
+  for _ in $(seq 1 100); do curl -fs "http://$SW_NET.2:5000/v2/" >/dev/null && break; sleep 0.1; done
+  echo "== a ${mib} MiB blob on the origin"
+  head -c $((mib << 20)) /dev/urandom > "$TB_DIR/blob"
+  local digest size loc
+  digest=sha256:$(sha256sum "$TB_DIR/blob" | cut -d' ' -f1)
+  size=$(stat -c %s "$TB_DIR/blob")
+  # Upload on the unshaped direction (into the origin namespace).
+  loc=$(curl -fsS -X POST -D - -o /dev/null "http://$SW_NET.2:5000/v2/bench/blob/blobs/uploads/" | awk 'tolower($1)=="location:" {print $2}' | tr -d '\r')
+  case "$loc" in http*) ;; *) loc="http://$SW_NET.2:5000$loc" ;; esac
+  curl -fsS -X PUT -H 'Content-Type: application/octet-stream' --data-binary @"$TB_DIR/blob" "$loc&digest=$digest" >/dev/null
+  local url="http://$SW_NET.2:5000/v2/bench/blob/blobs/$digest"
+  # Scheduler on the bridge; seed peer and nodes in their own namespaces with $link links.
+  "$REPO_DIR/target/release/dragonfly-scheduler" --address "$SW_NET.1:8002" > "$TB_DIR/scheduler.log" 2>&1 &
+  echo $! > "$TB_DIR/sw-scheduler.pid"
+  sleep 0.5
+  sw_ns dfswseed "$SW_NET.9" "$link"
+  sw_daemon dfswseed "$SW_NET.9" seed --seed-peer
+  for i in $(seq 1 "$nodes"); do
+    sw_ns "dfswn$i" "$SW_NET.$((10 + i))" "$link"
+    sw_daemon "dfswn$i" "$SW_NET.$((10 + i))" "node$i"
+  done
+  sleep 2
+
+  echo "== P2P: $nodes nodes fetch $url at once (origin egress $RATE, links $link)"
+  local before t0 t1 pids=()
+  before=$(sw_origin_bytes "$digest")
+  t0=$(now)
+  for i in $(seq 1 "$nodes"); do
+    ( "$REPO_DIR/target/release/dfctl" --socket "$TB_DIR/node$i.sock" get --quiet "$url" -O "$TB_DIR/out-$i" --digest "$digest"; now > "$TB_DIR/done-$i" ) &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+  t1=$(sort -n "$TB_DIR"/done-* | tail -1)
+  local p2p_secs origin_p2p
+  p2p_secs=$(elapsed "$t0" "$t1")
+  origin_p2p=$(( $(sw_origin_bytes "$digest") - before ))
+  for i in $(seq 1 "$nodes"); do cmp -s "$TB_DIR/blob" "$TB_DIR/out-$i" || { echo "node $i wrote wrong bytes" >&2; exit 1; }; done
+
+  echo "== baseline: $nodes nodes fetch it from the origin directly, at once"
+  rm -f "$TB_DIR"/done-*
+  pids=()
+  t0=$(now)
+  for i in $(seq 1 "$nodes"); do
+    ( ip netns exec "dfswn$i" curl -fsS -o "$TB_DIR/direct-$i" "$url"; now > "$TB_DIR/done-$i" ) &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+  t1=$(sort -n "$TB_DIR"/done-* | tail -1)
+  local direct_secs ideal
+  direct_secs=$(elapsed "$t0" "$t1")
+  ideal=$(python3 -c "r='$RATE'.lower(); m={'kbit':1e3,'mbit':1e6,'gbit':1e9}; u=[k for k in m if r.endswith(k)][0]; print($size*8/(float(r[:-len(u)])*m[u]))")
+
+  python3 - "$OUT_DIR/swarm.json" <<PY
+import json, sys
+r = {
+  "bench": "swarm", "nodes": $nodes, "blob_bytes": $size, "origin_rate": "$RATE", "link_rate": "$link",
+  "p2p_last_node_seconds": $p2p_secs, "p2p_origin_bytes": $origin_p2p,
+  "p2p_origin_bytes_ratio": $origin_p2p / $size,
+  "direct_last_node_seconds": $direct_secs, "direct_origin_bytes": $nodes * $size,
+  "ideal_seconds_size_over_origin_rate": $ideal,
+  "p2p_last_node_vs_ideal": $p2p_secs / $ideal,
+  "speedup_vs_direct": $direct_secs / $p2p_secs,
+}
+json.dump(r, open(sys.argv[1], "w"), indent=2)
+print(json.dumps(r, indent=2))
+PY
+  printf '\n%s nodes, %s MiB, origin %s: P2P last node %.1fs (%.2fx of size/origin-rate %.1fs; target <= 1.2x), origin sent %.3fx the blob (target <= 1.02x); direct last node %.1fs => %.1fx faster\n' \
+    "$nodes" "$mib" "$RATE" "$p2p_secs" "$(echo "$p2p_secs / $ideal" | bc -l)" "$ideal" "$(echo "$origin_p2p / $size" | bc -l)" "$direct_secs" "$(echo "$direct_secs / $p2p_secs" | bc -l)"
+  echo "written: $OUT_DIR/swarm.json"
+}
+
 pieces_bench() {
   mkdir -p "$OUT_DIR"
   cargo run --release --quiet -p dragonfly-snapshotter --example piece_bench -- "$OUT_DIR/pieces.json"
@@ -173,5 +314,6 @@ case "${1:-}" in
   coldstart) coldstart ;;
   scheduler) scheduler_bench ;;
   pieces) pieces_bench ;;
-  *) echo "usage: scripts/bench.sh coldstart|scheduler|pieces" >&2; exit 2 ;;
+  swarm) swarm ;;
+  *) echo "usage: scripts/bench.sh coldstart|scheduler|pieces|swarm" >&2; exit 2 ;;
 esac

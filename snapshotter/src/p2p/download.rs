@@ -176,9 +176,9 @@ impl Download for DownloadService {
         let origin: Arc<dyn RangeSource> = Arc::new(http);
         let source: Arc<dyn RangeSource> = match &self.p2p {
             Some(p2p) => {
-                let mut filtered = filtered_url(&r.url, &r.filtered_query_params)
-                    .map_err(Status::invalid_argument)?;
-                filtered.truncate(2048);
+                // The full URL (signature included) so a seed peer can fetch it; the task ID
+                // is computed from the filtered one.
+                let full = r.url.clone();
                 Arc::new(SharedPeerSource(PeerSource::new(
                     origin,
                     self.store.clone(),
@@ -188,7 +188,7 @@ impl Download for DownloadService {
                     &name,
                     size,
                     self.store.piece_length_of(&name),
-                    filtered,
+                    full,
                     p2p.parallel,
                 )))
             }

@@ -12,6 +12,7 @@ use dragonfly_registry::{Credential, RegistryClient, RegistryConfig, Repository}
 use dragonfly_storage::{PieceStore, Priority, RangeSource};
 use tonic::Status;
 
+use super::http_source::HttpSource;
 use super::source::SharedPeerSource;
 use super::{P2p, PeerSource};
 use crate::layer::source::RegistrySource;
@@ -99,8 +100,27 @@ impl SeedDownloader {
         RegistryClient::new(config).map_err(|e| Status::internal(format!("registry client: {e}")))
     }
 
-    /// Starts fetching `task`; false if it is already here or being fetched.
-    pub async fn trigger(self: &Arc<Self>, task: pb::Task) -> Result<bool, Status> {
+    /// The origin of `task` and its size: an OCI registry blob (`oci://...`) or an ordinary
+    /// HTTP(S) file.
+    async fn origin(&self, task: &pb::Task) -> Result<(Arc<dyn RangeSource>, u64), Status> {
+        if task.url.starts_with("http://") || task.url.starts_with("https://") {
+            if !task.id.starts_with("task:") {
+                return Err(Status::invalid_argument(format!(
+                    "file task {} must be named task:<hex>",
+                    task.id
+                )));
+            }
+            let headers = task.origin_headers.clone().into_iter().collect();
+            let http = HttpSource::new(&task.url, headers).map_err(Status::invalid_argument)?;
+            let size = match task.content_length {
+                0 => http
+                    .size()
+                    .await
+                    .map_err(|e| Status::unavailable(e.message))?,
+                n => n,
+            };
+            return Ok((Arc::new(http), size));
+        }
         let (repo, digest) = parse_oci_url(&task.url).map_err(Status::invalid_argument)?;
         if digest != task.id {
             return Err(Status::invalid_argument(format!(
@@ -108,6 +128,27 @@ impl SeedDownloader {
                 task.id
             )));
         }
+        let client = self.client_for(&repo, task)?;
+        let size = match task.content_length {
+            0 => client.blob_size(&repo, &digest).await.map_err(|e| {
+                Status::unavailable(format!("cannot stat {digest} at its origin: {e}"))
+            })?,
+            n => n,
+        };
+        Ok((
+            Arc::new(RegistrySource::new(
+                client,
+                repo,
+                digest,
+                self.metrics.clone(),
+            )),
+            size,
+        ))
+    }
+
+    /// Starts fetching `task`; false if it is already here or being fetched.
+    pub async fn trigger(self: &Arc<Self>, task: pb::Task) -> Result<bool, Status> {
+        let digest = task.id.clone();
         if let Some(b) = self.store.get(&digest) {
             if b.is_complete() {
                 return Ok(false);
@@ -121,20 +162,15 @@ impl SeedDownloader {
         {
             return Ok(false);
         }
-        let client = self.client_for(&repo, &task)?;
-        let size = match task.content_length {
-            0 => client.blob_size(&repo, &digest).await.map_err(|e| {
-                Status::unavailable(format!("cannot stat {digest} at its origin: {e}"))
-            })?,
-            n => n,
+        let origin = self.origin(&task).await;
+        let (origin, size) = match origin {
+            Ok(o) => o,
+            Err(e) => {
+                self.running.lock().expect("running lock").remove(&digest);
+                return Err(e);
+            }
         };
         let url = task.url.clone();
-        let origin: Arc<dyn RangeSource> = Arc::new(RegistrySource::new(
-            client,
-            repo,
-            digest.clone(),
-            self.metrics.clone(),
-        ));
         let source = PeerSource::new(
             origin,
             self.store.clone(),

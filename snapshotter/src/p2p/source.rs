@@ -326,7 +326,10 @@ impl PeerSource {
     async fn fetch_from_parents(&self, pieces: &[u32]) -> HashMap<u32, Bytes> {
         let mut got: HashMap<u32, Bytes> = HashMap::new();
         let started = Instant::now();
-        for _round in 0..MAX_ROUNDS {
+        // Rounds that got parents; waiting for a seed does not use them up (it is bounded by
+        // MAX_WAIT instead).
+        let mut rounds = 0;
+        while rounds < MAX_ROUNDS {
             let missing: Vec<u32> = pieces
                 .iter()
                 .copied()
@@ -359,7 +362,7 @@ impl PeerSource {
                 }
             };
             match pb::Decision::try_from(resp.decision) {
-                Ok(pb::Decision::Parents) => {}
+                Ok(pb::Decision::Parents) => rounds += 1,
                 Ok(pb::Decision::Wait) if started.elapsed() < MAX_WAIT => {
                     tokio::time::sleep(Duration::from_millis(u64::from(
                         resp.retry_after_ms.clamp(20, 2000),
