@@ -242,7 +242,7 @@ YAML
   # Upload on the unshaped direction (into the origin namespace).
   loc=$(curl -fsS -X POST -D - -o /dev/null "http://$SW_NET.2:5000/v2/bench/blob/blobs/uploads/" | awk 'tolower($1)=="location:" {print $2}' | tr -d '\r')
   case "$loc" in http*) ;; *) loc="http://$SW_NET.2:5000$loc" ;; esac
-  curl -fsS -X PUT -H 'Content-Type: application/octet-stream' --data-binary @"$TB_DIR/blob" "$loc&digest=$digest" >/dev/null
+  curl -fsS -X PUT -H 'Content-Type: application/octet-stream' -T "$TB_DIR/blob" "$loc&digest=$digest" >/dev/null
   local url="http://$SW_NET.2:5000/v2/bench/blob/blobs/$digest"
   # Scheduler on the bridge; seed peer and nodes in their own namespaces with $link links.
   "$REPO_DIR/target/release/dragonfly-scheduler" --address "$SW_NET.1:8002" > "$TB_DIR/scheduler.log" 2>&1 &
