@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use crate::containerd::Containerd;
 use crate::daemon::Daemon;
-use crate::procs::unmount_under;
+use crate::procs::{require_root, TestDir};
 use crate::registry::Registry;
 
 /// Registry + daemon + containerd in one temp dir.
@@ -19,33 +19,18 @@ pub struct TestBed {
     pub daemon: Daemon,
     /// The registry.
     pub registry: Registry,
-    dir: CleanDir,
-}
-
-/// The temp dir, removed last, after anything still mounted under it is detached.
-struct CleanDir(tempfile::TempDir);
-
-impl Drop for CleanDir {
-    fn drop(&mut self) {
-        unmount_under(self.0.path());
-    }
+    /// The temp dir, removed last, after anything still mounted under it is detached.
+    dir: TestDir,
 }
 
 impl TestBed {
     /// Starts everything; `daemon_yaml` is extra daemon configuration.
     pub fn start(daemon_yaml: &str) -> Result<TestBed> {
-        anyhow::ensure!(
-            nix::unistd::geteuid().is_root(),
-            "end-to-end tests start containerd and mount filesystems: run them as root (sudo scripts/test.sh)"
-        );
-        // Not tmpfs: overlayfs needs a real filesystem for upper dirs and xattrs.
-        let dir = tempfile::Builder::new()
-            .prefix("dfly-e2e-")
-            .tempdir_in("/var/tmp")?;
-        let dir = CleanDir(dir);
-        let registry = Registry::start(dir.0.path())?;
-        let daemon = Daemon::start(&dir.0.path().join("daemon"), daemon_yaml)?;
-        let containerd = Containerd::start(&dir.0.path().join("containerd"), &daemon.socket)?;
+        require_root()?;
+        let dir = TestDir::new("dfly-e2e-")?;
+        let registry = Registry::start(dir.path())?;
+        let daemon = Daemon::start(&dir.path().join("daemon"), daemon_yaml)?;
+        let containerd = Containerd::start(&dir.path().join("containerd"), &daemon.socket)?;
         Ok(TestBed {
             containerd,
             daemon,
@@ -56,7 +41,7 @@ impl TestBed {
 
     /// The test's directory.
     pub fn path(&self) -> &Path {
-        self.dir.0.path()
+        self.dir.path()
     }
 
     /// `REGISTRY/REPO:TAG`.

@@ -22,7 +22,9 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Starts containerd in `dir` with `dragonfly_socket` as the `dragonfly` proxy snapshotter.
+    /// Starts containerd in `dir` (use a directory under `/var/tmp`, not tmpfs, so overlayfs
+    /// works) with `dragonfly_socket` as the `dragonfly` proxy snapshotter. The socket need not
+    /// exist yet: containerd connects to proxy plugins when they are first used.
     pub fn start(dir: &Path, dragonfly_socket: &Path) -> Result<Containerd> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("containerd.sock");
@@ -30,11 +32,21 @@ impl Containerd {
             r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+# No CRI (it would start its own CNI/streaming machinery) and no snapshotters that cannot work
+# here; overlayfs stays: it is the oracle our snapshotter is compared with.
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
 [grpc]
   address = "{sock}"
 [ttrpc]
   address = "{sock}.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
 [proxy_plugins]
   [proxy_plugins.dragonfly]
     type = "snapshot"
@@ -42,6 +54,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 "#,
             root = dir.join("root").display(),
             state = dir.join("state").display(),
+            opt = dir.join("opt").display(),
             sock = socket.display(),
             df = dragonfly_socket.display()
         );

@@ -1,4 +1,6 @@
-//! Our daemon, `dragonfly-snapshotter`, started from the built binary with its own root.
+//! Our daemon, `dragonfly-snapshotter`, started from the built binary (`DRAGONFLY_SNAPSHOTTER_BIN`,
+//! else `<target dir>/debug/dragonfly-snapshotter`) with its own root, socket, config and log;
+//! it can be killed with SIGKILL and restarted on the same root, as after a crash.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,11 +23,16 @@ fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("DRAGONFLY_SNAPSHOTTER_BIN") {
         return PathBuf::from(p);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dragonfly-snapshotter")
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug/dragonfly-snapshotter")
 }
 
 impl Daemon {
-    /// Starts the daemon in `dir`; `extra_yaml` is appended to its config (e.g.
+    /// Starts the daemon in `dir` and waits until its socket accepts connections. Its config
+    /// sets `root`, `address`, `log`, and (unless `extra_yaml` sets them) `metrics: {address:
+    /// null}` and `snapshot: {lazy: true}`; `extra_yaml` is appended (e.g.
     /// `prefetch: {background: false}`).
     pub fn start(dir: &Path, extra_yaml: &str) -> Result<Daemon> {
         std::fs::create_dir_all(dir)?;
@@ -35,8 +42,13 @@ impl Daemon {
         } else {
             "metrics: {address: null}\n"
         };
+        let snapshot = if extra_yaml.contains("snapshot:") {
+            ""
+        } else {
+            "snapshot: {lazy: true}\n"
+        };
         let config = format!(
-            "root: {root}\naddress: {sock}\n{metrics}log: {{level: 'dragonfly_snapshotter=debug,dragonfly_storage=debug,info'}}\n{extra_yaml}\n",
+            "root: {root}\naddress: {sock}\n{metrics}{snapshot}log: {{level: 'dragonfly_snapshotter=debug,dragonfly_storage=debug,info'}}\n{extra_yaml}\n",
             root = dir.join("root").display(),
             sock = socket.display()
         );
@@ -91,6 +103,13 @@ impl Daemon {
     /// The daemon's pid, while running.
     pub fn pid(&self) -> Option<u32> {
         self.proc.as_ref().map(|p| p.pid())
+    }
+
+    /// The last `lines` lines of the daemon's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// The daemon's whole log.

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
@@ -229,6 +229,44 @@ pub fn build_image(layout: &Path, layers: &[Vec<Entry>], cmd: &[&str]) -> Result
     })
 }
 
+/// Reads an OCI image layout (tag `latest`) back into a [`BuiltImage`].
+pub fn read_layout(layout: &Path) -> Result<BuiltImage> {
+    let read_json = |p: &Path| -> Result<serde_json::Value> {
+        let raw = std::fs::read(p).with_context(|| format!("read {}", p.display()))?;
+        serde_json::from_slice(&raw).with_context(|| format!("{} is not JSON", p.display()))
+    };
+    let index = read_json(&layout.join("index.json"))?;
+    let manifest = index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "latest")
+        .and_then(|m| m["digest"].as_str())
+        .with_context(|| format!("{} has no tag latest", layout.display()))?
+        .to_owned();
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let m = read_json(&blob(&manifest))?;
+    let mut layers = Vec::new();
+    let mut layer_bytes = 0;
+    for l in m["layers"].as_array().into_iter().flatten() {
+        let d = l["digest"]
+            .as_str()
+            .with_context(|| format!("layer without digest in {manifest}"))?;
+        layer_bytes += l["size"].as_u64().unwrap_or(0);
+        layers.push(d.to_owned());
+    }
+    Ok(BuiltImage {
+        layout: layout.to_owned(),
+        manifest,
+        layers,
+        layer_bytes,
+    })
+}
+
 /// Pushes a built image to `ref` (plain HTTP registry).
 pub fn push(image: &BuiltImage, reference: &str) -> Result<()> {
     run(Command::new("skopeo")
@@ -236,4 +274,36 @@ pub fn push(image: &BuiltImage, reference: &str) -> Result<()> {
         .arg(format!("oci:{}:latest", image.layout.display()))
         .arg(format!("docker://{reference}")))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_built_layout_reads_back_with_its_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        let built = build_image(
+            &layout,
+            &[
+                vec![Entry::dir("a", 0o755), Entry::file("a/f", "x", 0o644)],
+                vec![Entry::whiteout("a/f"), Entry::opaque("a")],
+            ],
+            &["/bin/sh"],
+        )
+        .unwrap();
+        let read = read_layout(&layout).unwrap();
+        assert_eq!(read.manifest, built.manifest);
+        assert_eq!(read.layers, built.layers);
+        assert_eq!(read.layer_bytes, built.layer_bytes);
+        let tar = layer_tar(&[Entry::whiteout("a/f"), Entry::opaque("a")]).unwrap();
+        let names: Vec<String> = tar::Archive::new(tar.as_slice())
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["a/.wh.f", "a/.wh..wh..opq"]);
+        assert!(read_layout(dir.path()).is_err(), "not a layout");
+    }
 }

@@ -1,6 +1,7 @@
 //! Child processes owned by a test: output to a log file, stopped (SIGTERM, then SIGKILL) on
 //! drop.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -99,21 +100,66 @@ impl Drop for Proc {
     }
 }
 
-/// Runs a command to completion; returns stdout, or an error with stderr.
+/// How long [`run`] lets a command take (pulls of the large fixture included).
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Runs a command to completion; returns stdout, or an error with stdout and stderr. A command
+/// still running after [`RUN_TIMEOUT`] is killed and reported, so a hung client cannot hang
+/// the test.
 pub fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
+    run_timeout(cmd, RUN_TIMEOUT)
+}
+
+/// [`run`] with its own time limit.
+pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> Result<String> {
+    let mut child = cmd
         .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("start {cmd:?} (is it installed? see scripts/install-deps.sh)"))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    match status {
+        None => {
+            bail!("{cmd:?} did not finish within {timeout:?}; killed. Output:\n{stdout}{stderr}")
+        }
+        Some(s) if !s.success() => bail!("{cmd:?} failed ({s}):\n{stdout}{stderr}"),
+        Some(_) => Ok(stdout),
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Waits until `ready` returns true, or fails after `timeout`.
@@ -136,31 +182,181 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// Detaches every mount at or under `dir`, deepest first.
-pub fn unmount_under(dir: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let prefix = dir.to_string_lossy().into_owned();
-    let mut points: Vec<String> = info
+/// Undoes the octal escapes (`\\040` for a space, ...) of a mountinfo path field.
+fn unescape_mount_path(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).and_then(|d| {
+            d.iter()
+                .all(|c| (b'0'..=b'7').contains(c))
+                .then(|| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok())
+                .flatten()
+        });
+        match (b[i], octal) {
+            (b'\\', Some(v)) => {
+                out.push(v);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Mount points listed in a mountinfo text (field 5 of each line), unescaped, in order.
+pub fn mount_points(mountinfo: &str) -> Vec<String> {
+    mountinfo
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| p.replace("\\040", " "))
-        .filter(|p| p == &prefix || p.starts_with(&format!("{prefix}/")))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        .map(unescape_mount_path)
+        .collect()
+}
+
+/// Mount points at or under `dir` in this process's mount namespace (for leak checks).
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.to_string_lossy().into_owned();
+    let inside = format!("{}/", prefix.trim_end_matches('/'));
+    mount_points(&info)
+        .into_iter()
+        .filter(|p| *p == prefix || p.starts_with(&inside))
+        .collect()
+}
+
+/// Detaches every mount at or under `dir`, deepest first (lazy unmount, so a busy or dead FUSE
+/// mount does not block the teardown).
+pub fn unmount_under(dir: &Path) {
+    let mut points = mounts_under(dir);
+    points.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
     for p in points {
         let _ = nix::mount::umount2(Path::new(&p), nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
-/// Mount points at or under `dir` (for leak checks).
-pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let prefix = dir.to_string_lossy().into_owned();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| *p == prefix || p.starts_with(&format!("{prefix}/")))
-        .map(str::to_owned)
-        .collect()
+/// True while a process with this pid exists (a zombie counts as gone).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// A test's temp directory under `/var/tmp` (not tmpfs: overlayfs needs a real filesystem for
+/// upper dirs and xattrs). On drop, whatever is still mounted under it is detached, then it is
+/// removed.
+pub struct TestDir(Option<tempfile::TempDir>);
+
+impl TestDir {
+    /// Creates `/var/tmp/<prefix>XXXXXX`.
+    pub fn new(prefix: &str) -> Result<TestDir> {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in("/var/tmp")
+            .context("create a temp dir in /var/tmp")?;
+        Ok(TestDir(Some(dir)))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.0
+            .as_ref()
+            .map(|d| d.path())
+            .expect("present until drop")
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            unmount_under(dir.path());
+            let path = dir.path().to_owned();
+            if dir.close().is_err() {
+                // Something was still mounted and busy: detach again and retry once.
+                unmount_under(&path);
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    }
+}
+
+/// Fails unless the tests run as root (they start containerd and mount filesystems).
+pub fn require_root() -> Result<()> {
+    anyhow::ensure!(
+        nix::unistd::geteuid().is_root(),
+        "end-to-end tests start containerd and mount filesystems: run them as root (sudo scripts/test.sh)"
+    );
+    Ok(())
+}
+
+/// Panics unless nothing is mounted under `dir`, none of `pids` lives and `dir` is gone: what a
+/// torn-down test bed must leave.
+pub fn assert_torn_down(dir: &Path, pids: &[u32]) {
+    assert!(
+        mounts_under(dir).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(dir)
+    );
+    for pid in pids {
+        assert!(!pid_alive(*pid), "process {pid} survived the teardown");
+    }
+    assert!(!dir.exists(), "{} was not removed", dir.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        let info = "36 35 98:0 / /mnt/a\\040b rw - ext4 /dev/x rw\n37 35 0:5 / /var/tmp/d/x\\134y rw - tmpfs t rw\n";
+        assert_eq!(mount_points(info), ["/mnt/a b", "/var/tmp/d/x\\y"]);
+    }
+
+    #[test]
+    fn own_pid_is_alive_and_a_reaped_child_is_not() {
+        assert!(pid_alive(std::process::id()));
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!pid_alive(pid));
+    }
+
+    #[test]
+    fn run_returns_stdout_reports_failures_and_kills_hung_commands() {
+        assert_eq!(run(Command::new("echo").arg("hi")).unwrap(), "hi\n");
+        let e = run(Command::new("sh").args(["-c", "echo oops >&2; exit 3"])).unwrap_err();
+        assert!(format!("{e:#}").contains("oops"), "{e:#}");
+        let t = Instant::now();
+        let e =
+            run_timeout(Command::new("sleep").arg("30"), Duration::from_millis(200)).unwrap_err();
+        assert!(format!("{e:#}").contains("did not finish"), "{e:#}");
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_dropped_proc_is_stopped_and_its_log_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("p.log");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo started; exec sleep 60"]);
+        let p = Proc::spawn("sleeper", cmd, &log).unwrap();
+        let pid = p.pid();
+        wait_until("output", Duration::from_secs(5), || {
+            p.log().contains("started")
+        })
+        .unwrap();
+        assert!(pid_alive(pid));
+        assert_eq!(p.log_tail(1), "started");
+        drop(p);
+        assert!(!pid_alive(pid), "SIGTERM on drop");
+    }
 }

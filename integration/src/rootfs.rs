@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 /// The listing of a tree: relative path → description.
@@ -93,7 +93,8 @@ pub fn list(root: &Path, skip: &BTreeSet<String>) -> Result<Listing> {
                 stack.push(rel.join(c.file_name()));
             }
         } else if ft.is_file() {
-            d = format!("file {d} size={} sha256={}", md.len(), file_hash(&abs)?);
+            let hash = file_hash(&abs).with_context(|| format!("read {}", abs.display()))?;
+            d = format!("file {d} size={} sha256={hash}", md.len());
             if md.nlink() > 1 {
                 inodes
                     .entry((md.dev(), md.ino()))
@@ -131,16 +132,46 @@ pub fn list(root: &Path, skip: &BTreeSet<String>) -> Result<Listing> {
     Ok(out)
 }
 
-/// The root filesystem of a running process (a container's init), without its mounts.
+/// The listing of the tree at `root`, skipping every mount point below `root` (as seen in
+/// this process's mount namespace): the walk never crosses into another filesystem mounted
+/// inside the tree.
+pub fn list_tree(root: &Path) -> Result<Listing> {
+    let root = root
+        .canonicalize()
+        .with_context(|| format!("resolve {}", root.display()))?;
+    let skip = crate::procs::mounts_under(&root)
+        .into_iter()
+        .filter_map(|p| {
+            let rel = Path::new(&p).strip_prefix(&root).ok()?.to_str()?.to_owned();
+            (!rel.is_empty()).then(|| format!("/{rel}"))
+        })
+        .collect();
+    list(&root, &skip)
+}
+
+/// The root filesystem of a running process (a container's init), without its mounts (its
+/// /proc, /dev, /sys, ...).
 pub fn list_process_root(pid: u32) -> Result<Listing> {
-    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
-    let skip: BTreeSet<String> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| *p != "/")
-        .map(|p| p.replace("\\040", " "))
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .with_context(|| format!("read the mounts of process {pid} (has it exited?)"))?;
+    let skip: BTreeSet<String> = crate::procs::mount_points(&mountinfo)
+        .into_iter()
+        .filter(|p| p != "/")
         .collect();
     list(Path::new(&format!("/proc/{pid}/root")), &skip)
+}
+
+/// `listing` without the xattrs whose name starts with `prefix` (e.g. `"trusted."`), to
+/// compare with an unpacker known not to restore them.
+pub fn without_xattrs(listing: &Listing, prefix: &str) -> Listing {
+    let drop = format!("xattr:{prefix}");
+    listing
+        .iter()
+        .map(|(p, d)| {
+            let kept: Vec<&str> = d.split(' ').filter(|t| !t.starts_with(&drop)).collect();
+            (p.clone(), kept.join(" "))
+        })
+        .collect()
 }
 
 /// Human-readable differences, empty when equal.
@@ -166,6 +197,17 @@ pub fn diff(expected: &Listing, actual: &Listing) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xattrs_of_one_namespace_can_be_left_out() {
+        let mut l = Listing::new();
+        l.insert(
+            "/f".into(),
+            "file mode=644 xattr:trusted.a=01 xattr:user.b=02".into(),
+        );
+        let w = without_xattrs(&l, "trusted.");
+        assert_eq!(w["/f"], "file mode=644 xattr:user.b=02");
+    }
 
     #[test]
     fn differences_in_any_attribute_are_reported() {

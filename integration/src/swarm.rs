@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use crate::containerd::Containerd;
 use crate::daemon::Daemon;
-use crate::procs::{free_port, unmount_under};
+use crate::procs::{free_port, require_root, TestDir};
 use crate::registry::Registry;
 use crate::scheduler::Scheduler;
 
@@ -52,15 +52,7 @@ pub struct Swarm {
     pub scheduler: Scheduler,
     /// The registry.
     pub registry: Registry,
-    dir: CleanDir,
-}
-
-struct CleanDir(tempfile::TempDir);
-
-impl Drop for CleanDir {
-    fn drop(&mut self) {
-        unmount_under(self.0.path());
-    }
+    dir: TestDir,
 }
 
 impl Swarm {
@@ -77,17 +69,10 @@ impl Swarm {
     /// Like [`Swarm::start_with_seeds`]; `p2p_extra` adds keys to every daemon's `p2p` map
     /// (e.g. `upload_rate_bytes_per_sec: 8000000`).
     pub fn start_with(seeds: usize, n: usize, daemon_yaml: &str, p2p_extra: &str) -> Result<Swarm> {
-        anyhow::ensure!(
-            nix::unistd::geteuid().is_root(),
-            "end-to-end tests must run as root (sudo scripts/test.sh)"
-        );
-        let dir = CleanDir(
-            tempfile::Builder::new()
-                .prefix("dfly-swarm-")
-                .tempdir_in("/var/tmp")?,
-        );
-        let registry = Registry::start(dir.0.path())?;
-        let scheduler = Scheduler::start(&dir.0.path().join("scheduler"))?;
+        require_root()?;
+        let dir = TestDir::new("dfly-swarm-")?;
+        let registry = Registry::start(dir.path())?;
+        let scheduler = Scheduler::start(&dir.path().join("scheduler"))?;
         let mut nodes = Vec::new();
         for i in 0..n {
             let metrics = format!("127.0.0.1:{}", free_port());
@@ -99,7 +84,7 @@ impl Swarm {
                 i < seeds,
                 if p2p_extra.is_empty() { String::new() } else { format!(", {p2p_extra}") }
             );
-            let node_dir = dir.0.path().join(format!("node-{i}"));
+            let node_dir = dir.path().join(format!("node-{i}"));
             let daemon = Daemon::start(&node_dir.join("daemon"), &yaml)?;
             let containerd = Containerd::start(&node_dir.join("containerd"), &daemon.socket)?;
             nodes.push(Node {
@@ -118,7 +103,7 @@ impl Swarm {
 
     /// The swarm's directory.
     pub fn path(&self) -> &Path {
-        self.dir.0.path()
+        self.dir.path()
     }
 
     /// Logs for failure messages.

@@ -1,15 +1,40 @@
-//! End to end: real registry, real containerd, our daemon, real runc containers. Lazy pulls of
-//! eStargz and zstd:chunked images must show exactly the root filesystem containerd's own
-//! overlayfs snapshotter shows, fetch only what is read, survive a daemon crash without
-//! re-downloading, and never return bytes that fail verification.
+//! End to end with our daemon: real registry, real containerd, `ctr-remote image rpull`. Lazy
+//! pulls of eStargz and zstd:chunked images must show exactly the root filesystem containerd's
+//! own overlayfs snapshotter shows for the gzip image, fetch only what is read, survive a
+//! SIGKILL of the daemon without fetching again, and never return bytes that fail
+//! verification (EIO instead).
 
-use std::process::Command;
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use dragonfly_integration::procs::{mounts_under, run};
-use dragonfly_integration::{fixtures, rootfs, TestBed};
+use dragonfly_integration::containerd::Containerd;
+use dragonfly_integration::fixtures::{self, Published};
+use dragonfly_integration::mount::MountedRootfs;
+use dragonfly_integration::procs::{assert_torn_down, mounts_under};
+use dragonfly_integration::{rootfs, TestBed};
+
+/// Daemon config for tests that count registry bytes: no background fill of whole blobs.
+const NO_BACKGROUND: &str = "prefetch: {background: false}";
 
 fn must<T>(bed: &TestBed, what: &str, r: anyhow::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", bed.logs()))
+}
+
+fn publish(bed: &TestBed, repo: &str, record: &[&str]) -> Published {
+    let img = must(
+        bed,
+        "build fixture",
+        match repo {
+            "large" => fixtures::large(),
+            _ => fixtures::kinds(),
+        },
+    );
+    must(
+        bed,
+        "publish fixture",
+        fixtures::publish(&bed.containerd, &bed.registry.addr, repo, &img, record),
+    )
 }
 
 fn rpull(bed: &TestBed, image: &str) {
@@ -27,43 +52,10 @@ fn rpull(bed: &TestBed, image: &str) {
     );
 }
 
-fn total_blob_bytes(bed: &TestBed) -> u64 {
-    bed.registry.blob_gets().iter().map(|g| g.bytes).sum()
-}
-
-fn layer_digests(image: &str) -> Vec<String> {
-    let raw = run(Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{image}")))
-    .expect("skopeo inspect");
-    let m: serde_json::Value = serde_json::from_str(&raw).expect("manifest JSON");
-    m["layers"]
-        .as_array()
-        .expect("layers")
-        .iter()
-        .map(|l| l["digest"].as_str().expect("digest").to_owned())
-        .collect()
-}
-
-#[test]
-fn every_format_shows_the_root_filesystem_overlayfs_shows() {
-    let bed = TestBed::start("").expect("test bed");
-    let img = must(&bed, "build fixture", fixtures::kinds_image(bed.path()));
-    let [gzip, esgz, zstd] = must(
-        &bed,
-        "publish fixture",
-        fixtures::publish(
-            &bed.containerd,
-            &bed.registry.addr,
-            "kinds",
-            &img,
-            &["data/layer3.txt"],
-        ),
-    );
-
-    // The oracle: containerd's own snapshotter.
+/// The root filesystem containerd's overlayfs snapshotter shows for `gzip`.
+fn oracle(bed: &TestBed, gzip: &str) -> rootfs::Listing {
     must(
-        &bed,
+        bed,
         "pull for overlayfs",
         bed.containerd.ctr(&[
             "image",
@@ -71,434 +63,310 @@ fn every_format_shows_the_root_filesystem_overlayfs_shows() {
             "--plain-http",
             "--snapshotter",
             "overlayfs",
-            &gzip,
+            gzip,
         ]),
     );
-    let pid = must(
-        &bed,
-        "run on overlayfs",
-        bed.containerd.run_detached("overlayfs", &gzip, "oracle"),
+    let m = must(
+        bed,
+        "mount overlayfs",
+        bed.containerd.mount_image("overlayfs", gzip),
     );
-    let oracle = rootfs::list_process_root(pid).expect("walk oracle");
-    // The fixture is what we think it is.
-    for (path, what) in [
-        ("/data/big.bin", "size=6291456"),
-        ("/data/null", "char"),
-        ("/data/null", "rdev=1:3"),
-        ("/data/fifo", "fifo"),
-        ("/data/setuid", "mode=4755"),
-        ("/data/sticky", "mode=1777"),
-        ("/data/owned", "uid=1234 gid=5678"),
-        ("/data/xattr", "xattr:user.demo=68656c6c6f"),
-        ("/data/hard1", "links=[/data/hard1,/data/hard2]"),
-        ("/data/abs-link", "-> /etc/passwd"),
-        ("/data/ünïcødé-файл.txt", "file"),
-        ("/opq/new", "file"),
-        ("/data/empty", "size=0"),
-    ] {
-        let got = oracle
-            .get(path)
-            .unwrap_or_else(|| panic!("oracle lacks {path}"));
-        assert!(got.contains(what), "oracle {path}: {got} lacks {what}");
-    }
-    assert!(oracle.contains_key(&format!("/{}", fixtures::long_path())));
-    for gone in ["/data/gone", "/opq/old1", "/bin/ls"] {
-        assert!(!oracle.contains_key(gone), "{gone} must be deleted");
-    }
-    bed.containerd.remove_container("oracle");
-
-    same_as_oracle(&bed, &oracle, [&gzip, &esgz, &zstd], 3);
-    assert!(
-        bed.daemon.log().contains("landmark prefetch done"),
-        "the eStargz image has a landmark; its files must be prefetched\n{}",
-        bed.logs()
-    );
+    must(bed, "walk overlayfs", m.listing())
 }
 
-/// Pulls each variant with our snapshotter (lazily for eStargz and zstd:chunked, a plain pull
-/// for gzip) and compares the container's root filesystem with the overlayfs oracle.
-fn same_as_oracle(
-    bed: &TestBed,
-    oracle: &rootfs::Listing,
-    [gzip, esgz, zstd]: [&String; 3],
-    layers: usize,
-) {
-    for (name, image, lazy) in [
-        ("estargz", esgz, true),
-        ("zstdchunked", zstd, true),
-        ("gzip, plain pull", gzip, false),
-    ] {
-        let mounted_before = bed.daemon.log().matches("lazy layer mounted").count();
-        if lazy {
-            rpull(bed, image);
-        } else {
-            must(
-                bed,
-                "plain pull",
-                bed.containerd.ctr(&[
-                    "image",
-                    "pull",
-                    "--plain-http",
-                    "--snapshotter",
-                    "dragonfly",
-                    image,
-                ]),
-            );
+/// Mounts `image` through our snapshotter. containerd's client reconnects to a restarted
+/// daemon with back-off, so "unavailable" is retried for a while.
+fn mount<'a>(containerd: &'a Containerd, image: &str) -> MountedRootfs<'a> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match containerd.mount_image("dragonfly", image) {
+            Ok(m) => return m,
+            Err(e) if format!("{e:#}").contains("navailable") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!(
+                "mount {image} with dragonfly: {e:#}\n{}",
+                containerd.log_tail()
+            ),
         }
-        let mounted = bed.daemon.log().matches("lazy layer mounted").count() - mounted_before;
-        assert_eq!(
-            mounted,
-            if lazy { layers } else { 0 },
-            "{name}: lazy layers mounted\n{}",
-            bed.logs()
-        );
-        let id = format!("c-{}", name.split(',').next().unwrap());
-        let pid = must(
-            bed,
-            name,
-            bed.containerd.run_detached("dragonfly", image, &id),
-        );
-        let ours = rootfs::list_process_root(pid).expect("walk container");
-        let d = rootfs::diff(oracle, &ours);
-        assert!(
-            d.is_empty(),
-            "{name}: root filesystem differs from overlayfs:\n{}\n{}",
-            d.join("\n"),
-            bed.logs()
-        );
-        bed.containerd.remove_container(&id);
     }
 }
 
-#[test]
-fn the_large_image_shows_the_root_filesystem_overlayfs_shows() {
-    let bed = TestBed::start("").expect("test bed");
-    let img = must(&bed, "build fixture", fixtures::large_image(bed.path()));
-    let [gzip, esgz, zstd] = must(
-        &bed,
-        "publish",
-        fixtures::publish(&bed.containerd, &bed.registry.addr, "large", &img, &[]),
-    );
-    must(
-        &bed,
-        "pull for overlayfs",
-        bed.containerd.ctr(&[
-            "image",
-            "pull",
-            "--plain-http",
-            "--snapshotter",
-            "overlayfs",
-            &gzip,
-        ]),
-    );
-    let pid = must(
-        &bed,
-        "run on overlayfs",
-        bed.containerd.run_detached("overlayfs", &gzip, "oracle"),
-    );
-    let oracle = rootfs::list_process_root(pid).expect("walk oracle");
-    assert!(
-        oracle["/data/huge.bin"].contains("size=41943040"),
-        "{}",
-        oracle["/data/huge.bin"]
-    );
-    bed.containerd.remove_container("oracle");
-    same_as_oracle(&bed, &oracle, [&gzip, &esgz, &zstd], 2);
-}
-
-#[test]
-fn gzip_layers_pulled_with_labels_are_downloaded_and_unpacked_by_us_like_containerd() {
-    let bed = TestBed::start("").expect("test bed");
-    let img = must(&bed, "build fixture", fixtures::kinds_image(bed.path()));
-    let [gzip, _, _] = must(
-        &bed,
-        "publish",
-        fixtures::publish(&bed.containerd, &bed.registry.addr, "kinds", &img, &[]),
-    );
-    must(
-        &bed,
-        "pull for overlayfs",
-        bed.containerd.ctr(&[
-            "image",
-            "pull",
-            "--plain-http",
-            "--snapshotter",
-            "overlayfs",
-            &gzip,
-        ]),
-    );
-    let pid = must(
-        &bed,
-        "run on overlayfs",
-        bed.containerd.run_detached("overlayfs", &gzip, "oracle"),
-    );
-    let oracle = rootfs::list_process_root(pid).expect("walk oracle");
-    bed.containerd.remove_container("oracle");
-    let before: u64 = img.layers.iter().map(|d| bed.registry.bytes_sent(d)).sum();
-    // rpull passes the layer labels: the daemon downloads (piece store, P2P) and unpacks.
-    rpull(&bed, &gzip);
-    let unpacked = bed
-        .daemon
-        .log()
-        .matches("layer unpacked and committed")
-        .count();
-    assert_eq!(unpacked, 3, "{}", bed.logs());
-    let sent: u64 = img
-        .layers
-        .iter()
-        .map(|d| bed.registry.bytes_sent(d))
-        .sum::<u64>()
-        - before;
-    assert_eq!(
-        sent, img.layer_bytes,
-        "each layer blob is downloaded exactly once"
-    );
-    let pid = must(
-        &bed,
-        "run",
-        bed.containerd.run_detached("dragonfly", &gzip, "ours"),
-    );
-    let ours = rootfs::list_process_root(pid).expect("walk ours");
-    let d = rootfs::diff(&oracle, &ours);
+fn assert_same(bed: &TestBed, what: &str, oracle: &rootfs::Listing, ours: &rootfs::Listing) {
+    let d = rootfs::diff(oracle, ours);
     assert!(
         d.is_empty(),
-        "unpacked by us differs from containerd's unpack:\n{}\n{}",
+        "{what}: root filesystem differs from overlayfs:\n{}\n{}",
         d.join("\n"),
         bed.logs()
     );
 }
 
+/// Compressed size of all layers of `image`.
+fn layer_bytes(image: &str) -> u64 {
+    fixtures::layers(image)
+        .expect("manifest")
+        .iter()
+        .map(|l| l.1)
+        .sum()
+}
+
+fn read(root: &Path, rel: &str) -> std::io::Result<Vec<u8>> {
+    std::fs::read(root.join(rel))
+}
+
 #[test]
-fn a_container_reading_one_small_file_fetches_a_small_fraction() {
-    let bed = TestBed::start("prefetch: {background: false}").expect("test bed");
-    let img = must(&bed, "build fixture", fixtures::large_image(bed.path()));
-    let [_, esgz, zstd] = must(
+fn lazy_estargz_with_a_landmark_shows_what_overlayfs_shows() {
+    let bed = TestBed::start("").expect("test bed");
+    let p = publish(&bed, "kinds", &["data/owned", "bin/busybox"]);
+    let oracle = oracle(&bed, &p.gzip);
+    rpull(&bed, &p.estargz);
+    let m = mount(&bed.containerd, &p.estargz);
+    assert_same(&bed, "estargz", &oracle, &must(&bed, "walk", m.listing()));
+}
+
+#[test]
+fn lazy_zstd_chunked_shows_what_overlayfs_shows() {
+    let bed = TestBed::start("").expect("test bed");
+    let p = publish(&bed, "kinds", &[]);
+    let oracle = oracle(&bed, &p.gzip);
+    rpull(&bed, &p.zstdchunked);
+    let m = mount(&bed.containerd, &p.zstdchunked);
+    assert_same(
         &bed,
-        "publish",
-        fixtures::publish(&bed.containerd, &bed.registry.addr, "large", &img, &[]),
+        "zstd:chunked",
+        &oracle,
+        &must(&bed, "walk", m.listing()),
     );
-    for image in [&esgz, &zstd] {
-        let before = total_blob_bytes(&bed);
-        rpull(&bed, image);
-        let (ok, out) = bed.containerd.run_once(
+}
+
+#[test]
+fn a_plain_pull_through_our_snapshotter_shows_what_overlayfs_shows() {
+    let bed = TestBed::start("").expect("test bed");
+    let p = publish(&bed, "kinds", &[]);
+    let oracle = oracle(&bed, &p.gzip);
+    must(
+        &bed,
+        "plain pull",
+        bed.containerd.ctr(&[
+            "image",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
             "dragonfly",
-            image,
-            "small",
-            &["/bin/cat", "/data/small.txt"],
-        );
+            &p.gzip,
+        ]),
+    );
+    let m = mount(&bed.containerd, &p.gzip);
+    assert_same(
+        &bed,
+        "gzip, plain pull",
+        &oracle,
+        &must(&bed, "walk", m.listing()),
+    );
+    // The same through a container, which also proves the mounts work for runc.
+    let pid = must(
+        &bed,
+        "run",
+        bed.containerd.run_detached("dragonfly", &p.gzip, "plain"),
+    );
+    let ours = must(&bed, "walk container", rootfs::list_process_root(pid));
+    assert_same(&bed, "gzip, container", &oracle, &ours);
+}
+
+#[test]
+fn gzip_layers_pulled_with_labels_are_fetched_once_and_unpacked_like_containerd() {
+    let bed = TestBed::start("").expect("test bed");
+    let p = publish(&bed, "kinds", &[]);
+    let oracle = oracle(&bed, &p.gzip);
+    let mark = bed.registry.mark();
+    rpull(&bed, &p.gzip);
+    let m = mount(&bed.containerd, &p.gzip);
+    assert_same(
+        &bed,
+        "gzip via rpull",
+        &oracle,
+        &must(&bed, "walk", m.listing()),
+    );
+    // containerd already holds the gzip blobs (the oracle pull); whoever fetches them now, each
+    // layer byte crosses the wire at most once.
+    let fetched = bed.registry.blob_bytes_since(mark);
+    assert!(
+        fetched <= layer_bytes(&p.gzip),
+        "{fetched} blob bytes for {} bytes of layers",
+        layer_bytes(&p.gzip)
+    );
+}
+
+#[test]
+fn lazy_pulls_fetch_a_small_fraction_until_files_are_read() {
+    let bed = TestBed::start(NO_BACKGROUND).expect("test bed");
+    let p = publish(&bed, "large", &[]);
+    let huge = fixtures::random_bytes(fixtures::LARGE_HUGE_LEN, fixtures::LARGE_HUGE_SEED);
+    for image in [&p.estargz, &p.zstdchunked] {
+        let total = layer_bytes(image);
+        let mark = bed.registry.mark();
+        rpull(&bed, image);
+        let m = mount(&bed.containerd, image);
+        let after_pull = bed.registry.blob_bytes_since(mark);
+        eprintln!("{image}: rpull + mount fetched {after_pull} of {total} layer bytes");
         assert!(
-            ok && out.contains("a small file next to a huge one"),
-            "{image}: {out}\n{}",
+            after_pull * 2 < total,
+            "{image}: fetched {after_pull} of {total} bytes before any read: not lazy\n{}",
             bed.logs()
         );
-        let fetched = total_blob_bytes(&bed) - before;
-        let layers: u64 = layer_digests(image)
-            .iter()
-            .map(|d| std::fs::metadata(bed.registry.blob_path(d)).unwrap().len())
-            .sum();
-        eprintln!(
-            "{image}: fetched {fetched} of {layers} blob bytes ({:.1}%)",
-            100.0 * fetched as f64 / layers as f64
+        let small = must(
+            &bed,
+            "read small.txt",
+            read(m.path(), "data/small.txt").map_err(Into::into),
         );
+        assert_eq!(small, b"a small file next to a huge one\n");
+        let after_small = bed.registry.blob_bytes_since(mark);
         assert!(
-            fetched * 10 < layers,
-            "{image}: fetched {fetched} of {layers} bytes: not lazy"
+            after_small * 2 < total,
+            "{image}: reading one small file fetched {after_small} of {total} bytes"
         );
+        let got = must(
+            &bed,
+            "read huge.bin",
+            read(m.path(), "data/huge.bin").map_err(Into::into),
+        );
+        assert!(got == huge, "{image}: huge.bin has wrong bytes");
+        assert!(bed.registry.blob_bytes_since(mark) > after_small);
     }
 }
 
 #[test]
-fn a_killed_daemon_comes_back_without_downloading_again() {
-    let mut bed = TestBed::start("prefetch: {background: false}").expect("test bed");
-    let img = must(&bed, "build fixture", fixtures::large_image(bed.path()));
-    let [_, esgz, _] = must(
-        &bed,
-        "publish",
-        fixtures::publish(&bed.containerd, &bed.registry.addr, "large", &img, &[]),
-    );
-    rpull(&bed, &esgz);
-    let (ok, out) = bed.containerd.run_once(
-        "dragonfly",
-        &esgz,
-        "first",
-        &["/bin/cat", "/data/small.txt"],
-    );
-    assert!(ok, "{out}\n{}", bed.logs());
-    let gets = bed.registry.blob_gets().len();
+fn a_killed_daemon_comes_back_without_fetching_again() {
+    let mut bed = TestBed::start(NO_BACKGROUND).expect("test bed");
+    let p = publish(&bed, "kinds", &[]);
+    let oracle = oracle(&bed, &p.gzip);
+    rpull(&bed, &p.estargz);
+    let big = fixtures::random_bytes(fixtures::KINDS_BIG_LEN, fixtures::KINDS_BIG_SEED);
+    let read_some = |root: &Path| {
+        assert_eq!(read(root, "data/owned").unwrap(), b"owned by 1234:5678\n");
+        assert!(read(root, "data/big.bin").unwrap() == big, "big.bin bytes");
+        assert_eq!(
+            read(root, "etc/passwd").unwrap(),
+            b"root:x:0:0:root:/root:/bin/sh\n"
+        );
+    };
+    let m = mount(&bed.containerd, &p.estargz);
+    read_some(m.path());
+    let mark = bed.registry.mark();
 
     bed.daemon.kill9();
+    // Our view of the dead daemon's FUSE mounts is dead too; the daemon re-mounts its layers.
+    drop(m);
     let restarted = bed.daemon.restart();
     must(&bed, "restart daemon", restarted);
+    let m = mount(&bed.containerd, &p.estargz);
+    read_some(m.path());
+    let again = bed.registry.blob_gets_since(mark);
     assert!(
-        bed.daemon.log().contains("lazy layer re-mounted"),
-        "{}",
+        again.is_empty(),
+        "already-read files were fetched again after the restart: {again:?}\n{}",
         bed.logs()
     );
-    // containerd's gRPC client reconnects to the restarted daemon with back-off; until then
-    // calls fail with "unavailable", as they would for kubelet, which retries.
-    let mut attempt = 0;
-    let (ok, out) = loop {
-        attempt += 1;
-        let r = bed.containerd.run_once(
-            "dragonfly",
-            &esgz,
-            &format!("second-{attempt}"),
-            &["/bin/cat", "/data/small.txt"],
-        );
-        if r.0 || !r.1.contains("unavailable") || attempt == 40 {
-            break r;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    };
-    assert!(
-        ok && out.contains("a small file"),
-        "after restart: {out}\n{}",
-        bed.logs()
+    assert_same(
+        &bed,
+        "estargz after a restart",
+        &oracle,
+        &must(&bed, "walk", m.listing()),
     );
-    let new: Vec<_> = bed.registry.blob_gets().into_iter().skip(gets).collect();
-    assert!(
-        new.is_empty(),
-        "already-fetched ranges were downloaded again: {new:?}"
-    );
-
-    // Ranges not fetched before still come from the registry after the restart.
-    let (ok, out) = bed.containerd.run_once(
-        "dragonfly",
-        &esgz,
-        "third",
-        &["/bin/sha256sum", "/data/huge.bin"],
-    );
-    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        fixtures::random_bytes(40 << 20, 7),
-    ));
-    assert!(ok && out.contains(&want), "{out}\n{}", bed.logs());
 }
 
 #[test]
-fn tampered_registry_bytes_read_as_io_errors() {
-    let bed = TestBed::start("prefetch: {background: false}").expect("test bed");
-    let img = must(&bed, "build fixture", fixtures::kinds_image(bed.path()));
-    let [_, esgz, _] = must(
-        &bed,
-        "publish",
-        fixtures::publish(&bed.containerd, &bed.registry.addr, "kinds", &img, &[]),
-    );
-    // The kinds layer is mostly data/big.bin: its middle byte is inside that file's chunks.
-    let kinds_layer = &layer_digests(&esgz)[1];
-    let path = bed.registry.blob_path(kinds_layer);
+fn tampered_chunks_read_as_io_errors_never_wrong_bytes() {
+    let bed = TestBed::start(NO_BACKGROUND).expect("test bed");
+    let p = publish(&bed, "kinds", &[]);
+    // Corrupt one byte in the middle of the first compressed chunk of data/big.bin.
+    let layers = fixtures::layers(&p.estargz).unwrap();
+    let path = layers
+        .iter()
+        .map(|l| bed.registry.blob_path(&l.0))
+        .find(|p| {
+            let blob = std::fs::read(p).unwrap();
+            fixtures::estargz_chunks(&blob, "data/big.bin").is_ok()
+        })
+        .expect("a layer holds data/big.bin");
     let mut blob = std::fs::read(&path).unwrap();
-    let mid = blob.len() / 2;
-    blob[mid] ^= 0x55;
-    std::fs::write(&path, blob).unwrap();
+    let chunks = fixtures::estargz_chunks(&blob, "data/big.bin").unwrap();
+    let (start, end) = chunks[0];
+    let at = ((start + end) / 2) as usize;
+    blob[at] ^= 0x55;
+    std::fs::write(&path, &blob).unwrap();
 
-    rpull(&bed, &esgz);
-    let (ok, out) = bed.containerd.run_once(
-        "dragonfly",
-        &esgz,
-        "tampered",
-        &["/bin/sha256sum", "/data/big.bin"],
-    );
-    let right = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        fixtures::random_bytes(6 << 20, 1),
-    ));
+    rpull(&bed, &p.estargz);
+    let m = mount(&bed.containerd, &p.estargz);
+    let want = fixtures::random_bytes(fixtures::KINDS_BIG_LEN, fixtures::KINDS_BIG_SEED);
+    let mut f = std::fs::File::open(m.path().join("data/big.bin")).expect("open big.bin");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 128 << 10];
+    let err = loop {
+        match f.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break Some(e),
+        }
+    };
     assert!(
-        !ok && !out.contains(&right),
-        "a tampered chunk must not be served: {out}"
+        got[..] == want[..got.len()],
+        "bytes returned before the error must be right ({} bytes read)",
+        got.len()
     );
-    assert!(
-        out.contains("I/O error") || out.contains("Input/output error"),
-        "{out}"
-    );
-    let (ok, out) =
-        bed.containerd
-            .run_once("dragonfly", &esgz, "intact", &["/bin/cat", "/data/owned"]);
-    assert!(
-        ok && out.contains("owned by 1234:5678"),
-        "{out}\n{}",
-        bed.logs()
+    let err = err.unwrap_or_else(|| panic!("a tampered chunk was served\n{}", bed.logs()));
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // Other files of the layer are intact.
+    assert_eq!(
+        read(m.path(), "data/owned").expect("an intact file"),
+        b"owned by 1234:5678\n"
     );
 }
 
 #[test]
 fn an_unreachable_registry_gives_io_errors_never_wrong_bytes() {
-    let mut bed = TestBed::start(
-        "prefetch: {background: false}\nregistry: {max_retries: 1, retry_base_delay_ms: 50}",
-    )
+    let mut bed = TestBed::start(&format!(
+        "{NO_BACKGROUND}\nregistry: {{max_retries: 1, retry_base_delay_ms: 50}}"
+    ))
     .expect("test bed");
-    let img = must(&bed, "build fixture", fixtures::large_image(bed.path()));
-    let [_, esgz, _] = must(
-        &bed,
-        "publish",
-        fixtures::publish(&bed.containerd, &bed.registry.addr, "large", &img, &[]),
+    let p = publish(&bed, "large", &[]);
+    rpull(&bed, &p.estargz);
+    let m = mount(&bed.containerd, &p.estargz);
+    assert_eq!(
+        read(m.path(), "data/small.txt").expect("small.txt"),
+        b"a small file next to a huge one\n"
     );
-    rpull(&bed, &esgz);
-    let (ok, out) = bed.containerd.run_once(
-        "dragonfly",
-        &esgz,
-        "before",
-        &["/bin/cat", "/data/small.txt"],
-    );
-    assert!(ok, "{out}\n{}", bed.logs());
     bed.registry.stop();
-    let (ok, out) = bed.containerd.run_once(
-        "dragonfly",
-        &esgz,
-        "after",
-        &["/bin/sha256sum", "/data/huge.bin"],
+    let err = read(m.path(), "data/huge.bin").expect_err("unfetched data without a registry");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(
+        read(m.path(), "data/small.txt").expect("cached small.txt"),
+        b"a small file next to a huge one\n"
     );
-    assert!(
-        !ok,
-        "reading unfetched data without a registry must fail: {out}"
-    );
-    assert!(
-        out.contains("I/O error") || out.contains("Input/output error"),
-        "{out}"
-    );
-    // What was fetched before still works.
-    let (ok, out) = bed.containerd.run_once(
-        "dragonfly",
-        &esgz,
-        "cached",
-        &["/bin/cat", "/data/small.txt"],
-    );
-    assert!(ok && out.contains("a small file"), "{out}\n{}", bed.logs());
 }
 
 #[test]
 fn teardown_leaves_no_mounts_or_processes() {
     let bed = TestBed::start("").expect("test bed");
-    let img = must(&bed, "build fixture", fixtures::kinds_image(bed.path()));
-    let [_, esgz, _] = must(
-        &bed,
-        "publish",
-        fixtures::publish(&bed.containerd, &bed.registry.addr, "kinds", &img, &[]),
-    );
-    rpull(&bed, &esgz);
+    let p = publish(&bed, "kinds", &[]);
+    rpull(&bed, &p.estargz);
+    let m = mount(&bed.containerd, &p.estargz);
     let container = must(
         &bed,
         "run",
         bed.containerd
-            .run_detached("dragonfly", &esgz, "left-running"),
+            .run_detached("dragonfly", &p.estargz, "left-running"),
     );
     let dir = bed.path().to_owned();
     let pids = [
         bed.daemon.pid().unwrap(),
         bed.containerd.pid().unwrap(),
+        bed.registry.pid(),
         container,
     ];
-    assert!(
-        !mounts_under(&dir).is_empty(),
-        "the running container has mounts"
-    );
+    assert!(!mounts_under(&dir).is_empty());
+    std::mem::forget(m); // as if the test had lost it: the bed must still clean up
     drop(bed);
-    assert!(
-        mounts_under(&dir).is_empty(),
-        "mounts left: {:?}",
-        mounts_under(&dir)
-    );
-    for pid in pids {
-        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
-        assert!(!alive, "process {pid} survived the teardown");
-    }
-    assert!(!dir.exists(), "{} was not removed", dir.display());
+    assert_torn_down(&dir, &pids);
 }

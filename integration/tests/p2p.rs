@@ -27,7 +27,7 @@ fn a_second_node_gets_the_layer_from_the_first_not_the_registry() {
     let must = |what: &str, r: anyhow::Result<String>| {
         r.unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", swarm.logs()))
     };
-    let img = fixtures::large_image(swarm.path()).expect("fixture");
+    let img = fixtures::large().expect("fixture");
     let [gzip, esgz, _] = fixtures::publish(
         &swarm.nodes[0].containerd,
         &swarm.registry.addr,
@@ -35,7 +35,8 @@ fn a_second_node_gets_the_layer_from_the_first_not_the_registry() {
         &img,
         &[],
     )
-    .expect("publish");
+    .expect("publish")
+    .refs();
     let layers = layer_digests(&esgz);
     let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
         fixtures::random_bytes(40 << 20, 7),
@@ -168,7 +169,7 @@ fn a_second_node_gets_the_layer_from_the_first_not_the_registry() {
 #[test]
 fn pulls_succeed_when_the_scheduler_is_gone() {
     let mut swarm = Swarm::start(2, "prefetch: {background: false}").expect("swarm");
-    let img = fixtures::large_image(swarm.path()).expect("fixture");
+    let img = fixtures::large().expect("fixture");
     let [_, esgz, _] = fixtures::publish(
         &swarm.nodes[0].containerd,
         &swarm.registry.addr,
@@ -176,7 +177,8 @@ fn pulls_succeed_when_the_scheduler_is_gone() {
         &img,
         &[],
     )
-    .expect("publish");
+    .expect("publish")
+    .refs();
     let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
         fixtures::random_bytes(40 << 20, 7),
     ));
@@ -266,7 +268,7 @@ mod corrupt_parent {
     #[test]
     fn a_parent_serving_corrupt_pieces_is_blocklisted_and_no_bad_byte_is_served() {
         let swarm = Swarm::start(1, "prefetch: {background: false}").expect("swarm");
-        let img = fixtures::large_image(swarm.path()).expect("fixture");
+        let img = fixtures::large().expect("fixture");
         let [_, esgz, _] = fixtures::publish(
             &swarm.nodes[0].containerd,
             &swarm.registry.addr,
@@ -274,7 +276,8 @@ mod corrupt_parent {
             &img,
             &[],
         )
-        .expect("publish");
+        .expect("publish")
+        .refs();
         let layers = layer_digests(&esgz);
         let rt = tokio::runtime::Runtime::new().unwrap();
         let liar_port = dragonfly_integration::procs::free_port();
@@ -385,7 +388,7 @@ fn a_seed_and_three_nodes_pull_estargz_and_gzip_with_each_byte_leaving_the_regis
     let must = |what: &str, r: anyhow::Result<String>| {
         r.unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", swarm.logs()))
     };
-    let img = fixtures::kinds_image(swarm.path()).expect("fixture");
+    let img = fixtures::kinds().expect("fixture");
     let [gzip, esgz, _] = fixtures::publish(
         &swarm.nodes[1].containerd,
         &swarm.registry.addr,
@@ -393,7 +396,8 @@ fn a_seed_and_three_nodes_pull_estargz_and_gzip_with_each_byte_leaving_the_regis
         &img,
         &[],
     )
-    .expect("publish");
+    .expect("publish")
+    .refs();
     let mut layers = layer_digests(&esgz);
     layers.extend(img.layers.iter().cloned());
     let sizes: u64 = layers
@@ -510,7 +514,7 @@ fn a_parent_killed_mid_transfer_does_not_stop_the_pull() {
         "upload_rate_bytes_per_sec: 8000000",
     )
     .expect("swarm");
-    let img = fixtures::large_image(swarm.path()).expect("fixture");
+    let img = fixtures::large().expect("fixture");
     let [_, esgz, _] = fixtures::publish(
         &swarm.nodes[0].containerd,
         &swarm.registry.addr,
@@ -518,7 +522,8 @@ fn a_parent_killed_mid_transfer_does_not_stop_the_pull() {
         &img,
         &[],
     )
-    .expect("publish");
+    .expect("publish")
+    .refs();
     let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
         fixtures::random_bytes(40 << 20, 7),
     ));
@@ -578,7 +583,7 @@ fn a_parent_killed_mid_transfer_does_not_stop_the_pull() {
 #[test]
 fn after_a_scheduler_restart_peers_announce_what_they_hold_again() {
     let mut swarm = Swarm::start(2, "prefetch: {background: false}").expect("swarm");
-    let img = fixtures::large_image(swarm.path()).expect("fixture");
+    let img = fixtures::large().expect("fixture");
     let [_, esgz, _] = fixtures::publish(
         &swarm.nodes[0].containerd,
         &swarm.registry.addr,
@@ -586,7 +591,8 @@ fn after_a_scheduler_restart_peers_announce_what_they_hold_again() {
         &img,
         &[],
     )
-    .expect("publish");
+    .expect("publish")
+    .refs();
     let layers = layer_digests(&esgz);
     let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
         fixtures::random_bytes(40 << 20, 7),
@@ -655,7 +661,7 @@ fn after_a_scheduler_restart_peers_announce_what_they_hold_again() {
 #[test]
 fn dfctl_get_downloads_a_file_through_the_swarm() {
     let swarm = Swarm::start(2, "").expect("swarm");
-    let img = fixtures::large_image(swarm.path()).expect("fixture");
+    let img = fixtures::large().expect("fixture");
     fixtures::publish(
         &swarm.nodes[0].containerd,
         &swarm.registry.addr,
@@ -663,7 +669,8 @@ fn dfctl_get_downloads_a_file_through_the_swarm() {
         &img,
         &[],
     )
-    .expect("publish");
+    .expect("publish")
+    .refs();
     // Any HTTP URL with Range support will do; the registry's blob URL is one.
     let digest = &img.layers[1];
     let url = format!(
