@@ -108,6 +108,36 @@ disabled_plugins = [
         format!("{id}-{tag}")
     }
 
+    /// `ctr-remote image rpull` with our snapshotter: the pull that passes layer labels.
+    pub fn rpull(&self, image: &str) -> Result<String> {
+        self.ctr_remote(&[
+            "image",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            "dragonfly",
+            image,
+        ])
+    }
+
+    /// `ctr image pull` into `snapshotter` (containerd downloads and unpacks).
+    pub fn pull(&self, snapshotter: &str, image: &str) -> Result<String> {
+        self.ctr(&[
+            "image",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            snapshotter,
+            image,
+        ])
+    }
+
+    /// The oracle: `image` as containerd's own overlayfs snapshotter unpacks it.
+    pub fn overlayfs_listing(&self, image: &str) -> Result<crate::rootfs::Listing> {
+        self.pull("overlayfs", image)?;
+        self.mount_image("overlayfs", image)?.listing()
+    }
+
     /// Starts a long-running container (`sleep`) and returns its init pid, so tests can look at
     /// its root filesystem through `/proc/PID/root`.
     pub fn run_detached(&self, snapshotter: &str, image: &str, id: &str) -> Result<u32> {

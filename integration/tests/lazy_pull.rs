@@ -38,40 +38,12 @@ fn publish(bed: &TestBed, repo: &str, record: &[&str]) -> Published {
 }
 
 fn rpull(bed: &TestBed, image: &str) {
-    must(
-        bed,
-        &format!("rpull {image}"),
-        bed.containerd.ctr_remote(&[
-            "image",
-            "rpull",
-            "--plain-http",
-            "--snapshotter",
-            "dragonfly",
-            image,
-        ]),
-    );
+    must(bed, &format!("rpull {image}"), bed.containerd.rpull(image));
 }
 
 /// The root filesystem containerd's overlayfs snapshotter shows for `gzip`.
 fn oracle(bed: &TestBed, gzip: &str) -> rootfs::Listing {
-    must(
-        bed,
-        "pull for overlayfs",
-        bed.containerd.ctr(&[
-            "image",
-            "pull",
-            "--plain-http",
-            "--snapshotter",
-            "overlayfs",
-            gzip,
-        ]),
-    );
-    let m = must(
-        bed,
-        "mount overlayfs",
-        bed.containerd.mount_image("overlayfs", gzip),
-    );
-    must(bed, "walk overlayfs", m.listing())
+    must(bed, "overlayfs oracle", bed.containerd.overlayfs_listing(gzip))
 }
 
 /// Mounts `image` through our snapshotter. containerd's client reconnects to a restarted
@@ -148,14 +120,7 @@ fn a_plain_pull_through_our_snapshotter_shows_what_overlayfs_shows() {
     must(
         &bed,
         "plain pull",
-        bed.containerd.ctr(&[
-            "image",
-            "pull",
-            "--plain-http",
-            "--snapshotter",
-            "dragonfly",
-            &p.gzip,
-        ]),
+        bed.containerd.pull("dragonfly", &p.gzip),
     );
     let m = mount(&bed.containerd, &p.gzip);
     assert_same(

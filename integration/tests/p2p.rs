@@ -8,16 +8,10 @@ use dragonfly_integration::swarm::Swarm;
 use dragonfly_integration::{fixtures, rootfs};
 
 fn layer_digests(image: &str) -> Vec<String> {
-    let raw = run(Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{image}")))
-    .expect("skopeo inspect");
-    let m: serde_json::Value = serde_json::from_str(&raw).expect("manifest JSON");
-    m["layers"]
-        .as_array()
-        .expect("layers")
-        .iter()
-        .map(|l| l["digest"].as_str().expect("digest").to_owned())
+    fixtures::layers(image)
+        .expect("manifest")
+        .into_iter()
+        .map(|l| l.0)
         .collect()
 }
 
@@ -46,17 +40,7 @@ fn a_second_node_gets_the_layer_from_the_first_not_the_registry() {
 
     // Node 0 pulls lazily and reads everything: all from the registry.
     let a = &swarm.nodes[0];
-    must(
-        "rpull on node 0",
-        a.containerd.ctr_remote(&[
-            "image",
-            "rpull",
-            "--plain-http",
-            "--snapshotter",
-            "dragonfly",
-            &esgz,
-        ]),
-    );
+    must("rpull on node 0", a.containerd.rpull(&esgz));
     let (ok, out) = a.containerd.run_once(
         "dragonfly",
         &esgz,
@@ -72,17 +56,7 @@ fn a_second_node_gets_the_layer_from_the_first_not_the_registry() {
 
     // Node 1 does the same: every piece comes from node 0.
     let b = &swarm.nodes[1];
-    must(
-        "rpull on node 1",
-        b.containerd.ctr_remote(&[
-            "image",
-            "rpull",
-            "--plain-http",
-            "--snapshotter",
-            "dragonfly",
-            &esgz,
-        ]),
-    );
+    must("rpull on node 1", b.containerd.rpull(&esgz));
     let (ok, out) = b.containerd.run_once(
         "dragonfly",
         &esgz,
@@ -113,17 +87,7 @@ fn a_second_node_gets_the_layer_from_the_first_not_the_registry() {
             .iter()
             .map(|d| swarm.registry.bytes_sent(d))
             .sum();
-        must(
-            "rpull gzip",
-            node.containerd.ctr_remote(&[
-                "image",
-                "rpull",
-                "--plain-http",
-                "--snapshotter",
-                "dragonfly",
-                &gzip,
-            ]),
-        );
+        must("rpull gzip", node.containerd.rpull(&gzip));
         let sent: u64 = img
             .layers
             .iter()
@@ -140,29 +104,12 @@ fn a_second_node_gets_the_layer_from_the_first_not_the_registry() {
     }
 
     // And what node 1 sees is what overlayfs shows.
-    must(
-        "oracle pull",
-        b.containerd.ctr(&[
-            "image",
-            "pull",
-            "--plain-http",
-            "--snapshotter",
-            "overlayfs",
-            &gzip,
-        ]),
-    );
-    let pid = b
+    let oracle = b.containerd.overlayfs_listing(&gzip).expect("oracle");
+    let mounted = b
         .containerd
-        .run_detached("overlayfs", &gzip, "oracle")
-        .expect("oracle");
-    let oracle = rootfs::list_process_root(pid).expect("walk oracle");
-    b.containerd.remove_container("oracle");
-    let pid = b
-        .containerd
-        .run_detached("dragonfly", &esgz, "ours")
-        .expect("ours");
-    let ours = rootfs::list_process_root(pid).expect("walk ours");
-    let d = rootfs::diff(&oracle, &ours);
+        .mount_image("dragonfly", &esgz)
+        .expect("mount ours");
+    let d = rootfs::diff(&oracle, &mounted.listing().expect("walk ours"));
     assert!(d.is_empty(), "{}", d.join("\n"));
 }
 
@@ -183,16 +130,7 @@ fn pulls_succeed_when_the_scheduler_is_gone() {
         fixtures::random_bytes(40 << 20, 7),
     ));
     let a = &swarm.nodes[0];
-    a.containerd
-        .ctr_remote(&[
-            "image",
-            "rpull",
-            "--plain-http",
-            "--snapshotter",
-            "dragonfly",
-            &esgz,
-        ])
-        .expect("rpull");
+    a.containerd.rpull(&esgz).expect("rpull");
     let (ok, out) =
         a.containerd
             .run_once("dragonfly", &esgz, "a", &["/bin/cat", "/data/small.txt"]);
@@ -201,14 +139,7 @@ fn pulls_succeed_when_the_scheduler_is_gone() {
     for (i, node) in swarm.nodes.iter().enumerate() {
         if i == 1 {
             node.containerd
-                .ctr_remote(&[
-                    "image",
-                    "rpull",
-                    "--plain-http",
-                    "--snapshotter",
-                    "dragonfly",
-                    &esgz,
-                ])
+                .rpull(&esgz)
                 .expect("rpull without scheduler");
         }
         let (ok, out) = node.containerd.run_once(
@@ -340,16 +271,7 @@ mod corrupt_parent {
             );
         });
         let node = &swarm.nodes[0];
-        node.containerd
-            .ctr_remote(&[
-                "image",
-                "rpull",
-                "--plain-http",
-                "--snapshotter",
-                "dragonfly",
-                &esgz,
-            ])
-            .expect("rpull");
+        node.containerd.rpull(&esgz).expect("rpull");
         let want = hex::encode(Sha256::digest(fixtures::random_bytes(40 << 20, 7)));
         let (ok, out) = node.containerd.run_once(
             "dragonfly",
@@ -414,17 +336,7 @@ fn a_seed_and_three_nodes_pull_estargz_and_gzip_with_each_byte_leaving_the_regis
     ));
     for (i, node) in swarm.nodes.iter().enumerate().skip(1) {
         for image in [&esgz, &gzip] {
-            must(
-                "rpull",
-                node.containerd.ctr_remote(&[
-                    "image",
-                    "rpull",
-                    "--plain-http",
-                    "--snapshotter",
-                    "dragonfly",
-                    image,
-                ]),
-            );
+            must("rpull", node.containerd.rpull(image));
             let (ok, out) = node.containerd.run_once(
                 "dragonfly",
                 image,
@@ -473,33 +385,18 @@ fn a_seed_and_three_nodes_pull_estargz_and_gzip_with_each_byte_leaving_the_regis
     }
     // Every node's containers see what overlayfs shows, for both images.
     let oracle_node = &swarm.nodes[1];
-    must(
-        "oracle pull",
-        oracle_node.containerd.ctr(&[
-            "image",
-            "pull",
-            "--plain-http",
-            "--snapshotter",
-            "overlayfs",
-            &gzip,
-        ]),
-    );
-    let pid = oracle_node
+    let oracle = oracle_node
         .containerd
-        .run_detached("overlayfs", &gzip, "oracle")
+        .overlayfs_listing(&gzip)
         .expect("oracle");
-    let oracle = rootfs::list_process_root(pid).expect("walk oracle");
-    oracle_node.containerd.remove_container("oracle");
     for (i, node) in swarm.nodes.iter().enumerate().skip(1) {
-        for (k, image) in [&esgz, &gzip].into_iter().enumerate() {
-            let id = format!("walk{k}");
-            let pid = node
+        for image in [&esgz, &gzip] {
+            let mounted = node
                 .containerd
-                .run_detached("dragonfly", image, &id)
-                .expect("run");
-            let d = rootfs::diff(&oracle, &rootfs::list_process_root(pid).expect("walk"));
+                .mount_image("dragonfly", image)
+                .expect("mount");
+            let d = rootfs::diff(&oracle, &mounted.listing().expect("walk"));
             assert!(d.is_empty(), "node {i} {image}:\n{}", d.join("\n"));
-            node.containerd.remove_container(&id);
         }
     }
 }
@@ -528,16 +425,7 @@ fn a_parent_killed_mid_transfer_does_not_stop_the_pull() {
         fixtures::random_bytes(40 << 20, 7),
     ));
     for node in &swarm.nodes {
-        node.containerd
-            .ctr_remote(&[
-                "image",
-                "rpull",
-                "--plain-http",
-                "--snapshotter",
-                "dragonfly",
-                &esgz,
-            ])
-            .expect("rpull");
+        node.containerd.rpull(&esgz).expect("rpull");
     }
     let (ok, out) = swarm.nodes[0].containerd.run_once(
         "dragonfly",
@@ -598,16 +486,7 @@ fn after_a_scheduler_restart_peers_announce_what_they_hold_again() {
         fixtures::random_bytes(40 << 20, 7),
     ));
     let a = &swarm.nodes[0];
-    a.containerd
-        .ctr_remote(&[
-            "image",
-            "rpull",
-            "--plain-http",
-            "--snapshotter",
-            "dragonfly",
-            &esgz,
-        ])
-        .expect("rpull");
+    a.containerd.rpull(&esgz).expect("rpull");
     let (ok, out) = a.containerd.run_once(
         "dragonfly",
         &esgz,
@@ -632,16 +511,7 @@ fn after_a_scheduler_restart_peers_announce_what_they_hold_again() {
     }
     let before: u64 = layers.iter().map(|d| swarm.registry.bytes_sent(d)).sum();
     let b = &swarm.nodes[1];
-    b.containerd
-        .ctr_remote(&[
-            "image",
-            "rpull",
-            "--plain-http",
-            "--snapshotter",
-            "dragonfly",
-            &esgz,
-        ])
-        .expect("rpull");
+    b.containerd.rpull(&esgz).expect("rpull");
     let (ok, out) = b.containerd.run_once(
         "dragonfly",
         &esgz,

@@ -39,14 +39,7 @@ impl Bed {
 
     fn pull_overlayfs(&self, image: &str) {
         self.containerd
-            .ctr(&[
-                "image",
-                "pull",
-                "--plain-http",
-                "--snapshotter",
-                "overlayfs",
-                image,
-            ])
+            .pull("overlayfs", image)
             .unwrap_or_else(|e| panic!("pull {image}: {e:#}\n{}", self.containerd.log_tail()));
     }
 }
