@@ -43,7 +43,11 @@ fn rpull(bed: &TestBed, image: &str) {
 
 /// The root filesystem containerd's overlayfs snapshotter shows for `gzip`.
 fn oracle(bed: &TestBed, gzip: &str) -> rootfs::Listing {
-    must(bed, "overlayfs oracle", bed.containerd.overlayfs_listing(gzip))
+    must(
+        bed,
+        "overlayfs oracle",
+        bed.containerd.overlayfs_listing(gzip),
+    )
 }
 
 /// Mounts `image` through our snapshotter. containerd's client reconnects to a restarted

@@ -90,7 +90,8 @@ async fn mount_blob(blob: Vec<u8>, digest: &str, toc_digest: &str) -> Mounted {
         .unwrap();
     let (index, format) = load_index(&b, Some(toc_digest.to_owned()), IndexOptions::default())
         .await
-        .unwrap();
+        .unwrap()
+        .expect("a TOC footer");
     let index = Arc::new(index);
     let metrics = Metrics::new();
     let reader = ChunkReader::new(b, format, ChunkCache::new(8), metrics.clone());

@@ -130,28 +130,18 @@ impl LayerManager {
             .map_err(|e| unavailable(format!("cannot open layer {} in the cache: {e}", l.digest)))
     }
 
+    /// The layer's index, or `None` for an ordinary layer (no TOC footer).
     async fn build_index(
         &self,
         l: &LayerLabels,
         blob: &Blob,
-    ) -> Result<(Arc<LayerIndex>, dragonfly_estargz::LayerFormat), SnapshotError> {
-        let expected = match (&l.toc_digest, l.skip_verify || self.settings.allow_unverified_toc) {
-            (Some(d), _) => Some(d.clone()),
-            (None, true) => None,
-            (None, false) => {
-                return Err(SnapshotError::InvalidArgument(format!(
-                    "layer {} has no containerd.io/snapshot/stargz/toc.digest label, so its TOC cannot be verified; \
-                     set snapshot.allow_unverified_toc to mount it anyway",
-                    l.digest
-                )))
-            }
-        };
+    ) -> Result<Option<(Arc<LayerIndex>, dragonfly_estargz::LayerFormat)>, SnapshotError> {
         let opts = IndexOptions {
             opaque_xattr: self.settings.opaque_xattr.clone(),
             ..IndexOptions::default()
         };
-        let (index, format) = load_index(blob, expected, opts).await?;
-        Ok((Arc::new(index), format))
+        let loaded = load_index(blob, l.toc_digest.clone(), opts).await?;
+        Ok(loaded.map(|(index, format)| (Arc::new(index), format)))
     }
 
     async fn mount_layer(
@@ -164,13 +154,17 @@ impl LayerManager {
         let blob = self.open_blob(&l).await?;
         let verifiable =
             l.toc_digest.is_some() || l.skip_verify || self.settings.allow_unverified_toc;
-        if !verifiable || !has_toc_footer(&blob).await {
-            // An ordinary layer (or one whose TOC cannot be verified): download it through the
-            // piece store (so P2P) and unpack it ourselves.
+        // A layer whose TOC cannot be verified, or an ordinary layer: download it through the
+        // piece store (so P2P) and unpack it ourselves.
+        let built = if verifiable {
+            self.build_index(&l, &blob).await?
+        } else {
+            None
+        };
+        let Some((index, format)) = built else {
             return self.unpack_layer(&l, blob, mountpoint).await;
-        }
+        };
         let pin = blob.pin();
-        let (index, format) = self.build_index(&l, &blob).await?;
         let reader = ChunkReader::new(
             blob.clone(),
             format,
@@ -384,15 +378,5 @@ impl RemoteLayers for LayerManager {
             Ok(())
         }
         .boxed()
-    }
-}
-
-/// Whether the blob ends with an eStargz or zstd:chunked footer.
-async fn has_toc_footer(blob: &Blob) -> bool {
-    let size = blob.size();
-    let tail_len = dragonfly_estargz::FOOTER_READ_SIZE.min(size);
-    match blob.read(size - tail_len..size, Priority::OnDemand).await {
-        Ok(tail) => dragonfly_estargz::locate_toc(size, &tail).is_ok(),
-        Err(_) => false,
     }
 }

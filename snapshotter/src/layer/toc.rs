@@ -14,13 +14,14 @@ fn unavailable(what: String) -> SnapshotError {
     SnapshotError::Unavailable(what)
 }
 
-/// Builds the index of `blob`. With `expected_toc` the TOC must hash to it; `None` accepts an
-/// unverified TOC (the caller decided that is allowed).
+/// Builds the index of `blob`, or `None` when the blob has no eStargz/zstd:chunked footer (an
+/// ordinary layer). With `expected_toc` the TOC must hash to it; `None` accepts an unverified
+/// TOC (the caller decided that is allowed).
 pub async fn load_index(
     blob: &Blob,
     expected_toc: Option<String>,
     opts: IndexOptions,
-) -> Result<(LayerIndex, LayerFormat), SnapshotError> {
+) -> Result<Option<(LayerIndex, LayerFormat)>, SnapshotError> {
     let digest = blob.digest().to_owned();
     let size = blob.size();
     let tail_len = FOOTER_READ_SIZE.min(size);
@@ -28,9 +29,9 @@ pub async fn load_index(
         .read(size - tail_len..size, Priority::OnDemand)
         .await
         .map_err(|e| unavailable(format!("cannot read the footer of layer {digest}: {e}")))?;
-    let loc = locate_toc(size, &tail).map_err(|e| {
-        SnapshotError::InvalidArgument(format!("layer {digest} is not eStargz/zstd:chunked: {e}"))
-    })?;
+    let Ok(loc) = locate_toc(size, &tail) else {
+        return Ok(None);
+    };
     let toc_bytes = blob
         .read(
             loc.toc_offset..loc.toc_offset + loc.toc_len,
@@ -52,5 +53,5 @@ pub async fn load_index(
     .await
     .map_err(|e| SnapshotError::Io(format!("TOC task failed: {e}")))?
     .map_err(SnapshotError::InvalidArgument)
-    .map(|index| (index, format))
+    .map(|index| Some((index, format)))
 }
