@@ -355,30 +355,12 @@ async fn token_request(
     );
     if !status.is_success() {
         let detail = detail_suffix(&String::from_utf8_lossy(&body[..body.len().min(300)]));
-        let (registry, what) = (realm_host.to_string(), what.to_string());
-        return Err(match status.as_u16() {
-            401 => Error::Unauthorized {
-                registry,
-                what,
-                detail,
-            },
-            403 => Error::Denied {
-                registry,
-                what,
-                detail,
-            },
-            404 => Error::NotFound {
-                registry,
-                what,
-                detail,
-            },
-            s => Error::Server {
-                registry,
-                status: s,
-                what,
-                detail,
-            },
-        });
+        return Err(crate::body::error_for_status(
+            status.as_u16(),
+            realm_host.to_string(),
+            what.to_string(),
+            detail,
+        ));
     }
     let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| Error::BadResponse {
         registry: realm_host.to_string(),

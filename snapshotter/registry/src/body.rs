@@ -103,8 +103,16 @@ pub(crate) async fn status_error(resp: reqwest::Response, what: &str, log_url: &
             .trim()
             .to_string();
     }
-    let detail = detail_suffix(&detail);
-    let what = what.to_string();
+    error_for_status(status, registry, what.to_string(), detail_suffix(&detail))
+}
+
+/// The [`Error`] for an unsuccessful HTTP `status` from `registry` while doing `what`.
+pub(crate) fn error_for_status(
+    status: u16,
+    registry: String,
+    what: String,
+    detail: String,
+) -> Error {
     match status {
         401 => Error::Unauthorized {
             registry,
