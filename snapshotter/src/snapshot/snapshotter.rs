@@ -447,23 +447,33 @@ impl Snapshotter {
 
     /// Removes directories no snapshot refers to (left by crashes or interrupted removals).
     pub async fn cleanup(&self) -> Result<usize, SnapshotError> {
+        // Directories first, records second: a snapshot being prepared meanwhile gets its
+        // record before its directory, so a directory seen here whose record is missing from
+        // the later listing is truly orphaned. (The other order removed the directory of a
+        // snapshot prepared between the two listings.)
+        let root = self.root.clone();
+        let dirs: Vec<(String, std::path::PathBuf)> = blocking(move || {
+            let entries = std::fs::read_dir(&root)
+                .map_err(|e| SnapshotError::io(format!("cannot list {}", root.display()), e))?;
+            Ok(entries
+                .flatten()
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                .collect())
+        })
+        .await?;
         let store = self.store.clone();
         let live: HashSet<String> = blocking(move || store.list())
             .await?
             .into_iter()
             .map(|(_, r)| r.id.to_string())
             .collect();
-        let root = self.root.clone();
         blocking(move || {
             let mut removed = 0;
-            let entries = std::fs::read_dir(&root)
-                .map_err(|e| SnapshotError::io(format!("cannot list {}", root.display()), e))?;
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
+            for (name, path) in dirs {
                 if live.contains(&name) {
                     continue;
                 }
-                remove_snapshot_dir(&entry.path())?;
+                remove_snapshot_dir(&path)?;
                 removed += 1;
             }
             Ok(removed)
