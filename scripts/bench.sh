@@ -5,9 +5,11 @@
 #   sudo scripts/bench.sh swarm        # N nodes (network namespaces, 1 Gbit links) + a seed peer
 #                                      # fetch one blob at once from an origin limited to
 #                                      # 100 Mbit/s with dfctl get, vs every node going to the
-#                                      # origin directly (BENCH_SWARM_NODES=8, BENCH_SWARM_MIB=1024)
+#                                      # origin directly (BENCH_SWARM_NODES=8, BENCH_SWARM_MIB=1024;
+#                                      # BENCH_SWARM_DIRECT=0 skips the 12-minute baseline)
 #   scripts/bench.sh pieces            # peer-to-peer piece throughput on loopback through the real
-#                                      # peer service, vs reading the store directly
+#                                      # peer port (raw-TCP piece protocol vs gRPC, with and without
+#                                      # the receiver's sha256), vs reading the store directly
 #   scripts/bench.sh scheduler         # parent selections/s with 10,000 simulated peers (sampled
 #                                      # vs a full scan in the same run) and the swarm's memory
 #   sudo scripts/bench.sh coldstart    # cold pull + `python3 -V` of a Debian bookworm+python3 image,
@@ -271,18 +273,21 @@ YAML
   origin_p2p=$(( $(sw_origin_bytes "$digest") - before ))
   for i in $(seq 1 "$nodes"); do cmp -s "$TB_DIR/blob" "$TB_DIR/out-$i" || { echo "node $i wrote wrong bytes" >&2; exit 1; }; done
 
-  echo "== baseline: $nodes nodes fetch it from the origin directly, at once"
-  rm -f "$TB_DIR"/done-*
-  pids=()
-  t0=$(now)
-  for i in $(seq 1 "$nodes"); do
-    ( ip netns exec "dfswn$i" curl -fsS -o "$TB_DIR/direct-$i" "$url"; now > "$TB_DIR/done-$i" ) &
-    pids+=($!)
-  done
-  for p in "${pids[@]}"; do wait "$p"; done
-  t1=$(sort -n "$TB_DIR"/done-* | tail -1)
-  local direct_secs ideal
-  direct_secs=$(elapsed "$t0" "$t1")
+  echo "P2P: last node done after ${p2p_secs}s; origin sent $origin_p2p bytes"
+  local direct_secs=0 ideal
+  if [ "${BENCH_SWARM_DIRECT:-1}" = 1 ]; then
+    echo "== baseline: $nodes nodes fetch it from the origin directly, at once"
+    rm -f "$TB_DIR"/done-*
+    pids=()
+    t0=$(now)
+    for i in $(seq 1 "$nodes"); do
+      ( ip netns exec "dfswn$i" curl -fsS -o "$TB_DIR/direct-$i" "$url"; now > "$TB_DIR/done-$i" ) &
+      pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p"; done
+    t1=$(sort -n "$TB_DIR"/done-* | tail -1)
+    direct_secs=$(elapsed "$t0" "$t1")
+  fi
   ideal=$(python3 -c "r='$RATE'.lower(); m={'kbit':1e3,'mbit':1e6,'gbit':1e9}; u=[k for k in m if r.endswith(k)][0]; print($size*8/(float(r[:-len(u)])*m[u]))")
 
   python3 - "$OUT_DIR/swarm.json" <<PY
@@ -306,8 +311,10 @@ PY
 
 pieces_bench() {
   mkdir -p "$OUT_DIR"
+  # The daemon's default piece length, then 4 MiB pieces.
   cargo run --release --quiet -p dragonfly-snapshotter --example piece_bench -- "$OUT_DIR/pieces.json"
-  echo "written: $OUT_DIR/pieces.json"
+  BENCH_PIECE_LENGTH=4194304 cargo run --release --quiet -p dragonfly-snapshotter --example piece_bench -- "$OUT_DIR/pieces-4mib.json"
+  echo "written: $OUT_DIR/pieces.json $OUT_DIR/pieces-4mib.json"
 }
 
 case "${1:-}" in

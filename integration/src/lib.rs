@@ -14,6 +14,7 @@
 //! * [`mount`] — an image's root filesystem mounted from a view snapshot of any snapshotter.
 //! * [`rootfs`] — canonical listings of a tree and their differences (the oracle comparison).
 //! * [`bed`] / [`swarm`] / [`scheduler`] — registry + daemon(s) + containerd(s) per test.
+//! * [`throttle`] — a rate-limited TCP proxy: a slow origin without touching qdiscs.
 
 pub mod bed;
 pub mod containerd;
@@ -26,5 +27,6 @@ pub mod registry;
 pub mod rootfs;
 pub mod scheduler;
 pub mod swarm;
+pub mod throttle;
 
 pub use bed::TestBed;

@@ -1,10 +1,12 @@
 //! P2P end to end: a registry, a scheduler and several nodes (each its own containerd and
 //! daemon). A layer one node has read is served to the others by that node, not the registry.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use dragonfly_integration::procs::run;
-use dragonfly_integration::swarm::Swarm;
+use dragonfly_integration::swarm::{Node, Swarm};
+use dragonfly_integration::throttle::Throttle;
 use dragonfly_integration::{fixtures, rootfs};
 
 fn layer_digests(image: &str) -> Vec<String> {
@@ -226,6 +228,8 @@ mod corrupt_parent {
                     upload_port: liar_port as u32,
                     r#type: pb::HostType::Normal as i32,
                     upload_slots: 64,
+                    // Speaks gRPC GetPiece only, like a host of an older release.
+                    tcp_pieces: false,
                     ..Default::default()
                 }),
             })
@@ -528,6 +532,93 @@ fn after_a_scheduler_restart_peers_announce_what_they_hold_again() {
     );
 }
 
+/// `dfctl get URL -O OUT --digest DIGEST` against `node`'s daemon.
+fn dfctl_get(node: &Node, url: &str, out: &Path, digest: &str) -> anyhow::Result<String> {
+    let dfctl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dfctl");
+    let dfctl = std::env::var("DFCTL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or(dfctl);
+    run(Command::new(&dfctl)
+        .arg("--socket")
+        .arg(&node.daemon.socket)
+        .args(["get", "--quiet", url, "-O"])
+        .arg(out)
+        .args(["--digest", digest]))
+}
+
+#[test]
+fn nodes_finish_when_the_seed_peer_dies_mid_task() {
+    let mut swarm = Swarm::start_with_seeds(1, 4, "").expect("swarm");
+    let img = fixtures::large().expect("fixture");
+    fixtures::publish(
+        &swarm.nodes[0].containerd,
+        &swarm.registry.addr,
+        "large",
+        &img,
+        &[],
+    )
+    .expect("publish");
+    // The biggest layer (about 42 MB) from an origin that sends 8 MB/s, so the seed is still
+    // fetching it when it dies.
+    let digest = img.layers[1].clone();
+    let want = std::fs::read(swarm.registry.blob_path(&digest)).unwrap();
+    let origin = Throttle::start(&swarm.registry.addr, 8_000_000).expect("throttle");
+    let url = format!("http://{}/v2/large/blobs/{digest}", origin.addr);
+    let (seed, nodes) = swarm.nodes.split_at_mut(1);
+    let results: Vec<anyhow::Result<String>> = std::thread::scope(|s| {
+        let pulls: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let (url, digest, want) = (&url, &digest, &want);
+                let out = node.daemon.socket.with_file_name(format!("file-{i}"));
+                s.spawn(move || {
+                    dfctl_get(node, url, &out, digest)?;
+                    anyhow::ensure!(&std::fs::read(&out)? == want, "node {i} wrote wrong bytes");
+                    Ok(String::new())
+                })
+            })
+            .collect();
+        // Kill the seed once it has a quarter of the blob.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while seed[0].metric("dragonfly_snapshotter_p2p_bytes_total", "origin")
+            < (want.len() / 4) as f64
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let seed_had = seed[0].metric("dragonfly_snapshotter_p2p_bytes_total", "origin");
+        seed[0].daemon.kill9();
+        eprintln!(
+            "seed killed after fetching {seed_had} of {} bytes",
+            want.len()
+        );
+        assert!(
+            seed_had > 0.0 && seed_had < want.len() as f64,
+            "seed had {seed_had}"
+        );
+        pulls.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.is_ok(), "node {}: {r:?}\n{}", i + 1, swarm.logs());
+    }
+    for (i, node) in swarm.nodes.iter().enumerate().skip(1) {
+        eprintln!(
+            "node {i}: {} bytes from peers, {} from the origin",
+            node.metric("dragonfly_snapshotter_p2p_bytes_total", "peer"),
+            node.metric("dragonfly_snapshotter_p2p_bytes_total", "origin")
+        );
+    }
+    let from_peers: f64 = swarm.nodes[1..]
+        .iter()
+        .map(|n| n.metric("dragonfly_snapshotter_p2p_bytes_total", "peer"))
+        .sum();
+    assert!(
+        from_peers > 0.0,
+        "the nodes got nothing from the seed before it died"
+    );
+}
+
 #[test]
 fn dfctl_get_downloads_a_file_through_the_swarm() {
     let swarm = Swarm::start(2, "").expect("swarm");
@@ -548,10 +639,6 @@ fn dfctl_get_downloads_a_file_through_the_swarm() {
         swarm.registry.addr
     );
     let want = std::fs::read(swarm.registry.blob_path(digest)).unwrap();
-    let dfctl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dfctl");
-    let dfctl = std::env::var("DFCTL_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or(dfctl);
     for (i, node) in swarm.nodes.iter().enumerate() {
         let before = swarm.registry.bytes_sent(digest);
         let out = swarm.path().join(format!("file-{i}"));
@@ -561,12 +648,7 @@ fn dfctl_get_downloads_a_file_through_the_swarm() {
         } else {
             url.replace("first", "second")
         };
-        let r = run(Command::new(&dfctl)
-            .arg("--socket")
-            .arg(&node.daemon.socket)
-            .args(["get", "--quiet", &url, "-O"])
-            .arg(&out)
-            .args(["--digest", digest]));
+        let r = dfctl_get(node, &url, &out, digest);
         assert!(r.is_ok(), "dfctl get on node {i}: {r:?}\n{}", swarm.logs());
         assert!(
             std::fs::read(&out).unwrap() == want,
@@ -587,11 +669,11 @@ fn dfctl_get_downloads_a_file_through_the_swarm() {
     }
     // A wrong expected digest is an error and leaves no file.
     let out = swarm.path().join("bad");
-    let r = run(Command::new(&dfctl)
-        .arg("--socket")
-        .arg(&swarm.nodes[1].daemon.socket)
-        .args(["get", "--quiet", &url, "-O"])
-        .arg(&out)
-        .args(["--digest", &format!("sha256:{}", "0".repeat(64))]));
+    let r = dfctl_get(
+        &swarm.nodes[1],
+        &url,
+        &out,
+        &format!("sha256:{}", "0".repeat(64)),
+    );
     assert!(r.is_err() && !out.exists(), "{r:?}");
 }

@@ -75,6 +75,7 @@ fn main() {
                     idc: format!("dc{}", i % 4),
                     location: format!("eu|r{}", i % 16),
                     upload_slots: 32,
+                    tcp_pieces: true,
                 },
             )
             .unwrap();

@@ -157,6 +157,7 @@ pub fn find_parents(
                         .filter(|n| p.pieces.contains(*n))
                         .collect(),
                     score: s,
+                    tcp_pieces: host.tcp_pieces,
                 })
             })
             .collect())
@@ -280,6 +281,7 @@ mod tests {
             idc: idc.into(),
             location: String::new(),
             upload_slots: 10,
+            tcp_pieces: true,
         }
     }
 
@@ -379,6 +381,7 @@ mod tests {
             parent_id: "pd".into(),
             corrupt: false,
             reason: "timeout".into(),
+            unreachable: false,
         })
         .unwrap();
         s.bad_parent(&pb::ReportBadParentRequest {
@@ -387,6 +390,7 @@ mod tests {
             parent_id: "pc".into(),
             corrupt: true,
             reason: "digest".into(),
+            unreachable: false,
         })
         .unwrap();
         let (r, _) = ask(&s, &cfg, "pa", &[0, 1, 2]);
@@ -505,6 +509,33 @@ mod tests {
             SeedStatus::Failed { at: Instant::now() };
         assert_eq!(
             decision(&ask(&s, &cfg, "pb", &[0]).0),
+            pb::Decision::BackToSource
+        );
+    }
+
+    #[test]
+    fn an_unreachable_seed_is_not_waited_for() {
+        let s = swarm(true);
+        let cfg = SchedulingConfig::default();
+        let (_, trig) = ask(&s, &cfg, "pa", &[0, 1]);
+        assert!(trig.is_some());
+        s.register_peer("seed", "pseed", &task()).unwrap();
+        s.piece_finished(&piece("pseed", 0, "")).unwrap();
+        let bad = |parent: &str, unreachable: bool| pb::ReportBadParentRequest {
+            peer_id: "pa".into(),
+            task_id: "sha256:task".into(),
+            parent_id: parent.into(),
+            corrupt: false,
+            reason: "GetPiece 0: connection refused".into(),
+            unreachable,
+        };
+        // A refused request (no free slot) keeps the seed: peers still wait for piece 1.
+        s.bad_parent(&bad("pseed", false)).unwrap();
+        assert_eq!(decision(&ask(&s, &cfg, "pb", &[1]).0), pb::Decision::Wait);
+        // An unreachable seed: waiting peers go to the origin instead.
+        s.bad_parent(&bad("pseed", true)).unwrap();
+        assert_eq!(
+            decision(&ask(&s, &cfg, "pb", &[1]).0),
             pb::Decision::BackToSource
         );
     }

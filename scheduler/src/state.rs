@@ -21,6 +21,8 @@ pub struct HostInfo {
     pub ip: String,
     /// Port of its peer service.
     pub upload_port: u32,
+    /// Whether that port speaks the raw-TCP piece protocol.
+    pub tcp_pieces: bool,
     /// Seed peer or normal.
     pub seed: bool,
     /// IDC.
@@ -224,6 +226,7 @@ impl State {
             id: id.clone(),
             ip: h.ip.clone(),
             upload_port: h.upload_port,
+            tcp_pieces: h.tcp_pieces,
             seed: h.r#type == pb::HostType::Seed as i32,
             idc: h.idc.clone(),
             location: h.location.clone(),
@@ -463,6 +466,15 @@ impl State {
         }
         if let Some(p) = t.peers.get_mut(&parent) {
             p.uploads_failed += 1;
+        }
+        if r.unreachable {
+            let parent_host = t.peers.get(&parent).map(|p| p.host_id.clone());
+            if let SeedStatus::Triggered { host, .. } = &t.seed {
+                if parent_host.as_ref() == Some(host) {
+                    tracing::warn!(task = %r.task_id, seed = %host, reporter = %r.peer_id, reason = %r.reason, "the seed peer fetching the task is unreachable; peers stop waiting for it");
+                    t.seed = SeedStatus::Failed { at: Instant::now() };
+                }
+            }
         }
         let child = t
             .peers

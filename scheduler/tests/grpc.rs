@@ -78,6 +78,7 @@ fn host(id: &str, port: u32, seed: bool) -> pb::AnnounceHostRequest {
             idc: String::new(),
             location: String::new(),
             upload_slots: 8,
+            tcp_pieces: false,
         }),
     }
 }
@@ -219,6 +220,7 @@ async fn a_swarm_conversation_with_a_seed_trigger() {
         parent_id: "p-seed".into(),
         corrupt: true,
         reason: "digest mismatch".into(),
+        unreachable: false,
     })
     .await
     .unwrap();

@@ -1,6 +1,7 @@
 //! Benchmark: peer-to-peer piece throughput on loopback. A blob sits in a piece store served by
-//! the real peer service (gRPC, as between nodes); a client fetches every piece with N requests
-//! in flight: transport alone, then checking each piece's sha256 like the P2P source does.
+//! the real peer port (raw-TCP piece protocol and gRPC, as between nodes); the real clients
+//! fetch every piece with N requests in flight: transport alone, then checking each piece's
+//! sha256 like the P2P source does.
 //! Baselines in the same run: reading the pieces straight from the store, and sha256 on one
 //! core (the receiver's verification bounds what a 2-core node can take in).
 //! Run by `scripts/bench.sh pieces`; prints figures and writes JSON to the first argument.
@@ -13,8 +14,10 @@ use dragonfly_proto::peer::peer_server::PeerServer;
 use dragonfly_proto::peer::GetPieceRequest;
 use dragonfly_snapshotter::config::P2pConfig;
 use dragonfly_snapshotter::metrics::Metrics;
+use dragonfly_snapshotter::p2p::piece_server;
+use dragonfly_snapshotter::p2p::piece_wire::PieceRequest;
 use dragonfly_snapshotter::p2p::upload::PeerService;
-use dragonfly_snapshotter::p2p::{SchedulerPool, MAX_MESSAGE_BYTES};
+use dragonfly_snapshotter::p2p::{ParentClients, SchedulerPool, MAX_MESSAGE_BYTES};
 use dragonfly_storage::{PieceStore, Priority, RangeSource, SourceError, StoreConfig};
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{self, StreamExt};
@@ -43,7 +46,7 @@ async fn main() {
     let piece_length: u32 = std::env::var("BENCH_PIECE_LENGTH")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(4 << 20);
+        .unwrap_or(StoreConfig::default().piece_length);
     let dir = tempfile::Builder::new()
         .prefix("dfly-piece-bench-")
         .tempdir_in("/var/tmp")
@@ -105,30 +108,48 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let pool = SchedulerPool::new(&config, port, false).await.unwrap();
-    let service = PeerService::new(store.clone(), 64, pool, Metrics::new(), None, 0);
+    let service = Arc::new(PeerService::new(
+        store.clone(),
+        64,
+        pool,
+        Metrics::new(),
+        None,
+        0,
+    ));
+    // The daemon's peer port: raw-TCP piece connections served directly, the rest to gRPC.
+    let (grpc_tx, grpc_rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(piece_server::serve(listener, service.clone(), grpc_tx));
     tokio::spawn(
         tonic::transport::Server::builder()
             .initial_stream_window_size(dragonfly_snapshotter::p2p::WINDOW)
             .initial_connection_window_size(dragonfly_snapshotter::p2p::WINDOW)
             .tcp_nodelay(true)
             .add_service(
-                PeerServer::new(service)
+                PeerServer::from_arc(service)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(grpc_rx)),
     );
-    // The client the P2P source uses.
-    let client = dragonfly_snapshotter::p2p::ParentClients::default()
-        .get("127.0.0.1", u32::from(port))
-        .unwrap();
-    // Transport alone (what a parent can push), then with the receiver's mandatory check.
-    let started = Instant::now();
-    let total: usize = stream::iter(0..pieces)
-        .map(|n| {
-            let mut c = client.clone();
-            let digest = digest.clone();
-            async move {
+    // The clients the P2P source uses.
+    let parents = Arc::new(ParentClients::default());
+    let client = parents.get("127.0.0.1", u32::from(port)).unwrap();
+    let pl = piece_length as usize;
+    // One piece over either transport.
+    let fetch = |n: u32, tcp: bool| {
+        let (mut c, parents, digest) = (client.clone(), parents.clone(), digest.clone());
+        async move {
+            if tcp {
+                let req = PieceRequest {
+                    task_id: digest,
+                    number: n,
+                    peer_id: "bench".into(),
+                };
+                parents
+                    .get_piece_tcp("127.0.0.1", u32::from(port), &req, pl)
+                    .await
+                    .unwrap()
+            } else {
                 c.get_piece(GetPieceRequest {
                     task_id: digest,
                     number: n,
@@ -138,59 +159,57 @@ async fn main() {
                 .unwrap()
                 .into_inner()
                 .data
-                .len()
             }
-        })
-        .buffer_unordered(8)
-        .fold(0, |a, b| async move { a + b })
-        .await;
-    assert_eq!(total, SIZE);
-    let transport = gbps(SIZE, started.elapsed().as_secs_f64());
-    let hash_started = Instant::now();
-    std::hint::black_box(Sha256::digest(&blob_bytes));
-    let sha256 = gbps(SIZE, hash_started.elapsed().as_secs_f64());
-    let mut results = Vec::new();
-    for inflight in [1usize, 4, 8] {
+        }
+    };
+    // Every piece with `inflight` requests at once, optionally checking each piece's sha256
+    // on the blocking pool like the P2P source does; GB/s.
+    let run = |tcp: bool, verify: bool, inflight: usize| async move {
         let started = Instant::now();
         let total: usize = stream::iter(0..pieces)
-            .map(|n| {
-                let mut c = client.clone();
-                let digest = digest.clone();
-                async move {
-                    let r = c
-                        .get_piece(GetPieceRequest {
-                            task_id: digest,
-                            number: n,
-                            peer_id: "bench".into(),
-                        })
-                        .await
-                        .unwrap()
-                        .into_inner();
-                    let d = r.data.clone();
-                    let s = u64::from(n) * u64::from(piece_length);
-                    let want = expected[n as usize].clone();
+            .map(|n| async move {
+                let data = fetch(n, tcp).await;
+                if verify {
+                    let d = data.clone();
                     let ok = tokio::task::spawn_blocking(move || Sha256::digest(&d).to_vec())
                         .await
                         .unwrap();
-                    assert_eq!(ok, want, "piece at {s}");
-                    r.data.len()
+                    assert_eq!(ok, expected[n as usize], "piece {n}");
                 }
+                data.len()
             })
             .buffer_unordered(inflight)
             .fold(0, |a, b| async move { a + b })
             .await;
         assert_eq!(total, SIZE);
-        results.push((inflight, gbps(SIZE, started.elapsed().as_secs_f64())));
+        gbps(SIZE, started.elapsed().as_secs_f64())
+    };
+    // Transport alone (what a parent can push), then with the receiver's mandatory check.
+    let transport = run(false, false, 8).await;
+    let tcp_transport = run(true, false, 8).await;
+    let hash_started = Instant::now();
+    std::hint::black_box(Sha256::digest(&blob_bytes));
+    let sha256 = gbps(SIZE, hash_started.elapsed().as_secs_f64());
+    let mut results = Vec::new();
+    let mut tcp_results = Vec::new();
+    for inflight in [1usize, 4, 8] {
+        results.push((inflight, run(false, true, inflight).await));
+        tcp_results.push((inflight, run(true, true, inflight).await));
     }
-    let best = results.iter().map(|r| r.1).fold(0.0, f64::max);
-    let per: Vec<String> = results
-        .iter()
-        .map(|(n, g)| format!("\"{n}\": {g:.3}"))
-        .collect();
+    let best_of = |r: &[(usize, f64)]| r.iter().map(|r| r.1).fold(0.0, f64::max);
+    let per = |r: &[(usize, f64)]| {
+        r.iter()
+            .map(|(n, g)| format!("\"{n}\": {g:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (best, tcp_best) = (best_of(&results), best_of(&tcp_results));
     let json = format!(
-        "{{\n  \"bench\": \"piece_transfer\",\n  \"bytes\": {SIZE},\n  \"piece_length\": {piece_length},\n  \"store_read_gbps\": {local:.3},\n  \"grpc_gbps_by_inflight\": {{{}}},\n  \"best_grpc_gbps\": {best:.3},\n  \"transport_only_gbps\": {transport:.3},\n  \"sha256_one_core_gbps\": {sha256:.3},\n  \"ratio_to_store_read\": {:.3}\n}}\n",
-        per.join(", "),
-        best / local
+        "{{\n  \"bench\": \"piece_transfer\",\n  \"bytes\": {SIZE},\n  \"piece_length\": {piece_length},\n  \"store_read_gbps\": {local:.3},\n  \"sha256_one_core_gbps\": {sha256:.3},\n  \"grpc_transport_only_gbps\": {transport:.3},\n  \"tcp_transport_only_gbps\": {tcp_transport:.3},\n  \"grpc_verified_gbps_by_inflight\": {{{}}},\n  \"tcp_verified_gbps_by_inflight\": {{{}}},\n  \"best_grpc_verified_gbps\": {best:.3},\n  \"best_tcp_verified_gbps\": {tcp_best:.3},\n  \"tcp_vs_grpc_transport\": {:.3},\n  \"tcp_verified_vs_sha256_one_core\": {:.3}\n}}\n",
+        per(&results),
+        per(&tcp_results),
+        tcp_transport / transport,
+        tcp_best / sha256
     );
     if let Some(d) = std::path::Path::new(&out).parent() {
         std::fs::create_dir_all(d).ok();
@@ -198,6 +217,8 @@ async fn main() {
     std::fs::write(&out, &json).unwrap();
     print!("{json}");
     println!(
-        "peer-to-peer pieces over loopback: transport {transport:.2} GB/s (target >= 1.5 GB/s); with the receiver's sha256 check {best:.2} GB/s (sha256 on one core: {sha256:.2} GB/s); store read {local:.2} GB/s"
+        "peer-to-peer pieces over loopback, {} KiB pieces: raw-TCP transport {tcp_transport:.2} GB/s (target >= 1.5 GB/s), gRPC {transport:.2} GB/s ({:.2}x); verified (sha256 per piece) raw-TCP {tcp_best:.2} GB/s, gRPC {best:.2} GB/s; sha256 on one core {sha256:.2} GB/s; store read {local:.2} GB/s",
+        piece_length >> 10,
+        tcp_transport / transport
     );
 }

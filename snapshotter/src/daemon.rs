@@ -173,14 +173,22 @@ async fn start_p2p(
         downloader,
         config.p2p.upload_rate_bytes_per_sec,
     );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // One port: raw-TCP piece connections are served here, the rest is passed to gRPC.
+    let service = Arc::new(service);
+    let (grpc_tx, grpc_rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(crate::p2p::piece_server::serve(
+        listener,
+        service.clone(),
+        grpc_tx,
+    ));
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(grpc_rx);
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .initial_stream_window_size(crate::p2p::WINDOW)
             .initial_connection_window_size(crate::p2p::WINDOW)
             .tcp_nodelay(true)
             .add_service(
-                PeerServer::new(service)
+                PeerServer::from_arc(service)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )

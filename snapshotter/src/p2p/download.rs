@@ -4,13 +4,14 @@
 //! to the piece store (and to other peers) like blob pieces; the file is then copied out.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use dragonfly_proto::dfdaemon as pb;
 use dragonfly_proto::dfdaemon::download_server::Download;
 use dragonfly_storage::{PieceStore, Priority, RangeSource};
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -115,30 +116,138 @@ impl DownloadService {
     }
 }
 
-fn copy_out(file: std::fs::File, output: &Path, digest: &str) -> Result<(), String> {
-    let tmp = output.with_extension("dfctl-part");
-    let mut src = std::io::BufReader::new(file);
-    let mut dst =
-        std::fs::File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut src, &mut buf).map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
+/// The output file being written front to back while the rest of the download arrives: a
+/// `.dfctl-part` file beside the destination, hashed as it grows, renamed into place only when
+/// complete (and matching the expected digest, if one was given). Removed if abandoned.
+struct PartFile {
+    tmp: PathBuf,
+    file: std::fs::File,
+    written: u64,
+    hasher: Sha256,
+    done: bool,
+}
+
+impl PartFile {
+    fn create(output: &Path) -> Result<PartFile, String> {
+        let tmp = output.with_extension("dfctl-part");
+        let file = std::fs::File::create(&tmp)
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        Ok(PartFile {
+            tmp,
+            file,
+            written: 0,
+            hasher: Sha256::new(),
+            done: false,
+        })
+    }
+
+    /// Appends `data` and starts its write-back, so finishing does not wait for the whole file
+    /// to reach the disk.
+    fn append(&mut self, data: &[u8]) -> Result<(), String> {
+        std::io::Write::write_all(&mut self.file, data)
+            .map_err(|e| format!("cannot write {}: {e}", self.tmp.display()))?;
+        self.hasher.update(data);
+        // SAFETY: a plain syscall on a file descriptor we own; it only starts write-back.
+        unsafe {
+            libc::sync_file_range(
+                std::os::fd::AsRawFd::as_raw_fd(&self.file),
+                self.written as libc::off64_t,
+                data.len() as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
         }
-        hasher.update(&buf[..n]);
-        std::io::Write::write_all(&mut dst, &buf[..n])
-            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        self.written += data.len() as u64;
+        Ok(())
     }
-    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
-    if !digest.is_empty() && actual != digest {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(format!("the file hashes to {actual}, not {digest}"));
+
+    /// Checks `digest` (if not empty), makes the file durable and moves it to `output`.
+    fn finish(mut self, output: &Path, digest: &str) -> Result<(), String> {
+        let actual = format!(
+            "sha256:{}",
+            hex::encode(std::mem::take(&mut self.hasher).finalize())
+        );
+        if !digest.is_empty() && actual != digest {
+            return Err(format!("the file hashes to {actual}, not {digest}"));
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| format!("cannot write {}: {e}", self.tmp.display()))?;
+        std::fs::rename(&self.tmp, output)
+            .map_err(|e| format!("cannot move the file to {}: {e}", output.display()))?;
+        self.done = true;
+        Ok(())
     }
-    dst.sync_all().map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, output)
-        .map_err(|e| format!("cannot move the file to {}: {e}", output.display()))
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Runs `f` on a blocking thread, flattening a panicked task into an error.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("file task failed: {e}"))?
+}
+
+/// Downloads `blob` into `output`, writing it front to back as its pieces arrive, and sends
+/// progress every 200 ms.
+async fn download_to(
+    blob: &dragonfly_storage::Blob,
+    output: PathBuf,
+    digest: String,
+    mut progress: impl FnMut(),
+) -> Result<(), Status> {
+    let out = output.clone();
+    let mut part = Some(
+        blocking(move || PartFile::create(&out))
+            .await
+            .map_err(Status::failed_precondition)?,
+    );
+    let mut chunks = std::pin::pin!(blob.fetch_in_order(Priority::OnDemand));
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        let chunk = tokio::select! {
+            c = chunks.next() => c,
+            _ = tick.tick() => { progress(); continue; }
+        };
+        let Some(range) = chunk
+            .transpose()
+            .map_err(|e| Status::unavailable(format!("download failed: {e}")))?
+        else {
+            break;
+        };
+        let data = blob
+            .read_local(range.clone())
+            .await
+            .map_err(|e| Status::internal(format!("cannot read the download: {e}")))?
+            .ok_or_else(|| {
+                Status::unavailable(format!(
+                    "download failed: bytes {}..{} were discarded while downloading; try again",
+                    range.start, range.end
+                ))
+            })?;
+        let mut p = part.take().expect("part file");
+        part = Some(
+            blocking(move || p.append(&data).map(|()| p))
+                .await
+                .map_err(Status::failed_precondition)?,
+        );
+    }
+    // Verifies the whole blob's digest where it is content-addressed (nothing is fetched).
+    blob.fetch_all(Priority::OnDemand)
+        .await
+        .map_err(|e| Status::unavailable(format!("download failed: {e}")))?;
+    let p = part.take().expect("part file");
+    blocking(move || p.finish(&output, &digest))
+        .await
+        .map_err(Status::failed_precondition)
 }
 
 #[tonic::async_trait]
@@ -208,42 +317,15 @@ impl Download for DownloadService {
                 completed_bytes: blob.fetched_bytes(),
                 done,
             };
-            let fetch = blob.fetch_all(Priority::OnDemand);
-            tokio::pin!(fetch);
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            let res = loop {
-                tokio::select! {
-                    r = &mut fetch => break r,
-                    _ = tick.tick() => { let _ = tx.send(Ok(progress(false))).await; }
-                }
+            let sender = tx.clone();
+            let res = download_to(&blob, output, digest, || {
+                let _ = sender.try_send(Ok(progress(false)));
+            })
+            .await;
+            let _ = match res {
+                Ok(()) => tx.send(Ok(progress(true))).await,
+                Err(e) => tx.send(Err(e)).await,
             };
-            if let Err(e) = res {
-                let _ = tx
-                    .send(Err(Status::unavailable(format!("download failed: {e}"))))
-                    .await;
-                return;
-            }
-            let file = match blob.open_verified() {
-                Ok(Some(f)) => f,
-                _ => {
-                    let _ = tx
-                        .send(Err(Status::internal("the download is not complete")))
-                        .await;
-                    return;
-                }
-            };
-            let out = output.clone();
-            match tokio::task::spawn_blocking(move || copy_out(file, &out, &digest)).await {
-                Ok(Ok(())) => {
-                    let _ = tx.send(Ok(progress(true))).await;
-                }
-                Ok(Err(e)) => {
-                    let _ = tx.send(Err(Status::failed_precondition(e))).await;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                }
-            }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -4,6 +4,8 @@
 
 pub mod download;
 pub mod http_source;
+pub mod piece_server;
+pub mod piece_wire;
 pub mod ratelimit;
 pub mod schedulers;
 pub mod seed;
@@ -14,8 +16,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use dragonfly_proto::peer::peer_client::PeerClient;
+use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
+
+use piece_wire::{PieceRequest, WireStatus};
 
 pub use schedulers::SchedulerPool;
 pub use source::PeerSource;
@@ -27,20 +33,140 @@ pub const MAX_MESSAGE_BYTES: usize = 80 << 20;
 /// flight without waiting for window updates.
 pub const WINDOW: u32 = 16 << 20;
 
-/// Lazily connected clients of parents' peer services, shared by all blobs.
+/// Idle raw-TCP piece connections kept per parent.
+const IDLE_PER_PARENT: usize = 16;
+/// Longest a raw-TCP piece exchange may take.
+const PIECE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Lazily connected clients of parents' peer services, shared by all blobs: gRPC channels,
+/// and pooled connections for the raw-TCP piece protocol.
 #[derive(Default)]
 pub struct ParentClients {
     clients: Mutex<HashMap<String, PeerClient<Channel>>>,
+    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+}
+
+/// A piece a parent did not deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PieceFetchError {
+    /// The parent could not be reached (refused, reset, no route), as opposed to answering
+    /// with an error or being slow.
+    pub unreachable: bool,
+    /// What happened.
+    pub message: String,
+}
+
+fn parent_addr(ip: &str, port: u32) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
 }
 
 impl ParentClients {
-    /// The client for `ip:port`.
-    pub fn get(&self, ip: &str, port: u32) -> Result<PeerClient<Channel>, String> {
-        let key = if ip.contains(':') {
-            format!("[{ip}]:{port}")
-        } else {
-            format!("{ip}:{port}")
+    /// Piece `req` from the parent at `ip:port` over the raw-TCP protocol, at most `max`
+    /// bytes. A pooled connection the parent has since closed is retried once on a fresh one.
+    pub async fn get_piece_tcp(
+        &self,
+        ip: &str,
+        port: u32,
+        req: &PieceRequest,
+        max: usize,
+    ) -> Result<Bytes, PieceFetchError> {
+        let key = parent_addr(ip, port);
+        let pooled = self
+            .idle
+            .lock()
+            .expect("idle lock")
+            .get_mut(&key)
+            .and_then(Vec::pop);
+        if let Some(conn) = pooled {
+            if let Ok(r) = self.exchange(&key, conn, req, max).await {
+                return r;
+            }
+        }
+        let conn =
+            match tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(&key)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    return Err(PieceFetchError {
+                        unreachable: true,
+                        message: format!("cannot connect to {key}: {e}"),
+                    })
+                }
+                Err(_) => {
+                    return Err(PieceFetchError {
+                        unreachable: true,
+                        message: format!("connecting to {key} timed out"),
+                    })
+                }
+            };
+        let _ = conn.set_nodelay(true);
+        self.exchange(&key, conn, req, max)
+            .await
+            .unwrap_or_else(Err)
+    }
+
+    /// One request on `conn`. `Err` means the connection failed (the outer `Ok` carries the
+    /// parent's answer, good or bad); a connection left in a clean state goes back to the pool.
+    async fn exchange(
+        &self,
+        key: &str,
+        mut conn: TcpStream,
+        req: &PieceRequest,
+        max: usize,
+    ) -> Result<Result<Bytes, PieceFetchError>, PieceFetchError> {
+        let io = tokio::time::timeout(PIECE_TIMEOUT, async {
+            piece_wire::write_request(&mut conn, req).await?;
+            piece_wire::read_response(&mut conn, max).await
+        })
+        .await;
+        let (status, payload) = match io {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                let unreachable = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::UnexpectedEof
+                );
+                return Err(PieceFetchError {
+                    unreachable,
+                    message: format!("piece {} from {key}: {e}", req.number),
+                });
+            }
+            Err(_) => {
+                return Err(PieceFetchError {
+                    unreachable: false,
+                    message: format!("piece {} from {key} timed out", req.number),
+                })
+            }
         };
+        {
+            let mut idle = self.idle.lock().expect("idle lock");
+            let conns = idle.entry(key.to_owned()).or_default();
+            if conns.len() < IDLE_PER_PARENT {
+                conns.push(conn);
+            }
+        }
+        if status == WireStatus::Ok {
+            return Ok(Ok(payload));
+        }
+        Ok(Err(PieceFetchError {
+            unreachable: false,
+            message: format!(
+                "piece {} from {key}: {status:?}: {}",
+                req.number,
+                String::from_utf8_lossy(&payload)
+            ),
+        }))
+    }
+
+    /// The gRPC client for `ip:port`.
+    pub fn get(&self, ip: &str, port: u32) -> Result<PeerClient<Channel>, String> {
+        let key = parent_addr(ip, port);
         let mut clients = self.clients.lock().expect("clients lock");
         if let Some(c) = clients.get(&key) {
             return Ok(c.clone());

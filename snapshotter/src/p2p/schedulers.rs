@@ -103,6 +103,7 @@ impl SchedulerPool {
             idc: config.idc.clone(),
             location: config.location.clone(),
             upload_slots: config.upload_slots,
+            tcp_pieces: true,
         };
         Ok(Arc::new(SchedulerPool {
             members,

@@ -18,12 +18,14 @@ use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{self, StreamExt};
 use sha2::{Digest, Sha256};
 
-use super::{ParentClients, SchedulerPool};
+use super::piece_wire::PieceRequest;
+use super::{ParentClients, PieceFetchError, SchedulerPool};
 use crate::metrics::Metrics;
 
 /// Longest a read waits for a seed peer before taking the origin itself.
 const MAX_WAIT: Duration = Duration::from_secs(30);
-/// Rounds of FindParents per read before the rest goes to the origin.
+/// FindParents rounds in a row whose parents delivered nothing, before the rest of a read
+/// goes to the origin.
 const MAX_ROUNDS: usize = 4;
 
 struct Pending {
@@ -38,6 +40,17 @@ struct SourceState {
     registered: Option<bool>,
     /// Pieces fetched but not yet durable in the store.
     pending: HashMap<u32, Pending>,
+}
+
+/// What went wrong with a parent, as reported to the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// It sent bytes that do not match the piece digest.
+    Corrupt,
+    /// It could not be reached.
+    Unreachable,
+    /// It refused or failed the request.
+    Failed,
 }
 
 /// Parents in front of the origin for one blob.
@@ -215,21 +228,37 @@ impl PeerSource {
                 retryable: true,
             });
         }
-        let mut out = Vec::new();
+        let out: Vec<(u32, Bytes)> = pieces
+            .map(|n| {
+                let off = (u64::from(n) * pl - range.start) as usize;
+                (n, data.slice(off..off + self.piece_len(n) as usize))
+            })
+            .collect();
+        // Piece digests for the scheduler's record, hashed off the async workers.
+        let to_hash = out.clone();
+        let digests = tokio::task::spawn_blocking(move || {
+            to_hash
+                .iter()
+                .map(|(_, p)| sha256(p))
+                .collect::<Vec<String>>()
+        })
+        .await
+        .map_err(|e| SourceError {
+            message: format!("hashing pieces failed: {e}"),
+            retryable: true,
+        })?;
         let mut st = self.state.lock().expect("state lock");
-        for n in pieces {
-            let off = (u64::from(n) * pl - range.start) as usize;
-            let piece = data.slice(off..off + self.piece_len(n) as usize);
+        for ((n, _), digest) in out.iter().zip(digests) {
             st.pending.insert(
-                n,
+                *n,
                 Pending {
-                    digest: sha256(&piece),
+                    digest,
                     parent: String::new(),
                     cost_ms: 0,
                 },
             );
-            out.push((n, piece));
         }
+        drop(st);
         self.metrics
             .p2p_pieces
             .with_label_values(&["origin"])
@@ -241,7 +270,8 @@ impl PeerSource {
         Ok(out)
     }
 
-    async fn report_bad(&self, parent: &str, corrupt: bool, reason: String) {
+    async fn report_bad(&self, parent: &str, fault: Fault, reason: String) {
+        let corrupt = fault == Fault::Corrupt;
         self.metrics
             .p2p_bad_parents
             .with_label_values(&[if corrupt { "corrupt" } else { "failed" }])
@@ -258,6 +288,7 @@ impl PeerSource {
                 parent_id: parent.to_owned(),
                 corrupt,
                 reason,
+                unreachable: fault == Fault::Unreachable,
             };
             if let Err(e) = c.report_bad_parent(req).await {
                 self.pool.mark_down(i, e.message());
@@ -265,30 +296,54 @@ impl PeerSource {
         }
     }
 
-    /// One piece from one parent, verified against `digest`.
-    async fn fetch_from_parent(&self, parent: &pb::Parent, n: u32, digest: &str) -> Option<Bytes> {
-        let started = Instant::now();
-        let mut client = match self.parents.get(&parent.ip, parent.upload_port) {
-            Ok(c) => c,
-            Err(e) => {
-                self.report_bad(&parent.peer_id, false, e).await;
-                return None;
-            }
-        };
+    /// Piece `n`'s bytes from `parent`: over the raw-TCP protocol if it speaks it, else gRPC.
+    async fn piece_from(&self, parent: &pb::Parent, n: u32) -> Result<Bytes, PieceFetchError> {
+        if parent.tcp_pieces {
+            let req = PieceRequest {
+                task_id: self.task.id.clone(),
+                number: n,
+                peer_id: self.peer_id.clone(),
+            };
+            let max = self.piece_len(n) as usize;
+            return self
+                .parents
+                .get_piece_tcp(&parent.ip, parent.upload_port, &req, max)
+                .await;
+        }
+        let mut client = self
+            .parents
+            .get(&parent.ip, parent.upload_port)
+            .map_err(|message| PieceFetchError {
+                unreachable: true,
+                message,
+            })?;
         let req = peerpb::GetPieceRequest {
             task_id: self.task.id.clone(),
             number: n,
             peer_id: self.peer_id.clone(),
         };
-        let data = match client.get_piece(req).await {
-            Ok(r) => r.into_inner().data,
+        match client.get_piece(req).await {
+            Ok(r) => Ok(r.into_inner().data),
+            // Transport failures (refused, reset, host gone) surface as Unavailable.
+            Err(e) => Err(PieceFetchError {
+                unreachable: e.code() == tonic::Code::Unavailable,
+                message: format!("GetPiece {n}: {}", e.message()),
+            }),
+        }
+    }
+
+    /// One piece from one parent, verified against `digest`.
+    async fn fetch_from_parent(&self, parent: &pb::Parent, n: u32, digest: &str) -> Option<Bytes> {
+        let started = Instant::now();
+        let data = match self.piece_from(parent, n).await {
+            Ok(d) => d,
             Err(e) => {
-                self.report_bad(
-                    &parent.peer_id,
-                    false,
-                    format!("GetPiece {n}: {}", e.message()),
-                )
-                .await;
+                let fault = if e.unreachable {
+                    Fault::Unreachable
+                } else {
+                    Fault::Failed
+                };
+                self.report_bad(&parent.peer_id, fault, e.message).await;
                 return None;
             }
         };
@@ -297,7 +352,7 @@ impl PeerSource {
         if data.len() as u64 != self.piece_len(n) || actual != digest {
             self.report_bad(
                 &parent.peer_id,
-                true,
+                Fault::Corrupt,
                 format!(
                     "piece {n}: {} bytes hashing to {actual}, expected {digest}",
                     data.len()
@@ -325,9 +380,9 @@ impl PeerSource {
     /// Pieces from parents; returns what it got (the rest goes to the origin).
     async fn fetch_from_parents(&self, pieces: &[u32]) -> HashMap<u32, Bytes> {
         let mut got: HashMap<u32, Bytes> = HashMap::new();
-        let started = Instant::now();
-        // Rounds that got parents; waiting for a seed does not use them up (it is bounded by
-        // MAX_WAIT instead).
+        // Since the last piece arrived: waiting (for a seed, or for parents still fetching
+        // the pieces) is bounded by MAX_WAIT, fruitless parent rounds by MAX_ROUNDS.
+        let mut progress_at = Instant::now();
         let mut rounds = 0;
         while rounds < MAX_ROUNDS {
             let missing: Vec<u32> = pieces
@@ -362,8 +417,8 @@ impl PeerSource {
                 }
             };
             match pb::Decision::try_from(resp.decision) {
-                Ok(pb::Decision::Parents) => rounds += 1,
-                Ok(pb::Decision::Wait) if started.elapsed() < MAX_WAIT => {
+                Ok(pb::Decision::Parents) => {}
+                Ok(pb::Decision::Wait) if progress_at.elapsed() < MAX_WAIT => {
                     tokio::time::sleep(Duration::from_millis(u64::from(
                         resp.retry_after_ms.clamp(20, 2000),
                     )))
@@ -400,10 +455,17 @@ impl PeerSource {
                 .buffer_unordered(self.parallel)
                 .collect()
                 .await;
+            let before = got.len();
             for (n, data) in results {
                 if let Some(d) = data {
                     got.insert(n, d);
                 }
+            }
+            if got.len() > before {
+                progress_at = Instant::now();
+                rounds = 0;
+            } else {
+                rounds += 1;
             }
         }
         got

@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use dragonfly_proto::peer as pb;
 use dragonfly_proto::peer::peer_server::Peer;
 use dragonfly_storage::PieceStore;
@@ -48,36 +49,53 @@ impl PeerService {
     }
 }
 
-#[tonic::async_trait]
-impl Peer for PeerService {
-    async fn get_piece(
-        &self,
-        req: Request<pb::GetPieceRequest>,
-    ) -> Result<Response<pb::GetPieceResponse>, Status> {
-        let r = req.into_inner();
-        let Some(blob) = self.store.get(&r.task_id) else {
-            self.metrics
-                .p2p_uploads
-                .with_label_values(&["not_found"])
-                .inc();
-            return Err(Status::not_found(format!(
-                "task {} is not in this peer's store",
-                r.task_id
+/// Why a piece was not served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadError {
+    /// The task or the piece is not in the store.
+    NotFound(String),
+    /// The request names a piece past the end.
+    BadRequest(String),
+    /// All upload slots are taken.
+    Busy,
+    /// Reading the store failed.
+    Internal(String),
+}
+
+impl From<UploadError> for Status {
+    fn from(e: UploadError) -> Status {
+        match e {
+            UploadError::NotFound(m) => Status::not_found(m),
+            UploadError::BadRequest(m) => Status::invalid_argument(m),
+            UploadError::Busy => {
+                Status::resource_exhausted("all upload slots are busy; try another parent")
+            }
+            UploadError::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+impl PeerService {
+    /// Piece `number` of `task_id` from the store, within the upload slots and rate limit;
+    /// what both transports (gRPC `GetPiece` and the raw-TCP protocol) serve.
+    pub async fn piece(&self, task_id: &str, number: u32) -> Result<Bytes, UploadError> {
+        let outcome = |label: &str| self.metrics.p2p_uploads.with_label_values(&[label]).inc();
+        let Some(blob) = self.store.get(task_id) else {
+            outcome("not_found");
+            return Err(UploadError::NotFound(format!(
+                "task {task_id} is not in this peer's store"
             )));
         };
         let pl = u64::from(blob.piece_length());
-        let start = u64::from(r.number) * pl;
+        let start = u64::from(number) * pl;
         if start >= blob.size() {
-            return Err(Status::invalid_argument(format!(
-                "piece {} is past the end of task {}",
-                r.number, r.task_id
+            return Err(UploadError::BadRequest(format!(
+                "piece {number} is past the end of task {task_id}"
             )));
         }
         let Ok(_permit) = self.slots.clone().try_acquire_owned() else {
-            self.metrics.p2p_uploads.with_label_values(&["busy"]).inc();
-            return Err(Status::resource_exhausted(
-                "all upload slots are busy; try another parent",
-            ));
+            outcome("busy");
+            return Err(UploadError::Busy);
         };
         self.pool.active_uploads.fetch_add(1, Ordering::Relaxed);
         let res = blob.read_local(start..(start + pl).min(blob.size())).await;
@@ -85,28 +103,35 @@ impl Peer for PeerService {
         let data = match res {
             Ok(Some(d)) => d,
             Ok(None) => {
-                self.metrics
-                    .p2p_uploads
-                    .with_label_values(&["not_found"])
-                    .inc();
-                return Err(Status::not_found(format!(
-                    "piece {} of task {} is not here",
-                    r.number, r.task_id
+                outcome("not_found");
+                return Err(UploadError::NotFound(format!(
+                    "piece {number} of task {task_id} is not here"
                 )));
             }
             Err(e) => {
-                self.metrics.p2p_uploads.with_label_values(&["error"]).inc();
-                return Err(Status::internal(format!(
-                    "cannot read piece {} of task {}: {e}",
-                    r.number, r.task_id
+                outcome("error");
+                return Err(UploadError::Internal(format!(
+                    "cannot read piece {number} of task {task_id}: {e}"
                 )));
             }
         };
         if let Some(rate) = &self.rate {
             rate.take(data.len() as u64).await;
         }
-        self.metrics.p2p_uploads.with_label_values(&["ok"]).inc();
+        outcome("ok");
         self.metrics.p2p_upload_bytes.inc_by(data.len() as u64);
+        Ok(data)
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn get_piece(
+        &self,
+        req: Request<pb::GetPieceRequest>,
+    ) -> Result<Response<pb::GetPieceResponse>, Status> {
+        let r = req.into_inner();
+        let data = self.piece(&r.task_id, r.number).await?;
         Ok(Response::new(pb::GetPieceResponse {
             number: r.number,
             // The receiver checks the piece against the digest the scheduler recorded; hashing

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
 use crate::bitmap::Bitmap;
@@ -556,23 +556,43 @@ impl Blob {
         }
     }
 
-    /// Fetches every missing piece in order, one request at a time at `priority` (so other
-    /// reads overtake it; background requests are `background_fetch_bytes` long and wait for
-    /// a quiet moment), then verifies the blob's digest.
-    pub async fn fetch_all(&self, priority: Priority) -> Result<(), StoreError> {
+    /// The blob cut into the requests a whole-blob download makes, in order, each made present
+    /// as the stream is polled: `whole_blob_requests` of them in flight at once, together at
+    /// most `max_fetch_bytes` (one `background_fetch_bytes` request for
+    /// background work), results yielded in order so a caller can consume the blob front to
+    /// back while the rest arrives. Pieces already present cost nothing.
+    pub fn fetch_in_order(
+        &self,
+        priority: Priority,
+    ) -> impl futures::Stream<Item = Result<Range<u64>, StoreError>> + Send + 'static {
         let config = &self.inner.shared.config;
-        let max = if priority == Priority::Background {
-            config.background_fetch_bytes
+        // At most max_fetch_bytes in flight, split into whole_blob_requests requests: smaller
+        // requests also mean pieces reach the swarm (and a consumer) sooner.
+        let (max, window) = if priority == Priority::Background {
+            (config.background_fetch_bytes, 1)
         } else {
-            config.max_fetch_bytes
+            let window = config.whole_blob_requests.max(1);
+            (config.max_fetch_bytes / window as u64, window)
         };
         let pl = u64::from(self.inner.piece_length);
         let step = (max / pl).max(1) * pl;
-        let mut offset = 0;
-        while offset < self.inner.size {
-            let end = (offset + step).min(self.inner.size);
-            self.inner.ensure(offset..end, priority).await?;
-            offset = end;
+        let size = self.inner.size;
+        let inner = self.inner.clone();
+        futures::stream::iter((0..size.div_ceil(step)).map(move |i| {
+            let range = i * step..((i + 1) * step).min(size);
+            let inner = inner.clone();
+            async move { inner.ensure(range.clone(), priority).await.map(|()| range) }
+        }))
+        .buffered(window)
+    }
+
+    /// Fetches every missing piece (see [`Blob::fetch_in_order`]; background requests are
+    /// `background_fetch_bytes` long and wait for a quiet moment), then verifies the blob's
+    /// digest.
+    pub async fn fetch_all(&self, priority: Priority) -> Result<(), StoreError> {
+        let mut chunks = std::pin::pin!(self.fetch_in_order(priority));
+        while let Some(chunk) = chunks.next().await {
+            chunk?;
         }
         self.inner.verify().await?;
         if self.is_verified() {

@@ -1,8 +1,11 @@
 //! Tests of fetching, single-flight, coalescing, persistence and verification.
 
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::StreamExt;
 
 use crate::testutil::{bytes, MemSource};
 use crate::{PieceStore, Priority, StoreConfig, StoreError};
@@ -17,6 +20,7 @@ fn config() -> StoreConfig {
         max_fetch_bytes: 4 * u64::from(PL),
         background_pause_ms: 0,
         background_fetch_bytes: 2 * u64::from(PL),
+        whole_blob_requests: 1,
     }
 }
 
@@ -428,4 +432,46 @@ async fn task_blobs_are_kept_and_reloaded_without_a_content_digest() {
         &blob.read_local(0..10).await.unwrap().unwrap()[..],
         &data[..10]
     );
+}
+
+#[tokio::test]
+async fn whole_blob_downloads_keep_several_requests_in_flight_and_yield_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = PieceStore::open(
+        dir.path(),
+        StoreConfig {
+            whole_blob_requests: 4,
+            ..config()
+        },
+    )
+    .await
+    .unwrap();
+    let data = bytes(10 * PL as usize + 3, 9);
+    let src = MemSource::slow(data.clone(), Duration::from_millis(30));
+    let blob = s
+        .blob(&src.digest(), data.len() as u64, Arc::new(src.clone()))
+        .unwrap();
+    // max_fetch_bytes (4 pieces) split over 4 requests: one piece each, 4 at once.
+    let ranges: Vec<Range<u64>> = blob
+        .fetch_in_order(Priority::OnDemand)
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
+    let pl = u64::from(PL);
+    let want: Vec<Range<u64>> = (0..11)
+        .map(|i| i * pl..((i + 1) * pl).min(data.len() as u64))
+        .collect();
+    assert_eq!(ranges, want, "yielded front to back");
+    assert_eq!(src.max_in_flight.load(Ordering::SeqCst), 4);
+    assert!(src.requests().iter().all(|r| r.end - r.start <= pl));
+    blob.fetch_all(Priority::OnDemand).await.unwrap();
+    assert!(blob.is_verified());
+    assert_eq!(src.requests().len(), 11, "nothing fetched twice");
+    // Background work stays one request at a time.
+    let src2 = MemSource::slow(bytes(6 * PL as usize, 10), Duration::from_millis(5));
+    let b2 = s
+        .blob(&src2.digest(), 6 * pl, Arc::new(src2.clone()))
+        .unwrap();
+    b2.fetch_all(Priority::Background).await.unwrap();
+    assert_eq!(src2.max_in_flight.load(Ordering::SeqCst), 1);
 }

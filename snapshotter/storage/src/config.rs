@@ -23,6 +23,11 @@ pub struct StoreConfig {
     /// Size of each background request; small, so a container read that arrives while one is
     /// in flight waits little for the bandwidth.
     pub background_fetch_bytes: u64,
+    /// Requests in flight at once for one whole-blob download (unpacking a layer, a seed
+    /// peer's origin fetch, `dfctl get`), `max_fetch_bytes` split between them, so each
+    /// request's latency hides behind the others' transfer and pieces reach the swarm sooner.
+    /// Background fill always uses one.
+    pub whole_blob_requests: usize,
 }
 
 impl Default for StoreConfig {
@@ -34,6 +39,7 @@ impl Default for StoreConfig {
             max_fetch_bytes: 8 << 20,
             background_pause_ms: 1000,
             background_fetch_bytes: 1 << 20,
+            whole_blob_requests: 4,
         }
     }
 }
@@ -50,6 +56,9 @@ impl StoreConfig {
         }
         if self.max_concurrent_fetches == 0 {
             return bad("cache.max_concurrent_fetches must be at least 1".into());
+        }
+        if self.whole_blob_requests == 0 {
+            return bad("cache.whole_blob_requests must be at least 1".into());
         }
         if self.max_fetch_bytes < u64::from(self.piece_length) {
             return bad(format!(

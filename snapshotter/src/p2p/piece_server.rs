@@ -1,0 +1,226 @@
+//! The peer port: accepts connections, hands those that start with the raw-TCP piece
+//! protocol's magic to the piece loop and everything else (gRPC: GetPiece, TriggerDownload)
+//! to tonic. Each connection is sorted on its own task, so a silent client never holds up
+//! the accept loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::BufReader;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::piece_wire::{self, WireStatus, MAGIC};
+use super::upload::{PeerService, UploadError};
+
+/// How long a new connection may take to send its first bytes.
+const FIRST_BYTES: Duration = Duration::from_secs(10);
+/// How long a piece connection may sit idle between requests.
+const IDLE: Duration = Duration::from_secs(120);
+
+/// Accepts on `listener` until it fails; gRPC connections go to `grpc`.
+pub async fn serve(
+    listener: TcpListener,
+    service: Arc<PeerService>,
+    grpc: mpsc::Sender<std::io::Result<TcpStream>>,
+) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "cannot accept a peer connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (service, grpc) = (service.clone(), grpc.clone());
+        tokio::spawn(async move {
+            let mut first = [0u8; 4];
+            let peeked = tokio::time::timeout(FIRST_BYTES, async {
+                // peek returns what has arrived so far; wait for all four bytes.
+                loop {
+                    let n = stream.peek(&mut first).await?;
+                    if n == 0 || n == first.len() {
+                        return Ok::<_, std::io::Error>(n);
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+            .await;
+            match peeked {
+                Ok(Ok(4)) if &first == MAGIC => serve_pieces(stream, &service).await,
+                Ok(Ok(n)) if n > 0 => {
+                    let _ = grpc.send(Ok(stream)).await;
+                }
+                _ => {}
+            }
+        });
+    }
+}
+
+/// Answers piece requests on one connection until the client closes it.
+async fn serve_pieces(stream: TcpStream, service: &PeerService) {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    loop {
+        let req = match tokio::time::timeout(IDLE, piece_wire::read_request(&mut r)).await {
+            Ok(Ok(Some(req))) => req,
+            Ok(Ok(None)) | Err(_) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "malformed piece request; closing the connection");
+                let _ = piece_wire::write_response(
+                    &mut w,
+                    WireStatus::BadRequest,
+                    e.to_string().as_bytes(),
+                )
+                .await;
+                return;
+            }
+        };
+        let written = match service.piece(&req.task_id, req.number).await {
+            Ok(data) => piece_wire::write_response(&mut w, WireStatus::Ok, &data).await,
+            Err(e) => {
+                let (status, message) = match e {
+                    UploadError::NotFound(m) => (WireStatus::NotFound, m),
+                    UploadError::BadRequest(m) => (WireStatus::BadRequest, m),
+                    UploadError::Busy => (
+                        WireStatus::Busy,
+                        "all upload slots are busy; try another parent".into(),
+                    ),
+                    UploadError::Internal(m) => (WireStatus::Internal, m),
+                };
+                piece_wire::write_response(&mut w, status, message.as_bytes()).await
+            }
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::P2pConfig;
+    use crate::metrics::Metrics;
+    use crate::p2p::piece_wire::PieceRequest;
+    use crate::p2p::{ParentClients, SchedulerPool};
+    use bytes::Bytes;
+    use dragonfly_proto::peer::peer_server::PeerServer;
+    use dragonfly_proto::peer::GetPieceRequest;
+    use dragonfly_storage::{PieceStore, Priority, RangeSource, SourceError, StoreConfig};
+    use futures::future::{BoxFuture, FutureExt};
+    use sha2::{Digest, Sha256};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Mem(Bytes);
+
+    impl RangeSource for Mem {
+        fn fetch(&self, r: std::ops::Range<u64>) -> BoxFuture<'static, Result<Bytes, SourceError>> {
+            let b = self.0.slice(r.start as usize..r.end as usize);
+            async move { Ok(b) }.boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn one_port_serves_raw_tcp_pieces_and_grpc_and_survives_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PieceStore::open(dir.path(), StoreConfig::default())
+            .await
+            .unwrap();
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+        let blob = store
+            .blob(
+                &digest,
+                data.len() as u64,
+                Arc::new(Mem(Bytes::from(data.clone()))),
+            )
+            .unwrap();
+        blob.fetch_all(Priority::OnDemand).await.unwrap();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config = P2pConfig {
+            schedulers: vec!["127.0.0.1:1".into()],
+            advertise_ip: Some("127.0.0.1".parse().unwrap()),
+            ..P2pConfig::default()
+        };
+        let pool = SchedulerPool::new(&config, port, false).await.unwrap();
+        let service = Arc::new(PeerService::new(store, 4, pool, Metrics::new(), None, 0));
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(serve(listener, service.clone(), tx));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PeerServer::from_arc(service))
+                .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        );
+
+        let parents = ParentClients::default();
+        let req = |number: u32, task: &str| PieceRequest {
+            task_id: task.into(),
+            number,
+            peer_id: "test".into(),
+        };
+        // Raw TCP: the last (short) piece, twice over the pooled connection.
+        for _ in 0..2 {
+            let got = parents
+                .get_piece_tcp("127.0.0.1", u32::from(port), &req(2, &digest), 1 << 20)
+                .await
+                .unwrap();
+            assert_eq!(&got[..], &data[2 * 262_144..]);
+        }
+        let e = parents
+            .get_piece_tcp(
+                "127.0.0.1",
+                u32::from(port),
+                &req(0, "sha256:nope"),
+                1 << 20,
+            )
+            .await
+            .unwrap_err();
+        assert!(!e.unreachable && e.message.contains("NotFound"), "{e:?}");
+        let e = parents
+            .get_piece_tcp("127.0.0.1", u32::from(port), &req(9, &digest), 1 << 20)
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("BadRequest"), "{e:?}");
+        // gRPC on the same port.
+        let mut c = parents.get("127.0.0.1", u32::from(port)).unwrap();
+        let r = c
+            .get_piece(GetPieceRequest {
+                task_id: digest.clone(),
+                number: 0,
+                peer_id: "test".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&r.data[..], &data[..262_144]);
+        // Garbage after the magic gets an error answer and a closed connection; the server
+        // keeps serving.
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(b"DFP1\xff\xffjunk").await.unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer[0], WireStatus::BadRequest as u8);
+        // A connection that sends nothing useful and closes does not hurt either.
+        drop(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+        let got = parents
+            .get_piece_tcp("127.0.0.1", u32::from(port), &req(1, &digest), 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &data[262_144..2 * 262_144]);
+        // Nobody listening: unreachable.
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = closed.local_addr().unwrap().port();
+        drop(closed);
+        let e = parents
+            .get_piece_tcp("127.0.0.1", u32::from(dead), &req(0, &digest), 1 << 20)
+            .await
+            .unwrap_err();
+        assert!(e.unreachable, "{e:?}");
+    }
+}

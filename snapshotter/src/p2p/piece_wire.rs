@@ -1,0 +1,205 @@
+//! The raw-TCP piece protocol ("DFP1"): the bulk of the bytes between peers without HTTP/2
+//! framing and flow control on top. It shares the peer service's port: a connection whose
+//! first four bytes are the magic is ours, anything else is gRPC. A connection carries one
+//! request at a time and is reused.
+//!
+//! ```text
+//! request:  "DFP1" | u16 task_id length | task_id | u32 piece number | u16 peer_id length | peer_id
+//! response: u8 status | u32 length | piece bytes (status OK) or a UTF-8 message (otherwise)
+//! ```
+//! Integers are big-endian. Hosts that speak it say so in their announcement
+//! (`Host.tcp_pieces`), so a mixed fleet falls back to gRPC `GetPiece`.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// First bytes of every request.
+pub const MAGIC: &[u8; 4] = b"DFP1";
+/// Longest task or peer ID accepted.
+pub const MAX_ID: usize = 1024;
+
+/// A request for one piece.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PieceRequest {
+    /// Task (blob) ID.
+    pub task_id: String,
+    /// Piece number.
+    pub number: u32,
+    /// The asking peer.
+    pub peer_id: String,
+}
+
+/// Outcome of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireStatus {
+    /// The piece follows.
+    Ok = 0,
+    /// The task or piece is not here.
+    NotFound = 1,
+    /// No free upload slot: try another parent.
+    Busy = 2,
+    /// The request is malformed.
+    BadRequest = 3,
+    /// The parent failed to read the piece.
+    Internal = 4,
+}
+
+impl WireStatus {
+    fn from_u8(b: u8) -> Option<WireStatus> {
+        Some(match b {
+            0 => WireStatus::Ok,
+            1 => WireStatus::NotFound,
+            2 => WireStatus::Busy,
+            3 => WireStatus::BadRequest,
+            4 => WireStatus::Internal,
+            _ => return None,
+        })
+    }
+}
+
+fn invalid(m: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, m)
+}
+
+async fn read_id<R: AsyncRead + Unpin>(r: &mut R, what: &str) -> io::Result<String> {
+    let len = r.read_u16().await? as usize;
+    if len > MAX_ID {
+        return Err(invalid(format!("{what} of {len} bytes is too long")));
+    }
+    let mut buf = vec![0; len];
+    r.read_exact(&mut buf).await?;
+    String::from_utf8(buf).map_err(|_| invalid(format!("{what} is not UTF-8")))
+}
+
+fn put_id(out: &mut Vec<u8>, id: &str, what: &str) -> io::Result<()> {
+    if id.len() > MAX_ID {
+        return Err(invalid(format!("{what} of {} bytes is too long", id.len())));
+    }
+    out.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    out.extend_from_slice(id.as_bytes());
+    Ok(())
+}
+
+/// Sends `req`.
+pub async fn write_request<W: AsyncWrite + Unpin>(w: &mut W, req: &PieceRequest) -> io::Result<()> {
+    let mut out = Vec::with_capacity(16 + req.task_id.len() + req.peer_id.len());
+    out.extend_from_slice(MAGIC);
+    put_id(&mut out, &req.task_id, "task id")?;
+    out.extend_from_slice(&req.number.to_be_bytes());
+    put_id(&mut out, &req.peer_id, "peer id")?;
+    w.write_all(&out).await?;
+    w.flush().await
+}
+
+/// The next request on a connection; `None` when the peer closed it between requests.
+pub async fn read_request<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<PieceRequest>> {
+    let mut magic = [0u8; 4];
+    match r.read_exact(&mut magic).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    if &magic != MAGIC {
+        return Err(invalid(format!("bad request magic {magic:?}")));
+    }
+    let task_id = read_id(r, "task id").await?;
+    let number = r.read_u32().await?;
+    let peer_id = read_id(r, "peer id").await?;
+    Ok(Some(PieceRequest {
+        task_id,
+        number,
+        peer_id,
+    }))
+}
+
+/// Sends a response: the piece, or a message for a non-OK status.
+pub async fn write_response<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    status: WireStatus,
+    payload: &[u8],
+) -> io::Result<()> {
+    let len = u32::try_from(payload.len()).map_err(|_| invalid("payload too large".into()))?;
+    let mut head = [0u8; 5];
+    head[0] = status as u8;
+    head[1..].copy_from_slice(&len.to_be_bytes());
+    w.write_all(&head).await?;
+    w.write_all(payload).await?;
+    w.flush().await
+}
+
+/// Reads a response whose payload may be at most `max` bytes.
+pub async fn read_response<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> io::Result<(WireStatus, Bytes)> {
+    let status = r.read_u8().await?;
+    let status =
+        WireStatus::from_u8(status).ok_or_else(|| invalid(format!("bad status byte {status}")))?;
+    let len = r.read_u32().await? as usize;
+    if len > max {
+        return Err(invalid(format!(
+            "response of {len} bytes is longer than the {max} expected"
+        )));
+    }
+    let mut buf = BytesMut::zeroed(len);
+    r.read_exact(&mut buf).await?;
+    Ok((status, buf.freeze()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_and_responses_round_trip_and_bad_input_is_refused() {
+        let req = PieceRequest {
+            task_id: "sha256:abc".into(),
+            number: 7,
+            peer_id: "me".into(),
+        };
+        let mut buf = Vec::new();
+        write_request(&mut buf, &req).await.unwrap();
+        write_request(&mut buf, &req).await.unwrap();
+        let mut r = &buf[..];
+        assert_eq!(read_request(&mut r).await.unwrap(), Some(req.clone()));
+        assert_eq!(read_request(&mut r).await.unwrap(), Some(req.clone()));
+        assert_eq!(read_request(&mut r).await.unwrap(), None, "clean end");
+
+        // Truncated, wrong magic, oversized ID.
+        let mut r = &buf[..10];
+        assert!(read_request(&mut r).await.is_err());
+        let mut r = &b"PRI * HTTP/2.0"[..];
+        assert!(read_request(&mut r).await.is_err());
+        let mut long = MAGIC.to_vec();
+        long.extend_from_slice(&u16::MAX.to_be_bytes());
+        assert!(read_request(&mut &long[..]).await.is_err());
+        let huge = PieceRequest {
+            task_id: "x".repeat(MAX_ID + 1),
+            ..req
+        };
+        assert!(write_request(&mut Vec::new(), &huge).await.is_err());
+
+        let mut buf = Vec::new();
+        write_response(&mut buf, WireStatus::Ok, b"piece")
+            .await
+            .unwrap();
+        write_response(&mut buf, WireStatus::Busy, b"full")
+            .await
+            .unwrap();
+        let mut r = &buf[..];
+        let (s, d) = read_response(&mut r, 100).await.unwrap();
+        assert_eq!((s, &d[..]), (WireStatus::Ok, &b"piece"[..]));
+        let (s, d) = read_response(&mut r, 100).await.unwrap();
+        assert_eq!((s, &d[..]), (WireStatus::Busy, &b"full"[..]));
+        // Longer than allowed, unknown status.
+        let mut buf = Vec::new();
+        write_response(&mut buf, WireStatus::Ok, &[0; 64])
+            .await
+            .unwrap();
+        assert!(read_response(&mut &buf[..], 10).await.is_err());
+        buf[0] = 9;
+        assert!(read_response(&mut &buf[..], 100).await.is_err());
+    }
+}
