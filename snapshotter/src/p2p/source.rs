@@ -544,6 +544,37 @@ impl PeerSource {
     }
 }
 
+impl Drop for PeerSource {
+    /// The blob left the store (evicted or removed): tell the scheduler, so nobody is sent
+    /// here for its pieces any more.
+    fn drop(&mut self) {
+        let registered = self
+            .state
+            .lock()
+            .map(|s| s.registered == Some(true))
+            .unwrap_or(false);
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !registered {
+            return;
+        }
+        let (pool, task_id, peer_id) = (
+            self.pool.clone(),
+            self.task.id.clone(),
+            self.peer_id.clone(),
+        );
+        handle.spawn(async move {
+            if let Some((_, mut c)) = pool.for_task(&task_id) {
+                let req = pb::LeavePeerRequest { peer_id, task_id };
+                if let Err(e) = c.leave_peer(req).await {
+                    tracing::debug!(error = %e.message(), "LeavePeer failed; the scheduler expires the peer with the host");
+                }
+            }
+        });
+    }
+}
+
 /// The store holds `Arc<dyn RangeSource>`; this wrapper lets the source hand itself to tasks.
 pub struct SharedPeerSource(pub Arc<PeerSource>);
 
