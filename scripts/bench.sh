@@ -2,10 +2,12 @@
 # Benchmarks that compare Dragonfly-rs against a baseline measured in the same run, printed as
 # ratios and written as JSON under target/bench/.
 #
-#   sudo scripts/bench.sh swarm        # N nodes (network namespaces, 1 Gbit links) + a seed peer
-#                                      # fetch one blob at once from an origin limited to
-#                                      # 100 Mbit/s with dfctl get, vs every node going to the
-#                                      # origin directly (BENCH_SWARM_NODES=8, BENCH_SWARM_MIB=1024;
+#   sudo scripts/bench.sh swarm        # N nodes (network namespaces, 1 Gbit links, each its own
+#                                      # containerd and daemon) + a seed peer pull one image with a
+#                                      # 1 GiB layer at once from an origin limited to 100 Mbit/s,
+#                                      # vs every node's containerd pulling from the origin directly
+#                                      # (BENCH_SWARM_MODE=file: dfctl get of a blob instead;
+#                                      # BENCH_SWARM_NODES=8, BENCH_SWARM_MIB=1024;
 #                                      # BENCH_SWARM_DIRECT=0 skips the 12-minute baseline)
 #   scripts/bench.sh pieces            # peer-to-peer piece throughput on loopback through the real
 #                                      # peer port (raw-TCP piece protocol vs gRPC, with and without
@@ -52,8 +54,10 @@ prepare() {
   for p in debootstrap bc; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || apt_missing+=("$p"); done
   [ ${#apt_missing[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}"
   scripts/install-deps.sh
-  echo "== release build"
-  cargo build --release --bins --quiet
+  if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+    echo "== release build"
+    cargo build --release --bins --quiet
+  fi
   BIN=$REPO_DIR/target/release/dragonfly-snapshotter
   mkdir -p "$BENCH_DIR/cache" "$OUT_DIR"
   if [ ! -x "$BENCH_DIR/cache/rootfs-python3/usr/bin/python3" ]; then
@@ -176,12 +180,14 @@ swarm_cleanup() {
   sleep 1
   for pid in $(cat "$TB_DIR"/sw-*.pid 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
   rm -f "$TB_DIR"/sw-*.pid
+  pkill -f "containerd-shim-runc-v2 -namespace tb" 2>/dev/null || true
+  tb_unmount_all
   for ns in $(ip netns list 2>/dev/null | awk '/^dfsw/ {print $1}'); do ip netns del "$ns" 2>/dev/null || true; done
   ip link del dfswbr 2>/dev/null || true
 }
 
 sw_origin_bytes() { # digest
-  { grep -o "\"GET /v2/bench/blob/blobs/$1[^\"]*\" 20[06] [0-9]*" "$TB_DIR/origin.log" || true; } | awk '{s+=$NF} END {print s+0}'
+  { grep -o "\"GET /v2/bench/[a-z]*/blobs/$1[^\"]*\" 20[06] [0-9]*" "$TB_DIR/origin.log" || true; } | awk '{s+=$NF} END {print s+0}'
 }
 
 sw_ns() { # name ip rate
@@ -206,6 +212,7 @@ address: $TB_DIR/$name.sock
 log: {level: info}
 metrics: {address: "$ip:9250"}
 p2p: {schedulers: ["$SW_NET.1:8002"], listen: "$ip:4000", advertise_ip: $ip, host_id: $name}
+registry: {plain_http: ["$SW_NET.2:5000"]}
 YAML
   ip netns exec "$ns" "$REPO_DIR/target/release/dragonfly-snapshotter" --config "$TB_DIR/$name.yaml" $extra > "$TB_DIR/$name.log" 2>&1 &
   echo $! > "$TB_DIR/sw-$name.pid"
@@ -216,8 +223,10 @@ swarm() {
   [ "$(id -u)" -eq 0 ] || { echo "run as root" >&2; exit 1; }
   local nodes=${BENCH_SWARM_NODES:-8} mib=${BENCH_SWARM_MIB:-1024} link=${BENCH_LINK:-1gbit}
   scripts/install-deps.sh
-  echo "== release build"
-  cargo build --release --bins --quiet
+  if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+    echo "== release build"
+    cargo build --release --bins --quiet
+  fi
   mkdir -p "$OUT_DIR"
   export TB_DIR=$BENCH_DIR/swarm
   swarm_cleanup; rm -rf "$TB_DIR"; mkdir -p "$TB_DIR"
@@ -236,16 +245,30 @@ YAML
   ip netns exec dfsworigin docker-registry serve "$TB_DIR/origin.yml" > "$TB_DIR/origin.log" 2>&1 &
   echo $! > "$TB_DIR/sw-origin.pid"
   for _ in $(seq 1 100); do curl -fs "http://$SW_NET.2:5000/v2/" >/dev/null && break; sleep 0.1; done
-  echo "== a ${mib} MiB blob on the origin"
+  local mode=${BENCH_SWARM_MODE:-image} digest size url ref="$SW_NET.2:5000/bench/big:1"
   head -c $((mib << 20)) /dev/urandom > "$TB_DIR/blob"
-  local digest size loc
-  digest=sha256:$(sha256sum "$TB_DIR/blob" | cut -d' ' -f1)
-  size=$(stat -c %s "$TB_DIR/blob")
-  # Upload on the unshaped direction (into the origin namespace).
-  loc=$(curl -fsS -X POST -D - -o /dev/null "http://$SW_NET.2:5000/v2/bench/blob/blobs/uploads/" | awk 'tolower($1)=="location:" {print $2}' | tr -d '\r')
-  case "$loc" in http*) ;; *) loc="http://$SW_NET.2:5000$loc" ;; esac
-  curl -fsS -X PUT -H 'Content-Type: application/octet-stream' -T "$TB_DIR/blob" "$loc&digest=$digest" >/dev/null
-  local url="http://$SW_NET.2:5000/v2/bench/blob/blobs/$digest"
+  if [ "$mode" = image ]; then
+    echo "== an image with a ${mib} MiB file on the origin"
+    local root=$TB_DIR/rootfs
+    mkdir -p "$root/bin" "$root/data"
+    cp /bin/busybox "$root/bin/busybox"; ln -s busybox "$root/bin/sh"; ln -s busybox "$root/bin/sha256sum"
+    mv "$TB_DIR/blob" "$root/data/big.bin"
+    tb_push_rootfs "$root" "$TB_DIR/oci" big "$ref" /bin/sh
+    local want; want=$(sha256sum "$root/data/big.bin" | cut -d' ' -f1)
+    rm -rf "$root" "$TB_DIR/oci"
+    # The image's (only) layer is what the nodes share.
+    read -r digest size < <(skopeo inspect --raw --tls-verify=false "docker://$ref" | python3 -c 'import json,sys; l=json.load(sys.stdin)["layers"]; print(l[0]["digest"], sum(x["size"] for x in l))')
+  else
+    echo "== a ${mib} MiB blob on the origin"
+    local loc
+    digest=sha256:$(sha256sum "$TB_DIR/blob" | cut -d' ' -f1)
+    size=$(stat -c %s "$TB_DIR/blob")
+    # Upload on the unshaped direction (into the origin namespace).
+    loc=$(curl -fsS -X POST -D - -o /dev/null "http://$SW_NET.2:5000/v2/bench/blob/blobs/uploads/" | awk 'tolower($1)=="location:" {print $2}' | tr -d '\r')
+    case "$loc" in http*) ;; *) loc="http://$SW_NET.2:5000$loc" ;; esac
+    curl -fsS -X PUT -H 'Content-Type: application/octet-stream' -T "$TB_DIR/blob" "$loc&digest=$digest" >/dev/null
+    url="http://$SW_NET.2:5000/v2/bench/blob/blobs/$digest"
+  fi
   # Scheduler on the bridge; seed peer and nodes in their own namespaces with $link links.
   "$REPO_DIR/target/release/dragonfly-scheduler" --address "$SW_NET.1:8002" > "$TB_DIR/scheduler.log" 2>&1 &
   echo $! > "$TB_DIR/sw-scheduler.pid"
@@ -255,33 +278,60 @@ YAML
   for i in $(seq 1 "$nodes"); do
     sw_ns "dfswn$i" "$SW_NET.$((10 + i))" "$link"
     sw_daemon "dfswn$i" "$SW_NET.$((10 + i))" "node$i"
+    # containerd itself only talks to the daemon's socket (and fetches manifest and config).
+    [ "$mode" = image ] && tb_start_containerd "sw-ctd$i" "$TB_DIR/node$i.sock"
   done
   sleep 2
 
-  echo "== P2P: $nodes nodes fetch $url at once (origin egress $RATE, links $link)"
   local before t0 t1 pids=()
   before=$(sw_origin_bytes "$digest")
-  t0=$(now)
-  for i in $(seq 1 "$nodes"); do
-    ( "$REPO_DIR/target/release/dfctl" --socket "$TB_DIR/node$i.sock" get --quiet "$url" -O "$TB_DIR/out-$i" --digest "$digest"; now > "$TB_DIR/done-$i" ) &
-    pids+=($!)
-  done
-  for p in "${pids[@]}"; do wait "$p"; done
+  rm -f "$TB_DIR"/done-*
+  if [ "$mode" = image ]; then
+    echo "== P2P: $nodes nodes pull $ref at once with --snapshotter dragonfly (origin egress $RATE, links $link)"
+    t0=$(now)
+    for i in $(seq 1 "$nodes"); do
+      ( ctr-remote -a "$TB_DIR/sw-ctd$i.sock" -n tb image rpull --plain-http --snapshotter dragonfly "$ref" > "$TB_DIR/pull-$i.log" 2>&1 && now > "$TB_DIR/done-$i" ) &
+      pids+=($!)
+    done
+  else
+    echo "== P2P: $nodes nodes fetch $url at once with dfctl get (origin egress $RATE, links $link)"
+    t0=$(now)
+    for i in $(seq 1 "$nodes"); do
+      ( "$REPO_DIR/target/release/dfctl" --socket "$TB_DIR/node$i.sock" get --quiet "$url" -O "$TB_DIR/out-$i" --digest "$digest" && now > "$TB_DIR/done-$i" ) &
+      pids+=($!)
+    done
+  fi
+  for p in "${pids[@]}"; do wait "$p" || { echo "a node failed; see $TB_DIR/pull-*.log and node*.log" >&2; exit 1; }; done
   t1=$(sort -n "$TB_DIR"/done-* | tail -1)
   local p2p_secs origin_p2p
   p2p_secs=$(elapsed "$t0" "$t1")
   origin_p2p=$(( $(sw_origin_bytes "$digest") - before ))
-  for i in $(seq 1 "$nodes"); do cmp -s "$TB_DIR/blob" "$TB_DIR/out-$i" || { echo "node $i wrote wrong bytes" >&2; exit 1; }; done
+  # Outside the timing: every node has the right bytes.
+  for i in $(seq 1 "$nodes"); do
+    if [ "$mode" = image ]; then
+      ctr -a "$TB_DIR/sw-ctd$i.sock" -n tb run --rm --snapshotter dragonfly "$ref" "check-$i" /bin/sha256sum /data/big.bin | grep -q "$want" || { echo "node $i: wrong /data/big.bin" >&2; exit 1; }
+    else
+      cmp -s "$TB_DIR/blob" "$TB_DIR/out-$i" || { echo "node $i wrote wrong bytes" >&2; exit 1; }
+    fi
+  done
 
   echo "P2P: last node done after ${p2p_secs}s; origin sent $origin_p2p bytes"
   local direct_secs=0 ideal
   if [ "${BENCH_SWARM_DIRECT:-1}" = 1 ]; then
-    echo "== baseline: $nodes nodes fetch it from the origin directly, at once"
+    echo "== baseline: $nodes nodes fetch it from the origin directly, at once ($mode)"
     rm -f "$TB_DIR"/done-*
     pids=()
+    # containerd's own pull and unpack (overlayfs), each node with a fresh containerd.
+    if [ "$mode" = image ]; then
+      for i in $(seq 1 "$nodes"); do tb_start_containerd "sw-dctd$i"; done
+    fi
     t0=$(now)
     for i in $(seq 1 "$nodes"); do
-      ( ip netns exec "dfswn$i" curl -fsS -o "$TB_DIR/direct-$i" "$url"; now > "$TB_DIR/done-$i" ) &
+      if [ "$mode" = image ]; then
+        ( ctr -a "$TB_DIR/sw-dctd$i.sock" -n tb image pull --plain-http "$ref" > /dev/null && now > "$TB_DIR/done-$i" ) &
+      else
+        ( ip netns exec "dfswn$i" curl -fsS -o "$TB_DIR/direct-$i" "$url" && now > "$TB_DIR/done-$i" ) &
+      fi
       pids+=($!)
     done
     for p in "${pids[@]}"; do wait "$p"; done
@@ -293,7 +343,7 @@ YAML
   python3 - "$OUT_DIR/swarm.json" <<PY
 import json, sys
 r = {
-  "bench": "swarm", "nodes": $nodes, "blob_bytes": $size, "origin_rate": "$RATE", "link_rate": "$link",
+  "bench": "swarm", "mode": "$mode", "nodes": $nodes, "blob_bytes": $size, "origin_rate": "$RATE", "link_rate": "$link",
   "p2p_last_node_seconds": $p2p_secs, "p2p_origin_bytes": $origin_p2p,
   "p2p_origin_bytes_ratio": $origin_p2p / $size,
   "direct_last_node_seconds": $direct_secs, "direct_origin_bytes": $nodes * $size,

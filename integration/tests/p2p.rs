@@ -196,6 +196,12 @@ mod corrupt_parent {
         ) -> Result<Response<peerpb::TriggerDownloadResponse>, Status> {
             Err(Status::unimplemented("no"))
         }
+        async fn stat_task(
+            &self,
+            _r: Request<peerpb::StatTaskRequest>,
+        ) -> Result<Response<peerpb::StatTaskResponse>, Status> {
+            Err(Status::unimplemented("not here"))
+        }
     }
 
     #[test]
@@ -369,7 +375,7 @@ fn a_seed_and_three_nodes_pull_estargz_and_gzip_with_each_byte_leaving_the_regis
         swarm.nodes[1..].iter().map(|n| n.metric("dragonfly_snapshotter_p2p_bytes_total", "peer")).collect::<Vec<_>>(),
     );
     assert!(
-        seed.daemon.log().contains("seed download complete"),
+        seed.daemon.log().contains("triggered download complete"),
         "{}",
         swarm.logs()
     );

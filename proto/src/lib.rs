@@ -7,6 +7,8 @@
 //! - [`peer`]: `dragonfly.peer.v1.Peer`, which peers serve to each other (pieces) and to the
 //!   scheduler (seed triggers).
 //! - [`dfdaemon`]: `dragonfly.dfdaemon.v1.Download`, the daemon's local API used by `dfctl`.
+//! - [`manager`]: `dragonfly.manager.v1.Manager`: registration and keepalive of schedulers and
+//!   seed peers, and the scheduler list peers ask for.
 
 /// containerd's snapshots service (`containerd.services.snapshots.v1`).
 pub mod snapshots {
@@ -39,6 +41,14 @@ pub mod dragonfly {
             tonic::include_proto!("dragonfly.dfdaemon.v1");
         }
     }
+    /// `dragonfly.manager`
+    pub mod manager {
+        /// The manager service (`dragonfly.manager.v1`).
+        pub mod v1 {
+            #![allow(clippy::all, missing_docs)]
+            tonic::include_proto!("dragonfly.manager.v1");
+        }
+    }
     /// `dragonfly.peer`
     pub mod peer {
         /// The peer service (`dragonfly.peer.v1`).
@@ -50,5 +60,6 @@ pub mod dragonfly {
 }
 
 pub use dragonfly::dfdaemon::v1 as dfdaemon;
+pub use dragonfly::manager::v1 as manager;
 pub use dragonfly::peer::v1 as peer;
 pub use dragonfly::scheduler::v1 as scheduler;

@@ -10,6 +10,7 @@ pub mod config;
 pub mod evaluator;
 pub mod metrics;
 pub mod pieceset;
+pub mod preheat;
 pub mod scheduling;
 pub mod seed;
 pub mod server;

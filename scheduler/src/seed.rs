@@ -5,23 +5,34 @@ use std::time::{Duration, Instant};
 
 use dragonfly_proto::peer::peer_client::PeerClient;
 use dragonfly_proto::peer::TriggerDownloadRequest;
+use tonic::transport::Channel;
 
 use crate::scheduling::SeedTrigger;
-use crate::state::{SeedStatus, State};
+use crate::state::{HostInfo, SeedStatus, State};
+
+/// A connected client of `host`'s peer service.
+pub async fn peer_client(host: &HostInfo) -> Result<PeerClient<Channel>, String> {
+    let endpoint = if host.ip.contains(':') {
+        format!("http://[{}]:{}", host.ip, host.upload_port)
+    } else {
+        format!("http://{}:{}", host.ip, host.upload_port)
+    };
+    let ch = tonic::transport::Endpoint::from_shared(endpoint.clone())
+        .map_err(|e| format!("bad peer address {endpoint}: {e}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
+    Ok(PeerClient::new(ch))
+}
 
 /// Calls the seed; on failure marks the task's seed as failed so peers go to the origin.
 pub async fn trigger(state: &State, t: SeedTrigger) {
-    let endpoint = format!("http://{}:{}", t.host.ip, t.host.upload_port);
     let task_id = t.task.id.clone();
     let res = async {
-        let ch = tonic::transport::Endpoint::from_shared(endpoint.clone())
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .connect()
-            .await
-            .map_err(|e| e.to_string())?;
-        PeerClient::new(ch)
+        peer_client(&t.host)
+            .await?
             .trigger_download(TriggerDownloadRequest { task: Some(t.task) })
             .await
             .map(|r| r.into_inner().started)

@@ -204,4 +204,22 @@ impl Scheduler for SchedulerService {
         };
         Ok(Response::new(resp))
     }
+
+    async fn preheat(
+        &self,
+        req: Request<pb::PreheatRequest>,
+    ) -> Result<Response<pb::PreheatResponse>, Status> {
+        crate::preheat::preheat(self.state.clone(), req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_hosts(
+        &self,
+        _req: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        Ok(Response::new(pb::ListHostsResponse {
+            hosts: self.state.hosts(),
+        }))
+    }
 }

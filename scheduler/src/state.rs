@@ -17,6 +17,8 @@ use crate::pieceset::PieceSet;
 pub struct HostInfo {
     /// The announced host.
     pub id: Arc<str>,
+    /// Its hostname.
+    pub hostname: String,
     /// Address of its peer service.
     pub ip: String,
     /// Port of its peer service.
@@ -224,6 +226,7 @@ impl State {
         let id: Arc<str> = Arc::from(h.id.as_str());
         let info = HostInfo {
             id: id.clone(),
+            hostname: h.hostname.clone(),
             ip: h.ip.clone(),
             upload_port: h.upload_port,
             tcp_pieces: h.tcp_pieces,
@@ -254,6 +257,30 @@ impl State {
     /// A copy of a host.
     pub fn host(&self, id: &str) -> Option<HostInfo> {
         self.hosts.read().expect("hosts lock").get(id).cloned()
+    }
+
+    /// Alive hosts as announced.
+    pub fn hosts(&self) -> Vec<pb::Host> {
+        self.with_hosts(|hosts| {
+            hosts
+                .values()
+                .map(|h| pb::Host {
+                    id: h.id.to_string(),
+                    hostname: h.hostname.clone(),
+                    ip: h.ip.clone(),
+                    upload_port: h.upload_port,
+                    r#type: if h.seed {
+                        pb::HostType::Seed
+                    } else {
+                        pb::HostType::Normal
+                    } as i32,
+                    idc: h.idc.clone(),
+                    location: h.location.clone(),
+                    upload_slots: h.upload_slots,
+                    tcp_pieces: h.tcp_pieces,
+                })
+                .collect()
+        })
     }
 
     /// Alive seed hosts.

@@ -134,6 +134,19 @@ impl Peer for FakeSeed {
             started: true,
         }))
     }
+    /// A triggered task is complete at once; anything else unknown.
+    async fn stat_task(
+        &self,
+        r: Request<peerpb::StatTaskRequest>,
+    ) -> Result<Response<peerpb::StatTaskResponse>, Status> {
+        let id = r.into_inner().task_id;
+        let known = self.triggers.lock().unwrap().iter().any(|t| t.id == id);
+        Ok(Response::new(peerpb::StatTaskResponse {
+            known,
+            complete: known,
+            ..Default::default()
+        }))
+    }
 }
 
 #[tokio::test]
@@ -338,4 +351,99 @@ async fn malformed_requests_get_grpc_errors_and_the_scheduler_lives_on() {
         .into_inner()
         .known
     );
+}
+
+#[tokio::test]
+async fn preheat_fills_the_scope_and_reports_per_host() {
+    let (_s, mut c) = start().await;
+    let seed = FakeSeed::default();
+    let seed_port = free_port();
+    let svc = seed.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(PeerServer::new(svc))
+            .serve(format!("127.0.0.1:{seed_port}").parse().unwrap())
+            .await
+    });
+    let task = |n: u8| pb::Task {
+        id: format!("sha256:{}", hex::encode(Sha256::digest([n]))),
+        url: format!(
+            "oci://127.0.0.1:5000/app@sha256:{}",
+            hex::encode(Sha256::digest([n]))
+        ),
+        content_length: 100,
+        ..Default::default()
+    };
+    let ask = |scope: pb::PreheatScope, tasks: Vec<pb::Task>| pb::PreheatRequest {
+        tasks,
+        scope: scope as i32,
+        timeout_secs: 5,
+    };
+    // No seed yet: a failed result that says so.
+    let r = c
+        .preheat(ask(pb::PreheatScope::SingleSeedPeer, vec![task(1)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results.len(), 1);
+    assert!(!r.results[0].ok && r.results[0].description.contains("no seed peer"));
+
+    c.announce_host(host("seed-1", seed_port as u32, true))
+        .await
+        .unwrap();
+    // A normal host whose peer port nobody listens on.
+    c.announce_host(host("n1", free_port() as u32, false))
+        .await
+        .unwrap();
+    let r = c
+        .preheat(ask(
+            pb::PreheatScope::SingleSeedPeer,
+            vec![task(1), task(2)],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results.len(), 2);
+    assert!(
+        r.results.iter().all(|x| x.ok && x.host_id == "seed-1"),
+        "{r:?}"
+    );
+    assert_eq!(seed.triggers.lock().unwrap().len(), 2);
+
+    let r = c
+        .preheat(ask(pb::PreheatScope::AllPeers, vec![task(3)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results.len(), 2);
+    let n1 = r.results.iter().find(|x| x.host_id == "n1").unwrap();
+    assert!(!n1.ok && n1.description.contains("cannot"), "{n1:?}");
+    assert!(r.results.iter().any(|x| x.host_id == "seed-1" && x.ok));
+    let hosts = c
+        .list_hosts(pb::ListHostsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts;
+    assert_eq!(hosts.len(), 2);
+
+    // Bad requests.
+    for bad in [
+        ask(pb::PreheatScope::AllPeers, vec![]),
+        ask(
+            pb::PreheatScope::AllPeers,
+            vec![pb::Task {
+                id: "sha256:nothex".into(),
+                url: "x".into(),
+                ..Default::default()
+            }],
+        ),
+        pb::PreheatRequest {
+            scope: 99,
+            ..ask(pb::PreheatScope::AllPeers, vec![task(4)])
+        },
+    ] {
+        let e = c.preheat(bad).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    }
 }

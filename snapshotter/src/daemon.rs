@@ -157,14 +157,13 @@ async fn start_p2p(
         parents: Arc::new(ParentClients::default()),
         parallel: config.p2p.parallel_parents,
     });
-    let downloader = seed.then(|| {
-        SeedDownloader::new(
-            store.clone(),
-            config.registry.clone(),
-            p2p.clone(),
-            metrics.clone(),
-        )
-    });
+    // Every peer takes triggered downloads: seeds for first downloads, all for preheat jobs.
+    let downloader = Some(SeedDownloader::new(
+        store.clone(),
+        config.registry.clone(),
+        p2p.clone(),
+        metrics.clone(),
+    ));
     let service = PeerService::new(
         store.clone(),
         config.p2p.upload_slots,

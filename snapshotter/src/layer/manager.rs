@@ -209,9 +209,10 @@ impl LayerManager {
         Ok(extra)
     }
 
-    /// Fetches the whole blob (verified against its digest) and unpacks it into `mountpoint`;
-    /// the snapshot is then an ordinary directory. On failure the directory is emptied so
-    /// containerd's own download starts clean.
+    /// Unpacks the blob into `mountpoint` while it downloads (front to back), then checks the
+    /// whole blob against its digest; the snapshot is then an ordinary directory. On any
+    /// failure — including a digest mismatch found after unpacking — the directory is emptied,
+    /// so nothing unverified is ever committed and containerd's own download starts clean.
     async fn unpack_layer(
         &self,
         l: &LayerLabels,
@@ -220,27 +221,44 @@ impl LayerManager {
     ) -> Result<BTreeMap<String, String>, SnapshotError> {
         let started = Instant::now();
         let _pin = blob.pin();
-        blob.fetch_all(Priority::OnDemand)
-            .await
-            .map_err(|e| unavailable(format!("cannot download layer {}: {e}", l.digest)))?;
-        let file = blob
-            .open_verified()
-            .map_err(|e| unavailable(format!("cannot open layer {}: {e}", l.digest)))?
-            .ok_or_else(|| unavailable(format!("layer {} did not verify", l.digest)))?;
+        let reader = blob.read_in_order(Priority::OnDemand);
         let (mp, opaque) = (mountpoint.to_owned(), self.settings.opaque_xattr.clone());
-        let res = tokio::task::spawn_blocking(move || {
-            let r = unpack(file, &mp, &opaque);
-            if r.is_err() {
-                let _ = std::fs::remove_dir_all(&mp);
-                let _ = std::fs::create_dir_all(&mp);
+        let unpacked = tokio::task::spawn_blocking(move || unpack(reader, &mp, &opaque))
+            .await
+            .map_err(|e| SnapshotError::Io(format!("unpack task failed: {e}")));
+        // Whatever the unpacker left unread is fetched here; then the digest is checked.
+        let verified = blob.fetch_all(Priority::OnDemand).await;
+        let clear = || {
+            let mp = mountpoint.to_owned();
+            async move {
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = std::fs::remove_dir_all(&mp);
+                    std::fs::create_dir_all(&mp)
+                })
+                .await;
             }
-            r
-        })
-        .await
-        .map_err(|e| SnapshotError::Io(format!("unpack task failed: {e}")))?;
-        let entries = res.map_err(|e| {
-            SnapshotError::InvalidArgument(format!("cannot unpack layer {}: {e}", l.digest))
-        })?;
+        };
+        if let Err(e) = verified {
+            clear().await;
+            return Err(unavailable(format!(
+                "cannot download layer {}: {e}",
+                l.digest
+            )));
+        }
+        let entries = match unpacked {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                clear().await;
+                return Err(SnapshotError::InvalidArgument(format!(
+                    "cannot unpack layer {}: {e}",
+                    l.digest
+                )));
+            }
+            Err(e) => {
+                clear().await;
+                return Err(e);
+            }
+        };
         tracing::info!(layer = %l.digest, entries, bytes = blob.size(), elapsed_ms = started.elapsed().as_millis() as u64, "layer downloaded through the piece store and unpacked");
         let mut extra = BTreeMap::new();
         extra.insert(LABEL_REMOTE.to_owned(), UNPACKED_VALUE.to_owned());

@@ -1,5 +1,6 @@
-//! Seed peer mode: when the scheduler triggers a task, fetch it from its origin into the piece
-//! store (reporting pieces as they land, so waiting peers can start) and keep serving it.
+//! Triggered downloads: when the scheduler triggers a task (a seed peer for a first download,
+//! or any peer for a preheat job), fetch it into the piece store — a seed peer from the origin,
+//! other peers through the swarm — reporting pieces as they land, and keep serving it.
 //! Registry credentials that come with the trigger are used for that download only: never
 //! logged, never stored.
 
@@ -25,6 +26,8 @@ pub struct SeedDownloader {
     p2p: Arc<P2p>,
     metrics: Arc<Metrics>,
     running: Mutex<HashSet<String>>,
+    /// Why the last triggered download of a task failed.
+    failures: Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// `oci://REGISTRY/REPO@DIGEST` → (repository, digest).
@@ -66,6 +69,7 @@ impl SeedDownloader {
             p2p,
             metrics,
             running: Mutex::new(HashSet::new()),
+            failures: Mutex::new(Default::default()),
         })
     }
 
@@ -188,15 +192,53 @@ impl SeedDownloader {
             .blob(&digest, size, Arc::new(SharedPeerSource(source)))
             .map_err(|e| Status::internal(format!("cannot store {digest}: {e}")))?;
         let me = self.clone();
+        self.failures.lock().expect("failures lock").remove(&digest);
         tokio::spawn(async move {
-            tracing::info!(task = %digest, size, "seed download started");
+            tracing::info!(task = %digest, size, "triggered download started");
             match blob.fetch_all(Priority::Prefetch).await {
-                Ok(()) => tracing::info!(task = %digest, "seed download complete and verified"),
-                Err(e) => tracing::error!(task = %digest, error = %e, "seed download failed"),
+                Ok(()) => {
+                    tracing::info!(task = %digest, "triggered download complete and verified")
+                }
+                Err(e) => {
+                    tracing::error!(task = %digest, error = %e, "triggered download failed");
+                    me.failures
+                        .lock()
+                        .expect("failures lock")
+                        .insert(digest.clone(), e.to_string());
+                }
             }
             me.running.lock().expect("running lock").remove(&digest);
         });
         Ok(true)
+    }
+}
+
+impl SeedDownloader {
+    /// What this peer holds of `task_id` and how its triggered download is going.
+    pub fn stat(&self, task_id: &str) -> dragonfly_proto::peer::StatTaskResponse {
+        let running = self.running.lock().expect("running lock").contains(task_id);
+        let error = self
+            .failures
+            .lock()
+            .expect("failures lock")
+            .get(task_id)
+            .cloned()
+            .unwrap_or_default();
+        match self.store.get(task_id) {
+            Some(b) => dragonfly_proto::peer::StatTaskResponse {
+                known: true,
+                content_length: b.size(),
+                present_bytes: b.fetched_bytes(),
+                complete: b.is_verified(),
+                running,
+                error,
+            },
+            None => dragonfly_proto::peer::StatTaskResponse {
+                running,
+                error,
+                ..Default::default()
+            },
+        }
     }
 }
 

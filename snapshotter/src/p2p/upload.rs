@@ -147,7 +147,7 @@ impl Peer for PeerService {
     ) -> Result<Response<pb::TriggerDownloadResponse>, Status> {
         let Some(seed) = &self.seed else {
             return Err(Status::unimplemented(
-                "this peer is not a seed peer (start it with --seed-peer to serve triggers)",
+                "this peer does not take triggered downloads",
             ));
         };
         let task = req
@@ -156,5 +156,17 @@ impl Peer for PeerService {
             .ok_or_else(|| Status::invalid_argument("task is required"))?;
         let started = seed.trigger(task).await?;
         Ok(Response::new(pb::TriggerDownloadResponse { started }))
+    }
+
+    async fn stat_task(
+        &self,
+        req: Request<pb::StatTaskRequest>,
+    ) -> Result<Response<pb::StatTaskResponse>, Status> {
+        let Some(seed) = &self.seed else {
+            return Err(Status::unimplemented(
+                "this peer does not take triggered downloads",
+            ));
+        };
+        Ok(Response::new(seed.stat(&req.into_inner().task_id)))
     }
 }

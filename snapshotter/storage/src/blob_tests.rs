@@ -475,3 +475,45 @@ async fn whole_blob_downloads_keep_several_requests_in_flight_and_yield_in_order
     b2.fetch_all(Priority::Background).await.unwrap();
     assert_eq!(src2.max_in_flight.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_is_read_in_order_while_it_arrives_and_failures_are_errors_not_eof() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path()).await;
+    let data = bytes(9 * PL as usize + 11, 12);
+    let src = MemSource::slow(data.clone(), Duration::from_millis(5));
+    let blob = s
+        .blob(&src.digest(), data.len() as u64, Arc::new(src.clone()))
+        .unwrap();
+    let mut reader = blob.read_in_order(Priority::OnDemand);
+    let got = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        // Small reads across range boundaries.
+        let mut buf = [0u8; 10_000];
+        loop {
+            let n = reader.read(&mut buf).unwrap();
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap();
+    assert!(got == data, "same bytes in order");
+    blob.fetch_all(Priority::OnDemand).await.unwrap();
+    assert!(blob.is_verified());
+
+    // A source that fails: the reader reports an error instead of a short, clean end.
+    let bad = MemSource::new(bytes(3 * PL as usize, 13));
+    bad.fail.store(true, Ordering::SeqCst);
+    let b = s
+        .blob(&bad.digest(), 3 * u64::from(PL), Arc::new(bad.clone()))
+        .unwrap();
+    let mut reader = b.read_in_order(Priority::OnDemand);
+    let r = tokio::task::spawn_blocking(move || reader.read_to_end(&mut Vec::new()))
+        .await
+        .unwrap();
+    assert!(r.is_err(), "{r:?}");
+}

@@ -17,6 +17,7 @@ mod config;
 mod error;
 mod files;
 mod gate;
+mod reader;
 mod source;
 mod store;
 
@@ -24,6 +25,7 @@ pub use blob::{Blob, PinGuard};
 pub use config::StoreConfig;
 pub use error::StoreError;
 pub use gate::Priority;
+pub use reader::BlobReader;
 pub use source::{RangeSource, SourceError};
 pub use store::{PieceStore, StoreStats, StoreUsage};
 
