@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs, from Debian's apt, the real parts Dragonfly-rs builds with and is tested against:
 # containerd (+ctr), runc, fuse3, the CNCF distribution registry, stargz-snapshotter (ctr-remote),
-# skopeo, umoci, busybox-static, protoc, iproute2 and the C libraries our crates link.
+# skopeo, umoci, busybox-static, protoc, iproute2, PostgreSQL (the manager is tested against it)
+# and the C libraries our crates link.
 # Idempotent: installs only what is missing. Needs root.
 set -euo pipefail
 
 packages=(
   containerd runc fuse3 docker-registry stargz-snapshotter skopeo umoci busybox-static
-  protobuf-compiler iproute2 libssl-dev pkg-config ca-certificates curl attr
+  protobuf-compiler iproute2 libssl-dev pkg-config ca-certificates curl attr postgresql
 )
 
 if [ "$(id -u)" -ne 0 ]; then

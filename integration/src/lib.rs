@@ -15,13 +15,16 @@
 //! * [`rootfs`] — canonical listings of a tree and their differences (the oracle comparison).
 //! * [`bed`] / [`swarm`] / [`scheduler`] — registry + daemon(s) + containerd(s) per test.
 //! * [`throttle`] — a rate-limited TCP proxy: a slow origin without touching qdiscs.
+//! * [`manager`] / [`postgres`] — our manager binary, and a PostgreSQL server per test.
 
 pub mod bed;
 pub mod containerd;
 pub mod daemon;
 pub mod fixtures;
+pub mod manager;
 pub mod mount;
 pub mod oci;
+pub mod postgres;
 pub mod procs;
 pub mod registry;
 pub mod rootfs;

@@ -1,0 +1,40 @@
+//! Registered schedulers and seed peers, with their state, for the console.
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::Deserialize;
+
+use super::auth::Session;
+use super::error::ApiError;
+use super::AppState;
+use crate::store::hosts::{Kind, Member};
+
+/// `?scheduler_cluster_id=`
+#[derive(Deserialize)]
+pub struct ByCluster {
+    scheduler_cluster_id: Option<i64>,
+}
+
+/// `GET /api/v1/schedulers`
+pub async fn schedulers(
+    State(s): State<AppState>,
+    _: Session,
+    Query(q): Query<ByCluster>,
+) -> Result<Json<Vec<Member>>, ApiError> {
+    Ok(Json(
+        s.db.members(Kind::Scheduler, q.scheduler_cluster_id, false)
+            .await?,
+    ))
+}
+
+/// `GET /api/v1/seed-peers`
+pub async fn seed_peers(
+    State(s): State<AppState>,
+    _: Session,
+    Query(q): Query<ByCluster>,
+) -> Result<Json<Vec<Member>>, ApiError> {
+    Ok(Json(
+        s.db.members(Kind::SeedPeer, q.scheduler_cluster_id, false)
+            .await?,
+    ))
+}

@@ -1,0 +1,128 @@
+//! The HTTP side: REST `/api/v1` (console; session tokens from sign-in), Open API `/oapi/v1`
+//! (automation; personal access tokens with scopes), `/healthy`, `/metrics`, `/openapi.json`
+//! and the console page at `/`.
+
+pub mod auth;
+pub mod clusters;
+pub mod console;
+pub mod error;
+pub mod hosts;
+pub mod jobs;
+pub mod openapi;
+pub mod tokens;
+pub mod users;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::config::Config;
+use crate::jobs::ratelimit::JobLimiter;
+use crate::metrics::Metrics;
+use crate::store::Db;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub db: Db,
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Job creation limits per cluster.
+    pub limiter: Arc<JobLimiter>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Wakes the job runner when a job is created.
+    pub job_created: Arc<tokio::sync::Notify>,
+}
+
+/// Every route.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/users/signin", post(users::signin))
+        .route("/users/signout", post(users::signout))
+        .route("/users/me", get(users::me))
+        .route(
+            "/personal-access-tokens",
+            post(tokens::create).get(tokens::list),
+        )
+        .route(
+            "/personal-access-tokens/{id}",
+            axum::routing::delete(tokens::revoke),
+        )
+        .route(
+            "/clusters",
+            post(clusters::create_api).get(clusters::list_api),
+        )
+        .route(
+            "/clusters/{id}",
+            get(clusters::get_api)
+                .patch(clusters::update_api)
+                .delete(clusters::delete_api),
+        )
+        .route("/schedulers", get(hosts::schedulers))
+        .route("/seed-peers", get(hosts::seed_peers))
+        .route("/jobs", post(jobs::create_api).get(jobs::list_api))
+        .route("/jobs/{id}", get(jobs::get_api));
+    let oapi = Router::new()
+        .route(
+            "/clusters",
+            post(clusters::create_oapi).get(clusters::list_oapi),
+        )
+        .route(
+            "/clusters/{id}",
+            get(clusters::get_oapi)
+                .patch(clusters::update_oapi)
+                .delete(clusters::delete_oapi),
+        )
+        .route("/jobs", post(jobs::create_oapi).get(jobs::list_oapi))
+        .route("/jobs/{id}", get(jobs::get_oapi));
+    Router::new()
+        .nest("/api/v1", api)
+        .nest("/oapi/v1", oapi)
+        .route("/healthy", get(|| async { "OK" }))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi::document))
+        .route("/", get(console::page))
+        .fallback(|| async {
+            error::ApiError::status(
+                axum::http::StatusCode::NOT_FOUND,
+                "no such route; see /openapi.json",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+async fn metrics_text(axum::extract::State(s): axum::extract::State<AppState>) -> String {
+    s.metrics.render()
+}
+
+/// Counts requests by route and status, with their latency.
+async fn count_requests(
+    axum::extract::State(s): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    s.metrics
+        .http_requests
+        .with_label_values(&[&method, &route, res.status().as_str()])
+        .inc();
+    s.metrics
+        .http_seconds
+        .with_label_values(&[&method, &route])
+        .observe(started.elapsed().as_secs_f64());
+    res
+}

@@ -1,0 +1,213 @@
+//! The manager's YAML configuration. Every key has a default, so the manager starts with no
+//! file at all (an SQLite database under `data_dir`); `config/manager.yaml` lists them all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the default SQLite database lives.
+    pub data_dir: PathBuf,
+    /// Database.
+    pub database: DatabaseConfig,
+    /// HTTP: REST, Open API, console, metrics.
+    pub http: HttpConfig,
+    /// gRPC for schedulers, seed peers and peers.
+    pub grpc: GrpcConfig,
+    /// Users and tokens.
+    pub auth: AuthConfig,
+    /// Preheat jobs.
+    pub jobs: JobsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `database:`
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite:///path/manager.db` or `postgres://user:pass@host/db`; empty = SQLite file
+    /// `manager.db` in `data_dir`.
+    pub url: String,
+}
+
+/// `http:`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+}
+
+/// `grpc:`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Keepalive interval asked of schedulers and seed peers; silent for 3 = inactive.
+    pub keepalive_interval_secs: u32,
+}
+
+/// `auth:`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Password of the `root` user created on first start (also `DRAGONFLY_ROOT_PASSWORD`);
+    /// without one a random password is printed once.
+    pub root_password: Option<String>,
+    /// How long a console session lasts.
+    pub session_ttl_hours: u32,
+}
+
+/// `jobs:`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Jobs run at once by this manager.
+    pub concurrency: usize,
+    /// Default time limit of a job.
+    pub timeout_secs: u64,
+    /// A RUNNING job whose runner has not reported for this long (its manager died) is run
+    /// again.
+    pub stale_after_secs: u64,
+    /// How long an image's manifest resolution may take.
+    pub resolve_timeout_secs: u64,
+}
+
+/// `log:`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or a tracing filter.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            data_dir: PathBuf::from("/var/lib/dragonfly/manager"),
+            database: DatabaseConfig::default(),
+            http: HttpConfig::default(),
+            grpc: GrpcConfig::default(),
+            auth: AuthConfig::default(),
+            jobs: JobsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            listen: "0.0.0.0:8080".parse().expect("valid"),
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> GrpcConfig {
+        GrpcConfig {
+            listen: "0.0.0.0:65003".parse().expect("valid"),
+            keepalive_interval_secs: 5,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            root_password: None,
+            session_ttl_hours: 24,
+        }
+    }
+}
+
+impl Default for JobsConfig {
+    fn default() -> JobsConfig {
+        JobsConfig {
+            concurrency: 4,
+            timeout_secs: 3600,
+            stale_after_secs: 30,
+            resolve_timeout_secs: 60,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (missing keys take defaults; unknown keys are errors naming the key).
+    pub fn load(path: &std::path::Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        let c: Config = serde_yaml_ng::from_str(&text)
+            .map_err(|e| format!("config {}: {e}", path.display()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks values a YAML type cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.jobs.concurrency == 0 {
+            return Err("jobs.concurrency must be at least 1".into());
+        }
+        if let Some(p) = &self.auth.root_password {
+            if p.len() < crate::auth::MIN_PASSWORD {
+                return Err(format!(
+                    "auth.root_password must have at least {} characters",
+                    crate::auth::MIN_PASSWORD
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL to use.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("manager.db").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_is_the_defaults_and_bad_keys_are_named() {
+        let example =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/manager.yaml");
+        assert_eq!(Config::load(&example).unwrap(), Config::default());
+        let e = serde_yaml_ng::from_str::<Config>("jobs: {concurency: 2}").unwrap_err();
+        assert!(e.to_string().contains("concurency"), "{e}");
+        let c = Config {
+            jobs: JobsConfig {
+                concurrency: 0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("jobs.concurrency"));
+        assert_eq!(
+            Config::default().database_url(),
+            "sqlite:///var/lib/dragonfly/manager/manager.db"
+        );
+    }
+}

@@ -1,0 +1,473 @@
+//! The job contract as operators script it: `{"type": "preheat", "args": {...},
+//! "scheduler_cluster_ids": [...]}`. Parses and checks a creation request, naming the field
+//! of every mistake, and splits the arguments into what is stored and shown (secrets blanked)
+//! and the secrets only the runner sees. Both `snake_case` (Dragonfly v2) and the camelCase
+//! names (`pieceLength`, `filteredQueryParams`) are accepted.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::api::error::ApiError;
+
+/// Smallest and largest piece length a job may ask for.
+pub const PIECE_LENGTH_RANGE: (u64, u64) = (64 << 10, 64 << 20);
+
+/// `POST /jobs` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    /// Only `preheat`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Free text.
+    #[serde(default)]
+    pub bio: String,
+    /// Type-specific arguments.
+    #[serde(default)]
+    pub args: Value,
+    /// Target clusters; empty = all.
+    #[serde(default)]
+    pub scheduler_cluster_ids: Vec<i64>,
+    /// Ignored (the caller's identity decides); accepted for Dragonfly clients.
+    #[serde(default)]
+    pub user_id: Option<i64>,
+}
+
+/// Raw preheat arguments.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPreheat {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    urls: Vec<String>,
+    #[serde(default)]
+    tag: String,
+    #[serde(default)]
+    application: String,
+    #[serde(default, alias = "filteredQueryParams")]
+    filtered_query_params: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    platform: String,
+    #[serde(default, alias = "pieceLength")]
+    piece_length: Option<u64>,
+    #[serde(default)]
+    scope: Option<String>,
+    /// Seconds, or a duration like "90s", "30m", "2h".
+    #[serde(default)]
+    timeout: Option<Value>,
+    // Dragonfly fields for picking hosts and parallelism; accepted, not used.
+    #[serde(default)]
+    ips: Vec<String>,
+    #[serde(default)]
+    count: Option<u32>,
+    #[serde(default)]
+    percentage: Option<u32>,
+    #[serde(default)]
+    concurrent_task_count: Option<u32>,
+    #[serde(default)]
+    concurrent_peer_count: Option<u32>,
+}
+
+/// What to preheat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreheatKind {
+    /// An image: its manifest URL.
+    Image,
+    /// Files by URL.
+    File,
+}
+
+/// Where to put it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// The seed peer a pull would trigger.
+    SingleSeedPeer,
+    /// Every seed peer.
+    AllSeedPeers,
+    /// Every peer.
+    AllPeers,
+}
+
+/// Checked preheat arguments (what the runner works from, with the secrets).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Preheat {
+    /// Image or file.
+    pub kind: PreheatKind,
+    /// Manifest URL (image) or file URLs.
+    pub urls: Vec<String>,
+    /// Task ID parts for files.
+    pub tag: String,
+    /// Task ID parts for files.
+    pub application: String,
+    /// Extra query parameters left out of file task IDs (besides the signed-URL ones).
+    pub filtered_query_params: Vec<String>,
+    /// `os/arch[/variant]` for manifest lists.
+    pub platform: String,
+    /// Requested piece length.
+    pub piece_length: Option<u64>,
+    /// Targets.
+    pub scope: Scope,
+    /// Time limit.
+    pub timeout_secs: u64,
+}
+
+/// Secrets of a job: never returned, never logged.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Secrets {
+    /// Registry user.
+    pub username: String,
+    /// Registry password.
+    pub password: String,
+    /// Headers for the registry / origin.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A checked creation request.
+#[derive(Debug)]
+pub struct NewJob {
+    /// Free text.
+    pub bio: String,
+    /// Runner arguments.
+    pub preheat: Preheat,
+    /// What the API shows as `args` (secrets blanked).
+    pub shown: Value,
+    /// Secrets.
+    pub secrets: Secrets,
+    /// Target clusters.
+    pub clusters: Vec<i64>,
+}
+
+/// The platform of this machine, as OCI names it.
+pub fn host_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    };
+    format!("linux/{arch}")
+}
+
+/// "90", 90, "90s", "30m", "2h" → seconds.
+fn parse_timeout(v: &Value) -> Result<u64, String> {
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| "timeout must be a positive number of seconds".into()),
+        Value::String(s) => {
+            let s = s.trim();
+            let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+            let n: u64 = num
+                .parse()
+                .map_err(|_| format!("timeout {s:?} is not like 90s, 30m or 2h"))?;
+            let mult = match unit {
+                "" | "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                _ => return Err(format!("timeout {s:?} is not like 90s, 30m or 2h")),
+            };
+            Ok(n * mult)
+        }
+        _ => Err("timeout must be seconds or a duration like 30m".into()),
+    }
+}
+
+fn check_url(field: &str, u: &str) -> Result<reqwest::Url, ApiError> {
+    let parsed = reqwest::Url::parse(u)
+        .map_err(|e| ApiError::bad(field, format!("{u:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(ApiError::bad(
+            field,
+            format!("{u:?} must be an http(s) URL with a host"),
+        ));
+    }
+    Ok(parsed)
+}
+
+/// Checks `req`; `default_timeout` applies when the job gives none.
+pub fn check(req: CreateJob, default_timeout: Duration) -> Result<NewJob, ApiError> {
+    if req.kind != "preheat" {
+        return Err(ApiError::bad(
+            "type",
+            format!("unknown job type {:?}; supported: preheat", req.kind),
+        ));
+    }
+    if !req.args.is_object() {
+        return Err(ApiError::bad(
+            "args",
+            "args must be an object with at least type and url",
+        ));
+    }
+    let raw: RawPreheat = serde_path_to_error::deserialize(req.args).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "args".to_owned()
+        } else {
+            format!("args.{path}")
+        };
+        ApiError::bad(&field, format!("invalid args: {}", e.inner()))
+    })?;
+    let kind = match raw.kind.as_str() {
+        "image" => PreheatKind::Image,
+        "file" => PreheatKind::File,
+        other => {
+            return Err(ApiError::bad(
+                "args.type",
+                format!("unknown preheat type {other:?}; use image or file"),
+            ))
+        }
+    };
+    let mut urls = raw.urls.clone();
+    if !raw.url.is_empty() {
+        urls.insert(0, raw.url.clone());
+    }
+    if urls.is_empty() {
+        return Err(ApiError::bad("args.url", "url is required"));
+    }
+    for u in &urls {
+        let parsed = check_url("args.url", u)?;
+        if kind == PreheatKind::Image && crate::jobs::image::ManifestUrl::parse(&parsed).is_none() {
+            return Err(ApiError::bad(
+                "args.url",
+                format!("{u:?} is not an image manifest URL like https://REGISTRY/v2/REPO/manifests/TAG"),
+            ));
+        }
+    }
+    if kind == PreheatKind::Image && urls.len() > 1 {
+        return Err(ApiError::bad(
+            "args.urls",
+            "an image preheat takes one manifest url",
+        ));
+    }
+    if let Some(pl) = raw.piece_length {
+        let (lo, hi) = PIECE_LENGTH_RANGE;
+        if !(lo..=hi).contains(&pl) || !pl.is_power_of_two() {
+            return Err(ApiError::bad(
+                "args.pieceLength",
+                format!("pieceLength {pl} must be a power of two from {lo} to {hi}"),
+            ));
+        }
+    }
+    let scope = match raw.scope.as_deref().unwrap_or("single_seed_peer") {
+        "single_seed_peer" | "" => Scope::SingleSeedPeer,
+        "all_seed_peers" => Scope::AllSeedPeers,
+        "all_peers" => Scope::AllPeers,
+        other => {
+            return Err(ApiError::bad(
+                "args.scope",
+                format!(
+                    "unknown scope {other:?}; use single_seed_peer, all_seed_peers or all_peers"
+                ),
+            ))
+        }
+    };
+    let platform = if raw.platform.is_empty() {
+        host_platform()
+    } else {
+        raw.platform.clone()
+    };
+    let parts: Vec<&str> = platform.split('/').collect();
+    if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
+        return Err(ApiError::bad(
+            "args.platform",
+            format!("platform {platform:?} is not os/arch[/variant]"),
+        ));
+    }
+    let timeout_secs = match &raw.timeout {
+        None => default_timeout.as_secs(),
+        Some(v) => parse_timeout(v).map_err(|e| ApiError::bad("args.timeout", e))?,
+    };
+    if !(1..=24 * 3600).contains(&timeout_secs) {
+        return Err(ApiError::bad(
+            "args.timeout",
+            "timeout must be from 1 second to 24 hours",
+        ));
+    }
+    if raw.password.is_empty() != raw.username.is_empty() {
+        return Err(ApiError::bad(
+            "args.username",
+            "give username and password together",
+        ));
+    }
+    let _ = (
+        &raw.ips,
+        raw.count,
+        raw.percentage,
+        raw.concurrent_task_count,
+        raw.concurrent_peer_count,
+    );
+    let filtered: Vec<String> = raw
+        .filtered_query_params
+        .split('&')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let shown = json!({
+        "type": raw.kind,
+        "url": urls[0],
+        "urls": &urls[1..],
+        "tag": raw.tag,
+        "application": raw.application,
+        "filtered_query_params": raw.filtered_query_params,
+        "headers": raw.headers.keys().map(|k| (k.clone(), Value::String(String::new()))).collect::<serde_json::Map<_, _>>(),
+        "username": raw.username,
+        "password": "",
+        "platform": platform,
+        "piece_length": raw.piece_length,
+        "scope": serde_json::to_value(scope).expect("scope serializes"),
+        "timeout": timeout_secs,
+    });
+    Ok(NewJob {
+        bio: req.bio,
+        preheat: Preheat {
+            kind,
+            urls,
+            tag: raw.tag,
+            application: raw.application,
+            filtered_query_params: filtered,
+            platform,
+            piece_length: raw.piece_length,
+            scope,
+            timeout_secs,
+        },
+        shown,
+        secrets: Secrets {
+            username: raw.username,
+            password: raw.password,
+            headers: raw.headers,
+        },
+        clusters: req.scheduler_cluster_ids,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(args: Value) -> CreateJob {
+        CreateJob {
+            kind: "preheat".into(),
+            bio: String::new(),
+            args,
+            scheduler_cluster_ids: vec![],
+            user_id: None,
+        }
+    }
+
+    fn field(r: Result<NewJob, ApiError>) -> String {
+        r.unwrap_err().field.unwrap()
+    }
+
+    #[test]
+    fn the_operators_request_is_accepted_and_secrets_are_split_off() {
+        let j = check(
+            req(
+                json!({"type": "image", "url": "http://r:5000/v2/library/app/manifests/v1",
+                "username": "u", "password": "p", "headers": {"X-Token": "t"}}),
+            ),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        assert_eq!(j.preheat.kind, PreheatKind::Image);
+        assert_eq!(j.preheat.scope, Scope::SingleSeedPeer);
+        assert_eq!(j.secrets.password, "p");
+        let shown = j.shown.to_string();
+        assert!(
+            !shown.contains("\"p\"") && !shown.contains("\"t\""),
+            "{shown}"
+        );
+        assert_eq!(j.shown["headers"]["X-Token"], "");
+        let f = check(
+            req(json!({"type": "file", "url": "https://h/f?x=1", "pieceLength": 4194304, "filteredQueryParams": "a&b", "timeout": "30m", "scope": "all_peers"})),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        assert_eq!(f.preheat.filtered_query_params, vec!["a", "b"]);
+        assert_eq!(f.preheat.timeout_secs, 1800);
+        assert_eq!(f.preheat.scope, Scope::AllPeers);
+    }
+
+    #[test]
+    fn every_mistake_names_its_field() {
+        let d = Duration::from_secs(60);
+        let mut bad = req(json!({"type": "image", "url": "http://r/v2/a/manifests/b"}));
+        bad.kind = "gc".into();
+        assert_eq!(field(check(bad, d)), "type");
+        assert_eq!(
+            field(check(req(json!({"type": "blob", "url": "http://x/y"})), d)),
+            "args.type"
+        );
+        assert_eq!(field(check(req(json!({"type": "file"})), d)), "args.url");
+        assert_eq!(
+            field(check(req(json!({"type": "file", "url": "ftp://x/y"})), d)),
+            "args.url"
+        );
+        assert_eq!(
+            field(check(
+                req(json!({"type": "image", "url": "http://r/not/a/manifest"})),
+                d
+            )),
+            "args.url"
+        );
+        assert_eq!(
+            field(check(
+                req(json!({"type": "file", "url": "http://x/y", "pieceLength": 1000})),
+                d
+            )),
+            "args.pieceLength"
+        );
+        assert_eq!(
+            field(check(
+                req(json!({"type": "file", "url": "http://x/y", "scope": "everyone"})),
+                d
+            )),
+            "args.scope"
+        );
+        assert_eq!(
+            field(check(
+                req(
+                    json!({"type": "image", "url": "http://r/v2/a/manifests/b", "platform": "linux"})
+                ),
+                d
+            )),
+            "args.platform"
+        );
+        assert_eq!(
+            field(check(
+                req(json!({"type": "file", "url": "http://x/y", "timeout": "soon"})),
+                d
+            )),
+            "args.timeout"
+        );
+        assert_eq!(
+            field(check(
+                req(json!({"type": "file", "url": "http://x/y", "piece_length": "big"})),
+                d
+            )),
+            "args.piece_length"
+        );
+        assert_eq!(
+            field(check(
+                req(json!({"type": "file", "url": "http://x/y", "bogus": 1})),
+                d
+            )),
+            "args.bogus"
+        );
+        assert_eq!(field(check(req(json!("nope")), d)), "args");
+    }
+}

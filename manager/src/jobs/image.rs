@@ -1,0 +1,217 @@
+//! Resolving an image preheat: the manifest URL `scheme://REGISTRY/v2/REPO/manifests/REF` is
+//! fetched (OCI and Docker v2 media types, registry auth by username/password with the bearer
+//! challenge handled by the registry client), an index or manifest list is narrowed to the
+//! job's platform, and every blob — config and layers — becomes a task: its ID the blob
+//! digest, its origin `oci://REGISTRY/REPO@DIGEST`, so a later pull through any registry host,
+//! mirror or URL finds it.
+
+use dragonfly_registry::{media_types, Credential, Reference, RegistryClient, RegistryConfig};
+use serde::Deserialize;
+
+use super::args::Secrets;
+
+/// A parsed manifest URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestUrl {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// `host[:port]`.
+    pub registry: String,
+    /// Repository path.
+    pub repository: String,
+    /// Tag or digest.
+    pub reference: String,
+}
+
+impl ManifestUrl {
+    /// `None` unless the path is `/v2/REPO/manifests/REF`.
+    pub fn parse(u: &reqwest::Url) -> Option<ManifestUrl> {
+        let host = u.host_str()?;
+        let registry = match u.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        };
+        let path = u.path().strip_prefix("/v2/")?;
+        let (repository, reference) = path.rsplit_once("/manifests/")?;
+        if repository.is_empty() || reference.is_empty() || reference.contains('/') {
+            return None;
+        }
+        Some(ManifestUrl {
+            scheme: u.scheme().to_owned(),
+            registry,
+            repository: repository.to_owned(),
+            reference: reference.to_owned(),
+        })
+    }
+}
+
+/// One blob of the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageBlob {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// Bytes.
+    pub size: u64,
+    /// `oci://REGISTRY/REPO@DIGEST`.
+    pub url: String,
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    digest: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+struct Platform {
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Document {
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+}
+
+fn client(m: &ManifestUrl, secrets: &Secrets) -> Result<RegistryClient, String> {
+    let mut config = RegistryConfig::default();
+    if m.scheme == "http" {
+        config.plain_http.push(m.registry.clone());
+    }
+    if !secrets.username.is_empty() {
+        config.credentials.insert(
+            m.registry.clone(),
+            Credential::Basic {
+                username: secrets.username.clone(),
+                password: secrets.password.clone(),
+            },
+        );
+    }
+    RegistryClient::new(config).map_err(|e| format!("registry client: {e}"))
+}
+
+fn matches(p: &Platform, want: &str) -> bool {
+    let mut parts = want.split('/');
+    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
+    Some(p.os.as_str()) == os
+        && Some(p.architecture.as_str()) == arch
+        && (variant.is_none() || p.variant.as_deref() == variant)
+}
+
+/// The config and layers of the image at `m` for `platform`.
+pub async fn resolve(
+    m: &ManifestUrl,
+    platform: &str,
+    secrets: &Secrets,
+) -> Result<Vec<ImageBlob>, String> {
+    let client = client(m, secrets)?;
+    let mut reference = Reference {
+        registry: m.registry.clone(),
+        repository: m.repository.clone(),
+        tag: None,
+        digest: None,
+    };
+    if m.reference.contains(':') {
+        reference.digest = Some(m.reference.clone());
+    } else {
+        reference.tag = Some(m.reference.clone());
+    }
+    let name = format!("{}/{}:{}", m.registry, m.repository, m.reference);
+    // An index may point to a manifest; at most one more hop.
+    for _ in 0..2 {
+        let manifest = client
+            .get_manifest(&reference, media_types::DEFAULT_ACCEPT)
+            .await
+            .map_err(|e| format!("cannot fetch the manifest of {name}: {e}"))?;
+        let doc: Document = serde_json::from_slice(&manifest.bytes)
+            .map_err(|e| format!("the manifest of {name} is not valid JSON: {e}"))?;
+        let is_index = manifest.media_type == media_types::OCI_INDEX
+            || manifest.media_type == media_types::DOCKER_MANIFEST_LIST;
+        if is_index {
+            let chosen = doc
+                .manifests
+                .iter()
+                .find(|d| d.platform.as_ref().is_some_and(|p| matches(p, platform)))
+                .ok_or_else(|| {
+                    let have: Vec<String> = doc
+                        .manifests
+                        .iter()
+                        .filter_map(|d| d.platform.as_ref())
+                        .map(|p| format!("{}/{}", p.os, p.architecture))
+                        .collect();
+                    format!("{name} has no manifest for platform {platform} (it has {have:?})")
+                })?;
+            reference.digest = Some(chosen.digest.clone());
+            continue;
+        }
+        let repo = format!("oci://{}/{}", m.registry, m.repository);
+        let blobs = doc
+            .config
+            .into_iter()
+            .chain(doc.layers)
+            .map(|d| ImageBlob {
+                url: format!("{repo}@{}", d.digest),
+                digest: d.digest,
+                size: d.size,
+            })
+            .collect::<Vec<_>>();
+        if blobs.is_empty() {
+            return Err(format!("the manifest of {name} lists no config or layers"));
+        }
+        if let Some(bad) = blobs.iter().find(|b| {
+            !b.digest
+                .strip_prefix("sha256:")
+                .is_some_and(|h| h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit()))
+        }) {
+            return Err(format!(
+                "{name} has a blob with unsupported digest {:?}",
+                bad.digest
+            ));
+        }
+        return Ok(blobs);
+    }
+    Err(format!(
+        "{name}: an index points to another index; not supported"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_urls_parse() {
+        let u = reqwest::Url::parse("http://127.0.0.1:5000/v2/library/app/manifests/v1").unwrap();
+        let m = ManifestUrl::parse(&u).unwrap();
+        assert_eq!(
+            (
+                m.registry.as_str(),
+                m.repository.as_str(),
+                m.reference.as_str()
+            ),
+            ("127.0.0.1:5000", "library/app", "v1")
+        );
+        for bad in [
+            "http://r/v2/manifests/x",
+            "http://r/v1/a/manifests/b",
+            "http://r/v2/a/blobs/b",
+        ] {
+            assert!(
+                ManifestUrl::parse(&reqwest::Url::parse(bad).unwrap()).is_none(),
+                "{bad}"
+            );
+        }
+    }
+}

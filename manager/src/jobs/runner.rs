@@ -1,0 +1,432 @@
+//! The durable job runner. It claims PENDING jobs from the database (so several managers on
+//! one PostgreSQL share the work), runs up to `jobs.concurrency` at once, heartbeats each
+//! RUNNING job with its progress, and puts jobs whose heartbeat stopped (their manager died)
+//! back to PENDING, so every job ends as SUCCESS or FAILURE even across restarts.
+//!
+//! A preheat resolves its tasks (an image's config and layers, or file URLs), then asks one
+//! active scheduler of each target cluster to fill the scope's hosts (`Scheduler.Preheat`) and
+//! records which hosts hold which task. The job succeeds when every task reached at least one
+//! host in every cluster; a readable log says what happened either way.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use dragonfly_proto::scheduler as pb;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::{Notify, Semaphore};
+
+use super::args::{Preheat, PreheatKind, Scope, Secrets};
+use super::image::{self, ManifestUrl};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::hosts::Kind;
+use crate::store::jobs::Claimed;
+use crate::store::Db;
+
+/// How often a RUNNING job's heartbeat is written.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// What the runner keeps of a job beside its public args (in the secrets column).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobPlan {
+    /// Checked arguments.
+    pub preheat: Preheat,
+    /// Credentials.
+    pub secrets: Secrets,
+}
+
+/// The runner.
+pub struct Runner {
+    db: Db,
+    config: Arc<Config>,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
+/// A job's growing log and result.
+struct Progress {
+    log: String,
+    result: Value,
+}
+
+impl Progress {
+    fn line(&mut self, s: impl AsRef<str>) {
+        let t = chrono::Utc::now().format("%H:%M:%S");
+        self.log.push_str(&format!("{t} {}\n", s.as_ref()));
+    }
+}
+
+impl Runner {
+    /// A runner over `db`, woken early by `wake`.
+    pub fn new(
+        db: Db,
+        config: Arc<Config>,
+        wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Runner> {
+        Arc::new(Runner {
+            db,
+            config,
+            wake,
+            metrics,
+        })
+    }
+
+    /// Runs forever.
+    pub async fn run(self: Arc<Self>) {
+        let slots = Arc::new(Semaphore::new(self.config.jobs.concurrency.max(1)));
+        let stale = Duration::from_secs(self.config.jobs.stale_after_secs.max(1));
+        loop {
+            match self.db.requeue_stale_jobs(stale).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    jobs = n,
+                    "requeued RUNNING jobs whose manager stopped reporting"
+                ),
+                Err(e) => tracing::error!(error = %e, "cannot requeue stale jobs"),
+            }
+            // Claim while there are free slots and pending jobs.
+            loop {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                match self.db.claim_job().await {
+                    Ok(Some(c)) => {
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            me.run_job(c).await;
+                            drop(permit);
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot claim a job");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn run_job(&self, c: Claimed) {
+        let id = c.job.id;
+        let started = Instant::now();
+        let mut progress = Progress {
+            log: c.job.log.clone(),
+            result: json!({"job_states": []}),
+        };
+        if c.job.attempts > 1 {
+            progress.line(format!(
+                "run {} (the previous run's manager stopped)",
+                c.job.attempts
+            ));
+        }
+        tracing::info!(job = id, task_id = %c.job.task_id, attempt = c.job.attempts, "job started");
+        let plan: Result<JobPlan, _> = serde_json::from_value(c.secrets.clone());
+        let (success, progress) = match plan {
+            Err(e) => {
+                progress.line(format!("the stored job cannot be read: {e}"));
+                (false, progress)
+            }
+            Ok(plan) => {
+                let shared = Arc::new(tokio::sync::Mutex::new(progress));
+                let timeout = Duration::from_secs(plan.preheat.timeout_secs.max(1));
+                let heartbeat = {
+                    let (db, shared) = (self.db.clone(), shared.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(HEARTBEAT).await;
+                            let p = shared.lock().await;
+                            if let Err(e) = db.job_progress(id, &p.result, &p.log).await {
+                                tracing::warn!(job = id, error = %e, "cannot record job progress");
+                            }
+                        }
+                    })
+                };
+                let outcome = tokio::time::timeout(
+                    timeout,
+                    self.preheat(&plan, &c.job.scheduler_cluster_ids, shared.clone()),
+                )
+                .await;
+                heartbeat.abort();
+                let mut p = Arc::try_unwrap(shared)
+                    .map(|m| m.into_inner())
+                    .unwrap_or_else(|s| Progress {
+                        log: s.try_lock().map(|p| p.log.clone()).unwrap_or_default(),
+                        result: s.try_lock().map(|p| p.result.clone()).unwrap_or_default(),
+                    });
+                let ok = match outcome {
+                    Ok(ok) => ok,
+                    Err(_) => {
+                        p.line(format!("timed out after {}s", timeout.as_secs()));
+                        false
+                    }
+                };
+                (ok, p)
+            }
+        };
+        let mut progress = progress;
+        progress.line(if success { "SUCCESS" } else { "FAILURE" });
+        self.metrics
+            .jobs
+            .with_label_values(&[if success { "success" } else { "failure" }])
+            .inc();
+        if let Err(e) = self
+            .db
+            .finish_job(id, success, &progress.result, &progress.log)
+            .await
+        {
+            tracing::error!(job = id, error = %e, "cannot record the job's end; it will run again");
+            return;
+        }
+        tracing::info!(
+            job = id,
+            success,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "job finished"
+        );
+    }
+
+    /// The tasks of a preheat.
+    async fn tasks(&self, plan: &Preheat, secrets: &Secrets) -> Result<Vec<pb::Task>, String> {
+        let mut headers: std::collections::HashMap<String, String> = secrets
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !secrets.username.is_empty() {
+            let basic = base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", secrets.username, secrets.password));
+            headers.insert("Authorization".into(), format!("Basic {basic}"));
+        }
+        let piece_length = plan.piece_length.unwrap_or(0) as u32;
+        match plan.kind {
+            PreheatKind::Image => {
+                let url = reqwest::Url::parse(&plan.urls[0]).map_err(|e| e.to_string())?;
+                let m = ManifestUrl::parse(&url).ok_or("not a manifest URL")?;
+                let blobs = tokio::time::timeout(
+                    Duration::from_secs(self.config.jobs.resolve_timeout_secs.max(1)),
+                    image::resolve(&m, &plan.platform, secrets),
+                )
+                .await
+                .map_err(|_| format!("resolving {} timed out", plan.urls[0]))??;
+                Ok(blobs
+                    .into_iter()
+                    .map(|b| pb::Task {
+                        id: b.digest.clone(),
+                        content_length: b.size,
+                        piece_length,
+                        url: b.url,
+                        digest: b.digest,
+                        origin_headers: headers.clone(),
+                    })
+                    .collect())
+            }
+            PreheatKind::File => plan
+                .urls
+                .iter()
+                .map(|u| {
+                    let hex = dragonfly_proto::task_id::task_id(
+                        u,
+                        &plan.tag,
+                        &plan.application,
+                        &plan.filtered_query_params,
+                    )?;
+                    Ok(pb::Task {
+                        id: format!("task:{hex}"),
+                        content_length: 0,
+                        piece_length,
+                        url: u.clone(),
+                        digest: String::new(),
+                        origin_headers: headers.clone(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Runs a preheat; true if every task reached a host in every target cluster.
+    async fn preheat(
+        &self,
+        plan: &JobPlan,
+        cluster_ids: &[i64],
+        progress: Arc<tokio::sync::Mutex<Progress>>,
+    ) -> bool {
+        let tasks = match self.tasks(&plan.preheat, &plan.secrets).await {
+            Ok(t) => t,
+            Err(e) => {
+                progress.lock().await.line(e);
+                return false;
+            }
+        };
+        let total: u64 = tasks.iter().map(|t| t.content_length).sum();
+        progress.lock().await.line(format!(
+            "{} task(s) to preheat{}",
+            tasks.len(),
+            if total > 0 {
+                format!(", {total} bytes")
+            } else {
+                String::new()
+            }
+        ));
+        let clusters = match self.db.clusters().await {
+            Ok(all) => all
+                .into_iter()
+                .filter(|c| cluster_ids.is_empty() || cluster_ids.contains(&c.id))
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                progress
+                    .lock()
+                    .await
+                    .line(format!("cannot list clusters: {e}"));
+                return false;
+            }
+        };
+        if clusters.is_empty() {
+            progress
+                .lock()
+                .await
+                .line("no scheduler cluster to preheat in; create one or register a scheduler");
+            return false;
+        }
+        let scope = match plan.preheat.scope {
+            Scope::SingleSeedPeer => pb::PreheatScope::SingleSeedPeer,
+            Scope::AllSeedPeers => pb::PreheatScope::AllSeedPeers,
+            Scope::AllPeers => pb::PreheatScope::AllPeers,
+        };
+        let mut all_ok = true;
+        for cluster in clusters {
+            let (ok, state) = self
+                .preheat_cluster(
+                    cluster.id,
+                    &cluster.name,
+                    &tasks,
+                    scope,
+                    plan.preheat.timeout_secs,
+                    &progress,
+                )
+                .await;
+            all_ok &= ok;
+            let mut p = progress.lock().await;
+            p.result["job_states"]
+                .as_array_mut()
+                .expect("array")
+                .push(state);
+        }
+        all_ok
+    }
+
+    async fn preheat_cluster(
+        &self,
+        cluster_id: i64,
+        name: &str,
+        tasks: &[pb::Task],
+        scope: pb::PreheatScope,
+        timeout_secs: u64,
+        progress: &tokio::sync::Mutex<Progress>,
+    ) -> (bool, Value) {
+        let fail = |e: String| {
+            (
+                false,
+                json!({"scheduler_cluster_id": cluster_id, "state": "FAILURE", "success_tasks": [], "failure_tasks": [], "error": e}),
+            )
+        };
+        let schedulers = match self
+            .db
+            .members(Kind::Scheduler, Some(cluster_id), true)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                progress.lock().await.line(format!("cluster {name}: {e}"));
+                return fail(e.to_string());
+            }
+        };
+        if schedulers.is_empty() {
+            let e = format!("cluster {name} has no active scheduler");
+            progress.lock().await.line(&e);
+            return fail(e);
+        }
+        let mut last_error = String::new();
+        for s in &schedulers {
+            let addr = format!("http://{}:{}", s.ip, s.port);
+            progress.lock().await.line(format!(
+                "cluster {name}: asking scheduler {}:{} ({:?})",
+                s.ip, s.port, scope
+            ));
+            let res = async {
+                let ch = tonic::transport::Endpoint::from_shared(addr.clone())
+                    .map_err(|e| e.to_string())?
+                    .connect_timeout(Duration::from_secs(3))
+                    .timeout(Duration::from_secs(timeout_secs + 10))
+                    .connect()
+                    .await
+                    .map_err(|e| format!("cannot connect to scheduler {addr}: {e}"))?;
+                pb::scheduler_client::SchedulerClient::new(ch)
+                    .preheat(pb::PreheatRequest {
+                        tasks: tasks.to_vec(),
+                        scope: scope as i32,
+                        timeout_secs: timeout_secs.min(u64::from(u32::MAX)) as u32,
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|e| format!("scheduler {addr}: {}", e.message()))
+            }
+            .await;
+            let resp = match res {
+                Ok(r) => r,
+                Err(e) => {
+                    progress.lock().await.line(&e);
+                    last_error = e;
+                    continue;
+                }
+            };
+            let ok_tasks: Vec<Value> = resp
+                .results
+                .iter()
+                .filter(|r| r.ok)
+                .map(|r| json!({"task_id": r.task_id, "url": r.url, "hostname": r.hostname, "ip": r.ip}))
+                .collect();
+            let failed: Vec<Value> = resp
+                .results
+                .iter()
+                .filter(|r| !r.ok)
+                .map(|r| json!({"task_id": r.task_id, "url": r.url, "hostname": r.hostname, "ip": r.ip, "description": r.description}))
+                .collect();
+            let every_task = tasks
+                .iter()
+                .all(|t| resp.results.iter().any(|r| r.ok && r.task_id == t.id));
+            {
+                let mut p = progress.lock().await;
+                p.line(format!(
+                    "cluster {name}: {} host-task(s) done, {} failed",
+                    ok_tasks.len(),
+                    failed.len()
+                ));
+                for f in &failed {
+                    p.line(format!(
+                        "  {} on {}: {}",
+                        f["url"].as_str().unwrap_or_default(),
+                        f["ip"].as_str().filter(|s| !s.is_empty()).unwrap_or("-"),
+                        f["description"].as_str().unwrap_or_default()
+                    ));
+                }
+            }
+            let state = json!({
+                "scheduler_cluster_id": cluster_id,
+                "state": if every_task { "SUCCESS" } else { "FAILURE" },
+                "success_tasks": ok_tasks,
+                "failure_tasks": failed,
+                "error": "",
+            });
+            return (every_task, state);
+        }
+        fail(last_error)
+    }
+}

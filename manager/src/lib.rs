@@ -1,0 +1,25 @@
+//! The Dragonfly-rs manager.
+//!
+//! It keeps scheduler clusters, the schedulers and seed peers registered with it, users and
+//! their personal access tokens, and preheat jobs in an SQL database (SQLite by default,
+//! PostgreSQL for several managers), serves the console's REST API (`/api/v1`), the Open API
+//! for automation (`/oapi/v1`, personal access tokens) and a gRPC service for schedulers,
+//! seed peers and peers, and runs preheat jobs durably: a job survives a manager restart.
+//!
+//! * [`store`] — the SQL store (migrations, one module per table family).
+//! * [`auth`] — password hashing, tokens, the root user.
+//! * [`api`] — HTTP routes, extractors, errors, OpenAPI document, console.
+//! * [`jobs`] — the preheat contract, image resolution, rate limits, the durable runner.
+//! * [`grpc`] — registration and keepalive of schedulers and seed peers; scheduler lists.
+//! * [`scopes`] — which cluster serves a peer.
+//! * [`server`] — wiring it all together.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod grpc;
+pub mod jobs;
+pub mod metrics;
+pub mod scopes;
+pub mod server;
+pub mod store;

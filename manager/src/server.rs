@@ -1,0 +1,105 @@
+//! Starting the manager: open the store, create the root user, start the job runner, the
+//! member expiry loop, the HTTP server and the gRPC server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dragonfly_proto::manager::manager_server::ManagerServer;
+
+use crate::api::{router, AppState};
+use crate::config::Config;
+use crate::jobs::ratelimit::JobLimiter;
+use crate::jobs::runner::Runner;
+use crate::metrics::Metrics;
+use crate::store::Db;
+
+/// A running manager's addresses.
+pub struct Running {
+    /// HTTP.
+    pub http: SocketAddr,
+    /// gRPC.
+    pub grpc: SocketAddr,
+}
+
+/// Starts everything; returns once listening. Servers run until the process ends.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    use anyhow::Context;
+    let config = Arc::new(config);
+    if config.database.url.is_empty() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    }
+    let url = config.database_url();
+    let db = Db::open(&url).await.with_context(|| {
+        format!(
+            "cannot open the database {}",
+            url.split('@').next_back().unwrap_or_default()
+        )
+    })?;
+    let root_password = std::env::var("DRAGONFLY_ROOT_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .or_else(|| config.auth.root_password.clone());
+    if let Some(p) = &root_password {
+        anyhow::ensure!(
+            p.len() >= crate::auth::MIN_PASSWORD,
+            "the root password must have at least {} characters",
+            crate::auth::MIN_PASSWORD
+        );
+    }
+    crate::auth::ensure_root(&db, root_password.as_deref()).await?;
+    db.default_cluster().await?;
+    let metrics = Metrics::new();
+    let job_created = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(
+        Runner::new(
+            db.clone(),
+            config.clone(),
+            job_created.clone(),
+            metrics.clone(),
+        )
+        .run(),
+    );
+    tokio::spawn(crate::grpc::expire_loop(
+        db.clone(),
+        config.grpc.keepalive_interval_secs,
+        metrics.clone(),
+    ));
+
+    let http = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on http.listen {}", config.http.listen))?;
+    let http_addr = http.local_addr()?;
+    let app = router(AppState {
+        db: db.clone(),
+        config: config.clone(),
+        limiter: Arc::new(JobLimiter::default()),
+        metrics: metrics.clone(),
+        job_created,
+    });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, app).await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    let grpc = tokio::net::TcpListener::bind(config.grpc.listen)
+        .await
+        .with_context(|| format!("cannot listen on grpc.listen {}", config.grpc.listen))?;
+    let grpc_addr = grpc.local_addr()?;
+    let service = crate::grpc::ManagerService::new(db, config.grpc.keepalive_interval_secs);
+    tokio::spawn(async move {
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(ManagerServer::new(service))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc))
+            .await
+        {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+    tracing::info!(http = %http_addr, grpc = %grpc_addr, database = ?url.split("://").next(), "manager ready");
+    Ok(Running {
+        http: http_addr,
+        grpc: grpc_addr,
+    })
+}

@@ -1,0 +1,236 @@
+//! Jobs (preheat): stored when created (PENDING), claimed by a runner (RUNNING, with a
+//! heartbeat), finished as SUCCESS or FAILURE with per-task results and a readable log.
+//! A RUNNING job whose heartbeat stops (its manager died) is put back to PENDING, so jobs
+//! survive restarts. Secrets (registry passwords, auth headers) live in their own column and
+//! never leave the store except to the runner.
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{json_col, now, rfc3339, Db, StoreError};
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Job {
+    /// Row ID.
+    pub id: i64,
+    /// `group_<uuid>`.
+    pub task_id: String,
+    /// `preheat`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Free text.
+    pub bio: String,
+    /// PENDING, RUNNING, SUCCESS or FAILURE.
+    pub state: String,
+    /// Arguments, secrets blanked.
+    pub args: Value,
+    /// Target clusters (empty = all).
+    pub scheduler_cluster_ids: Vec<i64>,
+    /// Per-task results.
+    pub result: Value,
+    /// What happened, for people.
+    pub log: String,
+    /// Creator.
+    pub user_id: Option<i64>,
+    /// Runs started (more than one after a restart).
+    pub attempts: i64,
+    /// Creation time.
+    pub created_at: String,
+    /// Last change (the runner's heartbeat while RUNNING).
+    pub updated_at: String,
+    /// First claimed.
+    pub started_at: Option<String>,
+    /// Finished.
+    pub finished_at: Option<String>,
+}
+
+/// A claimed job with what the runner needs.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The job.
+    pub job: Job,
+    /// Its secrets.
+    pub secrets: Value,
+}
+
+/// Filters of a job listing.
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery {
+    /// Only this state.
+    pub state: Option<String>,
+    /// Only this type.
+    pub kind: Option<String>,
+    /// 1-based page.
+    pub page: i64,
+    /// Page size.
+    pub per_page: i64,
+}
+
+fn job(r: &AnyRow) -> Result<Job, StoreError> {
+    Ok(Job {
+        id: r.try_get("id")?,
+        task_id: r.try_get("task_id")?,
+        kind: r.try_get("type")?,
+        bio: r.try_get("bio")?,
+        state: r.try_get("state")?,
+        args: json_col(r, "args")?,
+        scheduler_cluster_ids: json_col(r, "scheduler_cluster_ids")?,
+        result: json_col(r, "result")?,
+        log: r.try_get("log")?,
+        user_id: r.try_get("user_id")?,
+        attempts: r.try_get("attempts")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+    })
+}
+
+const COLUMNS: &str = "id, task_id, type, bio, state, args, scheduler_cluster_ids, result, log, user_id, attempts, created_at, updated_at, started_at, finished_at";
+
+impl Db {
+    /// Stores a new PENDING job.
+    pub async fn create_job(
+        &self,
+        kind: &str,
+        bio: &str,
+        args: &Value,
+        secrets: &Value,
+        clusters: &[i64],
+        user_id: Option<i64>,
+    ) -> Result<Job, StoreError> {
+        let t = now();
+        let row = sqlx::query(&format!(
+            "INSERT INTO jobs (task_id, type, bio, state, args, secrets, scheduler_cluster_ids, result, log, user_id, attempts, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, '{{}}', '', $7, 0, $8, $8) RETURNING {COLUMNS}"
+        ))
+        .bind(format!("group_{}", uuid::Uuid::new_v4()))
+        .bind(kind)
+        .bind(bio)
+        .bind(args.to_string())
+        .bind(secrets.to_string())
+        .bind(serde_json::to_string(clusters).expect("ids serialize"))
+        .bind(user_id)
+        .bind(&t)
+        .fetch_one(&self.pool)
+        .await?;
+        job(&row)
+    }
+
+    /// One job.
+    pub async fn job(&self, id: i64) -> Result<Job, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref()
+            .map(job)
+            .transpose()?
+            .ok_or_else(|| StoreError::NotFound(format!("job {id}")))
+    }
+
+    /// Jobs, newest first, and how many match in total.
+    pub async fn jobs(&self, q: &JobQuery) -> Result<(Vec<Job>, i64), StoreError> {
+        let per_page = q.per_page.clamp(1, 1000);
+        let offset = (q.page.max(1) - 1) * per_page;
+        let filter = "WHERE ($1 = '' OR state = $1) AND ($2 = '' OR type = $2)";
+        let state = q.state.clone().unwrap_or_default();
+        let kind = q.kind.clone().unwrap_or_default();
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM jobs {filter} ORDER BY id DESC LIMIT $3 OFFSET $4"
+        ))
+        .bind(&state)
+        .bind(&kind)
+        .bind(per_page)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        let total: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM jobs {filter}"))
+            .bind(&state)
+            .bind(&kind)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        Ok((rows.iter().map(job).collect::<Result<_, _>>()?, total))
+    }
+
+    /// Takes the oldest PENDING job for this runner (RUNNING, one more attempt). Safe with
+    /// several managers on one database: only one of them gets a given job.
+    pub async fn claim_job(&self) -> Result<Option<Claimed>, StoreError> {
+        loop {
+            let next =
+                sqlx::query("SELECT id FROM jobs WHERE state = 'PENDING' ORDER BY id LIMIT 1")
+                    .fetch_optional(&self.pool)
+                    .await?;
+            let Some(next) = next else { return Ok(None) };
+            let id: i64 = next.try_get("id")?;
+            let t = now();
+            let row = sqlx::query(&format!(
+                "UPDATE jobs SET state = 'RUNNING', attempts = attempts + 1, updated_at = $1, \
+                 started_at = COALESCE(started_at, $1) WHERE id = $2 AND state = 'PENDING' RETURNING {COLUMNS}, secrets"
+            ))
+            .bind(&t)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            // Lost the race to another runner: try the next one.
+            let Some(row) = row else { continue };
+            return Ok(Some(Claimed {
+                job: job(&row)?,
+                secrets: json_col(&row, "secrets")?,
+            }));
+        }
+    }
+
+    /// The runner's heartbeat on a RUNNING job, with its progress so far.
+    pub async fn job_progress(&self, id: i64, result: &Value, log: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET updated_at = $1, result = $2, log = $3 WHERE id = $4 AND state = 'RUNNING'")
+            .bind(now())
+            .bind(result.to_string())
+            .bind(log)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a RUNNING job.
+    pub async fn finish_job(
+        &self,
+        id: i64,
+        success: bool,
+        result: &Value,
+        log: &str,
+    ) -> Result<(), StoreError> {
+        let t = now();
+        sqlx::query(
+            "UPDATE jobs SET state = $1, result = $2, log = $3, updated_at = $4, finished_at = $4 WHERE id = $5 AND state = 'RUNNING'",
+        )
+        .bind(if success { "SUCCESS" } else { "FAILURE" })
+        .bind(result.to_string())
+        .bind(log)
+        .bind(&t)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Puts RUNNING jobs without a heartbeat for `stale` back to PENDING (their runner
+    /// died); returns how many.
+    pub async fn requeue_stale_jobs(&self, stale: std::time::Duration) -> Result<u64, StoreError> {
+        let cutoff =
+            rfc3339(chrono::Utc::now() - chrono::Duration::from_std(stale).unwrap_or_default());
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'PENDING', updated_at = $1 WHERE state = 'RUNNING' AND updated_at < $2",
+        )
+        .bind(now())
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
