@@ -68,6 +68,18 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Restarts it registered with the manager at `grpc` (`host:port`): the manager then
+    /// lists it and sends it preheat jobs. Peers announce themselves again on their own.
+    pub fn use_manager(&mut self, grpc: &str) -> Result<()> {
+        let config = self.dir.join("scheduler.yaml");
+        let mut yaml = std::fs::read_to_string(&config)?;
+        yaml.push_str(&format!(
+            "manager: {{address: '{grpc}', advertise_ip: 127.0.0.1}}\n"
+        ));
+        std::fs::write(&config, yaml)?;
+        self.restart()
+    }
+
     /// Its log.
     pub fn log(&self) -> String {
         self.proc.log()

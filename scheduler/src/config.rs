@@ -17,6 +17,26 @@ pub struct Config {
     pub log: LogConfig,
     /// Scheduling policy.
     pub scheduling: SchedulingConfig,
+    /// Registration with a manager (optional).
+    pub manager: ManagerConfig,
+}
+
+/// `manager:` — register with a manager so it can send preheat jobs here and tell peers
+/// about this scheduler.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagerConfig {
+    /// The manager's gRPC address (`host:port`); empty = no manager.
+    pub address: String,
+    /// Scheduler cluster to join; 0 = the manager's default cluster.
+    pub scheduler_cluster_id: u64,
+    /// Address peers and the manager reach this scheduler on; empty = the local address that
+    /// routes to the manager.
+    pub advertise_ip: Option<std::net::IpAddr>,
+    /// IDC, for the console.
+    pub idc: String,
+    /// Location, for the console.
+    pub location: String,
 }
 
 /// `/metrics` endpoint.
@@ -67,6 +87,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             scheduling: SchedulingConfig::default(),
+            manager: ManagerConfig::default(),
         }
     }
 }

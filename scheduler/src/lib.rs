@@ -11,6 +11,7 @@ pub mod evaluator;
 pub mod metrics;
 pub mod pieceset;
 pub mod preheat;
+pub mod registration;
 pub mod scheduling;
 pub mod seed;
 pub mod server;

@@ -40,12 +40,22 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.address)
         .await
         .with_context(|| format!("cannot listen on {}", config.address))?;
-    tracing::info!(address = %listener.local_addr()?, "scheduler serving");
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "scheduler serving");
+    let registration = (!config.manager.address.is_empty()).then(|| {
+        tokio::spawn(crate::registration::run(
+            config.manager.clone(),
+            local.port(),
+        ))
+    });
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let served = tonic::transport::Server::builder()
         .add_service(SchedulerServer::new(service).max_decoding_message_size(16 << 20))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     reaper.abort();
+    if let Some(r) = registration {
+        r.abort();
+    }
     served.context("gRPC server failed")
 }

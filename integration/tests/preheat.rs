@@ -1,0 +1,280 @@
+//! Preheat end to end: a real registry, the manager, a scheduler registered with it, a seed
+//! peer and two nodes (each its own containerd and daemon). The Open API request operators
+//! script today preheats an image and a file; later pulls take no layer bytes from the
+//! registry (for the file: with the registry stopped); `all_peers` fills every node before any
+//! pull; a manager killed mid-job is restarted and the job still finishes.
+
+use std::time::{Duration, Instant};
+
+use dragonfly_integration::fixtures;
+use dragonfly_integration::manager::{Manager, ROOT_PASSWORD};
+use dragonfly_integration::procs::run;
+use dragonfly_integration::swarm::Swarm;
+use dragonfly_integration::throttle::Throttle;
+use serde_json::{json, Value};
+
+/// Blocking JSON calls to the manager.
+struct Http {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Http {
+    fn new(base: &str) -> Http {
+        Http {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            client: reqwest::Client::new(),
+            base: base.to_owned(),
+        }
+    }
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.rt.block_on(async {
+            let mut r = self
+                .client
+                .request(method, format!("{}{path}", self.base))
+                .bearer_auth(token);
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            match r.send().await {
+                Ok(res) => {
+                    let s = res.status().as_u16();
+                    (s, res.json().await.unwrap_or(Value::Null))
+                }
+                Err(e) => (0, Value::String(e.to_string())),
+            }
+        })
+    }
+    fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, token, Some(body))
+    }
+    fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, token, None)
+    }
+}
+
+/// Signs in as root and creates a personal access token with the `job` scope.
+fn job_token(http: &Http) -> String {
+    let (_, v) = http.post(
+        "/api/v1/users/signin",
+        "",
+        json!({"name": "root", "password": ROOT_PASSWORD}),
+    );
+    let session = v["token"].as_str().expect("session").to_owned();
+    let (s, v) = http.post(
+        "/api/v1/personal-access-tokens",
+        &session,
+        json!({"name": "e2e", "scopes": ["job"]}),
+    );
+    assert_eq!(s, 201, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+/// Polls a job until it ends; the final job.
+fn wait_job(http: &Http, token: &str, id: i64, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (_, job) = http.get(&format!("/oapi/v1/jobs/{id}"), token);
+        if job["state"] == "SUCCESS" || job["state"] == "FAILURE" || Instant::now() > deadline {
+            return job;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn dfctl() -> std::path::PathBuf {
+    std::env::var("DFCTL_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dfctl")
+        })
+}
+
+#[test]
+fn preheated_images_and_files_are_pulled_without_the_registry() {
+    let mut swarm = Swarm::start_with_seeds(1, 3, "prefetch: {background: false}").expect("swarm");
+    let mut manager = Manager::start(
+        &swarm.path().join("manager"),
+        "",
+        "jobs: {stale_after_secs: 2}\n",
+    )
+    .expect("manager");
+    swarm
+        .scheduler
+        .use_manager(&manager.grpc)
+        .expect("scheduler with manager");
+    let http = Http::new(&manager.url);
+    let token = job_token(&http);
+    let img = fixtures::large().expect("fixture");
+    let published = fixtures::publish(
+        &swarm.nodes[1].containerd,
+        &swarm.registry.addr,
+        "large",
+        &img,
+        &[],
+    )
+    .expect("publish");
+    let tag = |r: &str| r.rsplit(':').next().unwrap().to_owned();
+    let layers: Vec<String> = fixtures::layers(&published.gzip)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.0)
+        .collect();
+    // The scheduler has registered and the three daemons announced to it again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let preheat = |args: Value| -> Value {
+        loop {
+            let (s, v) = http.post(
+                "/oapi/v1/jobs",
+                &token,
+                json!({"type": "preheat", "args": args}),
+            );
+            assert_eq!(s, 201, "{v}");
+            let job = wait_job(
+                &http,
+                &token,
+                v["id"].as_i64().unwrap(),
+                Duration::from_secs(120),
+            );
+            // Until the scheduler's registration and the hosts' announcements are in, a job
+            // may find no scheduler or no seed: try again.
+            let early = job["log"].as_str().unwrap_or_default();
+            if job["state"] == "FAILURE"
+                && (early.contains("no active scheduler") || early.contains("no seed peer"))
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            return job;
+        }
+    };
+
+    // 1. The operators' request: an image by manifest URL, default scope (one seed peer).
+    let url = format!(
+        "http://{}/v2/large/manifests/{}",
+        swarm.registry.addr,
+        tag(&published.gzip)
+    );
+    let job = preheat(json!({"type": "image", "url": url}));
+    assert_eq!(
+        job["state"],
+        "SUCCESS",
+        "{job}\n{}\n{}",
+        manager.log(),
+        swarm.logs()
+    );
+    assert!(job["task_id"].as_str().unwrap().starts_with("group_"));
+    let done = &job["result"]["job_states"][0]["success_tasks"];
+    assert_eq!(
+        done.as_array().unwrap().len(),
+        layers.len() + 1,
+        "config and every layer: {job}"
+    );
+    // A node pulls and runs it: no layer byte leaves the registry.
+    let mark = swarm.registry.mark();
+    let node = &swarm.nodes[1];
+    node.containerd.rpull(&published.gzip).expect("rpull");
+    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        fixtures::random_bytes(40 << 20, 7),
+    ));
+    let (ok, out) = node.containerd.run_once(
+        "dragonfly",
+        &published.gzip,
+        "after-preheat",
+        &["/bin/sha256sum", "/data/huge.bin"],
+    );
+    assert!(ok && out.contains(&want), "{out}\n{}", swarm.logs());
+    let layer_bytes: u64 = swarm
+        .registry
+        .blob_gets_since(mark)
+        .iter()
+        .filter(|g| layers.contains(&g.digest))
+        .map(|g| g.bytes)
+        .sum();
+    eprintln!("after the preheat, the pull took {layer_bytes} layer bytes from the registry");
+    assert_eq!(layer_bytes, 0, "{}", swarm.logs());
+
+    // 2. Manager killed mid-job: the job still finishes. The origin is slow (2 MB/s) so the
+    //    seed is still fetching the eStargz image when the manager dies.
+    let slow = Throttle::start(&swarm.registry.addr, 2_000_000).expect("throttle");
+    let url = format!(
+        "http://{}/v2/large/manifests/{}",
+        slow.addr,
+        tag(&published.estargz)
+    );
+    let (s, v) = http.post(
+        "/oapi/v1/jobs",
+        &token,
+        json!({"type": "preheat", "args": {"type": "image", "url": url}}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.get(&format!("/oapi/v1/jobs/{id}"), &token).1["state"] != "RUNNING"
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    manager.kill9();
+    manager.restart().expect("manager restart");
+    let job = wait_job(&http, &token, id, Duration::from_secs(180));
+    assert_eq!(job["state"], "SUCCESS", "{job}\n{}", manager.log());
+    assert!(
+        job["attempts"].as_i64().unwrap() >= 2,
+        "ran again after the restart: {job}"
+    );
+    drop(slow);
+
+    // 3. A file, preheated into every peer; then the registry stops and a node downloads it
+    //    with another URL signature: nothing is asked of the origin.
+    let digest = &img.layers[1];
+    let want = std::fs::read(swarm.registry.blob_path(digest)).unwrap();
+    let file_url = format!("http://{}/v2/large/blobs/{digest}", swarm.registry.addr);
+    let job = preheat(
+        json!({"type": "file", "url": format!("{file_url}?X-Amz-Signature=one"), "scope": "all_peers"}),
+    );
+    assert_eq!(job["state"], "SUCCESS", "{job}\n{}", manager.log());
+    let hosts: Vec<&str> = job["result"]["job_states"][0]["success_tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["ip"].as_str())
+        .collect();
+    assert_eq!(
+        hosts.len(),
+        3,
+        "every peer holds it before any download: {job}"
+    );
+    swarm.registry.stop();
+    let out = swarm.path().join("file-after-preheat");
+    let r = run(std::process::Command::new(dfctl())
+        .arg("--socket")
+        .arg(&swarm.nodes[2].daemon.socket)
+        .args([
+            "get",
+            "--quiet",
+            &format!("{file_url}?X-Amz-Signature=two"),
+            "-O",
+        ])
+        .arg(&out)
+        .args(["--digest", digest]));
+    assert!(r.is_ok(), "{r:?}\n{}", swarm.logs());
+    assert!(std::fs::read(&out).unwrap() == want);
+    assert_eq!(
+        swarm.nodes[2].metric("dragonfly_snapshotter_p2p_bytes_total", "origin"),
+        0.0,
+        "node 2 never went to the origin"
+    );
+}
