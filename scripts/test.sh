@@ -19,6 +19,7 @@ cargo build --workspace --bins --locked
 export DRAGONFLY_SNAPSHOTTER_BIN="$PWD/target/debug/dragonfly-snapshotter"
 export DRAGONFLY_SCHEDULER_BIN="$PWD/target/debug/dragonfly-scheduler"
 export DFCTL_BIN="$PWD/target/debug/dfctl"
+export DRAGONFLY_MANAGER_BIN="$PWD/target/debug/dragonfly-manager"
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
