@@ -12,6 +12,8 @@
 #   scripts/bench.sh pieces            # peer-to-peer piece throughput on loopback through the real
 #                                      # peer port (raw-TCP piece protocol vs gRPC, with and without
 #                                      # the receiver's sha256), vs reading the store directly
+#   scripts/bench.sh manager           # 1,000 job creations and 10,000 job polls against the manager
+#                                      # (SQLite; BENCH_DATABASE_URL=postgres://... for PostgreSQL)
 #   scripts/bench.sh scheduler         # parent selections/s with 10,000 simulated peers (sampled
 #                                      # vs a full scan in the same run) and the swarm's memory
 #   sudo scripts/bench.sh coldstart    # cold pull + `python3 -V` of a Debian bookworm+python3 image,
@@ -33,7 +35,7 @@ REG=127.0.0.1:$PORT
 RATE=${BENCH_RATE:-100mbit}
 LARGE_MIB=${BENCH_LARGE_MIB:-256}
 
-[ "${1:-}" = scheduler ] || [ "${1:-}" = pieces ] || [ "$(id -u)" -eq 0 ] || { echo "run as root: sudo scripts/bench.sh $*" >&2; exit 1; }
+[ "${1:-}" = scheduler ] || [ "${1:-}" = pieces ] || [ "${1:-}" = manager ] || [ "$(id -u)" -eq 0 ] || { echo "run as root: sudo scripts/bench.sh $*" >&2; exit 1; }
 
 now() { date +%s.%N; }
 elapsed() { echo "$2 - $1" | bc -l; }
@@ -359,6 +361,12 @@ PY
   echo "written: $OUT_DIR/swarm.json"
 }
 
+manager_bench() {
+  mkdir -p "$OUT_DIR"
+  cargo run --release --quiet -p dragonfly-manager --example api_bench -- "$OUT_DIR/manager.json"
+  echo "written: $OUT_DIR/manager.json"
+}
+
 pieces_bench() {
   mkdir -p "$OUT_DIR"
   # The daemon's default piece length, then 4 MiB pieces.
@@ -371,6 +379,7 @@ case "${1:-}" in
   coldstart) coldstart ;;
   scheduler) scheduler_bench ;;
   pieces) pieces_bench ;;
+  manager) manager_bench ;;
   swarm) swarm ;;
-  *) echo "usage: scripts/bench.sh coldstart|scheduler|pieces|swarm" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh coldstart|scheduler|pieces|swarm|manager" >&2; exit 2 ;;
 esac
