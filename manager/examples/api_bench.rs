@@ -56,8 +56,10 @@ async fn main() {
         .prefix("dfly-manager-bench-")
         .tempdir_in("/var/tmp")
         .unwrap();
-    let mut config = Config::default();
-    config.data_dir = dir.path().to_owned();
+    let mut config = Config {
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    };
     config.database.url = std::env::var("BENCH_DATABASE_URL").unwrap_or_default();
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.grpc.listen = "127.0.0.1:0".parse().unwrap();
