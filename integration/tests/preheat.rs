@@ -205,6 +205,39 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
     eprintln!("after the preheat, the pull took {layer_bytes} layer bytes from the registry");
     assert_eq!(layer_bytes, 0, "{}", swarm.logs());
 
+    // The same through dfctl: a token from `dfctl token create`, `dfctl preheat --wait`.
+    let cli = |args: &[&str]| {
+        run(std::process::Command::new(dfctl())
+            .args(["--manager", &manager.url])
+            .args(args)
+            .env("DFCTL_PASSWORD", ROOT_PASSWORD))
+    };
+    let cli_token = cli(&["token", "create", "cli", "--scope", "job"]).expect("dfctl token create");
+    let cli_token = cli_token.trim().to_owned();
+    assert!(cli_token.starts_with("dfp_"), "{cli_token}");
+    let zstd = published.zstdchunked.clone();
+    let out = cli(&[
+        "--token",
+        &cli_token,
+        "preheat",
+        &zstd,
+        "--plain-http",
+        "--wait",
+        "--quiet",
+    ])
+    .expect("dfctl preheat --wait");
+    assert!(out.contains(" ok "), "{out}");
+    let listed = cli(&["--token", &cli_token, "jobs", "--state", "SUCCESS"]).expect("dfctl jobs");
+    assert!(listed.contains(&tag(&zstd)), "{listed}");
+    let e = cli(&["--token", &cli_token, "clusters"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("forbidden") && e.contains("cluster"), "{e}");
+    let e = cli(&["--token", "dfp_nope", "jobs"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not authorized"), "{e}");
+
     // 2. Manager killed mid-job: the job still finishes. The origin is slow (2 MB/s) so the
     //    seed is still fetching the eStargz image when the manager dies.
     let slow = Throttle::start(&swarm.registry.addr, 2_000_000).expect("throttle");

@@ -1,0 +1,298 @@
+//! `dfctl` against the manager: preheat, jobs, tokens, clusters. The manager URL and the
+//! personal access token come from flags, else `DFCTL_MANAGER` / `DFCTL_TOKEN`, else the
+//! config file (`$XDG_CONFIG_HOME/dfctl/config.yaml`, `~/.config/dfctl/config.yaml` or
+//! `/etc/dragonfly/dfctl.yaml`: `manager: URL`, `token: dfp_…`). Every HTTP error is turned into
+//! a sentence that says what to do.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// What the config file may hold.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    manager: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
+}
+
+fn file_config() -> anyhow::Result<FileConfig> {
+    let mut candidates = Vec::new();
+    if let Ok(x) = std::env::var("XDG_CONFIG_HOME") {
+        candidates.push(std::path::PathBuf::from(x).join("dfctl/config.yaml"));
+    }
+    if let Ok(h) = std::env::var("HOME") {
+        candidates.push(std::path::PathBuf::from(h).join(".config/dfctl/config.yaml"));
+    }
+    candidates.push("/etc/dragonfly/dfctl.yaml".into());
+    for p in candidates {
+        if let Ok(text) = std::fs::read_to_string(&p) {
+            return serde_yaml_ng::from_str(&text)
+                .with_context(|| format!("config {}", p.display()));
+        }
+    }
+    Ok(FileConfig::default())
+}
+
+/// A client of one manager.
+pub struct Manager {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Manager {
+    /// From flags (already merged with the environment by clap) and the config file.
+    pub fn new(url: Option<String>, token: Option<String>) -> anyhow::Result<Manager> {
+        let file = file_config()?;
+        let base = url.or(file.manager).context(
+            "no manager given: use --manager URL, DFCTL_MANAGER, or `manager:` in ~/.config/dfctl/config.yaml",
+        )?;
+        Ok(Manager {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.or(file.token),
+        })
+    }
+
+    fn token(&self) -> anyhow::Result<&str> {
+        self.token.as_deref().context(
+            "no personal access token: use --token, DFCTL_TOKEN, or `token:` in ~/.config/dfctl/config.yaml (create one with `dfctl token create`)",
+        )
+    }
+
+    /// One call; `auth` is the bearer token. Errors say what to do.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        auth: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut r = self.http.request(method, &url).bearer_auth(auth);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let res = r.send().await.with_context(|| {
+            format!(
+                "cannot reach the manager at {} (check --manager / DFCTL_MANAGER)",
+                self.base
+            )
+        })?;
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(v);
+        }
+        let message = v["message"].as_str().unwrap_or(text.as_str()).to_owned();
+        match status.as_u16() {
+            400 => bail!(
+                "the manager rejected the request{}: {message}",
+                v["field"]
+                    .as_str()
+                    .map(|f| format!(" (field {f})"))
+                    .unwrap_or_default()
+            ),
+            401 => bail!("not authorized: {message}"),
+            403 => bail!("forbidden: {message}"),
+            404 => bail!("not found: {message}"),
+            429 => bail!(
+                "the manager is rate limiting job creation; try again in a second ({message})"
+            ),
+            s => bail!("the manager answered {s}: {message}"),
+        }
+    }
+
+    /// Signs in; the session token.
+    pub async fn sign_in(&self, user: &str, password: &str) -> anyhow::Result<String> {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/users/signin",
+                "",
+                Some(json!({"name": user, "password": password})),
+            )
+            .await?;
+        Ok(v["token"]
+            .as_str()
+            .context("no token in the sign-in answer")?
+            .to_owned())
+    }
+
+    /// Creates a preheat job; the job.
+    pub async fn preheat(&self, args: Value) -> anyhow::Result<Value> {
+        self.call(
+            reqwest::Method::POST,
+            "/oapi/v1/jobs",
+            self.token()?,
+            Some(json!({"type": "preheat", "args": args})),
+        )
+        .await
+    }
+
+    /// One job.
+    pub async fn job(&self, id: i64) -> anyhow::Result<Value> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/oapi/v1/jobs/{id}"),
+            self.token()?,
+            None,
+        )
+        .await
+    }
+
+    /// Recent jobs.
+    pub async fn jobs(&self, state: Option<&str>) -> anyhow::Result<Value> {
+        let q = state.map(|s| format!("&state={s}")).unwrap_or_default();
+        self.call(
+            reqwest::Method::GET,
+            &format!("/oapi/v1/jobs?per_page=50{q}"),
+            self.token()?,
+            None,
+        )
+        .await
+    }
+
+    /// Clusters.
+    pub async fn clusters(&self) -> anyhow::Result<Value> {
+        self.call(
+            reqwest::Method::GET,
+            "/oapi/v1/clusters",
+            self.token()?,
+            None,
+        )
+        .await
+    }
+
+    /// Token management with a session.
+    pub async fn tokens(
+        &self,
+        session: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        self.call(
+            method,
+            &format!("/api/v1/personal-access-tokens{path}"),
+            session,
+            body,
+        )
+        .await
+    }
+}
+
+/// `REGISTRY/REPO[:TAG|@DIGEST]` or a manifest URL → the manifest URL.
+pub fn manifest_url(image: &str, plain_http: bool) -> anyhow::Result<String> {
+    if image.starts_with("http://") || image.starts_with("https://") {
+        return Ok(image.to_owned());
+    }
+    let (registry, rest) = image
+        .split_once('/')
+        .filter(|(r, _)| r.contains('.') || r.contains(':') || *r == "localhost")
+        .with_context(|| {
+            format!(
+                "{image:?} does not start with a registry host (e.g. registry.example.com/app:v1)"
+            )
+        })?;
+    let (repo, reference) = if let Some((r, d)) = rest.split_once('@') {
+        (r, d.to_owned())
+    } else {
+        match rest.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r, t.to_owned()),
+            _ => (rest, "latest".to_owned()),
+        }
+    };
+    let scheme = if plain_http { "http" } else { "https" };
+    Ok(format!(
+        "{scheme}://{registry}/v2/{repo}/manifests/{reference}"
+    ))
+}
+
+/// Waits for a job, showing its state; prints the per-task results. Fails on FAILURE.
+pub async fn wait(m: &Manager, id: i64, quiet: bool) -> anyhow::Result<()> {
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new_spinner()
+    };
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let job = loop {
+        let job = m.job(id).await?;
+        let state = job["state"].as_str().unwrap_or_default().to_owned();
+        let last = job["log"]
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned();
+        bar.set_message(format!("job {id}: {state}  {last}"));
+        if state == "SUCCESS" || state == "FAILURE" {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    bar.finish_and_clear();
+    print_results(&job);
+    if job["state"] != "SUCCESS" {
+        bail!(
+            "job {id} failed:\n{}",
+            job["log"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Per-task results of a job, one line each.
+pub fn print_results(job: &Value) {
+    for state in job["result"]["job_states"].as_array().into_iter().flatten() {
+        let cluster = &state["scheduler_cluster_id"];
+        for t in state["success_tasks"].as_array().into_iter().flatten() {
+            println!(
+                "cluster {cluster}  ok    {}  on {} ({})",
+                t["task_id"].as_str().unwrap_or_default(),
+                t["hostname"].as_str().unwrap_or_default(),
+                t["ip"].as_str().unwrap_or_default()
+            );
+        }
+        for t in state["failure_tasks"].as_array().into_iter().flatten() {
+            println!(
+                "cluster {cluster}  FAIL  {}  on {}: {}",
+                t["task_id"].as_str().unwrap_or_default(),
+                t["ip"].as_str().unwrap_or_default(),
+                t["description"].as_str().unwrap_or_default()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references_become_manifest_urls() {
+        assert_eq!(
+            manifest_url("r.io/app:v1", false).unwrap(),
+            "https://r.io/v2/app/manifests/v1"
+        );
+        assert_eq!(
+            manifest_url("127.0.0.1:5000/a/b", true).unwrap(),
+            "http://127.0.0.1:5000/v2/a/b/manifests/latest"
+        );
+        assert_eq!(
+            manifest_url("r.io/app@sha256:ab", false).unwrap(),
+            "https://r.io/v2/app/manifests/sha256:ab"
+        );
+        assert!(manifest_url("app:v1", false).is_err());
+    }
+}
