@@ -34,6 +34,18 @@ impl Manager {
     /// Starts a manager in `dir` on `database` (empty: SQLite in `dir`); `extra` YAML is added
     /// to its config (e.g. `jobs: {stale_after_secs: 2}`).
     pub fn start(dir: &Path, database: &str, extra: &str) -> Result<Manager> {
+        Manager::start_at(dir, database, extra, free_port(), free_port())
+    }
+
+    /// Like [`Manager::start`] on given loopback ports (so daemons can be configured with
+    /// the manager's address before it runs).
+    pub fn start_at(
+        dir: &Path,
+        database: &str,
+        extra: &str,
+        http: u16,
+        grpc: u16,
+    ) -> Result<Manager> {
         std::fs::create_dir_all(dir)?;
         let bin = binary();
         anyhow::ensure!(
@@ -41,7 +53,6 @@ impl Manager {
             "{} not found: build it first (cargo build --bins)",
             bin.display()
         );
-        let (http, grpc) = (free_port(), free_port());
         std::fs::write(
             dir.join("manager.yaml"),
             format!(

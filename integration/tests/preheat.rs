@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use dragonfly_integration::fixtures;
 use dragonfly_integration::manager::{Manager, ROOT_PASSWORD};
-use dragonfly_integration::procs::run;
+use dragonfly_integration::procs::{free_port, run};
 use dragonfly_integration::swarm::Swarm;
 use dragonfly_integration::throttle::Throttle;
 use serde_json::{json, Value};
@@ -102,11 +102,21 @@ fn dfctl() -> std::path::PathBuf {
 
 #[test]
 fn preheated_images_and_files_are_pulled_without_the_registry() {
-    let mut swarm = Swarm::start_with_seeds(1, 3, "prefetch: {background: false}").expect("swarm");
-    let mut manager = Manager::start(
+    // The seed peer registers with the manager too (it retries until the manager is up).
+    let (http_port, grpc_port) = (free_port(), free_port());
+    let mut swarm = Swarm::start_with(
+        1,
+        3,
+        "prefetch: {background: false}",
+        &format!("manager: '127.0.0.1:{grpc_port}'"),
+    )
+    .expect("swarm");
+    let mut manager = Manager::start_at(
         &swarm.path().join("manager"),
         "",
         "jobs: {stale_after_secs: 2}\n",
+        http_port,
+        grpc_port,
     )
     .expect("manager");
     swarm
@@ -237,6 +247,35 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("not authorized"), "{e}");
+
+    // The seed peer registered itself: the console lists it as active.
+    let (_, v) = http.post(
+        "/api/v1/users/signin",
+        "",
+        json!({"name": "root", "password": ROOT_PASSWORD}),
+    );
+    let session = v["token"].as_str().unwrap().to_owned();
+    let (_, seeds) = http.get("/api/v1/seed-peers", &session);
+    assert_eq!(seeds.as_array().map(Vec::len), Some(1), "{seeds}");
+    assert_eq!(seeds[0]["state"], "active", "{seeds}");
+    // all_peers for an image: every host holds every blob (node 2 has pulled nothing).
+    let url = format!(
+        "http://{}/v2/large/manifests/{}",
+        swarm.registry.addr,
+        tag(&published.gzip)
+    );
+    let job = preheat(json!({"type": "image", "url": url, "scope": "all_peers"}));
+    assert_eq!(job["state"], "SUCCESS", "{job}\n{}", manager.log());
+    let blobs = layers.len() + 1;
+    let done = job["result"]["job_states"][0]["success_tasks"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        done,
+        blobs * 3,
+        "each of the 3 hosts holds each of the {blobs} blobs: {job}"
+    );
 
     // 2. Manager killed mid-job: the job still finishes. The origin is slow (2 MB/s) so the
     //    seed is still fetching the eStargz image when the manager dies.

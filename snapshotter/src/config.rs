@@ -63,6 +63,11 @@ pub struct P2pConfig {
     /// Run as a seed peer: announce as one, and fetch tasks from their origin when the
     /// scheduler triggers it (also `--seed-peer`).
     pub seed_peer: bool,
+    /// A seed peer registers with this manager (`host:port` of its gRPC) and keeps alive, so
+    /// the console lists it; empty = no manager.
+    pub manager: String,
+    /// The manager's scheduler cluster this seed peer serves; 0 = the default cluster.
+    pub scheduler_cluster_id: u64,
 }
 
 impl Default for P2pConfig {
@@ -78,6 +83,8 @@ impl Default for P2pConfig {
             upload_rate_bytes_per_sec: 0,
             parallel_parents: 4,
             seed_peer: false,
+            manager: String::new(),
+            scheduler_cluster_id: 0,
         }
     }
 }

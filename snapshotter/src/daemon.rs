@@ -197,6 +197,30 @@ async fn start_p2p(
             tracing::error!(error = %e, "peer service failed; other peers cannot fetch pieces from this host");
         }
     });
+    if seed && !config.p2p.manager.is_empty() {
+        let host = pool.host().clone();
+        let who = dragonfly_proto::registration::Registrant {
+            source_type: dragonfly_proto::manager::SourceType::SeedPeer,
+            ip: host.ip.clone(),
+            port: u32::from(port),
+        };
+        let req = dragonfly_proto::manager::UpdateSeedPeerRequest {
+            hostname: host.hostname,
+            ip: host.ip,
+            port: u32::from(port),
+            idc: host.idc,
+            location: host.location,
+            scheduler_cluster_id: config.p2p.scheduler_cluster_id,
+        };
+        tokio::spawn(dragonfly_proto::registration::keep_registered(
+            config.p2p.manager.clone(),
+            who,
+            move |mut c| {
+                let req = req.clone();
+                async move { c.update_seed_peer(req).await.map(|_| ()) }
+            },
+        ));
+    }
     tracing::info!(port, host = pool.host_id(), seed, schedulers = ?config.p2p.schedulers, "P2P enabled");
     Ok(Some(p2p))
 }

@@ -3,7 +3,6 @@
 //! task meets on the same scheduler, and state partitions without shared storage). A scheduler
 //! that fails is skipped for a while; with none left, reads go to the origin.
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -35,19 +34,6 @@ pub struct SchedulerPool {
     sources: Mutex<Vec<Weak<PeerSource>>>,
 }
 
-/// Picks the local address used to reach `target` (no packet is sent).
-async fn local_ip_towards(target: &str) -> Option<IpAddr> {
-    let addr = tokio::net::lookup_host(target).await.ok()?.next()?;
-    let bind = if addr.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    };
-    let sock = tokio::net::UdpSocket::bind(bind).await.ok()?;
-    sock.connect(addr).await.ok()?;
-    sock.local_addr().ok().map(|a| a.ip())
-}
-
 impl SchedulerPool {
     /// A pool for `config.schedulers`, announcing this host with the peer service on
     /// `upload_port`.
@@ -74,7 +60,7 @@ impl SchedulerPool {
         }
         let ip = match config.advertise_ip {
             Some(ip) => ip,
-            None => local_ip_towards(&config.schedulers[0])
+            None => dragonfly_proto::registration::local_ip_towards(&config.schedulers[0])
                 .await
                 .ok_or_else(|| {
                     format!(
@@ -164,6 +150,11 @@ impl SchedulerPool {
     /// This host's ID.
     pub fn host_id(&self) -> &str {
         &self.host.id
+    }
+
+    /// This host as announced.
+    pub fn host(&self) -> &pb::Host {
+        &self.host
     }
 
     /// The scheduler for `task`, skipping ones that failed recently; `None` if all are down.
