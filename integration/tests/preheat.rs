@@ -258,6 +258,51 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
     let (_, seeds) = http.get("/api/v1/seed-peers", &session);
     assert_eq!(seeds.as_array().map(Vec::len), Some(1), "{seeds}");
     assert_eq!(seeds[0]["state"], "active", "{seeds}");
+    // A peer configured with only the manager's address learns its scheduler from the
+    // manager and announces itself there.
+    let dyn_dir = swarm.path().join("dyn-node");
+    let _dyn_node = dragonfly_integration::daemon::Daemon::start(
+        &dyn_dir,
+        &format!("p2p: {{manager: '127.0.0.1:{grpc_port}', listen: '127.0.0.30:0', advertise_ip: 127.0.0.30, host_id: dyn-node, manager_refresh_secs: 1}}\n"),
+    )
+    .expect("daemon with a manager only");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let hosts = loop {
+        let hosts: Vec<String> = rt.block_on(async {
+            let mut c = dragonfly_proto::scheduler::scheduler_client::SchedulerClient::connect(
+                format!("http://{}", swarm.scheduler.addr),
+            )
+            .await
+            .unwrap();
+            c.list_hosts(dragonfly_proto::scheduler::ListHostsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .hosts
+                .into_iter()
+                .map(|h| h.id)
+                .collect()
+        });
+        if hosts.iter().any(|h| h == "dyn-node") || Instant::now() > deadline {
+            break hosts;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        hosts.iter().any(|h| h == "dyn-node"),
+        "{hosts:?}\n{}",
+        _dyn_node.log()
+    );
+    let cached = std::fs::read_to_string(dyn_dir.join("root/schedulers.json")).unwrap_or_default();
+    assert!(
+        cached.contains(&swarm.scheduler.addr),
+        "the list is cached for restarts: {cached:?}"
+    );
+
     // all_peers for an image: every host holds every blob (node 2 has pulled nothing).
     let url = format!(
         "http://{}/v2/large/manifests/{}",
@@ -273,8 +318,8 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
         .len();
     assert_eq!(
         done,
-        blobs * 3,
-        "each of the 3 hosts holds each of the {blobs} blobs: {job}"
+        blobs * 4,
+        "each of the 4 hosts (3 nodes and the manager-configured peer) holds each of the {blobs} blobs: {job}"
     );
 
     // 2. Manager killed mid-job: the job still finishes. The origin is slow (2 MB/s) so the
@@ -326,7 +371,7 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
         .collect();
     assert_eq!(
         hosts.len(),
-        3,
+        4,
         "every peer holds it before any download: {job}"
     );
     swarm.registry.stop();

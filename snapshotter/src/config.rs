@@ -63,9 +63,11 @@ pub struct P2pConfig {
     /// Run as a seed peer: announce as one, and fetch tasks from their origin when the
     /// scheduler triggers it (also `--seed-peer`).
     pub seed_peer: bool,
-    /// A seed peer registers with this manager (`host:port` of its gRPC) and keeps alive, so
-    /// the console lists it; empty = no manager.
+    /// The manager (`host:port` of its gRPC): seed peers register with it; peers without
+    /// `schedulers` ask it which schedulers serve them. Empty = no manager.
     pub manager: String,
+    /// How often the scheduler list is asked of the manager again.
+    pub manager_refresh_secs: u64,
     /// The manager's scheduler cluster this seed peer serves; 0 = the default cluster.
     pub scheduler_cluster_id: u64,
 }
@@ -84,6 +86,7 @@ impl Default for P2pConfig {
             parallel_parents: 4,
             seed_peer: false,
             manager: String::new(),
+            manager_refresh_secs: 60,
             scheduler_cluster_id: 0,
         }
     }

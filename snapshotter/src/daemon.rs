@@ -140,7 +140,7 @@ async fn start_p2p(
     store: &PieceStore,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Option<Arc<P2p>>> {
-    if config.p2p.schedulers.is_empty() {
+    if config.p2p.schedulers.is_empty() && config.p2p.manager.is_empty() {
         return Ok(None);
     }
     let listener = tokio::net::TcpListener::bind(config.p2p.listen)
@@ -152,6 +152,14 @@ async fn start_p2p(
         .await
         .map_err(|e| anyhow::anyhow!("cannot set up P2P: {e}"))?;
     tokio::spawn(pool.clone().keepalive_loop());
+    if config.p2p.schedulers.is_empty() {
+        tokio::spawn(crate::p2p::dynconfig::run(
+            pool.clone(),
+            config.p2p.manager.clone(),
+            config.root.join("schedulers.json"),
+            std::time::Duration::from_secs(config.p2p.manager_refresh_secs.max(1)),
+        ));
+    }
     let p2p = Arc::new(P2p {
         pool: pool.clone(),
         parents: Arc::new(ParentClients::default()),

@@ -3,6 +3,7 @@
 //! parents in front of the registry for every blob read.
 
 pub mod download;
+pub mod dynconfig;
 pub mod http_source;
 pub mod piece_server;
 pub mod piece_wire;

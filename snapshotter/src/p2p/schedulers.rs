@@ -1,10 +1,11 @@
 //! The schedulers this host uses: announcing the host to each, keeping alive, and picking the
 //! scheduler responsible for a task by rendezvous hashing of the task ID (so every peer of a
 //! task meets on the same scheduler, and state partitions without shared storage). A scheduler
-//! that fails is skipped for a while; with none left, reads go to the origin.
+//! that fails is skipped for a while; with none left, reads go to the origin. The list is
+//! static (`p2p.schedulers`) or replaced at run time from the manager (see `dynconfig`).
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use dragonfly_proto::scheduler as pb;
@@ -18,15 +19,38 @@ use crate::config::P2pConfig;
 /// How long a failed scheduler is skipped.
 const DOWN_FOR: Duration = Duration::from_secs(5);
 
-struct Member {
+/// One scheduler of the pool.
+pub struct Member {
     addr: String,
     client: SchedulerClient<Channel>,
     down_until: Mutex<Option<Instant>>,
+    /// This host is announced to it.
+    announced: AtomicBool,
+    /// It was announced to at least once (a later re-announce means it forgot us).
+    ever: AtomicBool,
+}
+
+/// A handle on the scheduler a call went to, for reporting it down.
+pub type SchedulerRef = Arc<Member>;
+
+fn member(addr: &str) -> Result<Arc<Member>, String> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("invalid scheduler address {addr:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy();
+    Ok(Arc::new(Member {
+        addr: addr.to_owned(),
+        client: SchedulerClient::new(channel),
+        down_until: Mutex::new(None),
+        announced: AtomicBool::new(false),
+        ever: AtomicBool::new(false),
+    }))
 }
 
 /// The schedulers of this host.
 pub struct SchedulerPool {
-    members: Vec<Member>,
+    members: RwLock<Vec<Arc<Member>>>,
     host: pb::Host,
     /// Piece uploads running now (reported in keepalives).
     pub active_uploads: Arc<AtomicU32>,
@@ -42,30 +66,23 @@ impl SchedulerPool {
         upload_port: u16,
         seed: bool,
     ) -> Result<Arc<SchedulerPool>, String> {
-        if config.schedulers.is_empty() {
-            return Err("p2p.schedulers is empty".into());
-        }
-        let mut members = Vec::new();
-        for addr in &config.schedulers {
-            let channel = Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| format!("invalid scheduler address {addr:?} in p2p.schedulers: {e}"))?
-                .connect_timeout(Duration::from_secs(3))
-                .timeout(Duration::from_secs(10))
-                .connect_lazy();
-            members.push(Member {
-                addr: addr.clone(),
-                client: SchedulerClient::new(channel),
-                down_until: Mutex::new(None),
-            });
-        }
+        let towards = match (config.schedulers.first(), config.manager.is_empty()) {
+            (Some(s), _) => s.clone(),
+            (None, false) => config.manager.clone(),
+            (None, true) => return Err("p2p.schedulers and p2p.manager are both empty".into()),
+        };
+        let members = config
+            .schedulers
+            .iter()
+            .map(|a| member(a).map_err(|e| format!("p2p.schedulers: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
         let ip = match config.advertise_ip {
             Some(ip) => ip,
-            None => dragonfly_proto::registration::local_ip_towards(&config.schedulers[0])
+            None => dragonfly_proto::registration::local_ip_towards(&towards)
                 .await
                 .ok_or_else(|| {
                     format!(
-                        "cannot tell which local address reaches {}; set p2p.advertise_ip",
-                        config.schedulers[0]
+                        "cannot tell which local address reaches {towards}; set p2p.advertise_ip"
                     )
                 })?,
         };
@@ -92,7 +109,7 @@ impl SchedulerPool {
             tcp_pieces: true,
         };
         Ok(Arc::new(SchedulerPool {
-            members,
+            members: RwLock::new(members),
             host,
             active_uploads: Arc::new(AtomicU32::new(0)),
             sources: Mutex::new(Vec::new()),
@@ -141,7 +158,7 @@ impl SchedulerPool {
                 (r.known && r.content_length > 0).then_some(r.content_length)
             }
             Err(e) => {
-                self.mark_down(i, e.message());
+                self.mark_down(&i, e.message());
                 None
             }
         }
@@ -157,19 +174,51 @@ impl SchedulerPool {
         &self.host
     }
 
-    /// The scheduler for `task`, skipping ones that failed recently; `None` if all are down.
-    pub fn for_task(&self, task: &str) -> Option<(usize, SchedulerClient<Channel>)> {
-        let now = Instant::now();
-        self.members
+    /// Replaces the scheduler list (from the manager); schedulers kept keep their state.
+    /// Returns whether it changed. Blobs register again, since tasks may move.
+    pub fn set_schedulers(&self, addrs: &[String]) -> Result<bool, String> {
+        let mut members = self.members.write().expect("members lock");
+        let mut wanted: Vec<String> = addrs.to_vec();
+        wanted.sort();
+        wanted.dedup();
+        let mut current: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
+        current.sort();
+        if current == wanted {
+            return Ok(false);
+        }
+        let next = wanted
             .iter()
-            .enumerate()
-            .filter(|(_, m)| {
+            .map(|a| match members.iter().find(|m| &m.addr == a) {
+                Some(m) => Ok(m.clone()),
+                None => member(a),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::info!(schedulers = ?wanted, "scheduler list changed");
+        *members = next;
+        drop(members);
+        self.reregister_all();
+        Ok(true)
+    }
+
+    /// The schedulers now.
+    pub fn schedulers(&self) -> Vec<String> {
+        let members = self.members.read().expect("members lock");
+        members.iter().map(|m| m.addr.clone()).collect()
+    }
+
+    /// The scheduler for `task`, skipping ones that failed recently; `None` if all are down.
+    pub fn for_task(&self, task: &str) -> Option<(SchedulerRef, SchedulerClient<Channel>)> {
+        let now = Instant::now();
+        let members = self.members.read().expect("members lock");
+        members
+            .iter()
+            .filter(|m| {
                 m.down_until
                     .lock()
                     .expect("down lock")
                     .is_none_or(|t| t <= now)
             })
-            .max_by_key(|(_, m)| {
+            .max_by_key(|m| {
                 let d = Sha256::new()
                     .chain_update(task.as_bytes())
                     .chain_update([0])
@@ -177,23 +226,20 @@ impl SchedulerPool {
                     .finalize();
                 u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
             })
-            .map(|(i, m)| (i, m.client.clone()))
+            .map(|m| (m.clone(), m.client.clone()))
     }
 
-    /// Marks scheduler `i` as failed for a while.
-    pub fn mark_down(&self, i: usize, error: &str) {
-        if let Some(m) = self.members.get(i) {
-            let mut d = m.down_until.lock().expect("down lock");
-            if d.is_none_or(|t| t <= Instant::now()) {
-                tracing::warn!(scheduler = %m.addr, error, "scheduler unavailable; using others or the origin for {}s", DOWN_FOR.as_secs());
-            }
-            *d = Some(Instant::now() + DOWN_FOR);
+    /// Marks scheduler `m` as failed for a while.
+    pub fn mark_down(&self, m: &SchedulerRef, error: &str) {
+        let mut d = m.down_until.lock().expect("down lock");
+        if d.is_none_or(|t| t <= Instant::now()) {
+            tracing::warn!(scheduler = %m.addr, error, "scheduler unavailable; using others or the origin for {}s", DOWN_FOR.as_secs());
         }
+        *d = Some(Instant::now() + DOWN_FOR);
     }
 
-    /// Announces this host to scheduler `i` now (e.g. when it says it does not know us).
-    pub async fn announce_to(&self, i: usize) -> Result<u32, String> {
-        let m = self.members.get(i).ok_or("no such scheduler")?;
+    /// Announces this host to scheduler `m` now (e.g. when it says it does not know us).
+    pub async fn announce_to(&self, m: &SchedulerRef) -> Result<u32, String> {
         self.announce(m).await
     }
 
@@ -214,24 +260,22 @@ impl SchedulerPool {
     /// that forgot it, e.g. after their restart). Runs until aborted.
     pub async fn keepalive_loop(self: Arc<Self>) {
         let mut interval = Duration::from_secs(5);
-        let mut announced = vec![false; self.members.len()];
-        let mut ever = vec![false; self.members.len()];
         loop {
-            for (i, m) in self.members.iter().enumerate() {
-                if !announced[i] {
+            let members: Vec<Arc<Member>> = self.members.read().expect("members lock").clone();
+            for m in &members {
+                if !m.announced.load(Ordering::Relaxed) {
                     match self.announce(m).await {
                         Ok(secs) => {
                             interval = Duration::from_secs(u64::from(secs));
-                            announced[i] = true;
-                            if ever[i] {
+                            m.announced.store(true, Ordering::Relaxed);
+                            if m.ever.swap(true, Ordering::Relaxed) {
                                 // The scheduler lost this host (restart or expiry).
                                 self.reregister_all();
                             }
-                            ever[i] = true;
                             *m.down_until.lock().expect("down lock") = None;
                             tracing::info!(scheduler = %m.addr, host = %self.host.id, "announced to scheduler");
                         }
-                        Err(e) => self.mark_down(i, &e),
+                        Err(e) => self.mark_down(m, &e),
                     }
                     continue;
                 }
@@ -241,14 +285,15 @@ impl SchedulerPool {
                 };
                 match m.client.clone().keep_alive(req).await {
                     Ok(r) if r.get_ref().known => {}
-                    Ok(_) => announced[i] = false,
+                    Ok(_) => m.announced.store(false, Ordering::Relaxed),
                     Err(e) => {
-                        announced[i] = false;
-                        self.mark_down(i, e.message());
+                        m.announced.store(false, Ordering::Relaxed);
+                        self.mark_down(m, e.message());
                     }
                 }
             }
-            let retry_soon = announced.iter().any(|a| !a);
+            let retry_soon =
+                members.is_empty() || members.iter().any(|m| !m.announced.load(Ordering::Relaxed));
             tokio::time::sleep(if retry_soon {
                 Duration::from_secs(1).min(interval)
             } else {

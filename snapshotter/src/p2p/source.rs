@@ -140,7 +140,7 @@ impl PeerSource {
         let mut res = c.register_peer(req.clone()).await;
         if matches!(&res, Err(e) if e.code() == tonic::Code::NotFound) {
             // The scheduler does not know this host yet (it restarted): announce, then retry.
-            if self.pool.announce_to(i).await.is_ok() {
+            if self.pool.announce_to(&i).await.is_ok() {
                 res = c.register_peer(req).await;
             }
         }
@@ -159,7 +159,7 @@ impl PeerSource {
             }
             Err(e) => {
                 // Not cached: try again on the next read, once the scheduler is back.
-                self.pool.mark_down(i, e.message());
+                self.pool.mark_down(&i, e.message());
                 false
             }
         }
@@ -205,7 +205,7 @@ impl PeerSource {
                     Ok(_) => {
                         tracing::info!(task = %me.task.id, pieces = held, "announced pieces already held")
                     }
-                    Err(e) => me.pool.mark_down(i, e.message()),
+                    Err(e) => me.pool.mark_down(&i, e.message()),
                 }
             }
         });
@@ -291,7 +291,7 @@ impl PeerSource {
                 unreachable: fault == Fault::Unreachable,
             };
             if let Err(e) = c.report_bad_parent(req).await {
-                self.pool.mark_down(i, e.message());
+                self.pool.mark_down(&i, e.message());
             }
         }
     }
@@ -412,7 +412,7 @@ impl PeerSource {
                     break;
                 }
                 Err(e) => {
-                    self.pool.mark_down(i, e.message());
+                    self.pool.mark_down(&i, e.message());
                     break;
                 }
             };
@@ -538,7 +538,7 @@ impl PeerSource {
                 return;
             };
             if let Err(e) = c.report_pieces(stream::iter(reports)).await {
-                self.pool.mark_down(i, e.message());
+                self.pool.mark_down(&i, e.message());
             }
         });
     }
