@@ -176,7 +176,9 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
         swarm.registry.addr,
         tag(&published.gzip)
     );
-    let job = preheat(json!({"type": "image", "url": url}));
+    // With a piece length other than the nodes' default (256 KiB): the node that pulls later
+    // adopts the swarm's, or it could not take pieces from the seed.
+    let job = preheat(json!({"type": "image", "url": url, "pieceLength": 1048576}));
     assert_eq!(
         job["state"],
         "SUCCESS",

@@ -109,6 +109,8 @@ impl LayerManager {
             l.digest.clone(),
             self.metrics.clone(),
         ));
+        let piece_length =
+            crate::p2p::piece_length_for(&self.store, self.p2p.as_deref(), &l.digest, 0).await;
         // With P2P, parents go in front of the registry.
         let source: Arc<dyn RangeSource> = match &self.p2p {
             Some(p2p) => Arc::new(SharedPeerSource(PeerSource::new(
@@ -119,14 +121,14 @@ impl LayerManager {
                 self.metrics.clone(),
                 &l.digest,
                 size,
-                self.store.piece_length_of(&l.digest),
+                piece_length,
                 url,
                 p2p.parallel,
             ))),
             None => origin,
         };
         self.store
-            .blob(&l.digest, size, source)
+            .blob_with_piece_length(&l.digest, size, source, piece_length)
             .map_err(|e| unavailable(format!("cannot open layer {} in the cache: {e}", l.digest)))
     }
 

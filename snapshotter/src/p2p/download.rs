@@ -194,13 +194,18 @@ impl Download for DownloadService {
             .map_err(Status::invalid_argument)?;
         // Size: from the store, else the swarm (so a preheated file needs no origin at all),
         // else the origin.
+        // Piece length likewise: the stored blob's, else the swarm's, else the default.
         let known = match (self.store.get(&name), &self.p2p) {
-            (Some(b), _) => Some(b.size()),
+            (Some(b), _) => Some((b.size(), b.piece_length())),
             (None, Some(p2p)) => p2p.pool.stat_task(&name).await,
             (None, None) => None,
         };
+        let piece_length = known
+            .map(|k| k.1)
+            .filter(|pl| *pl != 0)
+            .unwrap_or_else(|| self.store.piece_length_of(&name));
         let size = match known {
-            Some(s) => s,
+            Some((s, _)) => s,
             None => http
                 .size()
                 .await
@@ -220,7 +225,7 @@ impl Download for DownloadService {
                     self.metrics.clone(),
                     &name,
                     size,
-                    self.store.piece_length_of(&name),
+                    piece_length,
                     full,
                     p2p.parallel,
                 )))
@@ -229,7 +234,7 @@ impl Download for DownloadService {
         };
         let blob = self
             .store
-            .blob(&name, size, source)
+            .blob_with_piece_length(&name, size, source, piece_length)
             .map_err(|e| Status::internal(format!("cannot store the download: {e}")))?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let digest = r.digest.clone();

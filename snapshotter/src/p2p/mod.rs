@@ -188,6 +188,31 @@ impl ParentClients {
     }
 }
 
+/// The piece length for a blob of `task`: the one it is stored with, else `requested` (a
+/// preheat's pieceLength; 0 = none), else the one the swarm already uses for the task (so this
+/// peer can exchange pieces with it), else the store's default.
+pub async fn piece_length_for(
+    store: &dragonfly_storage::PieceStore,
+    p2p: Option<&P2p>,
+    task: &str,
+    requested: u32,
+) -> u32 {
+    if let Some(b) = store.get(task) {
+        return b.piece_length();
+    }
+    if requested != 0 {
+        return requested;
+    }
+    if let Some(p2p) = p2p {
+        if let Some((_, pl)) = p2p.pool.stat_task(task).await {
+            if pl != 0 {
+                return pl;
+            }
+        }
+    }
+    store.piece_length_of(task)
+}
+
 /// The P2P engine's shared parts.
 pub struct P2p {
     /// Schedulers.

@@ -144,8 +144,8 @@ impl SchedulerPool {
         }
     }
 
-    /// The content length the task's scheduler knows for `task`, if any.
-    pub async fn stat_task(&self, task: &str) -> Option<u64> {
+    /// The content length and piece length the task's scheduler knows for `task`, if any.
+    pub async fn stat_task(&self, task: &str) -> Option<(u64, u32)> {
         let (i, mut c) = self.for_task(task)?;
         match c
             .stat_task(pb::StatTaskRequest {
@@ -155,7 +155,7 @@ impl SchedulerPool {
         {
             Ok(r) => {
                 let r = r.into_inner();
-                (r.known && r.content_length > 0).then_some(r.content_length)
+                (r.known && r.content_length > 0).then_some((r.content_length, r.piece_length))
             }
             Err(e) => {
                 self.mark_down(&i, e.message());

@@ -175,6 +175,8 @@ impl SeedDownloader {
             }
         };
         let url = task.url.clone();
+        let piece_length =
+            super::piece_length_for(&self.store, Some(&self.p2p), &digest, task.piece_length).await;
         let source = PeerSource::new(
             origin,
             self.store.clone(),
@@ -183,14 +185,24 @@ impl SeedDownloader {
             self.metrics.clone(),
             &digest,
             size,
-            self.store.piece_length_of(&digest),
+            piece_length,
             url,
             self.p2p.parallel,
         );
-        let blob = self
-            .store
-            .blob(&digest, size, Arc::new(SharedPeerSource(source)))
-            .map_err(|e| Status::internal(format!("cannot store {digest}: {e}")))?;
+        let blob = match self.store.blob_with_piece_length(
+            &digest,
+            size,
+            Arc::new(SharedPeerSource(source)),
+            piece_length,
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                self.running.lock().expect("running lock").remove(&digest);
+                return Err(Status::invalid_argument(format!(
+                    "cannot store {digest}: {e}"
+                )));
+            }
+        };
         let me = self.clone();
         self.failures.lock().expect("failures lock").remove(&digest);
         tokio::spawn(async move {

@@ -517,3 +517,40 @@ async fn a_blob_is_read_in_order_while_it_arrives_and_failures_are_errors_not_eo
         .unwrap();
     assert!(r.is_err(), "{r:?}");
 }
+
+#[tokio::test]
+async fn a_blob_can_take_the_swarms_piece_length_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path()).await;
+    let data = bytes(3 << 20, 14);
+    let src = MemSource::new(data.clone());
+    let b = s
+        .blob_with_piece_length(
+            &src.digest(),
+            data.len() as u64,
+            Arc::new(src.clone()),
+            1 << 20,
+        )
+        .unwrap();
+    assert_eq!(b.piece_length(), 1 << 20);
+    b.fetch_all(Priority::OnDemand).await.unwrap();
+    assert!(b.is_verified());
+    // An existing blob keeps its length whatever is asked later.
+    let again = s
+        .blob_with_piece_length(
+            &src.digest(),
+            data.len() as u64,
+            Arc::new(src.clone()),
+            4 << 20,
+        )
+        .unwrap();
+    assert_eq!(again.piece_length(), 1 << 20);
+    assert_eq!(s.piece_length_of(&src.digest()), 1 << 20);
+    for bad in [1000, 32 << 10, 128 << 20] {
+        let other = MemSource::new(bytes(1000, 15));
+        assert!(matches!(
+            s.blob_with_piece_length(&other.digest(), 1000, Arc::new(other.clone()), bad),
+            Err(StoreError::Config(_))
+        ));
+    }
+}

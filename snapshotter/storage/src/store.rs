@@ -191,6 +191,24 @@ impl PieceStore {
         size: u64,
         source: Arc<dyn RangeSource>,
     ) -> Result<Blob, StoreError> {
+        self.blob_with_piece_length(digest, size, source, self.inner.shared.config.piece_length)
+    }
+
+    /// Like [`PieceStore::blob`], cutting a new blob into `piece_length` pieces (a power of
+    /// two from 64 KiB to 64 MiB; e.g. the length the swarm already uses for the task). An
+    /// existing blob keeps the length it has.
+    pub fn blob_with_piece_length(
+        &self,
+        digest: &str,
+        size: u64,
+        source: Arc<dyn RangeSource>,
+        piece_length: u32,
+    ) -> Result<Blob, StoreError> {
+        if !piece_length.is_power_of_two() || !(64 << 10..=64 << 20).contains(&piece_length) {
+            return Err(StoreError::Config(format!(
+                "piece length {piece_length} of {digest} is not a power of two from 64 KiB to 64 MiB"
+            )));
+        }
         let dir = blob_dir(&self.inner.dir, digest)?;
         let mut blobs = self.inner.blobs.lock().expect("store lock");
         if let Some(inner) = blobs.get(digest) {
@@ -207,7 +225,7 @@ impl PieceStore {
         let meta = Meta {
             digest: digest.to_owned(),
             size,
-            piece_length: self.inner.shared.config.piece_length,
+            piece_length,
             verified: false,
         };
         let files = BlobFiles::create(&dir, &meta)?;
