@@ -444,7 +444,20 @@ pub fn publish(
         &p.zstdchunked,
     ])?;
     for r in [&p.estargz, &p.zstdchunked] {
-        containerd.ctr(&["image", "push", "--plain-http", r, r])?;
+        // `ctr image push` to docker-registry now and then fails with "unexpected EOF" on a
+        // loaded machine; a push is idempotent, so try again before giving up.
+        let mut attempt = 0;
+        loop {
+            match containerd.ctr(&["image", "push", "--plain-http", r, r]) {
+                Ok(_) => break,
+                Err(e) if attempt < 2 => {
+                    attempt += 1;
+                    eprintln!("push of {r} failed ({e:#}); retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
     // Forget the images and (garbage collection done synchronously) their content: later
     // pulls must go to the registry.
