@@ -20,13 +20,7 @@ pub struct Daemon {
 }
 
 fn binary() -> PathBuf {
-    if let Ok(p) = std::env::var("DRAGONFLY_SNAPSHOTTER_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("debug/dragonfly-snapshotter")
+    crate::procs::built_binary("DRAGONFLY_SNAPSHOTTER_BIN", "dragonfly-snapshotter")
 }
 
 impl Daemon {

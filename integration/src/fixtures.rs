@@ -41,6 +41,15 @@ pub const LARGE_HUGE_LEN: usize = 40 << 20;
 /// Seed of `/data/huge.bin` in the `large` fixture.
 pub const LARGE_HUGE_SEED: u64 = 7;
 
+/// Hex sha256 of `/data/huge.bin` in the `large` fixture (what `sha256sum` in a container of
+/// it prints).
+pub fn large_huge_sha256() -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(random_bytes(
+        LARGE_HUGE_LEN,
+        LARGE_HUGE_SEED,
+    )))
+}
+
 /// Deterministic pseudo-random bytes (xorshift; no short period, so chunks differ).
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

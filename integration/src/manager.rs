@@ -24,10 +24,7 @@ pub struct Manager {
 }
 
 fn binary() -> PathBuf {
-    if let Ok(p) = std::env::var("DRAGONFLY_MANAGER_BIN") {
-        return PathBuf::from(p);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dragonfly-manager")
+    crate::procs::built_binary("DRAGONFLY_MANAGER_BIN", "dragonfly-manager")
 }
 
 impl Manager {

@@ -17,10 +17,7 @@ pub struct Scheduler {
 }
 
 fn binary() -> PathBuf {
-    if let Ok(p) = std::env::var("DRAGONFLY_SCHEDULER_BIN") {
-        return PathBuf::from(p);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dragonfly-scheduler")
+    crate::procs::built_binary("DRAGONFLY_SCHEDULER_BIN", "dragonfly-scheduler")
 }
 
 impl Scheduler {

@@ -7,6 +7,8 @@ use anyhow::Result;
 
 use crate::containerd::Containerd;
 use crate::daemon::Daemon;
+use crate::fixtures::{self, Published};
+use crate::oci::BuiltImage;
 use crate::procs::{free_port, require_root, TestDir};
 use crate::registry::Registry;
 use crate::scheduler::Scheduler;
@@ -104,6 +106,18 @@ impl Swarm {
     /// The swarm's directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Pushes fixture `img` to the swarm's registry as `repo` in every format (through node
+    /// 0's containerd, whose copies are then forgotten).
+    pub fn publish(&self, repo: &str, img: &BuiltImage) -> Result<Published> {
+        fixtures::publish(
+            &self.nodes[0].containerd,
+            &self.registry.addr,
+            repo,
+            img,
+            &[],
+        )
     }
 
     /// Logs for failure messages.

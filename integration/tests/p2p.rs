@@ -1,10 +1,10 @@
 //! P2P end to end: a registry, a scheduler and several nodes (each its own containerd and
 //! daemon). A layer one node has read is served to the others by that node, not the registry.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use dragonfly_integration::procs::run;
+use dragonfly_integration::procs::{built_binary, run};
 use dragonfly_integration::swarm::{Node, Swarm};
 use dragonfly_integration::throttle::Throttle;
 use dragonfly_integration::{fixtures, rootfs};
@@ -24,19 +24,9 @@ fn a_second_node_gets_the_layer_from_the_first_not_the_registry() {
         r.unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", swarm.logs()))
     };
     let img = fixtures::large().expect("fixture");
-    let [gzip, esgz, _] = fixtures::publish(
-        &swarm.nodes[0].containerd,
-        &swarm.registry.addr,
-        "large",
-        &img,
-        &[],
-    )
-    .expect("publish")
-    .refs();
+    let [gzip, esgz, _] = swarm.publish("large", &img).expect("publish").refs();
     let layers = layer_digests(&esgz);
-    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        fixtures::random_bytes(40 << 20, 7),
-    ));
+    let want = fixtures::large_huge_sha256();
     let layer_bytes =
         |swarm: &Swarm| -> u64 { layers.iter().map(|d| swarm.registry.bytes_sent(d)).sum() };
 
@@ -119,18 +109,8 @@ fn a_second_node_gets_the_layer_from_the_first_not_the_registry() {
 fn pulls_succeed_when_the_scheduler_is_gone() {
     let mut swarm = Swarm::start(2, "prefetch: {background: false}").expect("swarm");
     let img = fixtures::large().expect("fixture");
-    let [_, esgz, _] = fixtures::publish(
-        &swarm.nodes[0].containerd,
-        &swarm.registry.addr,
-        "large",
-        &img,
-        &[],
-    )
-    .expect("publish")
-    .refs();
-    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        fixtures::random_bytes(40 << 20, 7),
-    ));
+    let [_, esgz, _] = swarm.publish("large", &img).expect("publish").refs();
+    let want = fixtures::large_huge_sha256();
     let a = &swarm.nodes[0];
     a.containerd.rpull(&esgz).expect("rpull");
     let (ok, out) =
@@ -208,15 +188,7 @@ mod corrupt_parent {
     fn a_parent_serving_corrupt_pieces_is_blocklisted_and_no_bad_byte_is_served() {
         let swarm = Swarm::start(1, "prefetch: {background: false}").expect("swarm");
         let img = fixtures::large().expect("fixture");
-        let [_, esgz, _] = fixtures::publish(
-            &swarm.nodes[0].containerd,
-            &swarm.registry.addr,
-            "large",
-            &img,
-            &[],
-        )
-        .expect("publish")
-        .refs();
+        let [_, esgz, _] = swarm.publish("large", &img).expect("publish").refs();
         let layers = layer_digests(&esgz);
         let rt = tokio::runtime::Runtime::new().unwrap();
         let liar_port = dragonfly_integration::procs::free_port();
@@ -282,7 +254,7 @@ mod corrupt_parent {
         });
         let node = &swarm.nodes[0];
         node.containerd.rpull(&esgz).expect("rpull");
-        let want = hex::encode(Sha256::digest(fixtures::random_bytes(40 << 20, 7)));
+        let want = fixtures::large_huge_sha256();
         let (ok, out) = node.containerd.run_once(
             "dragonfly",
             &esgz,
@@ -422,18 +394,8 @@ fn a_parent_killed_mid_transfer_does_not_stop_the_pull() {
     )
     .expect("swarm");
     let img = fixtures::large().expect("fixture");
-    let [_, esgz, _] = fixtures::publish(
-        &swarm.nodes[0].containerd,
-        &swarm.registry.addr,
-        "large",
-        &img,
-        &[],
-    )
-    .expect("publish")
-    .refs();
-    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        fixtures::random_bytes(40 << 20, 7),
-    ));
+    let [_, esgz, _] = swarm.publish("large", &img).expect("publish").refs();
+    let want = fixtures::large_huge_sha256();
     for node in &swarm.nodes {
         node.containerd.rpull(&esgz).expect("rpull");
     }
@@ -482,19 +444,9 @@ fn a_parent_killed_mid_transfer_does_not_stop_the_pull() {
 fn after_a_scheduler_restart_peers_announce_what_they_hold_again() {
     let mut swarm = Swarm::start(2, "prefetch: {background: false}").expect("swarm");
     let img = fixtures::large().expect("fixture");
-    let [_, esgz, _] = fixtures::publish(
-        &swarm.nodes[0].containerd,
-        &swarm.registry.addr,
-        "large",
-        &img,
-        &[],
-    )
-    .expect("publish")
-    .refs();
+    let [_, esgz, _] = swarm.publish("large", &img).expect("publish").refs();
     let layers = layer_digests(&esgz);
-    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        fixtures::random_bytes(40 << 20, 7),
-    ));
+    let want = fixtures::large_huge_sha256();
     let a = &swarm.nodes[0];
     a.containerd.rpull(&esgz).expect("rpull");
     let (ok, out) = a.containerd.run_once(
@@ -540,10 +492,7 @@ fn after_a_scheduler_restart_peers_announce_what_they_hold_again() {
 
 /// `dfctl get URL -O OUT --digest DIGEST` against `node`'s daemon.
 fn dfctl_get(node: &Node, url: &str, out: &Path, digest: &str) -> anyhow::Result<String> {
-    let dfctl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dfctl");
-    let dfctl = std::env::var("DFCTL_BIN")
-        .map(PathBuf::from)
-        .unwrap_or(dfctl);
+    let dfctl = built_binary("DFCTL_BIN", "dfctl");
     run(Command::new(&dfctl)
         .arg("--socket")
         .arg(&node.daemon.socket)
@@ -556,14 +505,7 @@ fn dfctl_get(node: &Node, url: &str, out: &Path, digest: &str) -> anyhow::Result
 fn nodes_finish_when_the_seed_peer_dies_mid_task() {
     let mut swarm = Swarm::start_with_seeds(1, 4, "").expect("swarm");
     let img = fixtures::large().expect("fixture");
-    fixtures::publish(
-        &swarm.nodes[0].containerd,
-        &swarm.registry.addr,
-        "large",
-        &img,
-        &[],
-    )
-    .expect("publish");
+    swarm.publish("large", &img).expect("publish");
     // The biggest layer (about 42 MB) from an origin that sends 8 MB/s, so the seed is still
     // fetching it when it dies.
     let digest = img.layers[1].clone();
@@ -629,15 +571,7 @@ fn nodes_finish_when_the_seed_peer_dies_mid_task() {
 fn dfctl_get_downloads_a_file_through_the_swarm() {
     let swarm = Swarm::start(2, "").expect("swarm");
     let img = fixtures::large().expect("fixture");
-    fixtures::publish(
-        &swarm.nodes[0].containerd,
-        &swarm.registry.addr,
-        "large",
-        &img,
-        &[],
-    )
-    .expect("publish")
-    .refs();
+    swarm.publish("large", &img).expect("publish");
     // Any HTTP URL with Range support will do; the registry's blob URL is one.
     let digest = &img.layers[1];
     let url = format!(

@@ -93,11 +93,7 @@ fn wait_job(http: &Http, token: &str, id: i64, limit: Duration) -> Value {
 }
 
 fn dfctl() -> std::path::PathBuf {
-    std::env::var("DFCTL_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|_| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dfctl")
-        })
+    dragonfly_integration::procs::built_binary("DFCTL_BIN", "dfctl")
 }
 
 #[test]
@@ -126,14 +122,7 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
     let http = Http::new(&manager.url);
     let token = job_token(&http);
     let img = fixtures::large().expect("fixture");
-    let published = fixtures::publish(
-        &swarm.nodes[1].containerd,
-        &swarm.registry.addr,
-        "large",
-        &img,
-        &[],
-    )
-    .expect("publish");
+    let published = swarm.publish("large", &img).expect("publish");
     let tag = |r: &str| r.rsplit(':').next().unwrap().to_owned();
     let layers: Vec<String> = fixtures::layers(&published.gzip)
         .unwrap()
@@ -197,9 +186,7 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
     let mark = swarm.registry.mark();
     let node = &swarm.nodes[1];
     node.containerd.rpull(&published.gzip).expect("rpull");
-    let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        fixtures::random_bytes(40 << 20, 7),
-    ));
+    let want = fixtures::large_huge_sha256();
     let (ok, out) = node.containerd.run_once(
         "dragonfly",
         &published.gzip,
