@@ -92,6 +92,18 @@ impl std::fmt::Debug for Blob {
 }
 
 impl BlobInner {
+    /// `len` bytes at `start` of the data file, read off the async workers.
+    async fn read_data(self: &Arc<Self>, start: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        let inner = self.clone();
+        tokio::task::spawn_blocking(move || inner.files.read(start, len))
+            .await
+            .map_err(|e| StoreError::Io {
+                what: "read task failed",
+                path: self.dir().to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+    }
+
     pub(crate) fn new(
         files: BlobFiles,
         meta: Meta,
@@ -532,15 +544,7 @@ impl Blob {
             if range.is_empty() {
                 return Ok(Bytes::new());
             }
-            let inner = self.inner.clone();
-            let start = range.start;
-            let data = tokio::task::spawn_blocking(move || inner.files.read(start, len as usize))
-                .await
-                .map_err(|e| StoreError::Io {
-                    what: "read task failed",
-                    path: self.inner.dir().to_owned(),
-                    source: std::io::Error::other(e.to_string()),
-                })??;
+            let data = self.inner.read_data(range.start, len as usize).await?;
             // Pieces thrown away meanwhile (a failed verification) may have been holes.
             if self.inner.lock().generation != generation {
                 continue;
@@ -640,15 +644,8 @@ impl Blob {
         if !self.has_range(range.clone()) {
             return Ok(None);
         }
-        let inner = self.inner.clone();
         let len = (range.end - range.start) as usize;
-        let data = tokio::task::spawn_blocking(move || inner.files.read(range.start, len))
-            .await
-            .map_err(|e| StoreError::Io {
-                what: "read task failed",
-                path: self.inner.dir().to_owned(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        let data = self.inner.read_data(range.start, len).await?;
         if self.inner.lock().generation != generation {
             return Ok(None);
         }
