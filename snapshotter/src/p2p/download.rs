@@ -10,7 +10,6 @@ use std::time::Duration;
 use dragonfly_proto::dfdaemon as pb;
 use dragonfly_proto::dfdaemon::download_server::Download;
 use dragonfly_storage::{PieceStore, Priority, RangeSource};
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -111,66 +110,44 @@ impl Drop for PartFile {
     }
 }
 
-/// Runs `f` on a blocking thread, flattening a panicked task into an error.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| format!("file task failed: {e}"))?
-}
-
-/// Downloads `blob` into `output`, writing it front to back as its pieces arrive, and sends
-/// progress every 200 ms.
+/// Downloads `blob` into `output`, writing it front to back (on a blocking thread, from the
+/// blob's in-order reader) as its pieces arrive, and calls `progress` every 200 ms.
 async fn download_to(
     blob: &dragonfly_storage::Blob,
     output: PathBuf,
     digest: String,
     mut progress: impl FnMut(),
 ) -> Result<(), Status> {
+    let mut reader = blob.read_in_order(Priority::OnDemand);
     let out = output.clone();
-    let mut part = Some(
-        blocking(move || PartFile::create(&out))
-            .await
-            .map_err(Status::failed_precondition)?,
-    );
-    let mut chunks = std::pin::pin!(blob.fetch_in_order(Priority::OnDemand));
+    let copy = tokio::task::spawn_blocking(move || -> Result<PartFile, Status> {
+        let mut part = PartFile::create(&out).map_err(Status::failed_precondition)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut reader, &mut buf)
+                .map_err(|e| Status::unavailable(format!("download failed: {e}")))?;
+            if n == 0 {
+                return Ok(part);
+            }
+            part.append(&buf[..n])
+                .map_err(Status::failed_precondition)?;
+        }
+    });
+    tokio::pin!(copy);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        let chunk = tokio::select! {
-            c = chunks.next() => c,
-            _ = tick.tick() => { progress(); continue; }
-        };
-        let Some(range) = chunk
-            .transpose()
-            .map_err(|e| Status::unavailable(format!("download failed: {e}")))?
-        else {
-            break;
-        };
-        let data = blob
-            .read_local(range.clone())
-            .await
-            .map_err(|e| Status::internal(format!("cannot read the download: {e}")))?
-            .ok_or_else(|| {
-                Status::unavailable(format!(
-                    "download failed: bytes {}..{} were discarded while downloading; try again",
-                    range.start, range.end
-                ))
-            })?;
-        let mut p = part.take().expect("part file");
-        part = Some(
-            blocking(move || p.append(&data).map(|()| p))
-                .await
-                .map_err(Status::failed_precondition)?,
-        );
-    }
+    let part = loop {
+        tokio::select! {
+            r = &mut copy => break r.map_err(|e| Status::internal(format!("download task failed: {e}")))??,
+            _ = tick.tick() => progress(),
+        }
+    };
     // Verifies the whole blob's digest where it is content-addressed (nothing is fetched).
     blob.fetch_all(Priority::OnDemand)
         .await
         .map_err(|e| Status::unavailable(format!("download failed: {e}")))?;
-    let p = part.take().expect("part file");
-    blocking(move || p.finish(&output, &digest))
+    tokio::task::spawn_blocking(move || part.finish(&output, &digest))
         .await
+        .map_err(|e| Status::internal(format!("download task failed: {e}")))?
         .map_err(Status::failed_precondition)
 }
 
@@ -195,15 +172,8 @@ impl Download for DownloadService {
         // Size: from the store, else the swarm (so a preheated file needs no origin at all),
         // else the origin.
         // Piece length likewise: the stored blob's, else the swarm's, else the default.
-        let known = match (self.store.get(&name), &self.p2p) {
-            (Some(b), _) => Some((b.size(), b.piece_length())),
-            (None, Some(p2p)) => p2p.pool.stat_task(&name).await,
-            (None, None) => None,
-        };
-        let piece_length = known
-            .map(|k| k.1)
-            .filter(|pl| *pl != 0)
-            .unwrap_or_else(|| self.store.piece_length_of(&name));
+        let known = super::known_task(&self.store, self.p2p.as_deref(), &name).await;
+        let piece_length = known.map_or_else(|| self.store.piece_length_of(&name), |k| k.1);
         let size = match known {
             Some((s, _)) => s,
             None => http

@@ -188,6 +188,19 @@ impl ParentClients {
     }
 }
 
+/// Size and piece length of `task` as this peer's store holds it, else as the swarm knows it
+/// (the task's scheduler), if anyone does.
+pub async fn known_task(
+    store: &dragonfly_storage::PieceStore,
+    p2p: Option<&P2p>,
+    task: &str,
+) -> Option<(u64, u32)> {
+    if let Some(b) = store.get(task) {
+        return Some((b.size(), b.piece_length()));
+    }
+    p2p?.pool.stat_task(task).await.filter(|(_, pl)| *pl != 0)
+}
+
 /// The piece length for a blob of `task`: the one it is stored with, else `requested` (a
 /// preheat's pieceLength; 0 = none), else the one the swarm already uses for the task (so this
 /// peer can exchange pieces with it), else the store's default.
@@ -197,20 +210,12 @@ pub async fn piece_length_for(
     task: &str,
     requested: u32,
 ) -> u32 {
-    if let Some(b) = store.get(task) {
-        return b.piece_length();
-    }
-    if requested != 0 {
+    if requested != 0 && store.get(task).is_none() {
         return requested;
     }
-    if let Some(p2p) = p2p {
-        if let Some((_, pl)) = p2p.pool.stat_task(task).await {
-            if pl != 0 {
-                return pl;
-            }
-        }
-    }
-    store.piece_length_of(task)
+    known_task(store, p2p, task)
+        .await
+        .map_or_else(|| store.piece_length_of(task), |(_, pl)| pl)
 }
 
 /// The P2P engine's shared parts.
