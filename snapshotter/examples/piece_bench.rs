@@ -10,14 +10,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use dragonfly_proto::peer::peer_server::PeerServer;
 use dragonfly_proto::peer::GetPieceRequest;
 use dragonfly_snapshotter::config::P2pConfig;
 use dragonfly_snapshotter::metrics::Metrics;
 use dragonfly_snapshotter::p2p::piece_server;
 use dragonfly_snapshotter::p2p::piece_wire::PieceRequest;
 use dragonfly_snapshotter::p2p::upload::PeerService;
-use dragonfly_snapshotter::p2p::{ParentClients, SchedulerPool, MAX_MESSAGE_BYTES};
+use dragonfly_snapshotter::p2p::{ParentClients, SchedulerPool};
 use dragonfly_storage::{PieceStore, Priority, RangeSource, SourceError, StoreConfig};
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{self, StreamExt};
@@ -117,20 +116,7 @@ async fn main() {
         0,
     ));
     // The daemon's peer port: raw-TCP piece connections served directly, the rest to gRPC.
-    let (grpc_tx, grpc_rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(piece_server::serve(listener, service.clone(), grpc_tx));
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .initial_stream_window_size(dragonfly_snapshotter::p2p::WINDOW)
-            .initial_connection_window_size(dragonfly_snapshotter::p2p::WINDOW)
-            .tcp_nodelay(true)
-            .add_service(
-                PeerServer::from_arc(service)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(grpc_rx)),
-    );
+    piece_server::serve_peer_port(listener, service);
     // The clients the P2P source uses.
     let parents = Arc::new(ParentClients::default());
     let client = parents.get("127.0.0.1", u32::from(port)).unwrap();

@@ -18,12 +18,11 @@ use crate::metrics::Metrics;
 use crate::p2p::download::DownloadService;
 use crate::p2p::seed::SeedDownloader;
 use crate::p2p::upload::PeerService;
-use crate::p2p::{P2p, ParentClients, SchedulerPool, MAX_MESSAGE_BYTES};
+use crate::p2p::{P2p, ParentClients, SchedulerPool};
 use crate::snapshot::remote::RemoteLayers;
 use crate::snapshot::service::SnapshotService;
 use crate::snapshot::Snapshotter;
 use dragonfly_proto::dfdaemon::download_server::DownloadServer;
-use dragonfly_proto::peer::peer_server::PeerServer;
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -180,31 +179,7 @@ async fn start_p2p(
         downloader,
         config.p2p.upload_rate_bytes_per_sec,
     );
-    // One port: raw-TCP piece connections are served here, the rest is passed to gRPC.
-    let service = Arc::new(service);
-    let (grpc_tx, grpc_rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(crate::p2p::piece_server::serve(
-        listener,
-        service.clone(),
-        grpc_tx,
-    ));
-    let incoming = tokio_stream::wrappers::ReceiverStream::new(grpc_rx);
-    tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .initial_stream_window_size(crate::p2p::WINDOW)
-            .initial_connection_window_size(crate::p2p::WINDOW)
-            .tcp_nodelay(true)
-            .add_service(
-                PeerServer::from_arc(service)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming(incoming)
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "peer service failed; other peers cannot fetch pieces from this host");
-        }
-    });
+    crate::p2p::piece_server::serve_peer_port(listener, Arc::new(service));
     if seed && !config.p2p.manager.is_empty() {
         let host = pool.host().clone();
         let who = dragonfly_proto::registration::Registrant {

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dragonfly_proto::peer::peer_server::PeerServer;
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -17,6 +18,29 @@ use super::upload::{PeerService, UploadError};
 const FIRST_BYTES: Duration = Duration::from_secs(10);
 /// How long a piece connection may sit idle between requests.
 const IDLE: Duration = Duration::from_secs(120);
+
+/// Serves the peer port on `listener`: raw-TCP piece connections here, the rest to the gRPC
+/// `Peer` service (pieces, triggers, task stats). Both run as background tasks.
+pub fn serve_peer_port(listener: TcpListener, service: Arc<PeerService>) {
+    let (grpc_tx, grpc_rx) = mpsc::channel(64);
+    tokio::spawn(serve(listener, service.clone(), grpc_tx));
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .initial_stream_window_size(super::WINDOW)
+            .initial_connection_window_size(super::WINDOW)
+            .tcp_nodelay(true)
+            .add_service(
+                PeerServer::from_arc(service)
+                    .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(super::MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(grpc_rx))
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "peer service failed; other peers cannot fetch pieces from this host");
+        }
+    });
+}
 
 /// Accepts on `listener` until it fails; gRPC connections go to `grpc`.
 pub async fn serve(
@@ -108,7 +132,6 @@ mod tests {
     use crate::p2p::piece_wire::PieceRequest;
     use crate::p2p::{ParentClients, SchedulerPool};
     use bytes::Bytes;
-    use dragonfly_proto::peer::peer_server::PeerServer;
     use dragonfly_proto::peer::GetPieceRequest;
     use dragonfly_storage::{PieceStore, Priority, RangeSource, SourceError, StoreConfig};
     use futures::future::{BoxFuture, FutureExt};
@@ -150,13 +173,7 @@ mod tests {
         };
         let pool = SchedulerPool::new(&config, port, false).await.unwrap();
         let service = Arc::new(PeerService::new(store, 4, pool, Metrics::new(), None, 0));
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(serve(listener, service.clone(), tx));
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(PeerServer::from_arc(service))
-                .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx)),
-        );
+        serve_peer_port(listener, service);
 
         let parents = ParentClients::default();
         let req = |number: u32, task: &str| PieceRequest {
