@@ -13,11 +13,12 @@ use super::error::{ApiError, JsonBody};
 use super::AppState;
 use crate::jobs::args::{check, CreateJob};
 use crate::jobs::runner::JobPlan;
+use crate::store::clusters::Cluster;
 use crate::store::jobs::{Job, JobQuery};
 
 /// A job with its clusters' names, as answered.
-async fn shown(s: &AppState, job: Job) -> Result<Value, ApiError> {
-    let clusters = s.db.clusters().await?;
+/// `job` as answered, with the names of its clusters (from `clusters`, loaded once per request).
+fn shown(clusters: &[Cluster], job: Job) -> Value {
     let mut v = serde_json::to_value(&job).expect("job serializes");
     v["scheduler_clusters"] = clusters
         .iter()
@@ -26,7 +27,7 @@ async fn shown(s: &AppState, job: Job) -> Result<Value, ApiError> {
         })
         .map(|c| json!({"id": c.id, "name": c.name}))
         .collect();
-    Ok(v)
+    v
 }
 
 async fn create(
@@ -76,7 +77,7 @@ async fn create(
     s.metrics.jobs.with_label_values(&["created"]).inc();
     tracing::info!(job = job.id, task_id = %job.task_id, url = %plan.preheat.urls[0], kind = ?plan.preheat.kind, "preheat job created");
     s.job_created.notify_one();
-    Ok((StatusCode::CREATED, Json(shown(&s, job).await?)))
+    Ok((StatusCode::CREATED, Json(shown(&clusters, job))))
 }
 
 /// `?state=&type=&page=&per_page=`
@@ -105,13 +106,16 @@ async fn list(s: AppState, q: ListQuery) -> Result<Json<Value>, ApiError> {
         per_page: q.per_page.unwrap_or(50),
     };
     let (jobs, total) = s.db.jobs(&query).await?;
-    let mut out = Vec::new();
-    for j in jobs {
-        out.push(shown(&s, j).await?);
-    }
+    let clusters = s.db.clusters().await?;
+    let out: Vec<Value> = jobs.into_iter().map(|j| shown(&clusters, j)).collect();
     Ok(Json(
         json!({"jobs": out, "total": total, "page": query.page.max(1), "per_page": query.per_page.clamp(1, 1000)}),
     ))
+}
+
+async fn get(s: AppState, id: i64) -> Result<Json<Value>, ApiError> {
+    let job = s.db.job(id).await?;
+    Ok(Json(shown(&s.db.clusters().await?, job)))
 }
 
 /// `POST /api/v1/jobs`
@@ -152,7 +156,7 @@ pub async fn get_api(
     _: Session,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(shown(&s, s.db.job(id).await?).await?))
+    get(s, id).await
 }
 /// `GET /oapi/v1/jobs/{id}`
 pub async fn get_oapi(
@@ -160,5 +164,5 @@ pub async fn get_oapi(
     _: JobToken,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(shown(&s, s.db.job(id).await?).await?))
+    get(s, id).await
 }
