@@ -52,6 +52,13 @@ struct Progress {
 }
 
 impl Progress {
+    fn snapshot(&self) -> Progress {
+        Progress {
+            log: self.log.clone(),
+            result: self.result.clone(),
+        }
+    }
+
     fn line(&mut self, s: impl AsRef<str>) {
         let t = chrono::Utc::now().format("%H:%M:%S");
         self.log.push_str(&format!("{t} {}\n", s.as_ref()));
@@ -142,7 +149,8 @@ impl Runner {
                     tokio::spawn(async move {
                         loop {
                             tokio::time::sleep(HEARTBEAT).await;
-                            let p = shared.lock().await;
+                            // Copied out, so the preheat is not held up by the write.
+                            let p = shared.lock().await.snapshot();
                             if let Err(e) = db.job_progress(id, &p.result, &p.log).await {
                                 tracing::warn!(job = id, error = %e, "cannot record job progress");
                             }
@@ -155,12 +163,7 @@ impl Runner {
                 )
                 .await;
                 heartbeat.abort();
-                let mut p = Arc::try_unwrap(shared)
-                    .map(|m| m.into_inner())
-                    .unwrap_or_else(|s| Progress {
-                        log: s.try_lock().map(|p| p.log.clone()).unwrap_or_default(),
-                        result: s.try_lock().map(|p| p.result.clone()).unwrap_or_default(),
-                    });
+                let mut p = shared.lock().await.snapshot();
                 let ok = match outcome {
                     Ok(ok) => ok,
                     Err(_) => {
