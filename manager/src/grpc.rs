@@ -51,6 +51,37 @@ fn scheduler(m: Member) -> pb::Scheduler {
     }
 }
 
+fn seed_peer(m: Member) -> pb::SeedPeer {
+    pb::SeedPeer {
+        id: m.id as u64,
+        hostname: m.hostname,
+        ip: m.ip,
+        port: m.port as u32,
+        idc: m.idc,
+        location: m.location,
+        state: m.state,
+        scheduler_cluster_id: m.scheduler_cluster_id as u64,
+    }
+}
+
+/// What a scheduler or seed peer said about itself (its cluster is resolved later).
+fn registration(
+    hostname: String,
+    ip: String,
+    port: u32,
+    idc: String,
+    location: String,
+) -> Registration {
+    Registration {
+        hostname,
+        ip,
+        port: i64::from(port),
+        idc,
+        location,
+        scheduler_cluster_id: 0,
+    }
+}
+
 fn check_addr(ip: &str, port: u32) -> Result<(), Status> {
     if ip.parse::<std::net::IpAddr>().is_err() {
         return Err(Status::invalid_argument(format!(
@@ -102,19 +133,9 @@ impl Manager for ManagerService {
         req: Request<pb::UpdateSchedulerRequest>,
     ) -> Result<Response<pb::Scheduler>, Status> {
         let r = req.into_inner();
+        let reg = registration(r.hostname, r.ip, r.port, r.idc, r.location);
         let m = self
-            .register(
-                Kind::Scheduler,
-                Registration {
-                    hostname: r.hostname,
-                    ip: r.ip,
-                    port: i64::from(r.port),
-                    idc: r.idc,
-                    location: r.location,
-                    scheduler_cluster_id: 0,
-                },
-                r.scheduler_cluster_id,
-            )
+            .register(Kind::Scheduler, reg, r.scheduler_cluster_id)
             .await?;
         Ok(Response::new(scheduler(m)))
     }
@@ -124,30 +145,11 @@ impl Manager for ManagerService {
         req: Request<pb::UpdateSeedPeerRequest>,
     ) -> Result<Response<pb::SeedPeer>, Status> {
         let r = req.into_inner();
+        let reg = registration(r.hostname, r.ip, r.port, r.idc, r.location);
         let m = self
-            .register(
-                Kind::SeedPeer,
-                Registration {
-                    hostname: r.hostname,
-                    ip: r.ip,
-                    port: i64::from(r.port),
-                    idc: r.idc,
-                    location: r.location,
-                    scheduler_cluster_id: 0,
-                },
-                r.scheduler_cluster_id,
-            )
+            .register(Kind::SeedPeer, reg, r.scheduler_cluster_id)
             .await?;
-        Ok(Response::new(pb::SeedPeer {
-            id: m.id as u64,
-            hostname: m.hostname,
-            ip: m.ip,
-            port: m.port as u32,
-            idc: m.idc,
-            location: m.location,
-            state: m.state,
-            scheduler_cluster_id: m.scheduler_cluster_id as u64,
-        }))
+        Ok(Response::new(seed_peer(m)))
     }
 
     async fn keep_alive(
