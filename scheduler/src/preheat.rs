@@ -69,13 +69,12 @@ pub async fn preheat(
     validate(&req)?;
     let scope = pb::PreheatScope::try_from(req.scope)
         .map_err(|_| Status::invalid_argument(format!("unknown preheat scope {}", req.scope)))?;
-    let timeout = Duration::from_secs(u64::from(req.timeout_secs.clamp(1, 24 * 3600)));
-    let deadline = Instant::now()
-        + if req.timeout_secs == 0 {
-            Duration::from_secs(3600)
-        } else {
-            timeout
-        };
+    // 0 = an hour; at most a day.
+    let secs = match req.timeout_secs {
+        0 => 3600,
+        s => s.min(24 * 3600),
+    };
+    let deadline = Instant::now() + Duration::from_secs(u64::from(secs));
     let mut work = Vec::new();
     let mut results = Vec::new();
     for task in &req.tasks {
