@@ -149,18 +149,26 @@ impl Peer for FakeSeed {
     }
 }
 
+impl FakeSeed {
+    /// Serves a new fake seed on a free port; the seed (to inspect) and the port.
+    fn serve() -> (FakeSeed, u16) {
+        let seed = FakeSeed::default();
+        let port = free_port();
+        let svc = seed.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(PeerServer::new(svc))
+                .serve(format!("127.0.0.1:{port}").parse().unwrap())
+                .await
+        });
+        (seed, port)
+    }
+}
+
 #[tokio::test]
 async fn a_swarm_conversation_with_a_seed_trigger() {
     let (_s, mut c) = start().await;
-    let seed = FakeSeed::default();
-    let seed_port = free_port();
-    let svc = seed.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(PeerServer::new(svc))
-            .serve(format!("127.0.0.1:{seed_port}").parse().unwrap())
-            .await
-    });
+    let (seed, seed_port) = FakeSeed::serve();
     c.announce_host(host("seed-1", seed_port as u32, true))
         .await
         .unwrap();
@@ -356,15 +364,7 @@ async fn malformed_requests_get_grpc_errors_and_the_scheduler_lives_on() {
 #[tokio::test]
 async fn preheat_fills_the_scope_and_reports_per_host() {
     let (_s, mut c) = start().await;
-    let seed = FakeSeed::default();
-    let seed_port = free_port();
-    let svc = seed.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(PeerServer::new(svc))
-            .serve(format!("127.0.0.1:{seed_port}").parse().unwrap())
-            .await
-    });
+    let (seed, seed_port) = FakeSeed::serve();
     let task = |n: u8| pb::Task {
         id: format!("sha256:{}", hex::encode(Sha256::digest([n]))),
         url: format!(
