@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::layer::{LayerManager, LayerSettings};
 use crate::metrics::Metrics;
 use crate::p2p::download::DownloadService;
-use crate::p2p::seed::SeedDownloader;
+use crate::p2p::seed::TriggeredDownloads;
 use crate::p2p::upload::PeerService;
 use crate::p2p::{P2p, ParentClients, SchedulerPool};
 use crate::snapshot::remote::RemoteLayers;
@@ -165,7 +165,7 @@ async fn start_p2p(
         parallel: config.p2p.parallel_parents,
     });
     // Every peer takes triggered downloads: seeds for first downloads, all for preheat jobs.
-    let downloader = Some(SeedDownloader::new(
+    let downloader = Some(TriggeredDownloads::new(
         store.clone(),
         config.registry.clone(),
         p2p.clone(),

@@ -20,7 +20,7 @@ use crate::layer::source::RegistrySource;
 use crate::metrics::Metrics;
 
 /// Starts origin downloads for the scheduler.
-pub struct SeedDownloader {
+pub struct TriggeredDownloads {
     store: PieceStore,
     registry: RegistryConfig,
     p2p: Arc<P2p>,
@@ -55,15 +55,15 @@ pub fn parse_oci_url(url: &str) -> Result<(Repository, String), String> {
     ))
 }
 
-impl SeedDownloader {
+impl TriggeredDownloads {
     /// A downloader into `store` using `registry` settings.
     pub fn new(
         store: PieceStore,
         registry: RegistryConfig,
         p2p: Arc<P2p>,
         metrics: Arc<Metrics>,
-    ) -> Arc<SeedDownloader> {
-        Arc::new(SeedDownloader {
+    ) -> Arc<TriggeredDownloads> {
+        Arc::new(TriggeredDownloads {
             store,
             registry,
             p2p,
@@ -225,7 +225,7 @@ impl SeedDownloader {
     }
 }
 
-impl SeedDownloader {
+impl TriggeredDownloads {
     /// What this peer holds of `task_id` and how its triggered download is going.
     pub fn stat(&self, task_id: &str) -> dragonfly_proto::peer::StatTaskResponse {
         let running = self.running.lock().expect("running lock").contains(task_id);

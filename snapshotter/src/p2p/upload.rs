@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use super::ratelimit::RateLimit;
-use super::seed::SeedDownloader;
+use super::seed::TriggeredDownloads;
 use super::SchedulerPool;
 use crate::metrics::Metrics;
 
@@ -24,7 +24,7 @@ pub struct PeerService {
     slots: Arc<Semaphore>,
     pool: Arc<SchedulerPool>,
     metrics: Arc<Metrics>,
-    seed: Option<Arc<SeedDownloader>>,
+    downloads: Option<Arc<TriggeredDownloads>>,
     rate: Option<RateLimit>,
 }
 
@@ -35,7 +35,7 @@ impl PeerService {
         slots: u32,
         pool: Arc<SchedulerPool>,
         metrics: Arc<Metrics>,
-        seed: Option<Arc<SeedDownloader>>,
+        downloads: Option<Arc<TriggeredDownloads>>,
         rate_bytes_per_sec: u64,
     ) -> PeerService {
         PeerService {
@@ -43,7 +43,7 @@ impl PeerService {
             slots: Arc::new(Semaphore::new(slots.max(1) as usize)),
             pool,
             metrics,
-            seed,
+            downloads,
             rate: (rate_bytes_per_sec > 0).then(|| RateLimit::new(rate_bytes_per_sec)),
         }
     }
@@ -145,7 +145,7 @@ impl Peer for PeerService {
         &self,
         req: Request<pb::TriggerDownloadRequest>,
     ) -> Result<Response<pb::TriggerDownloadResponse>, Status> {
-        let Some(seed) = &self.seed else {
+        let Some(downloads) = &self.downloads else {
             return Err(Status::unimplemented(
                 "this peer does not take triggered downloads",
             ));
@@ -154,7 +154,7 @@ impl Peer for PeerService {
             .into_inner()
             .task
             .ok_or_else(|| Status::invalid_argument("task is required"))?;
-        let started = seed.trigger(task).await?;
+        let started = downloads.trigger(task).await?;
         Ok(Response::new(pb::TriggerDownloadResponse { started }))
     }
 
@@ -162,11 +162,11 @@ impl Peer for PeerService {
         &self,
         req: Request<pb::StatTaskRequest>,
     ) -> Result<Response<pb::StatTaskResponse>, Status> {
-        let Some(seed) = &self.seed else {
+        let Some(downloads) = &self.downloads else {
             return Err(Status::unimplemented(
                 "this peer does not take triggered downloads",
             ));
         };
-        Ok(Response::new(seed.stat(&req.into_inner().task_id)))
+        Ok(Response::new(downloads.stat(&req.into_inner().task_id)))
     }
 }
