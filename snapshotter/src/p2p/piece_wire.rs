@@ -124,8 +124,9 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
     let mut head = [0u8; 5];
     head[0] = status as u8;
     head[1..].copy_from_slice(&len.to_be_bytes());
-    w.write_all(&head).await?;
-    w.write_all(payload).await?;
+    // Header and payload in one (vectored) write: no separate 5-byte segment per piece.
+    let mut both = bytes::Buf::chain(&head[..], payload);
+    w.write_all_buf(&mut both).await?;
     w.flush().await
 }
 
