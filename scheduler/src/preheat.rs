@@ -2,7 +2,8 @@
 //! pulls them. The scheduler picks the targets by scope (the seed peer a pull would trigger,
 //! every seed peer, or every host), triggers each target's download (`Peer.TriggerDownload`:
 //! seeds fetch from the origin, other peers through the swarm) and polls `Peer.StatTask` until
-//! the target holds the task, its download failed, or time runs out. Repeating a preheat is
+//! the target holds the task, its download failed, or time runs out. All targets are worked on
+//! at once (one connection per host); only the RPCs in flight are bounded. Repeating a preheat is
 //! harmless: a target that already holds a task answers at once. Origin headers travel with the
 //! triggers and are never logged.
 
@@ -11,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use dragonfly_proto::peer::{StatTaskRequest, TriggerDownloadRequest};
 use dragonfly_proto::scheduler as pb;
-use futures::stream::{self, StreamExt};
+use tokio::sync::Semaphore;
 use tonic::Status;
 
 use crate::scheduling::pick_seed;
 use crate::seed::peer_client;
 use crate::state::{HostInfo, State};
 
-/// Targets worked on at once.
+/// RPCs to targets in flight at once.
 const PARALLEL: usize = 16;
 /// How often a target's progress is checked.
 const POLL: Duration = Duration::from_millis(300);
@@ -75,7 +76,8 @@ pub async fn preheat(
         s => s.min(24 * 3600),
     };
     let deadline = Instant::now() + Duration::from_secs(u64::from(secs));
-    let mut work = Vec::new();
+    // Targets grouped by host: one connection per host, all its tasks triggered, then polled.
+    let mut work: Vec<(HostInfo, Vec<pb::Task>)> = Vec::new();
     let mut results = Vec::new();
     for task in &req.tasks {
         let hosts = targets(&state, scope, &task.id);
@@ -92,90 +94,138 @@ pub async fn preheat(
             });
         }
         for h in hosts {
-            work.push((task.clone(), h));
+            match work.iter_mut().find(|(w, _)| w.id == h.id) {
+                Some((_, tasks)) => tasks.push(task.clone()),
+                None => work.push((h, vec![task.clone()])),
+            }
         }
     }
     tracing::info!(
         tasks = req.tasks.len(),
-        targets = work.len(),
+        hosts = work.len(),
         ?scope,
         "preheat started"
     );
-    let done: Vec<pb::PreheatResult> = stream::iter(work)
-        .map(|(task, host)| async move {
-            let mut r = pb::PreheatResult {
-                task_id: task.id.clone(),
-                url: task.url.clone(),
-                host_id: host.id.to_string(),
-                hostname: host.hostname.clone(),
-                ip: host.ip.clone(),
-                ..Default::default()
-            };
-            match fill(&host, task, deadline).await {
-                Ok(()) => r.ok = true,
-                Err(e) => r.description = e,
-            }
-            r
-        })
-        .buffer_unordered(PARALLEL)
-        .collect()
-        .await;
+    // Every host is worked on at once; only the RPCs in flight are bounded, so waiting for
+    // slow downloads never holds up the other hosts.
+    let rpcs = Semaphore::new(PARALLEL);
+    let done: Vec<pb::PreheatResult> = futures::future::join_all(
+        work.iter()
+            .map(|(host, tasks)| fill_host(host, tasks, deadline, &rpcs)),
+    )
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
     let failed = done.iter().filter(|r| !r.ok).count();
     tracing::info!(results = done.len(), failed, "preheat finished");
     results.extend(done);
     Ok(pb::PreheatResponse { results })
 }
 
-/// Triggers `task` on `host` and waits until it holds it.
-async fn fill(host: &HostInfo, task: pb::Task, deadline: Instant) -> Result<(), String> {
-    let mut client = peer_client(host).await?;
-    let task_id = task.id.clone();
-    client
-        .trigger_download(TriggerDownloadRequest {
-            task: Some(task.clone()),
-        })
-        .await
-        .map_err(|e| format!("cannot start the download on {}: {}", host.ip, e.message()))?;
-    let mut retriggered = false;
-    loop {
-        let stat = client
-            .stat_task(StatTaskRequest {
-                task_id: task_id.clone(),
-            })
-            .await
-            .map_err(|e| format!("cannot ask {} about the task: {}", host.ip, e.message()))?
-            .into_inner();
-        if stat.complete {
-            return Ok(());
+/// Where one task stands on a host.
+enum Progress {
+    /// Triggered; `retriggered` once it had to be started again.
+    Waiting { retriggered: bool },
+    /// Finished: held, or why not.
+    Done(Result<(), String>),
+}
+
+/// Triggers `tasks` on `host` and waits until it holds them (or they fail, or time runs out);
+/// a result per task. Each RPC takes a permit of `rpcs`.
+async fn fill_host(
+    host: &HostInfo,
+    tasks: &[pb::Task],
+    deadline: Instant,
+    rpcs: &Semaphore,
+) -> Vec<pb::PreheatResult> {
+    let result = |t: &pb::Task, outcome: Result<(), String>| pb::PreheatResult {
+        task_id: t.id.clone(),
+        url: t.url.clone(),
+        host_id: host.id.to_string(),
+        hostname: host.hostname.clone(),
+        ip: host.ip.clone(),
+        ok: outcome.is_ok(),
+        description: outcome.err().unwrap_or_default(),
+    };
+    let client = {
+        let _permit = rpcs.acquire().await.expect("semaphore open");
+        peer_client(host).await
+    };
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => return tasks.iter().map(|t| result(t, Err(e.clone()))).collect(),
+    };
+    let trigger = |t: &pb::Task| {
+        let mut c = client.clone();
+        let t = t.clone();
+        async move {
+            let _permit = rpcs.acquire().await.expect("semaphore open");
+            c.trigger_download(TriggerDownloadRequest { task: Some(t) })
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("cannot start the download on {}: {}", host.ip, e.message()))
         }
-        if !stat.running {
-            if !stat.error.is_empty() {
-                return Err(format!("download failed on {}: {}", host.ip, stat.error));
-            }
-            // Neither running nor failed: the blob was evicted or the peer restarted since
-            // the trigger; start it once more.
-            if retriggered {
-                return Err(format!(
+    };
+    let mut progress = Vec::new();
+    for t in tasks {
+        progress.push(match trigger(t).await {
+            Ok(()) => Progress::Waiting { retriggered: false },
+            Err(e) => Progress::Done(Err(e)),
+        });
+    }
+    loop {
+        for (t, p) in tasks.iter().zip(progress.iter_mut()) {
+            let Progress::Waiting { retriggered } = *p else {
+                continue;
+            };
+            let stat = {
+                let _permit = rpcs.acquire().await.expect("semaphore open");
+                client
+                    .clone()
+                    .stat_task(StatTaskRequest {
+                        task_id: t.id.clone(),
+                    })
+                    .await
+            };
+            *p = match stat.map(|r| r.into_inner()) {
+                Err(e) => Progress::Done(Err(format!(
+                    "cannot ask {} about the task: {}",
+                    host.ip,
+                    e.message()
+                ))),
+                Ok(s) if s.complete => Progress::Done(Ok(())),
+                Ok(s) if s.running && Instant::now() >= deadline => Progress::Done(Err(format!(
+                    "timed out on {} with {} of {} bytes",
+                    host.ip, s.present_bytes, s.content_length
+                ))),
+                Ok(s) if s.running => Progress::Waiting { retriggered },
+                Ok(s) if !s.error.is_empty() => {
+                    Progress::Done(Err(format!("download failed on {}: {}", host.ip, s.error)))
+                }
+                // Neither running nor failed: the blob was evicted or the peer restarted
+                // since the trigger; start it once more.
+                Ok(_) if retriggered => Progress::Done(Err(format!(
                     "the download on {} stopped without an error",
                     host.ip
-                ));
-            }
-            retriggered = true;
-            client
-                .trigger_download(TriggerDownloadRequest {
-                    task: Some(task.clone()),
-                })
-                .await
-                .map_err(|e| {
-                    format!("cannot start the download on {}: {}", host.ip, e.message())
-                })?;
+                ))),
+                Ok(_) => match trigger(t).await {
+                    Ok(()) => Progress::Waiting { retriggered: true },
+                    Err(e) => Progress::Done(Err(e)),
+                },
+            };
         }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "timed out on {} with {} of {} bytes",
-                host.ip, stat.present_bytes, stat.content_length
-            ));
+        if progress.iter().all(|p| matches!(p, Progress::Done(_))) {
+            break;
         }
         tokio::time::sleep(POLL).await;
     }
+    tasks
+        .iter()
+        .zip(progress)
+        .map(|(t, p)| match p {
+            Progress::Done(outcome) => result(t, outcome),
+            Progress::Waiting { .. } => unreachable!("every task is done"),
+        })
+        .collect()
 }
