@@ -303,25 +303,28 @@ impl Runner {
             Scope::AllSeedPeers => pb::PreheatScope::AllSeedPeers,
             Scope::AllPeers => pb::PreheatScope::AllPeers,
         };
+        // Clusters are independent: preheat them at once.
+        let outcomes = futures::future::join_all(clusters.iter().map(|cluster| {
+            self.preheat_cluster(
+                cluster.id,
+                &cluster.name,
+                &tasks,
+                scope,
+                plan.preheat.timeout_secs,
+                &progress,
+            )
+        }))
+        .await;
         let mut all_ok = true;
-        for cluster in clusters {
-            let (ok, state) = self
-                .preheat_cluster(
-                    cluster.id,
-                    &cluster.name,
-                    &tasks,
-                    scope,
-                    plan.preheat.timeout_secs,
-                    &progress,
-                )
-                .await;
+        let mut p = progress.lock().await;
+        for (ok, state) in outcomes {
             all_ok &= ok;
-            let mut p = progress.lock().await;
             p.result["job_states"]
                 .as_array_mut()
                 .expect("array")
                 .push(state);
         }
+        drop(p);
         all_ok
     }
 
