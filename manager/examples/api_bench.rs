@@ -72,38 +72,35 @@ async fn main() {
     let running = dragonfly_manager::server::start(config).await.unwrap();
     let base = format!("http://{}", running.http);
     let http = reqwest::Client::new();
-    let v: Value = http
-        .post(format!("{base}/api/v1/users/signin"))
-        .json(&json!({"name": "root", "password": "bench-password"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // Set-up calls: POST `body` to `path` with `token`; the JSON answer.
+    let post = |path: &str, token: &str, body: Value| {
+        let r = http
+            .post(format!("{base}{path}"))
+            .bearer_auth(token)
+            .json(&body);
+        async move { r.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let v = post(
+        "/api/v1/users/signin",
+        "",
+        json!({"name": "root", "password": "bench-password"}),
+    )
+    .await;
     let session = v["token"].as_str().unwrap().to_owned();
-    let v: Value = http
-        .post(format!("{base}/api/v1/personal-access-tokens"))
-        .bearer_auth(&session)
-        .json(&json!({"name": "bench", "scopes": ["job", "cluster"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = post(
+        "/api/v1/personal-access-tokens",
+        &session,
+        json!({"name": "bench", "scopes": ["job", "cluster"]}),
+    )
+    .await;
     let token = v["token"].as_str().unwrap().to_owned();
     // A cluster whose rate limit does not get in the way.
-    let v: Value = http
-        .post(format!("{base}/oapi/v1/clusters"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "bench", "config": {"job_rate_limit": 1000000}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = post(
+        "/oapi/v1/clusters",
+        &token,
+        json!({"name": "bench", "config": {"job_rate_limit": 1000000}}),
+    )
+    .await;
     let cluster = v["id"].as_i64().unwrap();
 
     let healthy = measure(10_000, |_| {
