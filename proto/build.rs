@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "dragonfly/scheduler/v1/scheduler.proto",
                 "dragonfly/peer/v1/peer.proto",
                 "dragonfly/dfdaemon/v1/download.proto",
+                "dragonfly/dfdaemon/v1/image.proto",
                 "dragonfly/manager/v1/manager.proto",
             ],
             &["."],

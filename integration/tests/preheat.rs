@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use dragonfly_integration::containerd::NAMESPACE;
 use dragonfly_integration::fixtures;
 use dragonfly_integration::manager::{Manager, ROOT_PASSWORD};
 use dragonfly_integration::procs::{free_port, run};
@@ -90,6 +91,22 @@ fn wait_job(http: &Http, token: &str, id: i64, limit: Duration) -> Value {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// `dfctl image pull IMAGE` into `node`'s containerd; its stdout.
+fn image_pull(node: &dragonfly_integration::swarm::Node, image: &str) -> anyhow::Result<String> {
+    run(std::process::Command::new(dfctl())
+        .arg("--socket")
+        .arg(&node.daemon.socket)
+        .args([
+            "image",
+            "pull",
+            image,
+            "--namespace",
+            NAMESPACE,
+            "--containerd",
+        ])
+        .arg(&node.containerd.socket))
 }
 
 fn dfctl() -> std::path::PathBuf {
@@ -179,8 +196,8 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
     let done = &job["result"]["job_states"][0]["success_tasks"];
     assert_eq!(
         done.as_array().unwrap().len(),
-        layers.len() + 1,
-        "config and every layer: {job}"
+        layers.len() + 2,
+        "manifest, config and every layer: {job}"
     );
     // A node pulls and runs it: no layer byte leaves the registry.
     let mark = swarm.registry.mark();
@@ -300,7 +317,7 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
     );
     let job = preheat(json!({"type": "image", "url": url, "scope": "all_peers"}));
     assert_eq!(job["state"], "SUCCESS", "{job}\n{}", manager.log());
-    let blobs = layers.len() + 1;
+    let blobs = layers.len() + 2;
     let done = job["result"]["job_states"][0]["success_tasks"]
         .as_array()
         .unwrap()
@@ -343,6 +360,39 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
     );
     drop(slow);
 
+    // The eStargz image was preheated through another registry address (the throttle): its
+    // blobs are found by digest all the same. Node 1 pulls it with dfctl (the tag resolved
+    // at the registry, which is up) and takes no layer byte from the registry.
+    let mark = swarm.registry.mark();
+    let pulled = image_pull(&swarm.nodes[1], &published.estargz);
+    assert!(
+        pulled
+            .as_ref()
+            .is_ok_and(|o| o.trim() == published.estargz.as_str()),
+        "{pulled:?}\n{}",
+        swarm.logs()
+    );
+    let (ok, out) = swarm.nodes[1].containerd.run_once(
+        "dragonfly",
+        &published.estargz,
+        "estargz-dfctl",
+        &["/bin/sha256sum", "/data/huge.bin"],
+    );
+    assert!(ok && out.contains(&want), "{out}\n{}", swarm.logs());
+    let estargz_layers: Vec<String> = fixtures::layers(&published.estargz)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.0)
+        .collect();
+    let layer_bytes: u64 = swarm
+        .registry
+        .blob_gets_since(mark)
+        .iter()
+        .filter(|g| estargz_layers.contains(&g.digest))
+        .map(|g| g.bytes)
+        .sum();
+    assert_eq!(layer_bytes, 0, "{}", swarm.logs());
+
     // 3. A file, preheated into every peer; then the registry stops and a node downloads it
     //    with another URL signature: nothing is asked of the origin.
     let digest = &img.layers[1];
@@ -380,6 +430,57 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
     assert!(std::fs::read(&out).unwrap() == want);
     assert_eq!(
         swarm.nodes[2].metric("dragonfly_snapshotter_p2p_bytes_total", "origin"),
+        0.0,
+        "node 2 never went to the origin"
+    );
+
+    // 4. Images, the registry still stopped: node 2 pulls and runs the zstd:chunked image
+    //    (preheated into the seed peer only: manifest, config and the chunks it reads come
+    //    from the seed) and the gzip image (preheated into every peer). The tags are resolved
+    //    from the manager's record of the preheats, which survived its restart.
+    let node = &swarm.nodes[2];
+    let huge = fixtures::large_huge_sha256();
+    let fetched_before = node.metric("dragonfly_snapshotter_registry_fetches_total", "\"ok\"");
+    for (image, id) in [
+        (&zstd, "zstd-no-registry"),
+        (&published.gzip, "gzip-no-registry"),
+    ] {
+        let out = run(std::process::Command::new(dfctl())
+            .arg("--socket")
+            .arg(&node.daemon.socket)
+            .args([
+                "image",
+                "pull",
+                image,
+                "--namespace",
+                NAMESPACE,
+                "--containerd",
+            ])
+            .arg(&node.containerd.socket));
+        assert!(
+            out.as_ref().is_ok_and(|o| o.trim() == image.as_str()),
+            "dfctl image pull {image}: {out:?}\n{}",
+            swarm.logs()
+        );
+        let (ok, out) = node.containerd.run_once(
+            "dragonfly",
+            image,
+            id,
+            &["/bin/sha256sum", "/data/huge.bin"],
+        );
+        assert!(
+            ok && out.contains(&huge),
+            "{image}: {out}\n{}",
+            swarm.logs()
+        );
+    }
+    assert_eq!(
+        node.metric("dragonfly_snapshotter_registry_fetches_total", "\"ok\""),
+        fetched_before,
+        "nothing was fetched from the registry"
+    );
+    assert_eq!(
+        node.metric("dragonfly_snapshotter_p2p_bytes_total", "origin"),
         0.0,
         "node 2 never went to the origin"
     );

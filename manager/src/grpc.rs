@@ -204,6 +204,28 @@ impl Manager for ManagerService {
             scheduler_cluster_id: cluster.id as u64,
         }))
     }
+
+    async fn resolve_image_tag(
+        &self,
+        req: Request<pb::ResolveImageTagRequest>,
+    ) -> Result<Response<pb::ResolveImageTagResponse>, Status> {
+        let r = req.into_inner();
+        if r.registry.is_empty() || r.repository.is_empty() || r.tag.is_empty() {
+            return Err(Status::invalid_argument(
+                "registry, repository and tag are all required",
+            ));
+        }
+        let (tag, preheated_at) = self
+            .db
+            .image_tag(&r.registry, &r.repository, &r.tag)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ResolveImageTagResponse {
+            digest: tag.digest,
+            media_type: tag.media_type,
+            preheated_at,
+        }))
+    }
 }
 
 /// Marks members silent for three intervals inactive, and exports the counts, forever.

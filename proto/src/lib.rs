@@ -6,7 +6,7 @@
 //! - [`scheduler`]: `dragonfly.scheduler.v1.Scheduler`, which peers use to find parents.
 //! - [`peer`]: `dragonfly.peer.v1.Peer`, which peers serve to each other (pieces) and to the
 //!   scheduler (seed triggers).
-//! - [`dfdaemon`]: `dragonfly.dfdaemon.v1.Download`, the daemon's local API used by `dfctl`.
+//! - [`dfdaemon`]: `dragonfly.dfdaemon.v1.{Download,Image}`, the daemon's local API used by `dfctl`.
 //! - [`manager`]: `dragonfly.manager.v1.Manager`: registration and keepalive of schedulers and
 //!   seed peers, and the scheduler list peers ask for.
 

@@ -13,6 +13,7 @@ use dragonfly_registry::RegistryClient;
 use dragonfly_storage::PieceStore;
 
 use crate::config::Config;
+use crate::images::ImageService;
 use crate::layer::{LayerManager, LayerSettings};
 use crate::metrics::Metrics;
 use crate::p2p::download::DownloadService;
@@ -23,6 +24,7 @@ use crate::snapshot::remote::RemoteLayers;
 use crate::snapshot::service::SnapshotService;
 use crate::snapshot::Snapshotter;
 use dragonfly_proto::dfdaemon::download_server::DownloadServer;
+use dragonfly_proto::dfdaemon::image_server::ImageServer;
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -30,6 +32,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the root directory {}", config.root.display()))?;
     let metrics = Metrics::new();
     let mut download = None;
+    let mut image = None;
     let remote: Option<Arc<LayerManager>> = if config.snapshot.lazy {
         let store = PieceStore::open(&config.cache_dir(), config.cache.clone())
             .await
@@ -47,6 +50,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             store.clone(),
             p2p.clone(),
             metrics.clone(),
+        )));
+        image = Some(ImageServer::new(ImageService::new(
+            store.clone(),
+            p2p.clone(),
+            metrics.clone(),
+            registry.clone(),
+            config.p2p.manager.clone(),
         )));
         Some(LayerManager::new(
             registry,
@@ -100,6 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             metrics.clone(),
         )))
         .add_optional_service(download)
+        .add_optional_service(image)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop_signal())
         .await
         .context("gRPC server failed")?;

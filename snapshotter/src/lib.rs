@@ -8,6 +8,7 @@
 pub mod config;
 pub mod daemon;
 pub mod fs;
+pub mod images;
 pub mod layer;
 pub mod metrics;
 pub mod p2p;

@@ -3,7 +3,9 @@
 //! challenge handled by the registry client), an index or manifest list is narrowed to the
 //! job's platform, and every blob — config and layers — becomes a task: its ID the blob
 //! digest, its origin `oci://REGISTRY/REPO@DIGEST`, so a later pull through any registry host,
-//! mirror or URL finds it.
+//! mirror or URL finds it. The manifest (and index) become tasks too, origin
+//! `oci-manifest://REGISTRY/REPO@DIGEST`, and a tag's resolution is returned for the manager
+//! to remember: with both, a node can pull the image while the registry is down.
 
 use dragonfly_registry::{media_types, Credential, Reference, RegistryClient, RegistryConfig};
 use serde::Deserialize;
@@ -45,6 +47,15 @@ impl ManifestUrl {
     }
 }
 
+/// A preheated image: its tag's resolution (when the URL named a tag) and its tasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedImage {
+    /// What the tag named: (digest, media type) of the top manifest or index.
+    pub tag: Option<(String, String)>,
+    /// Index (if any), manifest, config and layers.
+    pub blobs: Vec<ImageBlob>,
+}
+
 /// One blob of the image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageBlob {
@@ -52,7 +63,7 @@ pub struct ImageBlob {
     pub digest: String,
     /// Bytes.
     pub size: u64,
-    /// `oci://REGISTRY/REPO@DIGEST`.
+    /// `oci://REGISTRY/REPO@DIGEST`, or `oci-manifest://…` for a manifest or index.
     pub url: String,
 }
 
@@ -110,12 +121,12 @@ fn matches(p: &Platform, want: &str) -> bool {
         && (variant.is_none() || p.variant.as_deref() == variant)
 }
 
-/// The config and layers of the image at `m` for `platform`.
+/// The manifests, config and layers of the image at `m` for `platform`.
 pub async fn resolve(
     m: &ManifestUrl,
     platform: &str,
     secrets: &Secrets,
-) -> Result<Vec<ImageBlob>, String> {
+) -> Result<ResolvedImage, String> {
     let client = client(m, secrets)?;
     let mut reference = Reference {
         registry: m.registry.clone(),
@@ -129,12 +140,24 @@ pub async fn resolve(
         reference.tag = Some(m.reference.clone());
     }
     let name = format!("{}/{}:{}", m.registry, m.repository, m.reference);
+    let manifest_url =
+        |digest: &str| format!("oci-manifest://{}/{}@{digest}", m.registry, m.repository);
+    let mut tag = None;
+    let mut manifests = Vec::new();
     // An index may point to a manifest; at most one more hop.
     for _ in 0..2 {
         let manifest = client
             .get_manifest(&reference, media_types::DEFAULT_ACCEPT)
             .await
             .map_err(|e| format!("cannot fetch the manifest of {name}: {e}"))?;
+        if reference.digest.is_none() {
+            tag = Some((manifest.digest.clone(), manifest.media_type.clone()));
+        }
+        manifests.push(ImageBlob {
+            url: manifest_url(&manifest.digest),
+            digest: manifest.digest.clone(),
+            size: manifest.bytes.len() as u64,
+        });
         let doc: Document = serde_json::from_slice(&manifest.bytes)
             .map_err(|e| format!("the manifest of {name} is not valid JSON: {e}"))?;
         let is_index = manifest.media_type == media_types::OCI_INDEX
@@ -170,6 +193,7 @@ pub async fn resolve(
         if blobs.is_empty() {
             return Err(format!("the manifest of {name} lists no config or layers"));
         }
+        let blobs: Vec<ImageBlob> = manifests.drain(..).chain(blobs).collect();
         if let Some(bad) = blobs.iter().find(|b| {
             !b.digest
                 .strip_prefix("sha256:")
@@ -180,7 +204,7 @@ pub async fn resolve(
                 bad.digest
             ));
         }
-        return Ok(blobs);
+        return Ok(ResolvedImage { tag, blobs });
     }
     Err(format!(
         "{name}: an index points to another index; not supported"

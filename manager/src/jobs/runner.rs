@@ -22,6 +22,7 @@ use super::image::{self, ManifestUrl};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::hosts::Kind;
+use crate::store::image_tags::ImageTag;
 use crate::store::jobs::Claimed;
 use crate::store::Db;
 
@@ -159,7 +160,7 @@ impl Runner {
                 };
                 let outcome = tokio::time::timeout(
                     timeout,
-                    self.preheat(&plan, &c.job.scheduler_cluster_ids, shared.clone()),
+                    self.preheat(id, &plan, &c.job.scheduler_cluster_ids, shared.clone()),
                 )
                 .await;
                 heartbeat.abort();
@@ -196,8 +197,12 @@ impl Runner {
         );
     }
 
-    /// The tasks of a preheat.
-    async fn tasks(&self, plan: &Preheat, secrets: &Secrets) -> Result<Vec<pb::Task>, String> {
+    /// The tasks of a preheat, and for an image by tag what the tag names.
+    async fn tasks(
+        &self,
+        plan: &Preheat,
+        secrets: &Secrets,
+    ) -> Result<(Vec<pb::Task>, Option<ImageTag>), String> {
         let mut headers: std::collections::HashMap<String, String> = secrets
             .headers
             .iter()
@@ -213,13 +218,21 @@ impl Runner {
             PreheatKind::Image => {
                 let url = reqwest::Url::parse(&plan.urls[0]).map_err(|e| e.to_string())?;
                 let m = ManifestUrl::parse(&url).ok_or("not a manifest URL")?;
-                let blobs = tokio::time::timeout(
+                let image = tokio::time::timeout(
                     Duration::from_secs(self.config.jobs.resolve_timeout_secs.max(1)),
                     image::resolve(&m, &plan.platform, secrets),
                 )
                 .await
                 .map_err(|_| format!("resolving {} timed out", plan.urls[0]))??;
-                Ok(blobs
+                let tag = image.tag.map(|(digest, media_type)| ImageTag {
+                    registry: m.registry.clone(),
+                    repository: m.repository.clone(),
+                    tag: m.reference.clone(),
+                    digest,
+                    media_type,
+                });
+                let tasks = image
+                    .blobs
                     .into_iter()
                     .map(|b| pb::Task {
                         id: b.digest.clone(),
@@ -229,39 +242,43 @@ impl Runner {
                         digest: b.digest,
                         origin_headers: headers.clone(),
                     })
-                    .collect())
+                    .collect();
+                Ok((tasks, tag))
             }
-            PreheatKind::File => plan
-                .urls
-                .iter()
-                .map(|u| {
-                    let hex = dragonfly_proto::task_id::task_id(
-                        u,
-                        &plan.tag,
-                        &plan.application,
-                        &plan.filtered_query_params,
-                    )?;
-                    Ok(pb::Task {
-                        id: format!("task:{hex}"),
-                        content_length: 0,
-                        piece_length,
-                        url: u.clone(),
-                        digest: String::new(),
-                        origin_headers: headers.clone(),
+            PreheatKind::File => Ok((
+                plan.urls
+                    .iter()
+                    .map(|u| {
+                        let hex = dragonfly_proto::task_id::task_id(
+                            u,
+                            &plan.tag,
+                            &plan.application,
+                            &plan.filtered_query_params,
+                        )?;
+                        Ok(pb::Task {
+                            id: format!("task:{hex}"),
+                            content_length: 0,
+                            piece_length,
+                            url: u.clone(),
+                            digest: String::new(),
+                            origin_headers: headers.clone(),
+                        })
                     })
-                })
-                .collect(),
+                    .collect::<Result<Vec<_>, String>>()?,
+                None,
+            )),
         }
     }
 
     /// Runs a preheat; true if every task reached a host in every target cluster.
     async fn preheat(
         &self,
+        job: i64,
         plan: &JobPlan,
         cluster_ids: &[i64],
         progress: Arc<tokio::sync::Mutex<Progress>>,
     ) -> bool {
-        let tasks = match self.tasks(&plan.preheat, &plan.secrets).await {
+        let (tasks, tag) = match self.tasks(&plan.preheat, &plan.secrets).await {
             Ok(t) => t,
             Err(e) => {
                 progress.lock().await.line(e);
@@ -323,6 +340,20 @@ impl Runner {
                 .as_array_mut()
                 .expect("array")
                 .push(state);
+        }
+        // The image is in the swarm: remember what its tag named, for pulls without the
+        // registry.
+        if let (true, Some(tag)) = (all_ok, tag) {
+            match self.db.record_image_tag(&tag, job).await {
+                Ok(()) => p.line(format!(
+                    "{}/{}:{} is {}",
+                    tag.registry, tag.repository, tag.tag, tag.digest
+                )),
+                Err(e) => {
+                    p.line(format!("cannot record what the tag names: {e}"));
+                    all_ok = false;
+                }
+            }
         }
         drop(p);
         all_ok

@@ -5,6 +5,7 @@
 
 pub mod clusters;
 pub mod hosts;
+pub mod image_tags;
 pub mod jobs;
 pub mod tokens;
 pub mod users;

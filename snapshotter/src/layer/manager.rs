@@ -15,21 +15,20 @@ use std::time::{Duration, Instant};
 
 use dragonfly_estargz::{IndexOptions, LayerIndex, Prefetch};
 use dragonfly_registry::RegistryClient;
-use dragonfly_storage::{Blob, PieceStore, PinGuard, Priority, RangeSource};
+use dragonfly_storage::{Blob, PieceStore, PinGuard, Priority};
 use futures::future::{BoxFuture, FutureExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::labels::{LayerLabels, BLOB_SIZE};
-use super::source::RegistrySource;
 use super::toc::load_index;
 use super::unpack::unpack;
 use crate::config::{FuseConfig, PrefetchConfig};
 use crate::fs::mount::{mount, MountedLayerFs};
 use crate::fs::{ChunkCache, ChunkReader, LayerFs};
 use crate::metrics::Metrics;
-use crate::p2p::source::SharedPeerSource;
-use crate::p2p::{P2p, PeerSource};
+use crate::p2p::oci::{self, OciKind, OciObject};
+use crate::p2p::P2p;
 use crate::snapshot::remote::{RemoteLayers, LABEL_REMOTE, UNPACKED_VALUE};
 use crate::snapshot::SnapshotError;
 
@@ -91,45 +90,22 @@ impl LayerManager {
     }
 
     async fn open_blob(&self, l: &LayerLabels) -> Result<Blob, SnapshotError> {
-        let repo = l.image.repo();
-        let size = match l.blob_size {
-            Some(s) => s,
-            None => self
-                .registry
-                .blob_size(&repo, &l.digest)
-                .await
-                .map_err(|e| {
-                    unavailable(format!("cannot get the size of layer {}: {e}", l.digest))
-                })?,
+        let object = OciObject {
+            kind: OciKind::Blob,
+            repo: l.image.repo(),
+            digest: l.digest.clone(),
         };
-        let url = format!("oci://{}/{}@{}", repo.registry, repo.repository, l.digest);
-        let origin: Arc<dyn RangeSource> = Arc::new(RegistrySource::new(
-            self.registry.clone(),
-            repo,
-            l.digest.clone(),
-            self.metrics.clone(),
-        ));
-        let piece_length =
-            crate::p2p::piece_length_for(&self.store, self.p2p.as_deref(), &l.digest, 0).await;
-        // With P2P, parents go in front of the registry.
-        let source: Arc<dyn RangeSource> = match &self.p2p {
-            Some(p2p) => Arc::new(SharedPeerSource(PeerSource::new(
-                origin,
-                self.store.clone(),
-                p2p.pool.clone(),
-                p2p.parents.clone(),
-                self.metrics.clone(),
-                &l.digest,
-                size,
-                piece_length,
-                url,
-                p2p.parallel,
-            ))),
-            None => origin,
-        };
-        self.store
-            .blob_with_piece_length(&l.digest, size, source, piece_length)
-            .map_err(|e| unavailable(format!("cannot open layer {} in the cache: {e}", l.digest)))
+        oci::open(
+            &self.store,
+            self.p2p.as_ref(),
+            &self.metrics,
+            &self.registry,
+            &object,
+            l.blob_size,
+            0,
+        )
+        .await
+        .map_err(|e| unavailable(format!("cannot open layer {}: {e}", l.digest)))
     }
 
     /// The layer's index, or `None` for an ordinary layer (no TOC footer).

@@ -1,14 +1,14 @@
-//! The registry as a source of blob byte ranges for the piece store.
-//!
-//! The P2P engine will add a peer source beside this one; the piece store only sees
-//! [`RangeSource`].
+//! The registry as a source of byte ranges for the piece store: of a blob (range requests),
+//! or of a manifest (fetched whole once, verified against its digest, served from memory —
+//! manifests are small). The P2P engine puts parents in front of these; the piece store only
+//! sees [`RangeSource`].
 
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use dragonfly_registry::{RegistryClient, Repository};
+use dragonfly_registry::{media_types, Reference, RegistryClient, Repository};
 use dragonfly_storage::{RangeSource, SourceError};
 use futures::future::{BoxFuture, FutureExt};
 
@@ -67,6 +67,96 @@ impl RangeSource for RegistrySource {
                     ),
                 }),
             }
+        }
+        .boxed()
+    }
+}
+
+/// A manifest or index by digest, from its registry.
+pub struct ManifestSource {
+    inner: Arc<ManifestInner>,
+}
+
+struct ManifestInner {
+    client: RegistryClient,
+    reference: Reference,
+    fetched: tokio::sync::OnceCell<Bytes>,
+    metrics: Arc<Metrics>,
+}
+
+impl ManifestSource {
+    /// A source for manifest `digest` in `repo`.
+    pub fn new(
+        client: RegistryClient,
+        repo: Repository,
+        digest: String,
+        metrics: Arc<Metrics>,
+    ) -> ManifestSource {
+        ManifestSource {
+            inner: Arc::new(ManifestInner {
+                client,
+                reference: Reference {
+                    registry: repo.registry,
+                    repository: repo.repository,
+                    tag: None,
+                    digest: Some(digest),
+                },
+                fetched: tokio::sync::OnceCell::new(),
+                metrics,
+            }),
+        }
+    }
+
+    /// The whole manifest (fetched once; the registry client checks it against the digest).
+    pub async fn bytes(&self) -> Result<Bytes, SourceError> {
+        self.inner.bytes().await
+    }
+}
+
+impl ManifestInner {
+    async fn bytes(&self) -> Result<Bytes, SourceError> {
+        self.fetched
+            .get_or_try_init(|| async {
+                let res = self
+                    .client
+                    .get_manifest(&self.reference, media_types::DEFAULT_ACCEPT)
+                    .await;
+                let result = if res.is_ok() { "ok" } else { "error" };
+                self.metrics
+                    .registry_fetches
+                    .with_label_values(&[result])
+                    .inc();
+                let m = res.map_err(|e| SourceError {
+                    retryable: e.is_retryable(),
+                    message: format!("manifest {}: {e}", self.reference),
+                })?;
+                self.metrics
+                    .registry_fetch_bytes
+                    .inc_by(m.bytes.len() as u64);
+                Ok(m.bytes)
+            })
+            .await
+            .cloned()
+    }
+}
+
+impl RangeSource for ManifestSource {
+    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, SourceError>> {
+        let inner = self.inner.clone();
+        async move {
+            let all = inner.bytes().await?;
+            if range.end > all.len() as u64 {
+                return Err(SourceError {
+                    retryable: false,
+                    message: format!(
+                        "manifest {} is {} bytes, not {}",
+                        inner.reference,
+                        all.len(),
+                        range.end
+                    ),
+                });
+            }
+            Ok(all.slice(range.start as usize..range.end as usize))
         }
         .boxed()
     }

@@ -5,6 +5,7 @@
 pub mod download;
 pub mod dynconfig;
 pub mod http_source;
+pub mod oci;
 pub mod piece_server;
 pub mod piece_wire;
 pub mod ratelimit;

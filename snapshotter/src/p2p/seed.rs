@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex};
 use base64::Engine;
 use dragonfly_proto::scheduler as pb;
 use dragonfly_registry::{Credential, RegistryClient, RegistryConfig, Repository};
-use dragonfly_storage::{PieceStore, Priority, RangeSource};
+use dragonfly_storage::{Blob, PieceStore, Priority};
 use tonic::Status;
 
 use super::http_source::HttpSource;
+use super::oci::{self, OciObject};
 use super::source::SharedPeerSource;
 use super::{P2p, PeerSource};
-use crate::layer::source::RegistrySource;
 use crate::metrics::Metrics;
 
 /// Starts origin downloads for the scheduler.
@@ -28,31 +28,6 @@ pub struct TriggeredDownloads {
     running: Mutex<HashSet<String>>,
     /// Why the last triggered download of a task failed.
     failures: Mutex<std::collections::HashMap<String, String>>,
-}
-
-/// `oci://REGISTRY/REPO@DIGEST` → (repository, digest).
-pub fn parse_oci_url(url: &str) -> Result<(Repository, String), String> {
-    let rest = url
-        .strip_prefix("oci://")
-        .ok_or_else(|| format!("task url {url:?} is not oci://REGISTRY/REPO@DIGEST"))?;
-    let (path, digest) = rest
-        .rsplit_once('@')
-        .ok_or_else(|| format!("task url {url:?} has no @DIGEST"))?;
-    let (registry, repository) = path
-        .split_once('/')
-        .ok_or_else(|| format!("task url {url:?} has no repository"))?;
-    if registry.is_empty() || repository.is_empty() || !digest.starts_with("sha256:") {
-        return Err(format!(
-            "task url {url:?} is not oci://REGISTRY/REPO@sha256:..."
-        ));
-    }
-    Ok((
-        Repository {
-            registry: registry.to_owned(),
-            repository: repository.to_owned(),
-        },
-        digest.to_owned(),
-    ))
 }
 
 impl TriggeredDownloads {
@@ -104,50 +79,69 @@ impl TriggeredDownloads {
         RegistryClient::new(config).map_err(|e| Status::internal(format!("registry client: {e}")))
     }
 
-    /// The origin of `task` and its size: an OCI registry blob (`oci://...`) or an ordinary
-    /// HTTP(S) file.
-    async fn origin(&self, task: &pb::Task) -> Result<(Arc<dyn RangeSource>, u64), Status> {
-        if task.url.starts_with("http://") || task.url.starts_with("https://") {
-            if !task.id.starts_with("task:") {
+    /// Opens `task` in the store with its source: the swarm in front of its origin, an OCI
+    /// registry object (`oci://…`, `oci-manifest://…`) or an ordinary HTTP(S) file.
+    async fn open(&self, task: &pb::Task) -> Result<Blob, Status> {
+        if !(task.url.starts_with("http://") || task.url.starts_with("https://")) {
+            let object = OciObject::parse(&task.url).map_err(Status::invalid_argument)?;
+            if object.digest != task.id {
                 return Err(Status::invalid_argument(format!(
-                    "file task {} must be named task:<hex>",
-                    task.id
+                    "task {} does not match its url's digest {}",
+                    task.id, object.digest
                 )));
             }
-            let headers = task.origin_headers.clone().into_iter().collect();
-            let http = HttpSource::new(&task.url, headers).map_err(Status::invalid_argument)?;
-            let size = match task.content_length {
-                0 => http
-                    .size()
-                    .await
-                    .map_err(|e| Status::unavailable(e.message))?,
-                n => n,
-            };
-            return Ok((Arc::new(http), size));
+            let client = self.client_for(&object.repo, task)?;
+            let size = (task.content_length != 0).then_some(task.content_length);
+            return oci::open(
+                &self.store,
+                Some(&self.p2p),
+                &self.metrics,
+                &client,
+                &object,
+                size,
+                task.piece_length,
+            )
+            .await
+            .map_err(Status::unavailable);
         }
-        let (repo, digest) = parse_oci_url(&task.url).map_err(Status::invalid_argument)?;
-        if digest != task.id {
+        if !task.id.starts_with("task:") {
             return Err(Status::invalid_argument(format!(
-                "task {} does not match its url's digest {digest}",
+                "file task {} must be named task:<hex>",
                 task.id
             )));
         }
-        let client = self.client_for(&repo, task)?;
+        let headers = task.origin_headers.clone().into_iter().collect();
+        let http = HttpSource::new(&task.url, headers).map_err(Status::invalid_argument)?;
         let size = match task.content_length {
-            0 => client.blob_size(&repo, &digest).await.map_err(|e| {
-                Status::unavailable(format!("cannot stat {digest} at its origin: {e}"))
-            })?,
+            0 => http
+                .size()
+                .await
+                .map_err(|e| Status::unavailable(e.message))?,
             n => n,
         };
-        Ok((
-            Arc::new(RegistrySource::new(
-                client,
-                repo,
-                digest,
-                self.metrics.clone(),
-            )),
+        let piece_length =
+            super::piece_length_for(&self.store, Some(&self.p2p), &task.id, task.piece_length)
+                .await;
+        let source = PeerSource::new(
+            Arc::new(http),
+            self.store.clone(),
+            self.p2p.pool.clone(),
+            self.p2p.parents.clone(),
+            self.metrics.clone(),
+            &task.id,
             size,
-        ))
+            piece_length,
+            task.url.clone(),
+            self.p2p.parallel,
+        );
+        self.store
+            .blob_with_piece_length(
+                &task.id,
+                size,
+                Arc::new(SharedPeerSource(source)),
+                piece_length,
+            )
+            .map_err(|e| Status::invalid_argument(format!("cannot store {}: {e}", task.id)))
     }
 
     /// Starts fetching `task`; false if it is already here or being fetched.
@@ -166,43 +160,14 @@ impl TriggeredDownloads {
         {
             return Ok(false);
         }
-        let origin = self.origin(&task).await;
-        let (origin, size) = match origin {
-            Ok(o) => o,
+        let blob = match self.open(&task).await {
+            Ok(b) => b,
             Err(e) => {
                 self.running.lock().expect("running lock").remove(&digest);
                 return Err(e);
             }
         };
-        let url = task.url.clone();
-        let piece_length =
-            super::piece_length_for(&self.store, Some(&self.p2p), &digest, task.piece_length).await;
-        let source = PeerSource::new(
-            origin,
-            self.store.clone(),
-            self.p2p.pool.clone(),
-            self.p2p.parents.clone(),
-            self.metrics.clone(),
-            &digest,
-            size,
-            piece_length,
-            url,
-            self.p2p.parallel,
-        );
-        let blob = match self.store.blob_with_piece_length(
-            &digest,
-            size,
-            Arc::new(SharedPeerSource(source)),
-            piece_length,
-        ) {
-            Ok(b) => b,
-            Err(e) => {
-                self.running.lock().expect("running lock").remove(&digest);
-                return Err(Status::invalid_argument(format!(
-                    "cannot store {digest}: {e}"
-                )));
-            }
-        };
+        let size = blob.size();
         let me = self.clone();
         self.failures.lock().expect("failures lock").remove(&digest);
         tokio::spawn(async move {
@@ -250,29 +215,6 @@ impl TriggeredDownloads {
                 error,
                 ..Default::default()
             },
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn oci_urls_parse_and_bad_ones_are_refused() {
-        let (r, d) = parse_oci_url("oci://127.0.0.1:5000/library/x@sha256:ab").unwrap();
-        assert_eq!(
-            (r.registry.as_str(), r.repository.as_str(), d.as_str()),
-            ("127.0.0.1:5000", "library/x", "sha256:ab")
-        );
-        for bad in [
-            "http://x/y@sha256:a",
-            "oci://x@sha256:a",
-            "oci://x/y",
-            "oci:///y@sha256:a",
-            "oci://x/y@md5:a",
-        ] {
-            assert!(parse_oci_url(bad).is_err(), "{bad}");
         }
     }
 }

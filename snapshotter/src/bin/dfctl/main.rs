@@ -1,7 +1,9 @@
 //! `dfctl`: the command line of Dragonfly-rs. `dfctl get URL -O FILE` downloads an ordinary
-//! HTTP(S) file through the swarm via the local daemon, with a progress bar; `preheat`, `jobs`,
-//! `token` and `clusters` talk to the manager.
+//! HTTP(S) file through the swarm via the local daemon, with a progress bar; `dfctl image pull`
+//! pulls an image into containerd through the swarm; `preheat`, `jobs`, `token` and `clusters`
+//! talk to the manager.
 
+mod image;
 mod manager;
 
 use std::path::PathBuf;
@@ -15,7 +17,7 @@ use dragonfly_proto::dfdaemon::DownloadRequest;
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "Dragonfly-rs: download files through the swarm (get); preheat, jobs, tokens and clusters on the manager"
+    about = "Dragonfly-rs: download files (get) and pull images (image pull) through the swarm; preheat, jobs, tokens and clusters on the manager"
 )]
 struct Args {
     /// The daemon's socket.
@@ -59,7 +61,41 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Pull an image into containerd through the swarm (works with the registry down for an
+    /// image preheated before).
+    Pull {
+        /// Image reference, [REGISTRY/]REPO[:TAG][@DIGEST].
+        reference: String,
+        /// os/arch[/variant] for multi-platform images (default: this machine's).
+        #[arg(long, default_value = "")]
+        platform: String,
+        /// containerd's socket.
+        #[arg(
+            long,
+            env = "CONTAINERD_ADDRESS",
+            default_value = "/run/containerd/containerd.sock"
+        )]
+        containerd: PathBuf,
+        /// containerd namespace.
+        #[arg(long, short, env = "CONTAINERD_NAMESPACE", default_value = "default")]
+        namespace: String,
+        /// Our snapshotter's name in containerd's proxy_plugins.
+        #[arg(long, default_value = "dragonfly")]
+        snapshotter: String,
+        /// Only print the image name.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
+    /// Images in containerd.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Download a file by URL through the swarm.
     Get {
         /// http:// or https:// URL.
@@ -142,7 +178,41 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let manager = || manager::Manager::new(args.manager.clone(), args.token.clone());
+    let daemon = || async {
+        containerd_client::connect(&args.socket)
+            .await
+            .with_context(|| {
+                format!(
+                "cannot connect to the daemon at {} (is dragonfly-snapshotter running? --socket)",
+                args.socket.display()
+            )
+            })
+    };
     match args.command {
+        Command::Image {
+            command:
+                ImageCommand::Pull {
+                    reference,
+                    platform,
+                    containerd,
+                    namespace,
+                    snapshotter,
+                    quiet,
+                },
+        } => {
+            image::pull(
+                daemon().await?,
+                image::PullArgs {
+                    reference,
+                    platform,
+                    containerd,
+                    namespace,
+                    snapshotter,
+                    quiet,
+                },
+            )
+            .await
+        }
         Command::Preheat {
             target,
             file,
@@ -287,10 +357,7 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 std::env::current_dir()?.join(output)
             };
-            let channel = containerd_client::connect(&args.socket).await.with_context(|| {
-                format!("cannot connect to the daemon at {} (is dragonfly-snapshotter running? --socket)", args.socket.display())
-            })?;
-            let mut client = DownloadClient::new(channel);
+            let mut client = DownloadClient::new(daemon().await?);
             let mut stream = client
                 .download(DownloadRequest {
                     url: url.clone(),

@@ -1,0 +1,345 @@
+//! The daemon's local image API (`dfctl image pull`): an image's index, manifest and config,
+//! fetched through the swarm like any blob (task ID = digest, parents first, the registry
+//! last), so a node can pull an image that was preheated while its registry is down.
+//!
+//! A tag is resolved at the registry when it answers (the fresh answer). When the registry
+//! cannot be reached (connection failure, 5xx), the daemon asks the manager what the tag named
+//! at its last successful preheat. A digest reference needs neither.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dragonfly_proto::dfdaemon as pb;
+use dragonfly_proto::dfdaemon::image_server::Image;
+use dragonfly_proto::manager::manager_client::ManagerClient;
+use dragonfly_proto::manager::ResolveImageTagRequest;
+use dragonfly_registry::{media_types, Reference, RegistryClient};
+use dragonfly_storage::{PieceStore, Priority};
+use serde::Deserialize;
+use tonic::{Request, Response, Status};
+
+use crate::metrics::Metrics;
+use crate::p2p::oci::{self, OciKind, OciObject};
+use crate::p2p::P2p;
+
+/// Longest a manifest or config may be (the distribution spec's manifest limit).
+const MAX_OBJECT_BYTES: u64 = 4 << 20;
+
+/// The service.
+pub struct ImageService {
+    store: PieceStore,
+    p2p: Option<Arc<P2p>>,
+    metrics: Arc<Metrics>,
+    registry: RegistryClient,
+    /// The manager's gRPC address; empty = none.
+    manager: String,
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+struct Platform {
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Document {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+}
+
+fn is_index(media_type: &str) -> bool {
+    media_type == media_types::OCI_INDEX || media_type == media_types::DOCKER_MANIFEST_LIST
+}
+
+/// `os/arch` of this machine, as OCI names it.
+pub fn default_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    format!("linux/{arch}")
+}
+
+fn platform_matches(p: &Platform, want: &str) -> bool {
+    let mut parts = want.split('/');
+    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
+    Some(p.os.as_str()) == os
+        && Some(p.architecture.as_str()) == arch
+        && (variant.is_none() || p.variant.as_deref() == variant)
+}
+
+fn parse_document(what: &str, data: &[u8]) -> Result<Document, Status> {
+    serde_json::from_slice(data)
+        .map_err(|e| Status::data_loss(format!("{what} is not a valid manifest: {e}")))
+}
+
+impl ImageService {
+    /// Objects go into `store`, through `p2p` when configured; `manager` (may be empty)
+    /// answers for tags when the registry is down.
+    pub fn new(
+        store: PieceStore,
+        p2p: Option<Arc<P2p>>,
+        metrics: Arc<Metrics>,
+        registry: RegistryClient,
+        manager: String,
+    ) -> ImageService {
+        ImageService {
+            store,
+            p2p,
+            metrics,
+            registry,
+            manager,
+        }
+    }
+
+    /// One object, whole, through the swarm (verified against its digest by the store).
+    async fn fetch(
+        &self,
+        image: &Reference,
+        kind: OciKind,
+        digest: &str,
+        size: Option<u64>,
+    ) -> Result<Vec<u8>, Status> {
+        if let Some(s) = size.filter(|s| *s > MAX_OBJECT_BYTES) {
+            return Err(Status::failed_precondition(format!(
+                "{digest} claims {s} bytes; manifests and configs are at most {MAX_OBJECT_BYTES}"
+            )));
+        }
+        let object = OciObject {
+            kind,
+            repo: image.repo(),
+            digest: digest.to_owned(),
+        };
+        let blob = oci::open(
+            &self.store,
+            self.p2p.as_ref(),
+            &self.metrics,
+            &self.registry,
+            &object,
+            size,
+            0,
+        )
+        .await
+        .map_err(Status::unavailable)?;
+        if blob.size() > MAX_OBJECT_BYTES {
+            return Err(Status::failed_precondition(format!(
+                "{digest} is {} bytes; manifests and configs are at most {MAX_OBJECT_BYTES}",
+                blob.size()
+            )));
+        }
+        let _pin = blob.pin();
+        blob.fetch_all(Priority::OnDemand)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot fetch {digest}: {e}")))?;
+        let data = blob
+            .read(0..blob.size(), Priority::OnDemand)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot read {digest}: {e}")))?;
+        Ok(data.to_vec())
+    }
+
+    /// What the tag named at its last successful preheat, from the manager.
+    async fn preheated_tag(&self, r: &Reference, tag: &str) -> Result<String, String> {
+        if self.manager.is_empty() {
+            return Err("no manager is configured (p2p.manager) to ask what it named at its last preheat; pull by digest".into());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.manager))
+            .map_err(|e| format!("bad manager address {}: {e}", self.manager))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(|e| format!("cannot reach the manager at {}: {e}", self.manager))?;
+        let answer = ManagerClient::new(channel)
+            .resolve_image_tag(ResolveImageTagRequest {
+                registry: r.registry.clone(),
+                repository: r.repository.clone(),
+                tag: tag.to_owned(),
+            })
+            .await
+            .map_err(|e| match e.code() {
+                tonic::Code::NotFound => "it was never preheated".to_owned(),
+                _ => format!("the manager failed: {}", e.message()),
+            })?
+            .into_inner();
+        tracing::info!(image = %r, digest = %answer.digest, preheated_at = %answer.preheated_at, "tag resolved from its last preheat (the registry is unreachable)");
+        Ok(answer.digest)
+    }
+
+    /// The top object the reference names: its bytes if the registry gave them, its digest,
+    /// and how it was found.
+    async fn top(&self, r: &Reference) -> Result<(Option<Vec<u8>>, String, &'static str), Status> {
+        if let Some(d) = &r.digest {
+            return Ok((None, d.clone(), "digest"));
+        }
+        let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
+        match self
+            .registry
+            .get_manifest(r, media_types::DEFAULT_ACCEPT)
+            .await
+        {
+            Ok(m) => {
+                self.metrics
+                    .registry_fetches
+                    .with_label_values(&["ok"])
+                    .inc();
+                self.metrics
+                    .registry_fetch_bytes
+                    .inc_by(m.bytes.len() as u64);
+                Ok((Some(m.bytes.to_vec()), m.digest, "registry"))
+            }
+            Err(e) if e.is_retryable() => {
+                self.metrics
+                    .registry_fetches
+                    .with_label_values(&["error"])
+                    .inc();
+                let digest = self.preheated_tag(r, &tag).await.map_err(|why| {
+                    Status::unavailable(format!(
+                        "cannot resolve {r}: the registry cannot be reached ({e}), and the manager cannot say what the tag named: {why}"
+                    ))
+                })?;
+                Ok((None, digest, "preheat"))
+            }
+            Err(e) => Err(Status::not_found(format!("cannot resolve {r}: {e}"))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Image for ImageService {
+    async fn resolve_image(
+        &self,
+        req: Request<pb::ResolveImageRequest>,
+    ) -> Result<Response<pb::ResolveImageResponse>, Status> {
+        let req = req.into_inner();
+        let r: Reference = req.reference.parse().map_err(|e| {
+            Status::invalid_argument(format!("bad image reference {:?}: {e}", req.reference))
+        })?;
+        let platform = if req.platform.is_empty() {
+            default_platform()
+        } else {
+            req.platform.clone()
+        };
+        let (bytes, digest, resolved_by) = self.top(&r).await?;
+        let data = match bytes {
+            Some(b) => b,
+            None => self.fetch(&r, OciKind::Manifest, &digest, None).await?,
+        };
+        let doc = parse_document(&format!("{r} ({digest})"), &data)?;
+        let mut top = pb::OciObject {
+            media_type: doc.media_type.clone(),
+            digest: digest.clone(),
+            data,
+        };
+        let (index, manifest, doc) = if is_index(&doc.media_type) || !doc.manifests.is_empty() {
+            if top.media_type.is_empty() {
+                top.media_type = media_types::OCI_INDEX.into();
+            }
+            let chosen = doc
+                .manifests
+                .iter()
+                .find(|d| {
+                    d.platform
+                        .as_ref()
+                        .is_some_and(|p| platform_matches(p, &platform))
+                })
+                .ok_or_else(|| {
+                    Status::not_found(format!("{r} has no manifest for platform {platform}"))
+                })?;
+            let data = self
+                .fetch(&r, OciKind::Manifest, &chosen.digest, Some(chosen.size))
+                .await?;
+            let inner = parse_document(&format!("{r} ({})", chosen.digest), &data)?;
+            let media_type = if chosen.media_type.is_empty() {
+                media_types::OCI_MANIFEST.to_owned()
+            } else {
+                chosen.media_type.clone()
+            };
+            let manifest = pb::OciObject {
+                media_type,
+                digest: chosen.digest.clone(),
+                data,
+            };
+            (Some(top), manifest, inner)
+        } else {
+            if top.media_type.is_empty() {
+                top.media_type = media_types::OCI_MANIFEST.into();
+            }
+            (None, top, doc)
+        };
+        let config = doc
+            .config
+            .ok_or_else(|| Status::data_loss(format!("the manifest of {r} has no config")))?;
+        let data = self
+            .fetch(&r, OciKind::Blob, &config.digest, Some(config.size))
+            .await?;
+        tracing::info!(image = %r, manifest = %manifest.digest, resolved_by, "image resolved");
+        let mut name = r.clone();
+        name.digest = None;
+        if name.tag.is_none() {
+            name.tag = Some("latest".into());
+        }
+        Ok(Response::new(pb::ResolveImageResponse {
+            name: if r.tag.is_none() && r.digest.is_some() {
+                r.to_string()
+            } else {
+                name.to_string()
+            },
+            index,
+            manifest: Some(manifest),
+            config: Some(pb::OciObject {
+                media_type: config.media_type,
+                digest: config.digest,
+                data,
+            }),
+            resolved_by: resolved_by.to_owned(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platforms_match_with_and_without_variant() {
+        let p = Platform {
+            os: "linux".into(),
+            architecture: "arm".into(),
+            variant: Some("v7".into()),
+        };
+        assert!(platform_matches(&p, "linux/arm"));
+        assert!(platform_matches(&p, "linux/arm/v7"));
+        assert!(!platform_matches(&p, "linux/arm/v6"));
+        assert!(!platform_matches(&p, "linux/amd64"));
+        assert!(default_platform().starts_with("linux/"));
+    }
+
+    #[test]
+    fn bad_documents_are_refused_with_what_they_are() {
+        let e = parse_document("x (sha256:1)", b"{not json").err().unwrap();
+        assert!(e.message().contains("x (sha256:1)"), "{e}");
+    }
+}
