@@ -199,6 +199,18 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
         layers.len() + 2,
         "manifest, config and every layer: {job}"
     );
+    // The live progress (what `dfctl preheat --wait` draws a bar per layer from) ends full.
+    let live = job["result"]["progress"].as_array().expect("live progress");
+    assert_eq!(live.len(), layers.len() + 2, "{job}");
+    assert!(
+        live.iter()
+            .all(|t| t["total_bytes"].as_u64() > Some(0) && t["present_bytes"] == t["total_bytes"]),
+        "{job}"
+    );
+    assert_eq!(
+        live.iter().filter(|t| t["role"] == "layer").count(),
+        layers.len()
+    );
     // A node pulls and runs it: no layer byte leaves the registry.
     let mark = swarm.registry.mark();
     let node = &swarm.nodes[1];

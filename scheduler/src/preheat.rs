@@ -5,7 +5,8 @@
 //! the target holds the task, its download failed, or time runs out. All targets are worked on
 //! at once (one connection per host); only the RPCs in flight are bounded. Repeating a preheat is
 //! harmless: a target that already holds a task answers at once. Origin headers travel with the
-//! triggers and are never logged.
+//! triggers and are never logged. With a progress sink, every poll that finds a target further
+//! along is reported (the manager turns these into its jobs' live progress).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,11 +62,15 @@ fn targets(state: &State, scope: pb::PreheatScope, task: &str) -> Vec<HostInfo> 
     }
 }
 
+/// Where progress goes: `(task, host, present bytes, content length)` as it changes.
+pub type ProgressSink = tokio::sync::mpsc::UnboundedSender<pb::PreheatProgress>;
+
 /// Runs a preheat; one result per task and target (a task without any target gets one failed
-/// result saying so).
+/// result saying so). Progress goes to `progress` if given.
 pub async fn preheat(
     state: Arc<State>,
     req: pb::PreheatRequest,
+    progress: Option<ProgressSink>,
 ) -> Result<pb::PreheatResponse, Status> {
     validate(&req)?;
     let scope = pb::PreheatScope::try_from(req.scope)
@@ -111,7 +116,7 @@ pub async fn preheat(
     let rpcs = Semaphore::new(PARALLEL);
     let done: Vec<pb::PreheatResult> = futures::future::join_all(
         work.iter()
-            .map(|(host, tasks)| fill_host(host, tasks, deadline, &rpcs)),
+            .map(|(host, tasks)| fill_host(host, tasks, deadline, &rpcs, progress.as_ref())),
     )
     .await
     .into_iter()
@@ -132,13 +137,29 @@ enum Progress {
 }
 
 /// Triggers `tasks` on `host` and waits until it holds them (or they fail, or time runs out);
-/// a result per task. Each RPC takes a permit of `rpcs`.
+/// a result per task. Each RPC takes a permit of `rpcs`; changes in what the host holds go to
+/// `sink`.
 async fn fill_host(
     host: &HostInfo,
     tasks: &[pb::Task],
     deadline: Instant,
     rpcs: &Semaphore,
+    sink: Option<&ProgressSink>,
 ) -> Vec<pb::PreheatResult> {
+    let mut reported = vec![(0u64, 0u64); tasks.len()];
+    let mut report = |i: usize, present: u64, total: u64| {
+        if let Some(sink) = sink {
+            if reported[i] != (present, total) {
+                reported[i] = (present, total);
+                let _ = sink.send(pb::PreheatProgress {
+                    task_id: tasks[i].id.clone(),
+                    host_id: host.id.to_string(),
+                    present_bytes: present,
+                    content_length: total,
+                });
+            }
+        }
+    };
     let result = |t: &pb::Task, outcome: Result<(), String>| pb::PreheatResult {
         task_id: t.id.clone(),
         url: t.url.clone(),
@@ -175,7 +196,7 @@ async fn fill_host(
         });
     }
     loop {
-        for (t, p) in tasks.iter().zip(progress.iter_mut()) {
+        for (i, (t, p)) in tasks.iter().zip(progress.iter_mut()).enumerate() {
             let Progress::Waiting { retriggered } = *p else {
                 continue;
             };
@@ -188,7 +209,11 @@ async fn fill_host(
                     })
                     .await
             };
-            *p = match stat.map(|r| r.into_inner()) {
+            let stat = stat.map(|r| r.into_inner());
+            if let Ok(s) = &stat {
+                report(i, s.present_bytes, s.content_length);
+            }
+            *p = match stat {
                 Err(e) => Progress::Done(Err(format!(
                     "cannot ask {} about the task: {}",
                     host.ip,

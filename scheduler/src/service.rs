@@ -209,9 +209,54 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::PreheatRequest>,
     ) -> Result<Response<pb::PreheatResponse>, Status> {
-        crate::preheat::preheat(self.state.clone(), req.into_inner())
+        crate::preheat::preheat(self.state.clone(), req.into_inner(), None)
             .await
             .map(Response::new)
+    }
+
+    type PreheatWithProgressStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::PreheatEvent, Status>>;
+
+    async fn preheat_with_progress(
+        &self,
+        req: Request<pb::PreheatRequest>,
+    ) -> Result<Response<Self::PreheatWithProgressStream>, Status> {
+        let (progress_tx, mut progress) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut work = tokio::spawn(crate::preheat::preheat(
+            self.state.clone(),
+            req.into_inner(),
+            Some(progress_tx),
+        ));
+        tokio::spawn(async move {
+            // The sink closes when the preheat ends; whatever queued up meanwhile goes as one
+            // event. A caller that went away stops the preheat's polling.
+            while let Some(first) = progress.recv().await {
+                let mut batch = vec![first];
+                while let Ok(p) = progress.try_recv() {
+                    batch.push(p);
+                }
+                let event = pb::PreheatEvent {
+                    progress: batch,
+                    done: None,
+                };
+                if tx.send(Ok(event)).await.is_err() {
+                    work.abort();
+                    return;
+                }
+            }
+            let last = match (&mut work).await {
+                Ok(r) => r.map(|done| pb::PreheatEvent {
+                    progress: Vec::new(),
+                    done: Some(done),
+                }),
+                Err(e) => Err(Status::internal(format!("preheat task failed: {e}"))),
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn list_hosts(

@@ -140,10 +140,18 @@ impl Peer for FakeSeed {
         r: Request<peerpb::StatTaskRequest>,
     ) -> Result<Response<peerpb::StatTaskResponse>, Status> {
         let id = r.into_inner().task_id;
-        let known = self.triggers.lock().unwrap().iter().any(|t| t.id == id);
+        let size = self
+            .triggers
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|t| t.id == id)
+            .map(|t| t.content_length);
         Ok(Response::new(peerpb::StatTaskResponse {
-            known,
-            complete: known,
+            known: size.is_some(),
+            complete: size.is_some(),
+            content_length: size.unwrap_or(0),
+            present_bytes: size.unwrap_or(0),
             ..Default::default()
         }))
     }
@@ -426,6 +434,27 @@ async fn preheat_fills_the_scope_and_reports_per_host() {
         .into_inner()
         .hosts;
     assert_eq!(hosts.len(), 2);
+
+    // With live progress: what the seed holds as it gets it, then the same results.
+    let mut events = c
+        .preheat_with_progress(ask(pb::PreheatScope::AllPeers, vec![task(5)]))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut progress, mut done) = (Vec::new(), None);
+    while let Some(e) = events.message().await.unwrap() {
+        assert!(done.is_none(), "the results come last");
+        progress.extend(e.progress);
+        done = e.done;
+    }
+    assert!(
+        progress.iter().any(|p| p.host_id == "seed-1"
+            && p.task_id == task(5).id
+            && (p.present_bytes, p.content_length) == (100, 100)),
+        "{progress:?}"
+    );
+    let done = done.expect("a last event with the results");
+    assert_eq!(done.results.len(), 2, "{done:?}");
 
     // Bad requests.
     for bad in [

@@ -26,8 +26,8 @@ use crate::store::image_tags::ImageTag;
 use crate::store::jobs::Claimed;
 use crate::store::Db;
 
-/// How often a RUNNING job's heartbeat is written.
-const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often a RUNNING job's heartbeat (with its live progress) is written.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// What the runner keeps of a job beside its public args (in the secrets column).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,13 +50,60 @@ pub struct Runner {
 struct Progress {
     log: String,
     result: Value,
+    /// Per task, how far its target hosts have got (shown as `result.progress`).
+    live: Vec<LiveTask>,
+}
+
+/// Live progress of one task.
+struct LiveTask {
+    task_id: String,
+    url: String,
+    /// `manifest`, `config`, `layer` or `file`.
+    role: &'static str,
+    content_length: u64,
+    /// `cluster/host` → (present bytes, content length).
+    hosts: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
+impl LiveTask {
+    fn json(&self) -> Value {
+        let present: u64 = self.hosts.values().map(|h| h.0).sum();
+        let total: u64 = self
+            .hosts
+            .values()
+            .map(|h| if h.1 == 0 { self.content_length } else { h.1 })
+            .sum();
+        json!({
+            "task_id": self.task_id,
+            "url": self.url,
+            "role": self.role,
+            "content_length": self.content_length,
+            "hosts": self.hosts.len(),
+            "present_bytes": present,
+            "total_bytes": total,
+        })
+    }
 }
 
 impl Progress {
     fn snapshot(&self) -> Progress {
+        let mut result = self.result.clone();
+        if !self.live.is_empty() {
+            result["progress"] = Value::Array(self.live.iter().map(LiveTask::json).collect());
+        }
         Progress {
             log: self.log.clone(),
-            result: self.result.clone(),
+            result,
+            live: Vec::new(),
+        }
+    }
+
+    fn advance(&mut self, cluster_id: i64, p: &pb::PreheatProgress) {
+        if let Some(t) = self.live.iter_mut().find(|t| t.task_id == p.task_id) {
+            t.hosts.insert(
+                format!("{cluster_id}/{}", p.host_id),
+                (p.present_bytes, p.content_length),
+            );
         }
     }
 
@@ -128,6 +175,7 @@ impl Runner {
         let mut progress = Progress {
             log: c.job.log.clone(),
             result: json!({"job_states": []}),
+            live: Vec::new(),
         };
         if c.job.attempts > 1 {
             progress.line(format!(
@@ -286,6 +334,7 @@ impl Runner {
             }
         };
         let total: u64 = tasks.iter().map(|t| t.content_length).sum();
+        progress.lock().await.live = live_tasks(&tasks);
         progress.lock().await.line(format!(
             "{} task(s) to preheat{}",
             tasks.len(),
@@ -405,15 +454,33 @@ impl Runner {
                     .connect()
                     .await
                     .map_err(|e| format!("cannot connect to scheduler {addr}: {e}"))?;
-                pb::scheduler_client::SchedulerClient::new(ch)
-                    .preheat(pb::PreheatRequest {
+                let mut events = pb::scheduler_client::SchedulerClient::new(ch)
+                    .preheat_with_progress(pb::PreheatRequest {
                         tasks: tasks.to_vec(),
                         scope: scope as i32,
                         timeout_secs: timeout_secs.min(u64::from(u32::MAX)) as u32,
                     })
                     .await
-                    .map(|r| r.into_inner())
-                    .map_err(|e| format!("scheduler {addr}: {}", e.message()))
+                    .map_err(|e| format!("scheduler {addr}: {}", e.message()))?
+                    .into_inner();
+                loop {
+                    let event = events
+                        .message()
+                        .await
+                        .map_err(|e| format!("scheduler {addr}: {}", e.message()))?
+                        .ok_or_else(|| {
+                            format!("scheduler {addr} ended the preheat without results")
+                        })?;
+                    if !event.progress.is_empty() {
+                        let mut p = progress.lock().await;
+                        for e in &event.progress {
+                            p.advance(cluster_id, e);
+                        }
+                    }
+                    if let Some(done) = event.done {
+                        return Ok(done);
+                    }
+                }
             }
             .await;
             let resp = match res {
@@ -465,5 +532,82 @@ impl Runner {
             return (every_task, state);
         }
         fail(last_error)
+    }
+}
+
+/// The live progress entries of `tasks`: an image's are its manifest(s), then its config,
+/// then its layers (the order `image::resolve` gives); a file is a file.
+fn live_tasks(tasks: &[pb::Task]) -> Vec<LiveTask> {
+    let mut config_seen = false;
+    tasks
+        .iter()
+        .map(|t| {
+            let role = if t.url.starts_with("oci-manifest://") {
+                "manifest"
+            } else if t.url.starts_with("oci://") {
+                if config_seen {
+                    "layer"
+                } else {
+                    config_seen = true;
+                    "config"
+                }
+            } else {
+                "file"
+            };
+            LiveTask {
+                task_id: t.id.clone(),
+                url: t.url.clone(),
+                role,
+                content_length: t.content_length,
+                hosts: Default::default(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_progress_sums_hosts_and_names_roles() {
+        let task = |id: &str, url: &str| pb::Task {
+            id: id.into(),
+            url: url.into(),
+            content_length: 10,
+            ..Default::default()
+        };
+        let mut p = Progress {
+            log: String::new(),
+            result: json!({"job_states": []}),
+            live: live_tasks(&[
+                task("m", "oci-manifest://r/a@sha256:1"),
+                task("c", "oci://r/a@sha256:2"),
+                task("l", "oci://r/a@sha256:3"),
+            ]),
+        };
+        for (host, present) in [("h1", 4), ("h2", 10), ("h1", 6)] {
+            p.advance(
+                7,
+                &pb::PreheatProgress {
+                    task_id: "l".into(),
+                    host_id: host.into(),
+                    present_bytes: present,
+                    content_length: 10,
+                },
+            );
+        }
+        let shown = p.snapshot().result["progress"].clone();
+        let roles: Vec<&str> = shown
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["manifest", "config", "layer"]);
+        assert_eq!(shown[2]["present_bytes"], 16);
+        assert_eq!(shown[2]["total_bytes"], 20);
+        assert_eq!(shown[2]["hosts"], 2);
+        assert_eq!(shown[0]["hosts"], 0);
     }
 }

@@ -217,14 +217,63 @@ pub fn manifest_url(image: &str, plain_http: bool) -> anyhow::Result<String> {
     ))
 }
 
-/// Waits for a job, showing its state; prints the per-task results. Fails on FAILURE.
+/// One bar per task of the job's live progress (`result.progress`: role, task, bytes present
+/// on its target hosts out of the total), created as tasks appear.
+struct TaskBars {
+    multi: indicatif::MultiProgress,
+    bars: Vec<(String, indicatif::ProgressBar)>,
+    layers: usize,
+}
+
+impl TaskBars {
+    fn update(&mut self, job: &Value) {
+        for t in job["result"]["progress"].as_array().into_iter().flatten() {
+            let id = t["task_id"].as_str().unwrap_or_default();
+            let bar = match self.bars.iter().find(|(i, _)| i == id) {
+                Some((_, b)) => b.clone(),
+                None => {
+                    let role = t["role"].as_str().unwrap_or("task");
+                    let label = if role == "layer" {
+                        self.layers += 1;
+                        format!("layer {}", self.layers)
+                    } else {
+                        role.to_owned()
+                    };
+                    let hex = id.rsplit(':').next().unwrap_or(id);
+                    let b = self.multi.add(indicatif::ProgressBar::new(0));
+                    b.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{prefix:>10} {msg} {bar:30} {bytes:>10}/{total_bytes:<10}",
+                        )
+                        .expect("valid template"),
+                    );
+                    b.set_prefix(label);
+                    b.set_message(hex[..hex.len().min(12)].to_owned());
+                    self.bars.push((id.to_owned(), b.clone()));
+                    b
+                }
+            };
+            bar.set_length(t["total_bytes"].as_u64().unwrap_or(0));
+            bar.set_position(t["present_bytes"].as_u64().unwrap_or(0));
+        }
+    }
+}
+
+/// Waits for a job, showing its state and a live bar per task (each layer of an image);
+/// prints the per-task results. Fails on FAILURE.
 pub async fn wait(m: &Manager, id: i64, quiet: bool) -> anyhow::Result<()> {
-    let bar = if quiet {
-        indicatif::ProgressBar::hidden()
+    let multi = if quiet {
+        indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
     } else {
-        indicatif::ProgressBar::new_spinner()
+        indicatif::MultiProgress::new()
     };
-    bar.enable_steady_tick(Duration::from_millis(120));
+    let status = multi.add(indicatif::ProgressBar::new_spinner());
+    status.enable_steady_tick(Duration::from_millis(120));
+    let mut bars = TaskBars {
+        multi: multi.clone(),
+        bars: Vec::new(),
+        layers: 0,
+    };
     let job = loop {
         let job = m.job(id).await?;
         let state = job["state"].as_str().unwrap_or_default().to_owned();
@@ -235,13 +284,17 @@ pub async fn wait(m: &Manager, id: i64, quiet: bool) -> anyhow::Result<()> {
             .last()
             .unwrap_or_default()
             .to_owned();
-        bar.set_message(format!("job {id}: {state}  {last}"));
+        status.set_message(format!("job {id}: {state}  {last}"));
+        bars.update(&job);
         if state == "SUCCESS" || state == "FAILURE" {
             break job;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    bar.finish_and_clear();
+    status.finish_and_clear();
+    for (_, b) in &bars.bars {
+        b.finish();
+    }
     print_results(&job);
     if job["state"] != "SUCCESS" {
         bail!(
@@ -278,6 +331,32 @@ pub fn print_results(job: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bar_per_task_follows_the_jobs_progress() {
+        let mut bars = TaskBars {
+            multi: indicatif::MultiProgress::with_draw_target(
+                indicatif::ProgressDrawTarget::hidden(),
+            ),
+            bars: Vec::new(),
+            layers: 0,
+        };
+        let job = |present: u64| {
+            serde_json::json!({"result": {"progress": [
+                {"task_id": "sha256:aa", "role": "config", "present_bytes": 5, "total_bytes": 5},
+                {"task_id": "sha256:bb", "role": "layer", "present_bytes": present, "total_bytes": 100},
+                {"task_id": "sha256:cc", "role": "layer", "present_bytes": 0, "total_bytes": 0},
+            ]}})
+        };
+        bars.update(&job(10));
+        bars.update(&job(60));
+        assert_eq!(bars.bars.len(), 3);
+        let b = &bars.bars[1].1;
+        assert_eq!((b.position(), b.length()), (60, Some(100)));
+        assert_eq!(bars.bars[1].1.prefix(), "layer 1");
+        assert_eq!(bars.bars[2].1.prefix(), "layer 2");
+        assert_eq!(bars.bars[0].1.prefix(), "config");
+    }
 
     #[test]
     fn image_references_become_manifest_urls() {
