@@ -101,14 +101,23 @@ fn client(m: &ManifestUrl, secrets: &Secrets) -> Result<RegistryClient, String> 
     if m.scheme == "http" {
         config.plain_http.push(m.registry.clone());
     }
-    if !secrets.username.is_empty() {
-        config.credentials.insert(
-            m.registry.clone(),
-            Credential::Basic {
-                username: secrets.username.clone(),
-                password: secrets.password.clone(),
-            },
-        );
+    let header = secrets
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| v.as_str());
+    let credential = if !secrets.username.is_empty() {
+        Some(Credential::Basic {
+            username: secrets.username.clone(),
+            password: secrets.password.clone(),
+        })
+    } else if let Some(h) = header {
+        Some(Credential::from_authorization(h)?)
+    } else {
+        None
+    };
+    if let Some(c) = credential {
+        config.credentials.insert(m.registry.clone(), c);
     }
     RegistryClient::new(config).map_err(|e| format!("registry client: {e}"))
 }
@@ -214,6 +223,94 @@ pub async fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A registry that wants `Authorization: Bearer good` on its manifests and challenges
+    /// everything else to a token service that must never be asked (it fails).
+    async fn bearer_registry() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let token_calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let calls = token_calls.clone();
+        let realm = format!("http://{addr}/token");
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media_types::OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": 2, "digest": format!("sha256:{}", "a".repeat(64))},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "size": 3, "digest": format!("sha256:{}", "b".repeat(64))}]
+        })
+        .to_string();
+        let app = axum::Router::new()
+            .route(
+                "/token",
+                axum::routing::get(move || {
+                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async { StatusCode::INTERNAL_SERVER_ERROR }
+                }),
+            )
+            .route(
+                "/v2/app/manifests/v1",
+                axum::routing::get(move |h: HeaderMap| {
+                    let (manifest, realm) = (manifest.clone(), realm.clone());
+                    async move {
+                        let auth = h.get("authorization").and_then(|v| v.to_str().ok());
+                        if auth == Some("Bearer good") {
+                            (
+                                [("content-type", media_types::OCI_MANIFEST)],
+                                manifest,
+                            )
+                                .into_response()
+                        } else {
+                            let challenge = format!(
+                                "Bearer realm=\"{realm}\",service=\"test\",scope=\"repository:app:pull\""
+                            );
+                            (
+                                StatusCode::UNAUTHORIZED,
+                                [("www-authenticate", challenge)],
+                                "{}",
+                            )
+                                .into_response()
+                        }
+                    }
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr, token_calls)
+    }
+
+    #[tokio::test]
+    async fn a_raw_bearer_header_answers_the_registrys_challenge() {
+        let (addr, token_calls) = bearer_registry().await;
+        let url = reqwest::Url::parse(&format!("http://{addr}/v2/app/manifests/v1")).unwrap();
+        let m = ManifestUrl::parse(&url).unwrap();
+        let secrets = |auth: &str| Secrets {
+            headers: [("Authorization".to_owned(), auth.to_owned())].into(),
+            ..Default::default()
+        };
+        let image = resolve(&m, "linux/amd64", &secrets("Bearer good"))
+            .await
+            .unwrap();
+        assert_eq!(image.blobs.len(), 3, "manifest, config, layer");
+        assert!(image.blobs[0].url.starts_with("oci-manifest://"));
+        assert_eq!(
+            image.tag.as_ref().map(|t| t.0.as_str()),
+            Some(image.blobs[0].digest.as_str())
+        );
+        let e = resolve(&m, "linux/amd64", &secrets("Bearer bad"))
+            .await
+            .unwrap_err();
+        assert!(e.contains("401") || e.contains("refused"), "{e}");
+        let e = resolve(&m, "linux/amd64", &secrets("Digest x"))
+            .await
+            .unwrap_err();
+        assert!(e.contains("neither"), "{e}");
+        assert_eq!(
+            token_calls.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the given token is used as it is"
+        );
+    }
 
     #[test]
     fn manifest_urls_parse() {

@@ -346,6 +346,17 @@ async fn bearer_tokens_are_fetched_cached_and_refreshed() {
     assert_eq!(st.gets.load(Ordering::SeqCst), 6);
     st.bad_tokens_first.store(0, Ordering::SeqCst);
 
+    // A bearer token given as it is (an `Authorization: Bearer …` header, docker's
+    // `registrytoken`): answers the registry's challenge without the token service.
+    st.gets.store(0, Ordering::SeqCst);
+    let given = issuer.push_auth("org/app");
+    let static_token = client_with(|c| {
+        c.credentials
+            .insert(reg.host(), Credential::from_authorization(&given).unwrap());
+    });
+    assert_eq!(static_token.blob_size(&r, &digest).await.unwrap(), 4096);
+    assert_eq!(st.gets.load(Ordering::SeqCst), 0, "no token was fetched");
+
     // A manifest read through the same flow.
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,

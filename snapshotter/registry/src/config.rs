@@ -153,6 +153,45 @@ pub enum Credential {
         /// The refresh token.
         identity_token: String,
     },
+    /// A bearer token sent as it is when the registry asks for one (docker's `registrytoken`;
+    /// what `Authorization: Bearer …` headers carry, e.g. Harbor robot tokens).
+    RegistryToken {
+        /// The token.
+        registry_token: String,
+    },
+}
+
+impl Credential {
+    /// The credential an `Authorization` header value carries: `Basic base64(user:password)`
+    /// or `Bearer TOKEN`. Errors say what is wrong without echoing the secret.
+    pub fn from_authorization(value: &str) -> Result<Credential, String> {
+        let value = value.trim();
+        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
+            return Ok(Credential::RegistryToken {
+                registry_token: rest.to_owned(),
+            });
+        }
+        if scheme.eq_ignore_ascii_case("basic") {
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or(
+                    "the Authorization header's Basic credentials are not base64 of user:password",
+                )?;
+            let (username, password) = decoded
+                .split_once(':')
+                .ok_or("the Authorization header's Basic credentials have no ':'")?;
+            return Ok(Credential::Basic {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            });
+        }
+        Err("the Authorization header is neither `Basic …` nor `Bearer …`".into())
+    }
 }
 
 impl fmt::Debug for Credential {
@@ -167,6 +206,10 @@ impl fmt::Debug for Credential {
                 .debug_struct("IdentityToken")
                 .field("identity_token", &"<redacted>")
                 .finish(),
+            Credential::RegistryToken { .. } => f
+                .debug_struct("RegistryToken")
+                .field("registry_token", &"<redacted>")
+                .finish(),
         }
     }
 }
@@ -174,6 +217,35 @@ impl fmt::Debug for Credential {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorization_headers_become_credentials() {
+        assert_eq!(
+            Credential::from_authorization("Bearer abc.def").unwrap(),
+            Credential::RegistryToken {
+                registry_token: "abc.def".into()
+            }
+        );
+        // base64("bob:pa:ss")
+        assert_eq!(
+            Credential::from_authorization("basic Ym9iOnBhOnNz").unwrap(),
+            Credential::Basic {
+                username: "bob".into(),
+                password: "pa:ss".into()
+            }
+        );
+        for bad in ["Bearer", "Basic !!!", "Basic Ym9i", "Digest x", "token"] {
+            let e = Credential::from_authorization(bad).unwrap_err();
+            assert!(!e.contains("Ym9i"), "the secret is not echoed: {e}");
+        }
+        let debug = format!(
+            "{:?}",
+            Credential::RegistryToken {
+                registry_token: "s3cret".into()
+            }
+        );
+        assert!(!debug.contains("s3cret"), "{debug}");
+    }
 
     #[test]
     fn deserializes_with_defaults() {

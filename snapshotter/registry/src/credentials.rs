@@ -81,6 +81,9 @@ impl CredentialStore {
                     Credential::IdentityToken { identity_token } => {
                         Found::IdentityToken(identity_token.clone())
                     }
+                    Credential::RegistryToken { registry_token } => {
+                        Found::RegistryToken(registry_token.clone())
+                    }
                 };
                 (normalize_config_key(host), found)
             })

@@ -7,7 +7,6 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use base64::Engine;
 use dragonfly_proto::scheduler as pb;
 use dragonfly_registry::{Credential, RegistryClient, RegistryConfig, Repository};
 use dragonfly_storage::{Blob, PieceStore, Priority};
@@ -55,26 +54,10 @@ impl TriggeredDownloads {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
             .map(|(_, v)| v.as_str());
-        if let Some(basic) = auth.and_then(|v| v.strip_prefix("Basic ")) {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(basic.trim())
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| {
-                    Status::invalid_argument(
-                        "the trigger's Authorization header is not valid Basic credentials",
-                    )
-                })?;
-            let (username, password) = decoded.split_once(':').ok_or_else(|| {
-                Status::invalid_argument("the trigger's Basic credentials have no ':'")
-            })?;
-            config.credentials.insert(
-                repo.registry.clone(),
-                Credential::Basic {
-                    username: username.to_owned(),
-                    password: password.to_owned(),
-                },
-            );
+        if let Some(header) = auth {
+            let credential = Credential::from_authorization(header)
+                .map_err(|e| Status::invalid_argument(format!("the trigger's {e}")))?;
+            config.credentials.insert(repo.registry.clone(), credential);
         }
         RegistryClient::new(config).map_err(|e| Status::internal(format!("registry client: {e}")))
     }
