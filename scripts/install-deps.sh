@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, from Debian's apt, the real parts Dragonfly-rs builds with and is tested against:
 # containerd (+ctr), runc, fuse3, the CNCF distribution registry, stargz-snapshotter (ctr-remote),
-# skopeo, umoci, busybox-static, protoc, iproute2, PostgreSQL (the manager is tested against it)
+# skopeo, umoci, busybox-static, protoc, iproute2, PostgreSQL (the manager is tested against it),
+# Chromium and chromedriver (the console is tested in a browser)
 # and the C libraries our crates link.
 # Idempotent: installs only what is missing. Needs root.
 set -euo pipefail
@@ -9,6 +10,7 @@ set -euo pipefail
 packages=(
   containerd runc fuse3 docker-registry stargz-snapshotter skopeo umoci busybox-static
   protobuf-compiler iproute2 libssl-dev pkg-config ca-certificates curl attr postgresql
+  chromium chromium-driver
 )
 
 if [ "$(id -u)" -ne 0 ]; then
