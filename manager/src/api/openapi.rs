@@ -108,7 +108,7 @@ pub async fn document() -> Json<Value> {
                                 "urls": {"type": "array", "items": {"type": "string"}},
                                 "tag": {"type": "string"}, "application": {"type": "string"},
                                 "filteredQueryParams": {"type": "string", "description": "&-separated, added to the signed-URL parameters always filtered"},
-                                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                                "headers": {"type": "object", "additionalProperties": {"type": "string"}, "description": "for the origin; an Authorization header (Basic or Bearer) also answers the registry's auth challenge"},
                                 "username": {"type": "string"}, "password": {"type": "string"},
                                 "platform": {"type": "string", "description": "os/arch[/variant]"},
                                 "pieceLength": {"type": "integer", "minimum": 65536, "maximum": 67108864},
