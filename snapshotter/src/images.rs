@@ -90,6 +90,17 @@ fn platform_matches(p: &Platform, want: &str) -> bool {
         && (variant.is_none() || p.variant.as_deref() == variant)
 }
 
+/// The name containerd gives the image: `REPO@DIGEST` for a digest-only reference, else
+/// `REPO:TAG` (`latest` when none is given; a pinned digest beside a tag is dropped).
+fn image_name(r: &Reference) -> String {
+    let mut name = r.clone();
+    if r.tag.is_some() || r.digest.is_none() {
+        name.digest = None;
+        name.tag.get_or_insert_with(|| "latest".into());
+    }
+    name.to_string()
+}
+
 fn parse_document(what: &str, data: &[u8]) -> Result<Document, Status> {
     serde_json::from_slice(data)
         .map_err(|e| Status::data_loss(format!("{what} is not a valid manifest: {e}")))
@@ -222,7 +233,13 @@ impl ImageService {
                 })?;
                 Ok((None, digest, "preheat"))
             }
-            Err(e) => Err(Status::not_found(format!("cannot resolve {r}: {e}"))),
+            Err(e) if e.is_not_found() => {
+                Err(Status::not_found(format!("cannot resolve {r}: {e}")))
+            }
+            // Refused credentials and the like: the registry answered, and said no.
+            Err(e) => Err(Status::failed_precondition(format!(
+                "cannot resolve {r}: {e}"
+            ))),
         }
     }
 }
@@ -296,17 +313,8 @@ impl Image for ImageService {
             .fetch(&r, OciKind::Blob, &config.digest, Some(config.size))
             .await?;
         tracing::info!(image = %r, manifest = %manifest.digest, resolved_by, "image resolved");
-        let mut name = r.clone();
-        name.digest = None;
-        if name.tag.is_none() {
-            name.tag = Some("latest".into());
-        }
         Ok(Response::new(pb::ResolveImageResponse {
-            name: if r.tag.is_none() && r.digest.is_some() {
-                r.to_string()
-            } else {
-                name.to_string()
-            },
+            name: image_name(&r),
             index,
             manifest: Some(manifest),
             config: Some(pb::OciObject {
@@ -335,6 +343,17 @@ mod tests {
         assert!(!platform_matches(&p, "linux/arm/v6"));
         assert!(!platform_matches(&p, "linux/amd64"));
         assert!(default_platform().starts_with("linux/"));
+    }
+
+    #[test]
+    fn image_names_are_containerds() {
+        let name = |s: &str| image_name(&s.parse().unwrap());
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(name("r:5000/app"), "r:5000/app:latest");
+        assert_eq!(name("r:5000/app:v1"), "r:5000/app:v1");
+        assert_eq!(name(&format!("r:5000/app@{d}")), format!("r:5000/app@{d}"));
+        assert_eq!(name(&format!("r:5000/app:v1@{d}")), "r:5000/app:v1");
+        assert_eq!(name("busybox"), "docker.io/library/busybox:latest");
     }
 
     #[test]
