@@ -173,7 +173,7 @@ impl Download for DownloadService {
         // else the origin.
         // Piece length likewise: the stored blob's, else the swarm's, else the default.
         let known = super::known_task(&self.store, self.p2p.as_deref(), &name).await;
-        let piece_length = known.map_or_else(|| self.store.piece_length_of(&name), |k| k.1);
+        let piece_length = super::piece_length_given(&self.store, known, &name, 0);
         let size = match known {
             Some((s, _)) => s,
             None => http

@@ -211,12 +211,26 @@ pub async fn piece_length_for(
     task: &str,
     requested: u32,
 ) -> u32 {
+    let known = if requested != 0 && store.get(task).is_none() {
+        None
+    } else {
+        known_task(store, p2p, task).await
+    };
+    piece_length_given(store, known, task, requested)
+}
+
+/// [`piece_length_for`] when the caller already has what [`known_task`] says (no second
+/// question to the scheduler).
+pub fn piece_length_given(
+    store: &dragonfly_storage::PieceStore,
+    known: Option<(u64, u32)>,
+    task: &str,
+    requested: u32,
+) -> u32 {
     if requested != 0 && store.get(task).is_none() {
         return requested;
     }
-    known_task(store, p2p, task)
-        .await
-        .map_or_else(|| store.piece_length_of(task), |(_, pl)| pl)
+    known.map_or_else(|| store.piece_length_of(task), |(_, pl)| pl)
 }
 
 /// The P2P engine's shared parts.

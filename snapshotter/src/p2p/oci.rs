@@ -160,8 +160,7 @@ pub async fn open(
         (Some(s), _) | (None, Some((s, _))) => s,
         (None, None) => origin.size(client, object).await?,
     };
-    let piece_length =
-        super::piece_length_for(store, p2p.map(|p| &**p), &object.digest, piece_length).await;
+    let piece_length = super::piece_length_given(store, known, &object.digest, piece_length);
     let source: Arc<dyn RangeSource> = match p2p {
         Some(p2p) => Arc::new(SharedPeerSource(PeerSource::new(
             origin.source(),
