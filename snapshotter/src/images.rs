@@ -13,9 +13,8 @@ use dragonfly_proto::dfdaemon as pb;
 use dragonfly_proto::dfdaemon::image_server::Image;
 use dragonfly_proto::manager::manager_client::ManagerClient;
 use dragonfly_proto::manager::ResolveImageTagRequest;
-use dragonfly_registry::{media_types, Reference, RegistryClient};
+use dragonfly_registry::{default_platform, media_types, ImageDocument, Reference, RegistryClient};
 use dragonfly_storage::{PieceStore, Priority};
-use serde::Deserialize;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
@@ -35,61 +34,6 @@ pub struct ImageService {
     manager: String,
 }
 
-#[derive(Deserialize)]
-struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    #[serde(default)]
-    size: u64,
-    #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Deserialize)]
-struct Platform {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    variant: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Document {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-    #[serde(default)]
-    config: Option<Descriptor>,
-}
-
-fn is_index(media_type: &str) -> bool {
-    media_type == media_types::OCI_INDEX || media_type == media_types::DOCKER_MANIFEST_LIST
-}
-
-/// `os/arch` of this machine, as OCI names it.
-pub fn default_platform() -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    };
-    format!("linux/{arch}")
-}
-
-fn platform_matches(p: &Platform, want: &str) -> bool {
-    let mut parts = want.split('/');
-    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
-    Some(p.os.as_str()) == os
-        && Some(p.architecture.as_str()) == arch
-        && (variant.is_none() || p.variant.as_deref() == variant)
-}
-
 /// The name containerd gives the image: `REPO@DIGEST` for a digest-only reference, else
 /// `REPO:TAG` (`latest` when none is given; a pinned digest beside a tag is dropped).
 fn image_name(r: &Reference) -> String {
@@ -101,8 +45,8 @@ fn image_name(r: &Reference) -> String {
     name.to_string()
 }
 
-fn parse_document(what: &str, data: &[u8]) -> Result<Document, Status> {
-    serde_json::from_slice(data)
+fn parse_document(what: &str, data: &[u8]) -> Result<ImageDocument, Status> {
+    ImageDocument::parse(data)
         .map_err(|e| Status::data_loss(format!("{what} is not a valid manifest: {e}")))
 }
 
@@ -270,21 +214,13 @@ impl Image for ImageService {
             digest: digest.clone(),
             data,
         };
-        let (index, manifest, doc) = if is_index(&doc.media_type) || !doc.manifests.is_empty() {
+        let (index, manifest, doc) = if doc.is_index() {
             if top.media_type.is_empty() {
                 top.media_type = media_types::OCI_INDEX.into();
             }
             let chosen = doc
-                .manifests
-                .iter()
-                .find(|d| {
-                    d.platform
-                        .as_ref()
-                        .is_some_and(|p| platform_matches(p, &platform))
-                })
-                .ok_or_else(|| {
-                    Status::not_found(format!("{r} has no manifest for platform {platform}"))
-                })?;
+                .for_platform(&platform)
+                .map_err(|e| Status::not_found(format!("{r}: {e}")))?;
             let data = self
                 .fetch(&r, OciKind::Manifest, &chosen.digest, Some(chosen.size))
                 .await?;
@@ -330,20 +266,6 @@ impl Image for ImageService {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn platforms_match_with_and_without_variant() {
-        let p = Platform {
-            os: "linux".into(),
-            architecture: "arm".into(),
-            variant: Some("v7".into()),
-        };
-        assert!(platform_matches(&p, "linux/arm"));
-        assert!(platform_matches(&p, "linux/arm/v7"));
-        assert!(!platform_matches(&p, "linux/arm/v6"));
-        assert!(!platform_matches(&p, "linux/amd64"));
-        assert!(default_platform().starts_with("linux/"));
-    }
 
     #[test]
     fn image_names_are_containerds() {

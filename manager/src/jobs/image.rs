@@ -7,8 +7,9 @@
 //! `oci-manifest://REGISTRY/REPO@DIGEST`, and a tag's resolution is returned for the manager
 //! to remember: with both, a node can pull the image while the registry is down.
 
-use dragonfly_registry::{media_types, Credential, Reference, RegistryClient, RegistryConfig};
-use serde::Deserialize;
+use dragonfly_registry::{
+    media_types, Credential, ImageDocument, Reference, RegistryClient, RegistryConfig,
+};
 
 use super::args::Secrets;
 
@@ -67,35 +68,6 @@ pub struct ImageBlob {
     pub url: String,
 }
 
-#[derive(Deserialize)]
-struct Descriptor {
-    digest: String,
-    #[serde(default)]
-    size: u64,
-    #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Deserialize)]
-struct Platform {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    variant: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Document {
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-    #[serde(default)]
-    config: Option<Descriptor>,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-}
-
 fn client(m: &ManifestUrl, secrets: &Secrets) -> Result<RegistryClient, String> {
     let mut config = RegistryConfig::default();
     if m.scheme == "http" {
@@ -120,14 +92,6 @@ fn client(m: &ManifestUrl, secrets: &Secrets) -> Result<RegistryClient, String> 
         config.credentials.insert(m.registry.clone(), c);
     }
     RegistryClient::new(config).map_err(|e| format!("registry client: {e}"))
-}
-
-fn matches(p: &Platform, want: &str) -> bool {
-    let mut parts = want.split('/');
-    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
-    Some(p.os.as_str()) == os
-        && Some(p.architecture.as_str()) == arch
-        && (variant.is_none() || p.variant.as_deref() == variant)
 }
 
 /// The manifests, config and layers of the image at `m` for `platform`.
@@ -167,24 +131,14 @@ pub async fn resolve(
             digest: manifest.digest.clone(),
             size: manifest.bytes.len() as u64,
         });
-        let doc: Document = serde_json::from_slice(&manifest.bytes)
+        let doc = ImageDocument::parse(&manifest.bytes)
             .map_err(|e| format!("the manifest of {name} is not valid JSON: {e}"))?;
         let is_index = manifest.media_type == media_types::OCI_INDEX
             || manifest.media_type == media_types::DOCKER_MANIFEST_LIST;
         if is_index {
             let chosen = doc
-                .manifests
-                .iter()
-                .find(|d| d.platform.as_ref().is_some_and(|p| matches(p, platform)))
-                .ok_or_else(|| {
-                    let have: Vec<String> = doc
-                        .manifests
-                        .iter()
-                        .filter_map(|d| d.platform.as_ref())
-                        .map(|p| format!("{}/{}", p.os, p.architecture))
-                        .collect();
-                    format!("{name} has no manifest for platform {platform} (it has {have:?})")
-                })?;
+                .for_platform(platform)
+                .map_err(|e| format!("{name}: {e}"))?;
             reference.digest = Some(chosen.digest.clone());
             continue;
         }

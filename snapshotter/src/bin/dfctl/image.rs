@@ -18,7 +18,7 @@ use containerd_client::tonic::{self, transport::Channel, Code, Request};
 use containerd_client::types::Descriptor;
 use dragonfly_proto::dfdaemon::image_client::ImageClient;
 use dragonfly_proto::dfdaemon::{OciObject, ResolveImageRequest};
-use serde::Deserialize;
+use dragonfly_registry::{ImageConfig, ImageDocument};
 use sha2::{Digest, Sha256};
 
 /// What `dfctl image pull` was asked.
@@ -35,32 +35,6 @@ pub struct PullArgs {
     pub snapshotter: String,
     /// No per-layer lines.
     pub quiet: bool,
-}
-
-#[derive(Deserialize)]
-struct Layer {
-    digest: String,
-    #[serde(default)]
-    size: u64,
-    #[serde(default)]
-    annotations: HashMap<String, String>,
-}
-
-#[derive(Deserialize)]
-struct Manifest {
-    #[serde(default)]
-    layers: Vec<Layer>,
-}
-
-#[derive(Deserialize)]
-struct RootFs {
-    #[serde(default)]
-    diff_ids: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct Config {
-    rootfs: RootFs,
 }
 
 /// Chain IDs of `diff_ids`, bottom layer first (the OCI image spec's definition).
@@ -300,9 +274,9 @@ pub async fn pull(daemon: Channel, a: PullArgs) -> anyhow::Result<()> {
             a.reference
         );
     };
-    let layers: Manifest = serde_json::from_slice(&manifest.data)
+    let layers = ImageDocument::parse(&manifest.data)
         .with_context(|| format!("the manifest of {} is not valid", a.reference))?;
-    let cfg: Config = serde_json::from_slice(&config.data)
+    let cfg: ImageConfig = serde_json::from_slice(&config.data)
         .with_context(|| format!("the config of {} is not valid", a.reference))?;
     if cfg.rootfs.diff_ids.len() != layers.layers.len() {
         bail!(
