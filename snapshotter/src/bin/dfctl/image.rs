@@ -22,18 +22,28 @@ use dragonfly_registry::{ImageConfig, ImageDocument};
 use sha2::{Digest, Sha256};
 
 /// What `dfctl image pull` was asked.
+#[derive(clap::Args, Debug)]
 pub struct PullArgs {
-    /// Image reference.
+    /// Image reference, [REGISTRY/]REPO[:TAG][@DIGEST].
     pub reference: String,
-    /// os/arch[/variant]; empty = the daemon's.
+    /// os/arch[/variant] for multi-platform images (default: this machine's).
+    #[arg(long, default_value = "")]
     pub platform: String,
     /// containerd's socket.
+    #[arg(
+        long,
+        env = "CONTAINERD_ADDRESS",
+        default_value = "/run/containerd/containerd.sock"
+    )]
     pub containerd: PathBuf,
     /// containerd namespace.
+    #[arg(long, short, env = "CONTAINERD_NAMESPACE", default_value = "default")]
     pub namespace: String,
-    /// Our snapshotter's name in containerd's `proxy_plugins`.
+    /// Our snapshotter's name in containerd's proxy_plugins.
+    #[arg(long, default_value = "dragonfly")]
     pub snapshotter: String,
-    /// No per-layer lines.
+    /// Only print the image name.
+    #[arg(long, short)]
     pub quiet: bool,
 }
 

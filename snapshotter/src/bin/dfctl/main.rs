@@ -64,29 +64,7 @@ enum TokenCommand {
 enum ImageCommand {
     /// Pull an image into containerd through the swarm (works with the registry down for an
     /// image preheated before).
-    Pull {
-        /// Image reference, [REGISTRY/]REPO[:TAG][@DIGEST].
-        reference: String,
-        /// os/arch[/variant] for multi-platform images (default: this machine's).
-        #[arg(long, default_value = "")]
-        platform: String,
-        /// containerd's socket.
-        #[arg(
-            long,
-            env = "CONTAINERD_ADDRESS",
-            default_value = "/run/containerd/containerd.sock"
-        )]
-        containerd: PathBuf,
-        /// containerd namespace.
-        #[arg(long, short, env = "CONTAINERD_NAMESPACE", default_value = "default")]
-        namespace: String,
-        /// Our snapshotter's name in containerd's proxy_plugins.
-        #[arg(long, default_value = "dragonfly")]
-        snapshotter: String,
-        /// Only print the image name.
-        #[arg(long, short)]
-        quiet: bool,
-    },
+    Pull(image::PullArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,29 +168,8 @@ async fn main() -> anyhow::Result<()> {
     };
     match args.command {
         Command::Image {
-            command:
-                ImageCommand::Pull {
-                    reference,
-                    platform,
-                    containerd,
-                    namespace,
-                    snapshotter,
-                    quiet,
-                },
-        } => {
-            image::pull(
-                daemon().await?,
-                image::PullArgs {
-                    reference,
-                    platform,
-                    containerd,
-                    namespace,
-                    snapshotter,
-                    quiet,
-                },
-            )
-            .await
-        }
+            command: ImageCommand::Pull(pull),
+        } => image::pull(daemon().await?, pull).await,
         Command::Preheat {
             target,
             file,
