@@ -457,18 +457,7 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
         (&zstd, "zstd-no-registry"),
         (&published.gzip, "gzip-no-registry"),
     ] {
-        let out = run(std::process::Command::new(dfctl())
-            .arg("--socket")
-            .arg(&node.daemon.socket)
-            .args([
-                "image",
-                "pull",
-                image,
-                "--namespace",
-                NAMESPACE,
-                "--containerd",
-            ])
-            .arg(&node.containerd.socket));
+        let out = image_pull(node, image);
         assert!(
             out.as_ref().is_ok_and(|o| o.trim() == image.as_str()),
             "dfctl image pull {image}: {out:?}\n{}",
