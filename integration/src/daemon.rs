@@ -19,7 +19,7 @@ pub struct Daemon {
     proc: Option<Proc>,
 }
 
-fn binary() -> PathBuf {
+fn binary() -> Result<PathBuf> {
     crate::procs::built_binary("DRAGONFLY_SNAPSHOTTER_BIN", "dragonfly-snapshotter")
 }
 
@@ -57,14 +57,8 @@ impl Daemon {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let bin = binary();
-        anyhow::ensure!(
-            bin.exists(),
-            "{} not found: build it first (cargo build --bins) or set DRAGONFLY_SNAPSHOTTER_BIN",
-            bin.display()
-        );
         let _ = std::fs::remove_file(&self.socket);
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(binary()?);
         cmd.arg("--config").arg(self.dir.join("config.yaml"));
         let mut proc = Proc::spawn("dragonfly-snapshotter", cmd, &self.dir.join("daemon.log"))?;
         let sock = self.socket.clone();

@@ -23,7 +23,7 @@ pub struct Manager {
     dir: PathBuf,
 }
 
-fn binary() -> PathBuf {
+fn binary() -> Result<PathBuf> {
     crate::procs::built_binary("DRAGONFLY_MANAGER_BIN", "dragonfly-manager")
 }
 
@@ -44,12 +44,6 @@ impl Manager {
         grpc: u16,
     ) -> Result<Manager> {
         std::fs::create_dir_all(dir)?;
-        let bin = binary();
-        anyhow::ensure!(
-            bin.exists(),
-            "{} not found: build it first (cargo build --bins)",
-            bin.display()
-        );
         std::fs::write(
             dir.join("manager.yaml"),
             format!(
@@ -68,7 +62,7 @@ impl Manager {
     }
 
     fn spawn(dir: &Path) -> Result<Proc> {
-        let mut cmd = Command::new(binary());
+        let mut cmd = Command::new(binary()?);
         cmd.arg("--config").arg(dir.join("manager.yaml"));
         Proc::spawn("dragonfly-manager", cmd, &dir.join("manager.log"))
     }

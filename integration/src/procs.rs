@@ -174,17 +174,24 @@ pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool
     bail!("{what} not ready after {timeout:?}")
 }
 
-/// A free TCP port on 127.0.0.1.
 /// Path of one of our binaries: `$ENV` if set (scripts/test.sh sets them), else the debug
-/// build under the target directory (`CARGO_TARGET_DIR` or the workspace's `target/`).
-pub fn built_binary(env: &str, name: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(env) {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("debug").join(name)
+/// build under the target directory (`CARGO_TARGET_DIR` or the workspace's `target/`); an
+/// error saying how to get it if it is not there.
+pub fn built_binary(env: &str, name: &str) -> Result<PathBuf> {
+    let path = match std::env::var(env) {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+            .join("debug")
+            .join(name),
+    };
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: build it first (cargo build --bins) or set {env}",
+        path.display()
+    );
+    Ok(path)
 }
 
 /// A free loopback port.

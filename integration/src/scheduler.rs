@@ -16,7 +16,7 @@ pub struct Scheduler {
     dir: PathBuf,
 }
 
-fn binary() -> PathBuf {
+fn binary() -> Result<PathBuf> {
     crate::procs::built_binary("DRAGONFLY_SCHEDULER_BIN", "dragonfly-scheduler")
 }
 
@@ -24,12 +24,6 @@ impl Scheduler {
     /// Starts a scheduler with its config and log in `dir`.
     pub fn start(dir: &Path) -> Result<Scheduler> {
         std::fs::create_dir_all(dir)?;
-        let bin = binary();
-        anyhow::ensure!(
-            bin.exists(),
-            "{} not found: build it first (cargo build --bins)",
-            bin.display()
-        );
         let addr = format!("127.0.0.1:{}", free_port());
         let config = dir.join("scheduler.yaml");
         std::fs::write(
@@ -45,7 +39,7 @@ impl Scheduler {
     }
 
     fn spawn(dir: &Path, addr: &str) -> Result<Proc> {
-        let mut cmd = Command::new(binary());
+        let mut cmd = Command::new(binary()?);
         cmd.arg("--config").arg(dir.join("scheduler.yaml"));
         let mut proc = Proc::spawn("dragonfly-scheduler", cmd, &dir.join("scheduler.log"))?;
         let up = wait_until("scheduler", Duration::from_secs(20), || {

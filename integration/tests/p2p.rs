@@ -492,7 +492,7 @@ fn after_a_scheduler_restart_peers_announce_what_they_hold_again() {
 
 /// `dfctl get URL -O OUT --digest DIGEST` against `node`'s daemon.
 fn dfctl_get(node: &Node, url: &str, out: &Path, digest: &str) -> anyhow::Result<String> {
-    let dfctl = built_binary("DFCTL_BIN", "dfctl");
+    let dfctl = built_binary("DFCTL_BIN", "dfctl").expect("dfctl");
     run(Command::new(&dfctl)
         .arg("--socket")
         .arg(&node.daemon.socket)

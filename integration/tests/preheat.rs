@@ -110,7 +110,7 @@ fn image_pull(node: &dragonfly_integration::swarm::Node, image: &str) -> anyhow:
 }
 
 fn dfctl() -> std::path::PathBuf {
-    dragonfly_integration::procs::built_binary("DFCTL_BIN", "dfctl")
+    dragonfly_integration::procs::built_binary("DFCTL_BIN", "dfctl").expect("dfctl")
 }
 
 #[test]
