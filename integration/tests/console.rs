@@ -98,6 +98,16 @@ async fn until(c: &Client, expr: &str, what: &str, limit: Duration) -> Value {
     }
 }
 
+/// How long a page change may take (the job's end waits longer).
+const SHORT: Duration = Duration::from_secs(10);
+
+/// The text of element `id`, once it has some.
+async fn text_of(c: &Client, id: &str) -> String {
+    let expr = format!("document.getElementById('{id}').textContent");
+    let v = until(c, &expr, id, SHORT).await;
+    v.as_str().unwrap_or_default().to_owned()
+}
+
 async fn fill(c: &Client, id: &str, text: &str) {
     let e = c.find(Locator::Id(id)).await.expect(id);
     e.clear().await.expect("clear");
@@ -201,41 +211,22 @@ async fn the_console_works_in_a_browser() {
     let profile = TestDir::new("dfly-chromium-").unwrap();
     let c = driver.browser(profile.path()).await;
     let long = Duration::from_secs(60);
-    let short = Duration::from_secs(10);
     c.goto(&manager.url).await.expect("open the console");
 
     // Sign-in: a wrong password is refused on the page, the right one opens the app.
     fill(&c, "password", "not the password").await;
     click(&c, "#signin-form button").await;
-    until(
-        &c,
-        "document.getElementById('signin-error').textContent",
-        "refused",
-        short,
-    )
-    .await;
+    text_of(&c, "signin-error").await;
     fill(&c, "password", ROOT_PASSWORD).await;
     click(&c, "#signin-form button").await;
-    let who = until(
-        &c,
-        "document.getElementById('who').textContent",
-        "signed in",
-        short,
-    )
-    .await;
+    let who = text_of(&c, "who").await;
     assert_eq!(who, "root");
 
     // A bad URL: the form says which field.
     fill(&c, "purl", "not a url").await;
     click(&c, "#preheat-form button").await;
-    let e = until(
-        &c,
-        "document.getElementById('preheat-error').textContent",
-        "bad url",
-        short,
-    )
-    .await;
-    assert!(e.as_str().unwrap().contains("url"), "{e}");
+    let e = text_of(&c, "preheat-error").await;
+    assert!(e.contains("url"), "{e}");
 
     // A file preheat into every seed peer, followed to SUCCESS at 100%.
     c.find(Locator::Css("#ptype option[value='file']"))
@@ -274,29 +265,15 @@ async fn the_console_works_in_a_browser() {
     );
     // Its log and result open on a click.
     click(&c, "#jobs tr").await;
-    let log = until(
-        &c,
-        "document.getElementById('job-log').textContent",
-        "job log",
-        short,
-    )
-    .await;
-    assert!(log.as_str().unwrap().contains("SUCCESS"), "{log}");
+    let log = text_of(&c, "job-log").await;
+    assert!(log.contains("SUCCESS"), "{log}");
 
     // Tokens: created (shown once, works), then revoked (refused).
     click(&c, "[data-tab='tokens']").await;
     fill(&c, "tname", "from-the-browser").await;
     click(&c, "#token-form button").await;
-    let shown = until(
-        &c,
-        "document.getElementById('new-token').textContent",
-        "new token",
-        short,
-    )
-    .await;
+    let shown = text_of(&c, "new-token").await;
     let token = shown
-        .as_str()
-        .unwrap()
         .split_whitespace()
         .find(|w| w.starts_with("dfp_"))
         .unwrap_or_else(|| panic!("no token in {shown}"))
@@ -317,7 +294,7 @@ async fn the_console_works_in_a_browser() {
         &c,
         "document.querySelector('[data-revoke]')",
         "revoke button",
-        short,
+        SHORT,
     )
     .await;
     click(&c, "[data-revoke]").await;
@@ -325,7 +302,7 @@ async fn the_console_works_in_a_browser() {
         &c,
         "!document.querySelector('[data-revoke]') && document.getElementById('tokens').innerText.includes('revoked')",
         "revoked",
-        short,
+        SHORT,
     )
     .await;
     assert_eq!(jobs(token).await, 401);
@@ -336,7 +313,7 @@ async fn the_console_works_in_a_browser() {
         &c,
         "document.getElementById('clusters').innerText.includes('yes')",
         "default cluster",
-        short,
+        SHORT,
     )
     .await;
     for table in ["schedulers", "seed-peers"] {
@@ -344,7 +321,7 @@ async fn the_console_works_in_a_browser() {
             &c,
             &format!("document.getElementById('{table}').innerText.includes('active')"),
             table,
-            short,
+            SHORT,
         )
         .await;
     }
@@ -355,7 +332,7 @@ async fn the_console_works_in_a_browser() {
         &c,
         "!document.getElementById('signin').classList.contains('hidden')",
         "signed out",
-        short,
+        SHORT,
     )
     .await;
     c.close().await.expect("close the browser");
