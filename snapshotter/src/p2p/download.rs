@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use dragonfly_proto::dfdaemon as pb;
 use dragonfly_proto::dfdaemon::download_server::Download;
-use dragonfly_storage::{PieceStore, Priority, RangeSource};
+use dragonfly_storage::{PieceStore, Priority};
 use sha2::{Digest, Sha256};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::http_source::HttpSource;
-use super::source::SharedPeerSource;
-use super::{P2p, PeerSource};
+use super::P2p;
 use crate::metrics::Metrics;
 
 pub use dragonfly_proto::task_id::{filtered_url, task_id, FILTERED_QUERY_PARAMS};
@@ -181,31 +180,19 @@ impl Download for DownloadService {
                 .await
                 .map_err(|e| Status::unavailable(e.message))?,
         };
-        let origin: Arc<dyn RangeSource> = Arc::new(http);
-        let source: Arc<dyn RangeSource> = match &self.p2p {
-            Some(p2p) => {
-                // The full URL (signature included) so a seed peer can fetch it; the task ID
-                // is computed from the filtered one.
-                let full = r.url.clone();
-                Arc::new(SharedPeerSource(PeerSource::new(
-                    origin,
-                    self.store.clone(),
-                    p2p.pool.clone(),
-                    p2p.parents.clone(),
-                    self.metrics.clone(),
-                    &name,
-                    size,
-                    piece_length,
-                    full,
-                    p2p.parallel,
-                )))
-            }
-            None => origin,
-        };
-        let blob = self
-            .store
-            .blob_with_piece_length(&name, size, source, piece_length)
-            .map_err(|e| Status::internal(format!("cannot store the download: {e}")))?;
+        // The full URL (signature included) so a seed peer can fetch it; the task ID is
+        // computed from the filtered one.
+        let blob = super::open_task(
+            &self.store,
+            self.p2p.as_deref(),
+            &self.metrics,
+            Arc::new(http),
+            &name,
+            r.url.clone(),
+            size,
+            piece_length,
+        )
+        .map_err(|e| Status::internal(format!("cannot store the download: {e}")))?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let digest = r.digest.clone();
         tokio::spawn(async move {

@@ -233,6 +233,37 @@ pub fn piece_length_given(
     known.map_or_else(|| store.piece_length_of(task), |(_, pl)| pl)
 }
 
+/// Opens task `task` (`size` bytes cut into `piece_length` pieces) in `store`, read from the
+/// swarm's parents in front of `origin` when P2P is on; `url` is where a seed peer fetches it.
+#[allow(clippy::too_many_arguments)]
+pub fn open_task(
+    store: &dragonfly_storage::PieceStore,
+    p2p: Option<&P2p>,
+    metrics: &Arc<crate::metrics::Metrics>,
+    origin: Arc<dyn dragonfly_storage::RangeSource>,
+    task: &str,
+    url: String,
+    size: u64,
+    piece_length: u32,
+) -> Result<dragonfly_storage::Blob, dragonfly_storage::StoreError> {
+    let source: Arc<dyn dragonfly_storage::RangeSource> = match p2p {
+        Some(p2p) => Arc::new(source::SharedPeerSource(PeerSource::new(
+            origin,
+            store.clone(),
+            p2p.pool.clone(),
+            p2p.parents.clone(),
+            metrics.clone(),
+            task,
+            size,
+            piece_length,
+            url,
+            p2p.parallel,
+        ))),
+        None => origin,
+    };
+    store.blob_with_piece_length(task, size, source, piece_length)
+}
+
 /// The P2P engine's shared parts.
 pub struct P2p {
     /// Schedulers.

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use dragonfly_registry::{RegistryClient, Repository};
 use dragonfly_storage::{Blob, PieceStore, RangeSource};
 
-use super::source::SharedPeerSource;
-use super::{P2p, PeerSource};
+use super::P2p;
 use crate::layer::source::{ManifestSource, RegistrySource};
 use crate::metrics::Metrics;
 
@@ -161,24 +160,17 @@ pub async fn open(
         (None, None) => origin.size(client, object).await?,
     };
     let piece_length = super::piece_length_given(store, known, &object.digest, piece_length);
-    let source: Arc<dyn RangeSource> = match p2p {
-        Some(p2p) => Arc::new(SharedPeerSource(PeerSource::new(
-            origin.source(),
-            store.clone(),
-            p2p.pool.clone(),
-            p2p.parents.clone(),
-            metrics.clone(),
-            &object.digest,
-            size,
-            piece_length,
-            object.url(),
-            p2p.parallel,
-        ))),
-        None => origin.source(),
-    };
-    store
-        .blob_with_piece_length(&object.digest, size, source, piece_length)
-        .map_err(|e| format!("cannot open {} in the cache: {e}", object.digest))
+    super::open_task(
+        store,
+        p2p.map(|p| &**p),
+        metrics,
+        origin.source(),
+        &object.digest,
+        object.url(),
+        size,
+        piece_length,
+    )
+    .map_err(|e| format!("cannot open {} in the cache: {e}", object.digest))
 }
 
 #[cfg(test)]

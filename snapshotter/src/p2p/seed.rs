@@ -14,8 +14,7 @@ use tonic::Status;
 
 use super::http_source::HttpSource;
 use super::oci::{self, OciObject};
-use super::source::SharedPeerSource;
-use super::{P2p, PeerSource};
+use super::P2p;
 use crate::metrics::Metrics;
 
 /// Starts origin downloads for the scheduler.
@@ -105,26 +104,17 @@ impl TriggeredDownloads {
         let piece_length =
             super::piece_length_for(&self.store, Some(&self.p2p), &task.id, task.piece_length)
                 .await;
-        let source = PeerSource::new(
+        super::open_task(
+            &self.store,
+            Some(&self.p2p),
+            &self.metrics,
             Arc::new(http),
-            self.store.clone(),
-            self.p2p.pool.clone(),
-            self.p2p.parents.clone(),
-            self.metrics.clone(),
             &task.id,
+            task.url.clone(),
             size,
             piece_length,
-            task.url.clone(),
-            self.p2p.parallel,
-        );
-        self.store
-            .blob_with_piece_length(
-                &task.id,
-                size,
-                Arc::new(SharedPeerSource(source)),
-                piece_length,
-            )
-            .map_err(|e| Status::invalid_argument(format!("cannot store {}: {e}", task.id)))
+        )
+        .map_err(|e| Status::invalid_argument(format!("cannot store {}: {e}", task.id)))
     }
 
     /// Starts fetching `task`; false if it is already here or being fetched.
