@@ -17,6 +17,7 @@ use dragonfly_registry::{default_platform, media_types, ImageDocument, Reference
 use dragonfly_storage::{PieceStore, Priority};
 use tonic::{Request, Response, Status};
 
+use crate::layer::source::fetch_manifest;
 use crate::metrics::Metrics;
 use crate::p2p::oci::{self, OciKind, OciObject};
 use crate::p2p::P2p;
@@ -77,11 +78,6 @@ impl ImageService {
         digest: &str,
         size: Option<u64>,
     ) -> Result<Vec<u8>, Status> {
-        if let Some(s) = size.filter(|s| *s > MAX_OBJECT_BYTES) {
-            return Err(Status::failed_precondition(format!(
-                "{digest} claims {s} bytes; manifests and configs are at most {MAX_OBJECT_BYTES}"
-            )));
-        }
         let object = OciObject {
             kind,
             repo: image.repo(),
@@ -150,26 +146,9 @@ impl ImageService {
             return Ok((None, d.clone(), "digest"));
         }
         let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
-        match self
-            .registry
-            .get_manifest(r, media_types::DEFAULT_ACCEPT)
-            .await
-        {
-            Ok(m) => {
-                self.metrics
-                    .registry_fetches
-                    .with_label_values(&["ok"])
-                    .inc();
-                self.metrics
-                    .registry_fetch_bytes
-                    .inc_by(m.bytes.len() as u64);
-                Ok((Some(m.bytes.to_vec()), m.digest, "registry"))
-            }
+        match fetch_manifest(&self.registry, r, &self.metrics).await {
+            Ok(m) => Ok((Some(m.bytes.to_vec()), m.digest, "registry")),
             Err(e) if e.is_retryable() => {
-                self.metrics
-                    .registry_fetches
-                    .with_label_values(&["error"])
-                    .inc();
                 let digest = self.preheated_tag(r, &tag).await.map_err(|why| {
                     Status::unavailable(format!(
                         "cannot resolve {r}: the registry cannot be reached ({e}), and the manager cannot say what the tag named: {why}"

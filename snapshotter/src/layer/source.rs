@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use dragonfly_registry::{media_types, Reference, RegistryClient, Repository};
+use dragonfly_registry::{media_types, Manifest, Reference, RegistryClient, Repository};
 use dragonfly_storage::{RangeSource, SourceError};
 use futures::future::{BoxFuture, FutureExt};
 
@@ -72,6 +72,24 @@ impl RangeSource for RegistrySource {
     }
 }
 
+/// The manifest or index `reference` names, from its registry (any manifest media type),
+/// counted in the registry metrics like blob reads.
+pub async fn fetch_manifest(
+    client: &RegistryClient,
+    reference: &Reference,
+    metrics: &Metrics,
+) -> Result<Manifest, dragonfly_registry::Error> {
+    let res = client
+        .get_manifest(reference, media_types::DEFAULT_ACCEPT)
+        .await;
+    let result = if res.is_ok() { "ok" } else { "error" };
+    metrics.registry_fetches.with_label_values(&[result]).inc();
+    if let Ok(m) = &res {
+        metrics.registry_fetch_bytes.inc_by(m.bytes.len() as u64);
+    }
+    res
+}
+
 /// A manifest or index by digest, from its registry.
 pub struct ManifestSource {
     inner: Arc<ManifestInner>,
@@ -117,22 +135,12 @@ impl ManifestInner {
     async fn bytes(&self) -> Result<Bytes, SourceError> {
         self.fetched
             .get_or_try_init(|| async {
-                let res = self
-                    .client
-                    .get_manifest(&self.reference, media_types::DEFAULT_ACCEPT)
-                    .await;
-                let result = if res.is_ok() { "ok" } else { "error" };
-                self.metrics
-                    .registry_fetches
-                    .with_label_values(&[result])
-                    .inc();
-                let m = res.map_err(|e| SourceError {
-                    retryable: e.is_retryable(),
-                    message: format!("manifest {}: {e}", self.reference),
-                })?;
-                self.metrics
-                    .registry_fetch_bytes
-                    .inc_by(m.bytes.len() as u64);
+                let m = fetch_manifest(&self.client, &self.reference, &self.metrics)
+                    .await
+                    .map_err(|e| SourceError {
+                        retryable: e.is_retryable(),
+                        message: format!("manifest {}: {e}", self.reference),
+                    })?;
                 Ok(m.bytes)
             })
             .await
