@@ -334,8 +334,9 @@ impl Runner {
             }
         };
         let total: u64 = tasks.iter().map(|t| t.content_length).sum();
-        progress.lock().await.live = live_tasks(&tasks);
-        progress.lock().await.line(format!(
+        let mut p = progress.lock().await;
+        p.live = live_tasks(&tasks);
+        p.line(format!(
             "{} task(s) to preheat{}",
             tasks.len(),
             if total > 0 {
@@ -344,6 +345,7 @@ impl Runner {
                 String::new()
             }
         ));
+        drop(p);
         let clusters = match self.db.clusters().await {
             Ok(all) => all
                 .into_iter()
