@@ -288,10 +288,22 @@ async fn active_versus_committed(restart: bool) {
     assert_eq!(code(mounts(&mut c, "A").await), Code::FailedPrecondition);
     assert_eq!(code(mounts(&mut c, "missing").await), Code::NotFound);
     assert_eq!(code(stat(&mut c, "missing").await), Code::NotFound);
-    // A committed snapshot keeps its content when its active key is gone.
+    // A committed snapshot keeps its content when its active key is gone; it is a new record,
+    // created and updated at the commit (containerd's semantics), not when "active" was.
+    let prepared = stat(&mut c, "active").await.unwrap();
     commit(&mut c, "C", "active").await.unwrap();
     assert_eq!(code(stat(&mut c, "active").await), Code::NotFound);
-    assert_eq!(stat(&mut c, "C").await.unwrap().parent, "B");
+    let committed = stat(&mut c, "C").await.unwrap();
+    assert_eq!(committed.parent, "B");
+    let ns = |t: Option<prost_types::Timestamp>| {
+        let t = t.expect("timestamp");
+        i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos)
+    };
+    assert!(
+        ns(committed.created_at) > ns(prepared.created_at),
+        "{committed:?} vs {prepared:?}"
+    );
+    assert_eq!(ns(committed.created_at), ns(committed.updated_at));
 }
 
 #[tokio::test]

@@ -246,10 +246,14 @@ impl MetaStore {
                     record.kind.as_str()
                 )));
             }
+            // As containerd's: a committed snapshot is a new record, created (and last
+            // updated) when it was committed, not when its active snapshot was prepared.
+            let now = now_ns();
             record.kind = Kind::Committed;
             record.labels = labels;
             record.usage = Some(usage);
-            record.updated_ns = now_ns();
+            record.created_ns = now;
+            record.updated_ns = now;
             snaps.remove(key).map_err(db_err)?;
             snaps
                 .insert(name, encode(&record).as_slice())
