@@ -9,8 +9,8 @@ set -euo pipefail
 
 packages=(
   containerd runc fuse3 docker-registry stargz-snapshotter skopeo umoci busybox-static
-  protobuf-compiler iproute2 libssl-dev pkg-config ca-certificates curl attr postgresql
-  chromium chromium-driver
+  protobuf-compiler libprotobuf-dev iproute2 libssl-dev pkg-config ca-certificates curl attr postgresql
+  chromium chromium-driver golang-go golang-github-containerd-containerd-dev
 )
 
 if [ "$(id -u)" -ne 0 ]; then
