@@ -2,8 +2,8 @@
 # Runs the whole test suite: formatting, lints, unit tests and the end-to-end tests against real
 # containerd, registry and FUSE. Installs what is missing first. Needs root (mounts, containerd).
 #
-#   sudo scripts/test.sh                 # everything
-#   sudo scripts/test.sh -E 'package(dragonfly-estargz)'   # extra args go to cargo nextest
+#   scripts/test.sh                      # everything (as root; a non-root user: sudo scripts/test.sh)
+#   scripts/test.sh -E 'package(dragonfly-estargz)'   # extra args go to cargo nextest
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

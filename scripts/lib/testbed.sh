@@ -86,13 +86,22 @@ tb_unmount_all() {
   done
 }
 
+# Ends the containerd shims of our containerd instances (their -address is under $TB_DIR), by pid.
+tb_stop_shims() {
+  local p
+  for p in /proc/[0-9]*; do
+    tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q "containerd-shim.* -address $TB_DIR/" \
+      && kill -9 "${p#/proc/}" 2>/dev/null || true
+  done
+}
+
 tb_stop_all() {
   local f
   for f in "$TB_DIR"/*.pid; do
     [ -e "$f" ] || continue
     tb_stop "$(basename "$f" .pid)"
   done
-  pkill -f "containerd-shim-runc-v2 -namespace tb" 2>/dev/null || true
+  tb_stop_shims
   sleep 0.5
   tb_unmount_all
 }
