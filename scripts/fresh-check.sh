@@ -99,6 +99,9 @@ mkdir -p "$ROOT"
 trap cleanup EXIT
 echo "== fresh root from $TARBALL"
 tar -C "$ROOT" -xf "$TARBALL"
+# `/` of a real machine is 0755 (mkdir and mktemp made it 0700: no other user could reach
+# /bin/sh, so the postgres user's initdb failed).
+chmod 755 "$ROOT"
 
 echo "== clean clone of HEAD ($(git rev-parse --short HEAD))"
 git clone --quiet --no-hardlinks "$REPO_DIR" "$ROOT/work/dragonfly-rs"

@@ -119,9 +119,10 @@ create_token() {
     -H 'Content-Type: application/json' -d '{"name":"quickstart","scopes":["job"]}' | json 'd["token"]')
 }
 
-# Waits until the manager lists an active scheduler and an active seed peer.
+# Waits until the manager lists an active scheduler and seed peer, and the scheduler has heard
+# from all three peers (they learn its address from the manager, then announce themselves).
 wait_cluster() {
-  local kind
+  local kind hosts
   for kind in schedulers seed-peers; do
     for _ in $(seq 1 150); do
       curl -fs "$MANAGER/api/v1/$kind" -H "Authorization: Bearer $SESSION" \
@@ -131,6 +132,13 @@ wait_cluster() {
     echo "the manager lists no active $kind; see $TB_DIR/*.log" >&2
     return 1
   done
+  for _ in $(seq 1 150); do
+    hosts=$(curl -fs "http://127.0.0.1:$SCHED_METRICS/metrics" | awk '$1 == "dragonfly_scheduler_hosts" {print $2}')
+    [ "${hosts:-0}" -ge 3 ] && return 0
+    sleep 0.2
+  done
+  echo "the scheduler knows ${hosts:-0} of 3 peers after 30 s; see $TB_DIR/*.log" >&2
+  return 1
 }
 
 build_images() {
