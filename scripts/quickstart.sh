@@ -179,7 +179,7 @@ preheat() { # image-ref
 pull_and_run() { # node image-ref
   local node=$1 image=$2 sock="$TB_DIR/$1-containerd.sock" peers0 reg0 t0 t1 out
   peers0=$(metric "$node" dragonfly_snapshotter_p2p_bytes_total 'source="peer"')
-  reg0=$(metric "$node" dragonfly_snapshotter_registry_fetch_bytes_total)
+  reg0=$(metric "$node" dragonfly_snapshotter_origin_fetch_bytes_total 'origin="registry"')
   t0=$(date +%s.%N)
   ctr-remote -a "$sock" image rpull --plain-http --snapshotter dragonfly "$image" > "$TB_DIR/$node-pull.log" 2>&1 \
     || { cat "$TB_DIR/$node-pull.log" >&2; return 1; }
@@ -187,7 +187,7 @@ pull_and_run() { # node image-ref
   t1=$(date +%s.%N)
   RESULTS+=("$(printf '%s %s  from peers: %d B  from the registry: %d B  start: %.2f s' "$node" "$image" \
     $(( $(metric "$node" dragonfly_snapshotter_p2p_bytes_total 'source="peer"') - peers0 )) \
-    $(( $(metric "$node" dragonfly_snapshotter_registry_fetch_bytes_total) - reg0 )) \
+    $(( $(metric "$node" dragonfly_snapshotter_origin_fetch_bytes_total 'origin="registry"') - reg0 )) \
     "$(echo "$t1 - $t0" | python3 -c 'print(eval(input()))')")")
   echo "   $node ran $image: $out"
 }

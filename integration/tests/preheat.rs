@@ -452,7 +452,10 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
     //    from the manager's record of the preheats, which survived its restart.
     let node = &swarm.nodes[2];
     let huge = fixtures::large_huge_sha256();
-    let fetched_before = node.metric("dragonfly_snapshotter_registry_fetches_total", "\"ok\"");
+    let fetched_before = node.metric(
+        "dragonfly_snapshotter_origin_fetches_total",
+        "origin=\"registry\",result=\"ok\"",
+    );
     for (image, id) in [
         (&zstd, "zstd-no-registry"),
         (&published.gzip, "gzip-no-registry"),
@@ -476,7 +479,10 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
         );
     }
     assert_eq!(
-        node.metric("dragonfly_snapshotter_registry_fetches_total", "\"ok\""),
+        node.metric(
+            "dragonfly_snapshotter_origin_fetches_total",
+            "origin=\"registry\",result=\"ok\""
+        ),
         fetched_before,
         "nothing was fetched from the registry"
     );

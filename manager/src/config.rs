@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use dragonfly_runtime::log::LogConfig;
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -79,16 +81,6 @@ pub struct JobsConfig {
     pub resolve_timeout_secs: u64,
 }
 
-/// `log:`
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// `error`, `warn`, `info`, `debug` or a tracing filter.
-    pub level: String,
-    /// `text` or `json`.
-    pub format: String,
-}
-
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -136,15 +128,6 @@ impl Default for JobsConfig {
             timeout_secs: 3600,
             stale_after_secs: 30,
             resolve_timeout_secs: 60,
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> LogConfig {
-        LogConfig {
-            level: "info".into(),
-            format: "text".into(),
         }
     }
 }

@@ -30,19 +30,6 @@ struct Cli {
     database: Option<String>,
 }
 
-fn init_logging(c: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&c.log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if c.log.format == "json" {
-        b.json().init();
-    } else {
-        b.init();
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -63,13 +50,8 @@ async fn main() -> anyhow::Result<()> {
         config.database.url = u;
     }
     config.validate().map_err(anyhow::Error::msg)?;
-    init_logging(&config);
+    dragonfly_runtime::log::init(&config.log)?;
     dragonfly_manager::server::start(config).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("stopping");
+    dragonfly_runtime::shutdown::signal_received().await;
     Ok(())
 }

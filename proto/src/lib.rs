@@ -10,9 +10,6 @@
 //! - [`manager`]: `dragonfly.manager.v1.Manager`: registration and keepalive of schedulers and
 //!   seed peers, and the scheduler list peers ask for.
 
-pub mod registration;
-pub mod task_id;
-
 /// containerd's snapshots service (`containerd.services.snapshots.v1`).
 pub mod snapshots {
     #![allow(clippy::all, missing_docs)]

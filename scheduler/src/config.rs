@@ -5,6 +5,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub use dragonfly_runtime::log::LogConfig;
+
 /// Configuration of `dragonfly-scheduler`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -47,16 +49,6 @@ pub struct MetricsConfig {
     pub address: Option<SocketAddr>,
 }
 
-/// Logging.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// A tracing filter.
-    pub level: String,
-    /// `text` or `json`.
-    pub format: String,
-}
-
 /// How parents are chosen and when peers go to the origin.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -96,15 +88,6 @@ impl Default for MetricsConfig {
     fn default() -> MetricsConfig {
         MetricsConfig {
             address: Some("127.0.0.1:8000".parse().expect("valid")),
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> LogConfig {
-        LogConfig {
-            level: "info".into(),
-            format: "text".into(),
         }
     }
 }

@@ -30,19 +30,6 @@ async fn main() -> anyhow::Result<()> {
     if let Some(l) = args.log_level {
         config.log.level = l;
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
-        .map_err(|e| anyhow::anyhow!("invalid log.level {:?}: {e}", config.log.level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if config.log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-    dragonfly_scheduler::server::run(config, async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("stopping");
-    })
-    .await
+    dragonfly_runtime::log::init(&config.log)?;
+    dragonfly_scheduler::server::run(config, dragonfly_runtime::shutdown::signal_received()).await
 }

@@ -1,6 +1,5 @@
 //! Prometheus metrics of the scheduler, served on `/metrics`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus::{
@@ -97,22 +96,4 @@ impl Metrics {
             .expect("encodes");
         String::from_utf8(out).expect("utf-8")
     }
-}
-
-/// Serves `/metrics` on `addr` until the process ends.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    state: Arc<State>,
-) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let (m, s) = (metrics.clone(), state.clone());
-            async move { m.render(&s) }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving Prometheus metrics on /metrics");
-    axum::serve(listener, app).await
 }

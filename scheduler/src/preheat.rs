@@ -31,15 +31,8 @@ fn validate(req: &pb::PreheatRequest) -> Result<(), Status> {
         return Err(Status::invalid_argument("preheat needs at least one task"));
     }
     for t in &req.tasks {
-        let hex =
-            t.id.strip_prefix("sha256:")
-                .or_else(|| t.id.strip_prefix("task:"));
-        if !hex.is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())) {
-            return Err(Status::invalid_argument(format!(
-                "task id {:?} is not sha256:<hex> or task:<hex>",
-                t.id
-            )));
-        }
+        t.id.parse::<dragonfly_task::TaskId>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if t.url.is_empty() {
             return Err(Status::invalid_argument(format!(
                 "task {} has no url",

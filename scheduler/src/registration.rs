@@ -1,5 +1,5 @@
 //! Registration with the manager (when `manager.address` is set): `UpdateScheduler`, then
-//! keepalives (see `dragonfly_proto::registration`). Scheduling never depends on the manager.
+//! keepalives (see `dragonfly_runtime::registration`). Scheduling never depends on the manager.
 
 use dragonfly_proto::manager as pb;
 
@@ -9,7 +9,7 @@ use crate::config::ManagerConfig;
 pub async fn run(config: ManagerConfig, port: u16) {
     let ip = match config.advertise_ip {
         Some(ip) => ip,
-        None => match dragonfly_proto::registration::local_ip_towards(&config.address).await {
+        None => match dragonfly_runtime::registration::local_ip_towards(&config.address).await {
             Some(ip) => ip,
             None => {
                 tracing::error!(manager = %config.address, "cannot tell which local address reaches the manager; set manager.advertise_ip");
@@ -20,7 +20,7 @@ pub async fn run(config: ManagerConfig, port: u16) {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into());
-    let who = dragonfly_proto::registration::Registrant {
+    let who = dragonfly_runtime::registration::Registrant {
         source_type: pb::SourceType::Scheduler,
         ip: ip.to_string(),
         port: u32::from(port),
@@ -33,7 +33,7 @@ pub async fn run(config: ManagerConfig, port: u16) {
         location: config.location.clone(),
         scheduler_cluster_id: config.scheduler_cluster_id,
     };
-    dragonfly_proto::registration::keep_registered(config.address.clone(), who, |mut c| {
+    dragonfly_runtime::registration::keep_registered(config.address.clone(), who, |mut c| {
         let req = req.clone();
         async move { c.update_scheduler(req).await.map(|_| ()) }
     })

@@ -1,10 +1,11 @@
 //! Starting a seed peer on a task: the scheduler calls the seed's `Peer.TriggerDownload`.
 //! The origin headers travel with the call and are never logged.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dragonfly_proto::peer::peer_client::PeerClient;
 use dragonfly_proto::peer::TriggerDownloadRequest;
+use dragonfly_runtime::grpc::{endpoint, Timeouts};
 use tonic::transport::Channel;
 
 use crate::scheduling::SeedTrigger;
@@ -12,18 +13,16 @@ use crate::state::{HostInfo, SeedStatus, State};
 
 /// A connected client of `host`'s peer service.
 pub async fn peer_client(host: &HostInfo) -> Result<PeerClient<Channel>, String> {
-    let endpoint = if host.ip.contains(':') {
-        format!("http://[{}]:{}", host.ip, host.upload_port)
+    let address = if host.ip.contains(':') {
+        format!("[{}]:{}", host.ip, host.upload_port)
     } else {
-        format!("http://{}:{}", host.ip, host.upload_port)
+        format!("{}:{}", host.ip, host.upload_port)
     };
-    let ch = tonic::transport::Endpoint::from_shared(endpoint.clone())
-        .map_err(|e| format!("bad peer address {endpoint}: {e}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(10))
+    let ch = endpoint(&address, Timeouts::CONTROL)
+        .map_err(|e| e.to_string())?
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
+        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
     Ok(PeerClient::new(ch))
 }
 

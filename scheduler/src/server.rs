@@ -20,11 +20,7 @@ pub async fn run(
     let metrics = Metrics::new();
     if let Some(addr) = config.metrics.address {
         let (m, s) = (metrics.clone(), state.clone());
-        tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(addr, m, s).await {
-                tracing::error!(%addr, error = %e, "metrics endpoint failed");
-            }
-        });
+        dragonfly_runtime::metrics::spawn(addr, move || m.render(&s));
     }
     let keepalive = Duration::from_secs(u64::from(config.scheduling.keepalive_interval_secs));
     let task_ttl = Duration::from_secs(config.scheduling.task_ttl_secs);

@@ -202,9 +202,8 @@ fn check_id(what: &str, id: &str) -> Result<(), StateError> {
 }
 
 fn check_digest(d: &str) -> Result<(), StateError> {
-    let ok = d
-        .strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    let ok = dragonfly_task::Digest::parse(d)
+        .is_ok_and(|d| d.algorithm() == dragonfly_task::DigestAlgorithm::Sha256);
     if ok {
         Ok(())
     } else {

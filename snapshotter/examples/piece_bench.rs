@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use dragonfly_proto::peer::GetPieceRequest;
 use dragonfly_snapshotter::config::P2pConfig;
 use dragonfly_snapshotter::metrics::Metrics;
@@ -17,21 +16,12 @@ use dragonfly_snapshotter::p2p::piece_server;
 use dragonfly_snapshotter::p2p::piece_wire::PieceRequest;
 use dragonfly_snapshotter::p2p::upload::PeerService;
 use dragonfly_snapshotter::p2p::{ParentClients, SchedulerPool};
-use dragonfly_storage::{PieceStore, Priority, RangeSource, SourceError, StoreConfig};
-use futures::future::{BoxFuture, FutureExt};
+use dragonfly_storage::testing::MemSource;
+use dragonfly_storage::{PieceStore, Priority, StoreConfig};
 use futures::stream::{self, StreamExt};
 use sha2::{Digest, Sha256};
 
 const SIZE: usize = 512 << 20;
-
-struct Mem(Bytes);
-
-impl RangeSource for Mem {
-    fn fetch(&self, r: std::ops::Range<u64>) -> BoxFuture<'static, Result<Bytes, SourceError>> {
-        let b = self.0.slice(r.start as usize..r.end as usize);
-        async move { Ok(b) }.boxed()
-    }
-}
 
 fn gbps(bytes: usize, secs: f64) -> f64 {
     bytes as f64 / secs / 1e9
@@ -69,10 +59,9 @@ async fn main() {
     )
     .await
     .unwrap();
-    let blob_bytes = Bytes::from(data);
-    let blob = store
-        .blob(&digest, SIZE as u64, Arc::new(Mem(blob_bytes.clone())))
-        .unwrap();
+    let source = MemSource::new(data);
+    let blob_bytes = source.data.clone();
+    let blob = store.blob(&digest, SIZE as u64, Arc::new(source)).unwrap();
     blob.fetch_all(Priority::OnDemand).await.unwrap();
     let pieces = (SIZE as u64).div_ceil(u64::from(piece_length)) as u32;
     // What the scheduler would hand the receiver: the digest of every piece.

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use dragonfly_runtime::log::{LogConfig, LogFormat};
+
 pub use dragonfly_registry::RegistryConfig;
 pub use dragonfly_storage::StoreConfig;
 
@@ -107,35 +109,6 @@ impl Default for Config {
             p2p: P2pConfig::default(),
         }
     }
-}
-
-/// Logging settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// A `tracing` filter: `info`, `debug`, `dragonfly_snapshotter=debug,info`, ...
-    pub level: String,
-    /// `text` or `json`.
-    pub format: LogFormat,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            format: LogFormat::Text,
-        }
-    }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Prometheus endpoint settings.

@@ -9,17 +9,17 @@ use dragonfly_proto::snapshots::snapshots_server::SnapshotsServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use dragonfly_registry::RegistryClient;
 use dragonfly_storage::PieceStore;
+use dragonfly_task::origin::Origins;
 
+use crate::api::download::DownloadService;
+use crate::api::images::ImageService;
 use crate::config::Config;
-use crate::images::ImageService;
 use crate::layer::{LayerManager, LayerSettings};
 use crate::metrics::Metrics;
-use crate::p2p::download::DownloadService;
-use crate::p2p::seed::TriggeredDownloads;
+use crate::p2p::triggered::TriggeredDownloads;
 use crate::p2p::upload::PeerService;
-use crate::p2p::{P2p, ParentClients, SchedulerPool};
+use crate::p2p::{P2p, ParentClients, SchedulerPool, Swarm};
 use crate::snapshot::remote::RemoteLayers;
 use crate::snapshot::service::SnapshotService;
 use crate::snapshot::Snapshotter;
@@ -43,24 +43,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 )
             })?;
         export_store_metrics(&metrics, store.clone());
-        let registry = RegistryClient::new(config.registry.clone())
+        let origins = Origins::new(config.registry.clone(), metrics.origins.clone())
             .context("invalid registry configuration")?;
-        let p2p = start_p2p(&config, &store, &metrics).await?;
-        download = Some(DownloadServer::new(DownloadService::new(
-            store.clone(),
-            p2p.clone(),
-            metrics.clone(),
-        )));
+        let swarm = start_swarm(&config, store, origins, &metrics).await?;
+        download = Some(DownloadServer::new(DownloadService::new(swarm.clone())));
         image = Some(ImageServer::new(ImageService::new(
-            store.clone(),
-            p2p.clone(),
-            metrics.clone(),
-            registry.clone(),
+            swarm.clone(),
             config.p2p.manager.clone(),
         )));
         Some(LayerManager::new(
-            registry,
-            store,
+            swarm,
             metrics.clone(),
             LayerSettings {
                 prefetch: config.prefetch.clone(),
@@ -68,7 +60,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 allow_unverified_toc: config.snapshot.allow_unverified_toc,
                 opaque_xattr: "trusted.overlay.opaque".into(),
             },
-            p2p,
         ))
     } else {
         None
@@ -95,11 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     if let Some(addr) = config.metrics.address {
         let m = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(addr, m).await {
-                tracing::error!(%addr, error = %e, "metrics endpoint failed; is the address in use? set metrics.address in the config");
-            }
-        });
+        dragonfly_runtime::metrics::spawn(addr, move || m.render());
     }
 
     let listener = bind_socket(&config.address)?;
@@ -111,7 +98,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )))
         .add_optional_service(download)
         .add_optional_service(image)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop_signal())
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener),
+            dragonfly_runtime::shutdown::signal_received(),
+        )
         .await
         .context("gRPC server failed")?;
     tracing::info!("stopped");
@@ -133,25 +123,17 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))
 }
 
-async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("can install a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("can install a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
-        _ = int.recv() => tracing::info!("SIGINT received, stopping"),
-    }
-}
-
-/// With schedulers configured: serves pieces to other peers, announces this host and keeps it
-/// alive, and returns the engine lazy layers fetch through.
-async fn start_p2p(
+/// The swarm every task is opened through; with schedulers (or a manager) configured, P2P
+/// too: serves pieces to other peers and takes triggered downloads, announces this host and
+/// keeps it alive.
+async fn start_swarm(
     config: &Config,
-    store: &PieceStore,
+    store: PieceStore,
+    origins: Origins,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<Option<Arc<P2p>>> {
+) -> anyhow::Result<Arc<Swarm>> {
     if config.p2p.schedulers.is_empty() && config.p2p.manager.is_empty() {
-        return Ok(None);
+        return Ok(Swarm::new(store, None, origins, metrics.clone()));
     }
     let listener = tokio::net::TcpListener::bind(config.p2p.listen)
         .await
@@ -175,13 +157,9 @@ async fn start_p2p(
         parents: Arc::new(ParentClients::default()),
         parallel: config.p2p.parallel_parents,
     });
+    let swarm = Swarm::new(store.clone(), Some(p2p), origins, metrics.clone());
     // Every peer takes triggered downloads: seeds for first downloads, all for preheat jobs.
-    let downloader = Some(TriggeredDownloads::new(
-        store.clone(),
-        config.registry.clone(),
-        p2p.clone(),
-        metrics.clone(),
-    ));
+    let downloader = Some(TriggeredDownloads::new(swarm.clone()));
     let service = PeerService::new(
         store.clone(),
         config.p2p.upload_slots,
@@ -193,7 +171,7 @@ async fn start_p2p(
     crate::p2p::piece_server::serve_peer_port(listener, Arc::new(service));
     if seed && !config.p2p.manager.is_empty() {
         let host = pool.host().clone();
-        let who = dragonfly_proto::registration::Registrant {
+        let who = dragonfly_runtime::registration::Registrant {
             source_type: dragonfly_proto::manager::SourceType::SeedPeer,
             ip: host.ip.clone(),
             port: u32::from(port),
@@ -206,7 +184,7 @@ async fn start_p2p(
             location: host.location,
             scheduler_cluster_id: config.p2p.scheduler_cluster_id,
         };
-        tokio::spawn(dragonfly_proto::registration::keep_registered(
+        tokio::spawn(dragonfly_runtime::registration::keep_registered(
             config.p2p.manager.clone(),
             who,
             move |mut c| {
@@ -216,7 +194,7 @@ async fn start_p2p(
         ));
     }
     tracing::info!(port, host = pool.host_id(), seed, schedulers = ?config.p2p.schedulers, "P2P enabled");
-    Ok(Some(p2p))
+    Ok(swarm)
 }
 
 /// Mirrors the piece store's counters into Prometheus at scrape time.

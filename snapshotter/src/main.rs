@@ -1,11 +1,10 @@
 //! `dragonfly-snapshotter`: the Dragonfly-rs peer daemon (containerd proxy snapshotter).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use dragonfly_snapshotter::config::{Config, LogFormat};
+use dragonfly_snapshotter::config::Config;
 
 /// containerd proxy snapshotter serving eStargz and zstd:chunked layers lazily.
 #[derive(Parser, Debug)]
@@ -47,29 +46,11 @@ fn main() -> anyhow::Result<()> {
     if args.seed_peer {
         config.p2p.seed_peer = true;
     }
-    init_tracing(&config)?;
+    dragonfly_runtime::log::init(&config.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("dragonfly-worker")
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(dragonfly_snapshotter::daemon::run(config))
-}
-
-fn init_tracing(config: &Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level).with_context(|| {
-        format!(
-            "invalid log.level {:?}: use a tracing filter such as `info`",
-            config.log.level
-        )
-    })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-    Ok(())
 }

@@ -3,9 +3,9 @@
 //! Counters that live in libraries (the piece store's byte counts) are read when scraped;
 //! everything else is recorded here by the module that does the work.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
+use dragonfly_task::origin::OriginMetrics;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -19,12 +19,8 @@ pub struct Metrics {
     registry: Registry,
     /// Snapshot API calls by operation and result code.
     pub snapshot_ops: IntCounterVec,
-    /// Bytes fetched from the registry (compressed blob bytes).
-    pub registry_fetch_bytes: IntCounter,
-    /// Registry range requests by result.
-    pub registry_fetches: IntCounterVec,
-    /// Latency of registry range requests.
-    pub registry_fetch_seconds: HistogramVec,
+    /// Origin requests (registry, http): count, bytes, latency.
+    pub origins: OriginMetrics,
     /// Bytes of blobs read from the local piece store instead of a source.
     pub cache_hit_bytes: IntGauge,
     /// Bytes of blobs fetched into the piece store from any source.
@@ -103,20 +99,7 @@ impl Metrics {
                 "Snapshot API calls by operation and result code.",
                 &["operation", "code"],
             ),
-            registry_fetch_bytes: counter(
-                "registry_fetch_bytes_total",
-                "Compressed blob bytes fetched from registries.",
-            ),
-            registry_fetches: counter_vec(
-                "registry_fetches_total",
-                "Registry range requests by result.",
-                &["result"],
-            ),
-            registry_fetch_seconds: histogram(
-                "registry_fetch_seconds",
-                "Latency of registry range requests.",
-                &["result"],
-            ),
+            origins: OriginMetrics::new(&registry),
             cache_hit_bytes: gauge(
                 "cache_hit_bytes",
                 "Blob bytes served from the local piece store without fetching.",
@@ -192,21 +175,6 @@ impl Metrics {
             .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
-}
-
-/// Serves `/metrics` on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    use axum::{routing::get, Router};
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let m = metrics.clone();
-            async move { m.render() }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving Prometheus metrics on /metrics");
-    axum::serve(listener, app).await
 }
 
 #[cfg(test)]

@@ -151,17 +151,6 @@ pub struct NewJob {
     pub clusters: Vec<i64>,
 }
 
-/// The platform of this machine, as OCI names it.
-pub fn host_platform() -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        other => other,
-    };
-    format!("linux/{arch}")
-}
-
 /// "90", 90, "90s", "30m", "2h" → seconds.
 fn parse_timeout(v: &Value) -> Result<u64, String> {
     match v {
@@ -276,7 +265,7 @@ pub fn check(req: CreateJob, default_timeout: Duration) -> Result<NewJob, ApiErr
         }
     };
     let platform = if raw.platform.is_empty() {
-        host_platform()
+        dragonfly_registry::default_platform()
     } else {
         raw.platform.clone()
     };

@@ -8,8 +8,9 @@
 //! to remember: with both, a node can pull the image while the registry is down.
 
 use dragonfly_registry::{
-    media_types, Credential, ImageDocument, Reference, RegistryClient, RegistryConfig,
+    media_types, Credential, ImageDocument, Reference, RegistryClient, RegistryConfig, Repository,
 };
+use dragonfly_task::{OciObject, TaskId, TaskRole, TaskUrl};
 
 use super::args::Secrets;
 
@@ -60,12 +61,35 @@ pub struct ResolvedImage {
 /// One blob of the image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageBlob {
-    /// `sha256:<hex>`.
-    pub digest: String,
+    /// Where it is (its digest is its task ID).
+    pub url: TaskUrl,
     /// Bytes.
     pub size: u64,
-    /// `oci://REGISTRY/REPO@DIGEST`, or `oci-manifest://…` for a manifest or index.
-    pub url: String,
+    /// Manifest (or index), config or layer.
+    pub role: TaskRole,
+}
+
+impl ImageBlob {
+    fn new(
+        repo: &Repository,
+        digest: &str,
+        size: u64,
+        role: TaskRole,
+        name: &str,
+    ) -> Result<ImageBlob, String> {
+        let object = OciObject::new(repo.clone(), digest)
+            .map_err(|e| format!("{name} has a blob with unsupported digest {digest:?}: {e}"))?;
+        let url = match role {
+            TaskRole::Manifest => TaskUrl::OciManifest(object),
+            _ => TaskUrl::OciBlob(object),
+        };
+        Ok(ImageBlob { url, size, role })
+    }
+
+    /// Its task ID (its digest).
+    pub fn id(&self) -> TaskId {
+        self.url.oci_id().expect("image blobs are OCI objects")
+    }
 }
 
 fn client(m: &ManifestUrl, secrets: &Secrets) -> Result<RegistryClient, String> {
@@ -84,7 +108,7 @@ fn client(m: &ManifestUrl, secrets: &Secrets) -> Result<RegistryClient, String> 
             password: secrets.password.clone(),
         })
     } else if let Some(h) = header {
-        Some(Credential::from_authorization(h)?)
+        Some(Credential::from_authorization(h).map_err(|e| e.to_string())?)
     } else {
         None
     };
@@ -113,8 +137,7 @@ pub async fn resolve(
         reference.tag = Some(m.reference.clone());
     }
     let name = format!("{}/{}:{}", m.registry, m.repository, m.reference);
-    let manifest_url =
-        |digest: &str| format!("oci-manifest://{}/{}@{digest}", m.registry, m.repository);
+    let repo = reference.repo();
     let mut tag = None;
     let mut manifests = Vec::new();
     // An index may point to a manifest; at most one more hop.
@@ -126,11 +149,13 @@ pub async fn resolve(
         if reference.digest.is_none() {
             tag = Some((manifest.digest.clone(), manifest.media_type.clone()));
         }
-        manifests.push(ImageBlob {
-            url: manifest_url(&manifest.digest),
-            digest: manifest.digest.clone(),
-            size: manifest.bytes.len() as u64,
-        });
+        manifests.push(ImageBlob::new(
+            &repo,
+            &manifest.digest,
+            manifest.bytes.len() as u64,
+            TaskRole::Manifest,
+            &name,
+        )?);
         let doc = ImageDocument::parse(&manifest.bytes)
             .map_err(|e| format!("the manifest of {name} is not valid JSON: {e}"))?;
         let is_index = manifest.media_type == media_types::OCI_INDEX
@@ -142,31 +167,16 @@ pub async fn resolve(
             reference.digest = Some(chosen.digest.clone());
             continue;
         }
-        let repo = format!("oci://{}/{}", m.registry, m.repository);
-        let blobs = doc
-            .config
-            .into_iter()
-            .chain(doc.layers)
-            .map(|d| ImageBlob {
-                url: format!("{repo}@{}", d.digest),
-                digest: d.digest,
-                size: d.size,
-            })
-            .collect::<Vec<_>>();
+        let config = doc.config.into_iter().map(|d| (d, TaskRole::Config));
+        let layers = doc.layers.into_iter().map(|d| (d, TaskRole::Layer));
+        let blobs = config
+            .chain(layers)
+            .map(|(d, role)| ImageBlob::new(&repo, &d.digest, d.size, role, &name))
+            .collect::<Result<Vec<_>, String>>()?;
         if blobs.is_empty() {
             return Err(format!("the manifest of {name} lists no config or layers"));
         }
         let blobs: Vec<ImageBlob> = manifests.drain(..).chain(blobs).collect();
-        if let Some(bad) = blobs.iter().find(|b| {
-            !b.digest
-                .strip_prefix("sha256:")
-                .is_some_and(|h| h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit()))
-        }) {
-            return Err(format!(
-                "{name} has a blob with unsupported digest {:?}",
-                bad.digest
-            ));
-        }
         return Ok(ResolvedImage { tag, blobs });
     }
     Err(format!(
@@ -246,10 +256,13 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(image.blobs.len(), 3, "manifest, config, layer");
-        assert!(image.blobs[0].url.starts_with("oci-manifest://"));
+        assert!(image.blobs[0]
+            .url
+            .to_string()
+            .starts_with("oci-manifest://"));
         assert_eq!(
-            image.tag.as_ref().map(|t| t.0.as_str()),
-            Some(image.blobs[0].digest.as_str())
+            image.tag.as_ref().map(|t| t.0.clone()),
+            Some(image.blobs[0].id().to_string())
         );
         let e = resolve(&m, "linux/amd64", &secrets("Bearer bad"))
             .await

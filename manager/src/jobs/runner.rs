@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use dragonfly_proto::scheduler as pb;
+use dragonfly_runtime::grpc::{endpoint, Timeouts};
+use dragonfly_task::{TaskId, TaskRole};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{Notify, Semaphore};
@@ -58,8 +60,8 @@ struct Progress {
 struct LiveTask {
     task_id: String,
     url: String,
-    /// `manifest`, `config`, `layer` or `file`.
-    role: &'static str,
+    /// Manifest, config, layer or file.
+    role: TaskRole,
     content_length: u64,
     /// `cluster/host` → (present bytes, content length).
     hosts: std::collections::BTreeMap<String, (u64, u64)>,
@@ -76,7 +78,7 @@ impl LiveTask {
         json!({
             "task_id": self.task_id,
             "url": self.url,
-            "role": self.role,
+            "role": self.role.as_str(),
             "content_length": self.content_length,
             "hosts": self.hosts.len(),
             "present_bytes": present,
@@ -250,7 +252,7 @@ impl Runner {
         &self,
         plan: &Preheat,
         secrets: &Secrets,
-    ) -> Result<(Vec<pb::Task>, Option<ImageTag>), String> {
+    ) -> Result<(Vec<(pb::Task, TaskRole)>, Option<ImageTag>), String> {
         let mut headers: std::collections::HashMap<String, String> = secrets
             .headers
             .iter()
@@ -282,13 +284,17 @@ impl Runner {
                 let tasks = image
                     .blobs
                     .into_iter()
-                    .map(|b| pb::Task {
-                        id: b.digest.clone(),
-                        content_length: b.size,
-                        piece_length,
-                        url: b.url,
-                        digest: b.digest,
-                        origin_headers: headers.clone(),
+                    .map(|b| {
+                        let id = b.id().to_string();
+                        let task = pb::Task {
+                            id: id.clone(),
+                            content_length: b.size,
+                            piece_length,
+                            url: b.url.to_string(),
+                            digest: id,
+                            origin_headers: headers.clone(),
+                        };
+                        (task, b.role)
                     })
                     .collect();
                 Ok((tasks, tag))
@@ -297,20 +303,22 @@ impl Runner {
                 plan.urls
                     .iter()
                     .map(|u| {
-                        let hex = dragonfly_proto::task_id::task_id(
+                        let id = TaskId::file(
                             u,
                             &plan.tag,
                             &plan.application,
                             &plan.filtered_query_params,
-                        )?;
-                        Ok(pb::Task {
-                            id: format!("task:{hex}"),
+                        )
+                        .map_err(|e| e.to_string())?;
+                        let task = pb::Task {
+                            id: id.to_string(),
                             content_length: 0,
                             piece_length,
                             url: u.clone(),
                             digest: String::new(),
                             origin_headers: headers.clone(),
-                        })
+                        };
+                        Ok((task, TaskRole::File))
                     })
                     .collect::<Result<Vec<_>, String>>()?,
                 None,
@@ -333,9 +341,10 @@ impl Runner {
                 return false;
             }
         };
-        let total: u64 = tasks.iter().map(|t| t.content_length).sum();
         let mut p = progress.lock().await;
         p.live = live_tasks(&tasks);
+        let tasks: Vec<pb::Task> = tasks.into_iter().map(|(t, _)| t).collect();
+        let total: u64 = tasks.iter().map(|t| t.content_length).sum();
         p.line(format!(
             "{} task(s) to preheat{}",
             tasks.len(),
@@ -443,16 +452,18 @@ impl Runner {
         }
         let mut last_error = String::new();
         for s in &schedulers {
-            let addr = format!("http://{}:{}", s.ip, s.port);
+            let addr = format!("{}:{}", s.ip, s.port);
             progress.lock().await.line(format!(
                 "cluster {name}: asking scheduler {}:{} ({:?})",
                 s.ip, s.port, scope
             ));
             let res = async {
-                let ch = tonic::transport::Endpoint::from_shared(addr.clone())
+                let timeouts = Timeouts {
+                    request: Duration::from_secs(timeout_secs + 10),
+                    ..Timeouts::CONTROL
+                };
+                let ch = endpoint(&addr, timeouts)
                     .map_err(|e| e.to_string())?
-                    .connect_timeout(Duration::from_secs(3))
-                    .timeout(Duration::from_secs(timeout_secs + 10))
                     .connect()
                     .await
                     .map_err(|e| format!("cannot connect to scheduler {addr}: {e}"))?;
@@ -537,32 +548,16 @@ impl Runner {
     }
 }
 
-/// The live progress entries of `tasks`: an image's are its manifest(s), then its config,
-/// then its layers (the order `image::resolve` gives); a file is a file.
-fn live_tasks(tasks: &[pb::Task]) -> Vec<LiveTask> {
-    let mut config_seen = false;
+/// The live progress entries of `tasks`, each with the role image resolution gave it.
+fn live_tasks(tasks: &[(pb::Task, TaskRole)]) -> Vec<LiveTask> {
     tasks
         .iter()
-        .map(|t| {
-            let role = if t.url.starts_with("oci-manifest://") {
-                "manifest"
-            } else if t.url.starts_with("oci://") {
-                if config_seen {
-                    "layer"
-                } else {
-                    config_seen = true;
-                    "config"
-                }
-            } else {
-                "file"
-            };
-            LiveTask {
-                task_id: t.id.clone(),
-                url: t.url.clone(),
-                role,
-                content_length: t.content_length,
-                hosts: Default::default(),
-            }
+        .map(|(t, role)| LiveTask {
+            task_id: t.id.clone(),
+            url: t.url.clone(),
+            role: *role,
+            content_length: t.content_length,
+            hosts: Default::default(),
         })
         .collect()
 }
@@ -573,19 +568,22 @@ mod tests {
 
     #[test]
     fn live_progress_sums_hosts_and_names_roles() {
-        let task = |id: &str, url: &str| pb::Task {
-            id: id.into(),
-            url: url.into(),
-            content_length: 10,
-            ..Default::default()
+        let task = |id: &str, url: &str, role| {
+            let t = pb::Task {
+                id: id.into(),
+                url: url.into(),
+                content_length: 10,
+                ..Default::default()
+            };
+            (t, role)
         };
         let mut p = Progress {
             log: String::new(),
             result: json!({"job_states": []}),
             live: live_tasks(&[
-                task("m", "oci-manifest://r/a@sha256:1"),
-                task("c", "oci://r/a@sha256:2"),
-                task("l", "oci://r/a@sha256:3"),
+                task("m", "oci-manifest://r/a@sha256:1", TaskRole::Manifest),
+                task("c", "oci://r/a@sha256:2", TaskRole::Config),
+                task("l", "oci://r/a@sha256:3", TaskRole::Layer),
             ]),
         };
         for (host, present) in [("h1", 4), ("h2", 10), ("h1", 6)] {

@@ -65,16 +65,6 @@ impl Db {
         .transpose()
     }
 
-    /// Replaces a user's password hash.
-    pub async fn set_password(&self, user_id: i64, password_hash: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
-            .bind(password_hash)
-            .bind(user_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// Stores a session token's hash for `user_id` until `expires_at`.
     pub async fn create_session(
         &self,

@@ -5,14 +5,12 @@
 use std::ffi::OsStr;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use dragonfly_estargz::{decode_chunk, IndexOptions, LayerFormat, LayerIndex};
-use dragonfly_storage::{PieceStore, RangeSource, SourceError, StoreConfig};
-use futures::future::{BoxFuture, FutureExt};
+use dragonfly_storage::testing::MemSource;
+use dragonfly_storage::{PieceStore, StoreConfig};
 use sha2::{Digest, Sha256};
 
 use super::mount::{mount, MountedLayerFs};
@@ -20,22 +18,9 @@ use super::{ChunkCache, ChunkReader, LayerFs};
 use crate::layer::toc::load_index;
 use crate::metrics::Metrics;
 
-struct BytesSource {
-    data: Bytes,
-    requests: Arc<AtomicUsize>,
-}
-
-impl RangeSource for BytesSource {
-    fn fetch(&self, range: std::ops::Range<u64>) -> BoxFuture<'static, Result<Bytes, SourceError>> {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        let data = self.data.slice(range.start as usize..range.end as usize);
-        async move { Ok(data) }.boxed()
-    }
-}
-
 fn testdata(name: &str) -> Vec<u8> {
     std::fs::read(format!(
-        "{}/estargz/testdata/{name}",
+        "{}/../crates/estargz/testdata/{name}",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap()
@@ -52,7 +37,7 @@ struct Mounted {
     index: Arc<LayerIndex>,
     format: LayerFormat,
     blob: Vec<u8>,
-    requests: Arc<AtomicUsize>,
+    source: Arc<MemSource>,
 }
 
 impl Drop for Mounted {
@@ -80,13 +65,9 @@ async fn mount_blob(blob: Vec<u8>, digest: &str, toc_digest: &str) -> Mounted {
     let store = PieceStore::open(&dir.path().join("cache"), config)
         .await
         .unwrap();
-    let requests = Arc::new(AtomicUsize::new(0));
-    let source = BytesSource {
-        data: Bytes::from(blob.clone()),
-        requests: requests.clone(),
-    };
+    let source = MemSource::new(blob.clone());
     let b = store
-        .blob(digest, blob.len() as u64, Arc::new(source))
+        .blob(digest, blob.len() as u64, Arc::new(source.clone()))
         .unwrap();
     let (index, format) = load_index(&b, Some(toc_digest.to_owned()), IndexOptions::default())
         .await
@@ -116,7 +97,7 @@ async fn mount_blob(blob: Vec<u8>, digest: &str, toc_digest: &str) -> Mounted {
         index,
         format,
         blob,
-        requests,
+        source,
     }
 }
 
@@ -175,7 +156,7 @@ async fn real_layers_read_back_through_the_kernel() {
         let blob = testdata(file);
         assert_eq!(sha256(&blob), digest);
         let m = mount_blob(blob, digest, toc).await;
-        let requests_after_mount = m.requests.load(Ordering::SeqCst);
+        let requests_after_mount = m.source.requests().len();
         let mp = m.mp.clone();
         let want_hello = expected(&m, "etc/hello.txt");
         let want_big = expected(&m, "data/big.txt");
@@ -259,7 +240,7 @@ async fn real_layers_read_back_through_the_kernel() {
         .unwrap();
         if m.blob.len() > 4 * 64 * 1024 {
             assert!(
-                m.requests.load(Ordering::SeqCst) > requests_after_mount,
+                m.source.requests().len() > requests_after_mount,
                 "{file}: file data must have been fetched lazily after the mount"
             );
         }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use dragonfly_registry::Reference;
 
-use crate::snapshot::SnapshotError;
+use super::error::LayerError;
 
 /// `ctr-remote`'s image reference label.
 pub const STARGZ_REFERENCE: &str = "containerd.io/snapshot/remote/stargz.reference";
@@ -53,39 +53,40 @@ impl LayerLabels {
     }
 
     /// Parses the labels; errors name the label that is wrong.
-    pub fn parse(labels: &BTreeMap<String, String>) -> Result<LayerLabels, SnapshotError> {
+    pub fn parse(labels: &BTreeMap<String, String>) -> Result<LayerLabels, LayerError> {
         let get = |k: &str| labels.get(k).filter(|v| !v.is_empty());
         let (reference, digest) = match (get(STARGZ_REFERENCE), get(STARGZ_DIGEST)) {
             (Some(r), Some(d)) => (r, d),
             _ => match (get(CRI_IMAGE_REF), get(CRI_LAYER_DIGEST)) {
                 (Some(r), Some(d)) => (r, d),
                 _ => {
-                    return Err(SnapshotError::InvalidArgument(format!(
+                    return Err(LayerError::BadLabel(format!(
                         "no image reference and layer digest labels ({STARGZ_REFERENCE} or {CRI_IMAGE_REF})"
                     )))
                 }
             },
         };
-        let image: Reference = reference.parse().map_err(|e| {
-            SnapshotError::InvalidArgument(format!("bad image reference {reference:?}: {e}"))
-        })?;
+        let image: Reference = reference
+            .parse()
+            .map_err(|e| LayerError::BadLabel(format!("bad image reference {reference:?}: {e}")))?;
         if !is_sha256_digest(digest) {
-            return Err(SnapshotError::InvalidArgument(format!(
+            return Err(LayerError::BadLabel(format!(
                 "bad layer digest {digest:?}: expected sha256:<64 hex digits>"
             )));
         }
         let toc_digest = get(TOC_DIGEST).cloned();
         if let Some(t) = &toc_digest {
             if !is_sha256_digest(t) {
-                return Err(SnapshotError::InvalidArgument(format!(
+                return Err(LayerError::BadLabel(format!(
                     "bad {TOC_DIGEST} label {t:?}: expected sha256:<64 hex digits>"
                 )));
             }
         }
         let blob_size = match get(BLOB_SIZE) {
-            Some(s) => Some(s.parse().map_err(|_| {
-                SnapshotError::InvalidArgument(format!("bad {BLOB_SIZE} label {s:?}"))
-            })?),
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|_| LayerError::BadLabel(format!("bad {BLOB_SIZE} label {s:?}")))?,
+            ),
             None => None,
         };
         Ok(LayerLabels {
@@ -98,13 +99,9 @@ impl LayerLabels {
     }
 }
 
-/// `sha256:` followed by 64 lower-case hex digits.
-pub fn is_sha256_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+/// `sha256:` followed by 64 lower-case hex digits (what names a task).
+fn is_sha256_digest(s: &str) -> bool {
+    dragonfly_task::TaskId::oci(s).is_ok()
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dragonfly_estargz::{IndexOptions, LayerIndex, Prefetch};
-use dragonfly_registry::RegistryClient;
-use dragonfly_storage::{Blob, PieceStore, PinGuard, Priority};
+use dragonfly_storage::{Blob, PinGuard, Priority};
+use dragonfly_task::OciObject;
 use futures::future::{BoxFuture, FutureExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -27,10 +27,11 @@ use crate::config::{FuseConfig, PrefetchConfig};
 use crate::fs::mount::{mount, MountedLayerFs};
 use crate::fs::{ChunkCache, ChunkReader, LayerFs};
 use crate::metrics::Metrics;
-use crate::p2p::oci::{self, OciKind, OciObject};
-use crate::p2p::P2p;
+use crate::p2p::{Swarm, TaskSpec};
 use crate::snapshot::remote::{RemoteLayers, LABEL_REMOTE, UNPACKED_VALUE};
 use crate::snapshot::SnapshotError;
+
+use super::error::LayerError;
 
 /// Settings of the layer manager.
 #[derive(Debug, Clone)]
@@ -54,58 +55,42 @@ struct Mounted {
 
 /// Mounts and tracks lazy layers; the [`RemoteLayers`] of the snapshotter.
 pub struct LayerManager {
-    registry: RegistryClient,
-    store: PieceStore,
+    swarm: Arc<Swarm>,
     chunk_cache: Arc<ChunkCache>,
     metrics: Arc<Metrics>,
     settings: LayerSettings,
     runtime: tokio::runtime::Handle,
     layers: Mutex<HashMap<u64, Mounted>>,
-    p2p: Option<Arc<P2p>>,
-}
-
-fn unavailable(what: impl std::fmt::Display) -> SnapshotError {
-    SnapshotError::Unavailable(what.to_string())
 }
 
 impl LayerManager {
-    /// A manager fetching through `store` with `registry` as the origin.
+    /// A manager opening layer blobs through `swarm`.
     pub fn new(
-        registry: RegistryClient,
-        store: PieceStore,
+        swarm: Arc<Swarm>,
         metrics: Arc<Metrics>,
         settings: LayerSettings,
-        p2p: Option<Arc<P2p>>,
     ) -> Arc<LayerManager> {
         Arc::new(LayerManager {
             chunk_cache: ChunkCache::new(settings.fuse.chunk_cache_entries),
-            registry,
-            store,
+            swarm,
             metrics,
             settings,
             runtime: tokio::runtime::Handle::current(),
             layers: Mutex::new(HashMap::new()),
-            p2p,
         })
     }
 
-    async fn open_blob(&self, l: &LayerLabels) -> Result<Blob, SnapshotError> {
-        let object = OciObject {
-            kind: OciKind::Blob,
-            repo: l.image.repo(),
-            digest: l.digest.clone(),
-        };
-        oci::open(
-            &self.store,
-            self.p2p.as_ref(),
-            &self.metrics,
-            &self.registry,
-            &object,
-            l.blob_size,
-            0,
-        )
-        .await
-        .map_err(|e| unavailable(format!("cannot open layer {}: {e}", l.digest)))
+    async fn open_blob(&self, l: &LayerLabels) -> Result<Blob, LayerError> {
+        let object = OciObject::new(l.image.repo(), &l.digest)
+            .map_err(|e| LayerError::BadLabel(format!("layer {}: {e}", l.digest)))?;
+        let spec = TaskSpec::blob(object, l.blob_size);
+        self.swarm
+            .open(spec)
+            .await
+            .map_err(|source| LayerError::Open {
+                digest: l.digest.clone(),
+                source: Box::new(source),
+            })
     }
 
     /// The layer's index, or `None` for an ordinary layer (no TOC footer).
@@ -113,7 +98,7 @@ impl LayerManager {
         &self,
         l: &LayerLabels,
         blob: &Blob,
-    ) -> Result<Option<(Arc<LayerIndex>, dragonfly_estargz::LayerFormat)>, SnapshotError> {
+    ) -> Result<Option<(Arc<LayerIndex>, dragonfly_estargz::LayerFormat)>, LayerError> {
         let opts = IndexOptions {
             opaque_xattr: self.settings.opaque_xattr.clone(),
             ..IndexOptions::default()
@@ -127,7 +112,7 @@ impl LayerManager {
         id: u64,
         mountpoint: &Path,
         labels: &BTreeMap<String, String>,
-    ) -> Result<BTreeMap<String, String>, SnapshotError> {
+    ) -> Result<BTreeMap<String, String>, LayerError> {
         let l = LayerLabels::parse(labels)?;
         let blob = self.open_blob(&l).await?;
         let verifiable =
@@ -160,15 +145,13 @@ impl LayerManager {
         let threads = self.settings.fuse.threads;
         let mounted = tokio::task::spawn_blocking(move || mount(fs, &mp, threads))
             .await
-            .map_err(|e| SnapshotError::Io(format!("mount task failed: {e}")))?
-            .map_err(|e| {
-                SnapshotError::io(
-                    format!(
-                        "cannot mount FUSE on {} (is /dev/fuse available?)",
-                        mountpoint.display()
-                    ),
-                    e,
-                )
+            .map_err(|source| LayerError::Task {
+                what: "mount",
+                source,
+            })?
+            .map_err(|source| LayerError::Mount {
+                mountpoint: mountpoint.display().to_string(),
+                source,
             })?;
         let (tx, rx) = watch::channel(false);
         let tasks = vec![self.spawn_fetchers(&l.digest, blob.clone(), &index, tx)];
@@ -196,14 +179,17 @@ impl LayerManager {
         l: &LayerLabels,
         blob: Blob,
         mountpoint: &Path,
-    ) -> Result<BTreeMap<String, String>, SnapshotError> {
+    ) -> Result<BTreeMap<String, String>, LayerError> {
         let started = Instant::now();
         let _pin = blob.pin();
         let reader = blob.read_in_order(Priority::OnDemand);
         let (mp, opaque) = (mountpoint.to_owned(), self.settings.opaque_xattr.clone());
         let unpacked = tokio::task::spawn_blocking(move || unpack(reader, &mp, &opaque))
             .await
-            .map_err(|e| SnapshotError::Io(format!("unpack task failed: {e}")));
+            .map_err(|source| LayerError::Task {
+                what: "unpack",
+                source,
+            });
         // Whatever the unpacker left unread is fetched here; then the digest is checked.
         let verified = blob.fetch_all(Priority::OnDemand).await;
         let clear = || {
@@ -218,19 +204,19 @@ impl LayerManager {
         };
         if let Err(e) = verified {
             clear().await;
-            return Err(unavailable(format!(
-                "cannot download layer {}: {e}",
-                l.digest
-            )));
+            return Err(LayerError::Download {
+                digest: l.digest.clone(),
+                source: e,
+            });
         }
         let entries = match unpacked {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => {
                 clear().await;
-                return Err(SnapshotError::InvalidArgument(format!(
-                    "cannot unpack layer {}: {e}",
-                    l.digest
-                )));
+                return Err(LayerError::Unpack {
+                    digest: l.digest.clone(),
+                    source: e,
+                });
             }
             Err(e) => {
                 clear().await;
@@ -321,7 +307,10 @@ impl RemoteLayers for LayerManager {
     ) -> BoxFuture<'a, Result<BTreeMap<String, String>, SnapshotError>> {
         async move {
             let started = Instant::now();
-            let res = self.mount_layer(id, mountpoint, labels).await;
+            let res = self
+                .mount_layer(id, mountpoint, labels)
+                .await
+                .map_err(SnapshotError::from);
             let result = if res.is_ok() { "ok" } else { "error" };
             self.metrics
                 .mount_seconds
@@ -338,11 +327,7 @@ impl RemoteLayers for LayerManager {
                 let layers = self.layers.lock().expect("not poisoned");
                 match layers.get(&id) {
                     Some(m) => m.prefetched.clone(),
-                    None => {
-                        return Err(unavailable(format!(
-                            "lazy layer of snapshot id {id} is not mounted (its re-mount after a restart failed; see the daemon log)"
-                        )))
-                    }
+                    None => return Err(LayerError::NotMounted(id).into()),
                 }
             };
             let wait = Duration::from_secs(self.settings.prefetch.wait_timeout_secs);
@@ -367,7 +352,10 @@ impl RemoteLayers for LayerManager {
                 if let Some(fs) = m.fs.take() {
                     tokio::task::spawn_blocking(move || fs.unmount())
                         .await
-                        .map_err(|e| SnapshotError::Io(format!("unmount task failed: {e}")))?;
+                        .map_err(|source| LayerError::Task {
+                            what: "unmount",
+                            source,
+                        })?;
                 }
                 self.metrics.lazy_layers.dec();
             }

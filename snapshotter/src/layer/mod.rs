@@ -1,10 +1,11 @@
-//! Lazy layers: which Prepare labels describe one, where its bytes come from, and the manager
-//! that mounts it and drives its prefetch and background fetch.
+//! Lazy layers: which Prepare labels describe one, the manager that mounts it (through the
+//! swarm) and drives its prefetch and background fetch, and the unpacker of ordinary layers.
 
+pub mod error;
 pub mod labels;
 pub mod manager;
-pub mod source;
 pub mod toc;
 pub mod unpack;
 
+pub use error::LayerError;
 pub use manager::{LayerManager, LayerSettings};

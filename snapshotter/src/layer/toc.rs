@@ -8,11 +8,7 @@ use dragonfly_estargz::{
 };
 use dragonfly_storage::{Blob, Priority};
 
-use crate::snapshot::SnapshotError;
-
-fn unavailable(what: String) -> SnapshotError {
-    SnapshotError::Unavailable(what)
-}
+use super::error::LayerError;
 
 /// Builds the index of `blob`, or `None` when the blob has no eStargz/zstd:chunked footer (an
 /// ordinary layer). With `expected_toc` the TOC must hash to it; `None` accepts an unverified
@@ -21,14 +17,18 @@ pub async fn load_index(
     blob: &Blob,
     expected_toc: Option<String>,
     opts: IndexOptions,
-) -> Result<Option<(LayerIndex, LayerFormat)>, SnapshotError> {
+) -> Result<Option<(LayerIndex, LayerFormat)>, LayerError> {
     let digest = blob.digest().to_owned();
     let size = blob.size();
     let tail_len = FOOTER_READ_SIZE.min(size);
     let tail = blob
         .read(size - tail_len..size, Priority::OnDemand)
         .await
-        .map_err(|e| unavailable(format!("cannot read the footer of layer {digest}: {e}")))?;
+        .map_err(|source| LayerError::Read {
+            part: "footer",
+            digest: digest.clone(),
+            source,
+        })?;
     let Ok(loc) = locate_toc(size, &tail) else {
         return Ok(None);
     };
@@ -38,20 +38,30 @@ pub async fn load_index(
             Priority::OnDemand,
         )
         .await
-        .map_err(|e| unavailable(format!("cannot read the TOC of layer {digest}: {e}")))?;
+        .map_err(|source| LayerError::Read {
+            part: "TOC",
+            digest: digest.clone(),
+            source,
+        })?;
     let format = loc.format;
     tokio::task::spawn_blocking(move || {
-        let decoded = decode_toc(&loc, &toc_bytes, &Limits::default())
-            .map_err(|e| format!("bad TOC in layer {digest}: {e}"))?;
+        let bad = |source| LayerError::BadToc {
+            digest: digest.clone(),
+            source,
+        };
+        let decoded = decode_toc(&loc, &toc_bytes, &Limits::default()).map_err(bad)?;
         if let Some(expected) = &expected_toc {
-            verify_toc_digest(&decoded, expected)
-                .map_err(|e| format!("TOC of layer {digest} failed verification: {e}"))?;
+            verify_toc_digest(&decoded, expected).map_err(|source| LayerError::TocMismatch {
+                digest: digest.clone(),
+                source,
+            })?;
         }
-        LayerIndex::build(&decoded.toc, loc.toc_offset, &opts)
-            .map_err(|e| format!("bad TOC in layer {digest}: {e}"))
+        LayerIndex::build(&decoded.toc, loc.toc_offset, &opts).map_err(bad)
     })
     .await
-    .map_err(|e| SnapshotError::Io(format!("TOC task failed: {e}")))?
-    .map_err(SnapshotError::InvalidArgument)
+    .map_err(|source| LayerError::Task {
+        what: "TOC",
+        source,
+    })?
     .map(|index| Some((index, format)))
 }

@@ -18,12 +18,26 @@ use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{mkfifo, Gid, Uid};
 
-/// Why a layer could not be unpacked.
+/// Why a layer could not be unpacked; each names the tar entry when there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     /// The archive is malformed or truncated.
-    #[error("corrupt layer archive: {0}")]
-    Corrupt(String),
+    #[error("corrupt layer archive{}: {source}", entry_of(.entry))]
+    Corrupt {
+        /// The entry being read, if the archive got that far.
+        entry: Option<String>,
+        /// The decoder's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An entry is not usable as it stands.
+    #[error("corrupt layer archive: entry {entry:?}: {reason}")]
+    BadEntry {
+        /// The entry.
+        entry: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// An entry would escape the snapshot directory.
     #[error("layer entry {0:?} escapes the layer root (refused)")]
     Escapes(String),
@@ -33,8 +47,23 @@ pub enum UnpackError {
         /// The entry.
         path: String,
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
+}
+
+fn entry_of(entry: &Option<String>) -> String {
+    entry
+        .as_ref()
+        .map(|e| format!(" at entry {e:?}"))
+        .unwrap_or_default()
+}
+
+fn corrupt(entry: Option<&Path>) -> impl FnOnce(std::io::Error) -> UnpackError + '_ {
+    move |source| UnpackError::Corrupt {
+        entry: entry.map(|p| p.display().to_string()),
+        source,
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> UnpackError + '_ {
@@ -55,15 +84,12 @@ fn nix_io(path: &Path) -> impl FnOnce(nix::Error) -> UnpackError + '_ {
 fn decompress<'a, R: std::io::BufRead + 'a>(
     mut blob: R,
 ) -> Result<Box<dyn Read + 'a>, UnpackError> {
-    let head = blob
-        .fill_buf()
-        .map_err(|e| UnpackError::Corrupt(e.to_string()))?;
+    let head = blob.fill_buf().map_err(corrupt(None))?;
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::bufread::MultiGzDecoder::new(blob)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Ok(Box::new(
-            zstd::stream::read::Decoder::with_buffer(blob)
-                .map_err(|e| UnpackError::Corrupt(e.to_string()))?,
+            zstd::stream::read::Decoder::with_buffer(blob).map_err(corrupt(None))?,
         ))
     } else {
         Ok(Box::new(blob))
@@ -118,9 +144,12 @@ fn clear(p: &Path, keep_dir: bool) -> Result<(), UnpackError> {
 }
 
 fn set_xattr(p: &Path, name: &str, value: &[u8]) -> Result<(), UnpackError> {
-    let cp = CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| UnpackError::Corrupt("NUL in path".into()))?;
-    let cn = CString::new(name).map_err(|_| UnpackError::Corrupt("NUL in xattr name".into()))?;
+    let bad = |reason| UnpackError::BadEntry {
+        entry: p.display().to_string(),
+        reason,
+    };
+    let cp = CString::new(p.as_os_str().as_bytes()).map_err(|_| bad("NUL in its path"))?;
+    let cn = CString::new(name).map_err(|_| bad("NUL in an xattr name"))?;
     // SAFETY: valid C strings and a buffer of the length passed.
     let r = unsafe {
         libc::lsetxattr(
@@ -140,6 +169,7 @@ fn set_xattr(p: &Path, name: &str, value: &[u8]) -> Result<(), UnpackError> {
     Ok(())
 }
 
+#[derive(Clone)]
 struct Attrs {
     mode: u32,
     uid: u32,
@@ -172,136 +202,179 @@ fn apply_attrs(p: &Path, a: &Attrs, symlink: bool) -> Result<(), UnpackError> {
     .map_err(nix_io(p))
 }
 
+/// What an entry says about itself, read before its data.
+struct Entry {
+    rel: PathBuf,
+    kind: tar::EntryType,
+    header: tar::Header,
+    attrs: Attrs,
+    xattrs: Vec<(String, Vec<u8>)>,
+    link: Option<PathBuf>,
+}
+
+/// The entry's cleaned path, kind, attributes, xattrs (not `trusted.*`) and link target.
+fn read_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Entry, UnpackError> {
+    let raw = entry.path().map_err(corrupt(None))?.into_owned();
+    let rel = clean(&raw)?;
+    let header = entry.header().clone();
+    let attrs = Attrs {
+        mode: header.mode().map_err(corrupt(Some(&rel)))?,
+        // Empty numeric fields read as 0, as Go's archive/tar does.
+        uid: header.uid().unwrap_or(0) as u32,
+        gid: header.gid().unwrap_or(0) as u32,
+        mtime: header.mtime().unwrap_or(0) as i64,
+    };
+    let xattrs = match entry.pax_extensions() {
+        Ok(Some(exts)) => exts
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let k = e.key().ok()?.strip_prefix("SCHILY.xattr.")?.to_owned();
+                (!k.starts_with("trusted.")).then(|| (k, e.value_bytes().to_vec()))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let link = entry
+        .link_name()
+        .map_err(corrupt(Some(&rel)))?
+        .map(|l| l.into_owned());
+    Ok(Entry {
+        rel,
+        kind: header.entry_type(),
+        header,
+        attrs,
+        xattrs,
+        link,
+    })
+}
+
+/// Applies `.wh..wh..opq` (opaque directory) and `.wh.NAME` (deleted file); false if the
+/// entry is not a whiteout.
+fn whiteout(root: &Path, rel: &Path, opaque_xattr: &str) -> Result<bool, UnpackError> {
+    let name = rel.file_name().unwrap_or_default().as_bytes();
+    let dir_of = rel
+        .parent()
+        .map(|p| root.join(p))
+        .unwrap_or_else(|| root.to_path_buf());
+    if name == b".wh..wh..opq" {
+        set_xattr(&dir_of, opaque_xattr, b"y")?;
+        return Ok(true);
+    }
+    let Some(hidden) = name.strip_prefix(b".wh.") else {
+        return Ok(false);
+    };
+    let target = dir_of.join(OsStr::from_bytes(hidden));
+    clear(&target, false)?;
+    mknod(&target, SFlag::S_IFCHR, Mode::empty(), 0).map_err(nix_io(&target))?;
+    Ok(true)
+}
+
+/// The entry's link target, which it must have.
+fn link_target<'a>(e: &'a Entry, what: &'static str) -> Result<&'a Path, UnpackError> {
+    e.link.as_deref().ok_or_else(|| UnpackError::BadEntry {
+        entry: e.rel.display().to_string(),
+        reason: what,
+    })
+}
+
+/// A hardlink to an earlier entry of this layer (never a directory, never outside).
+fn hard_link(root: &Path, dest: &Path, e: &Entry) -> Result<(), UnpackError> {
+    let target = clean(link_target(e, "a hardlink without a target")?)?;
+    let src = root.join(&target);
+    match std::fs::symlink_metadata(&src) {
+        Ok(m) if !m.is_dir() => {}
+        _ => {
+            return Err(UnpackError::Escapes(format!(
+                "{} (hardlink to {} outside this layer)",
+                e.rel.display(),
+                target.display()
+            )))
+        }
+    }
+    clear(dest, false)?;
+    std::fs::hard_link(&src, dest).map_err(io(dest))
+}
+
+/// A character or block device, or a fifo.
+fn special(dest: &Path, e: &Entry) -> Result<(), UnpackError> {
+    clear(dest, false)?;
+    let perms = Mode::from_bits_truncate(e.attrs.mode & 0o777);
+    if e.kind == tar::EntryType::Fifo {
+        mkfifo(dest, perms).map_err(nix_io(dest))?;
+    } else {
+        let major = e.header.device_major().ok().flatten().unwrap_or(0);
+        let minor = e.header.device_minor().ok().flatten().unwrap_or(0);
+        let t = if e.kind == tar::EntryType::Char {
+            SFlag::S_IFCHR
+        } else {
+            SFlag::S_IFBLK
+        };
+        let dev = nix::sys::stat::makedev(u64::from(major), u64::from(minor));
+        mknod(dest, t, perms, dev).map_err(nix_io(dest))?;
+    }
+    apply_attrs(dest, &e.attrs, false)
+}
+
+/// Writes one (non-whiteout) entry at `dest`; false if its kind is skipped.
+fn write_entry<R: Read>(
+    root: &Path,
+    dest: &Path,
+    e: &Entry,
+    data: &mut tar::Entry<'_, R>,
+    dirs: &mut Vec<(PathBuf, Attrs)>,
+) -> Result<bool, UnpackError> {
+    match e.kind {
+        tar::EntryType::Directory => {
+            clear(dest, true)?;
+            if !dest.exists() {
+                std::fs::create_dir(dest).map_err(io(dest))?;
+            }
+            dirs.push((dest.to_owned(), e.attrs.clone()));
+        }
+        tar::EntryType::Regular | tar::EntryType::Continuous => {
+            clear(dest, false)?;
+            let mut f = std::fs::File::create(dest).map_err(io(dest))?;
+            std::io::copy(data, &mut f).map_err(corrupt(Some(&e.rel)))?;
+            apply_attrs(dest, &e.attrs, false)?;
+        }
+        tar::EntryType::Symlink => {
+            let target = link_target(e, "a symlink without a target")?;
+            clear(dest, false)?;
+            symlink(target, dest).map_err(io(dest))?;
+            apply_attrs(dest, &e.attrs, true)?;
+        }
+        tar::EntryType::Link => hard_link(root, dest, e)?,
+        tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => special(dest, e)?,
+        // PAX/GNU headers are consumed by the tar crate; anything else is skipped like
+        // containerd does.
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 /// Unpacks `blob` (a gzip, zstd or plain layer tar) into `root`, which must exist and be
 /// empty. Blocking; run it off the async workers.
 pub fn unpack(blob: impl Read, root: &Path, opaque_xattr: &str) -> Result<u64, UnpackError> {
     let mut archive = tar::Archive::new(decompress(BufReader::with_capacity(1 << 20, blob))?);
     let mut dirs: Vec<(PathBuf, Attrs)> = Vec::new();
     let mut entries_done = 0u64;
-    let entries = archive
-        .entries()
-        .map_err(|e| UnpackError::Corrupt(e.to_string()))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| UnpackError::Corrupt(e.to_string()))?;
-        let raw = entry
-            .path()
-            .map_err(|e| UnpackError::Corrupt(e.to_string()))?
-            .into_owned();
-        let rel = clean(&raw)?;
-        if rel.as_os_str().is_empty() {
+    for entry in archive.entries().map_err(corrupt(None))? {
+        let mut entry = entry.map_err(corrupt(None))?;
+        let e = read_entry(&mut entry)?;
+        if e.rel.as_os_str().is_empty() {
             continue;
         }
-        parents(root, &rel)?;
-        let name = rel.file_name().unwrap_or_default().as_bytes().to_vec();
-        let dir_of = rel
-            .parent()
-            .map(|p| root.join(p))
-            .unwrap_or_else(|| root.to_path_buf());
-        // Whiteouts.
-        if name == b".wh..wh..opq" {
-            set_xattr(&dir_of, opaque_xattr, b"y")?;
+        parents(root, &e.rel)?;
+        if whiteout(root, &e.rel, opaque_xattr)? {
             continue;
         }
-        if let Some(hidden) = name.strip_prefix(b".wh.") {
-            let target = dir_of.join(OsStr::from_bytes(hidden));
-            clear(&target, false)?;
-            mknod(&target, SFlag::S_IFCHR, Mode::empty(), 0).map_err(nix_io(&target))?;
+        let dest = root.join(&e.rel);
+        if !write_entry(root, &dest, &e, &mut entry, &mut dirs)? {
             continue;
         }
-        let dest = root.join(&rel);
-        let h = entry.header().clone();
-        let attrs = Attrs {
-            mode: h.mode().map_err(|e| UnpackError::Corrupt(e.to_string()))?,
-            // Empty numeric fields read as 0, as Go's archive/tar does.
-            uid: h.uid().unwrap_or(0) as u32,
-            gid: h.gid().unwrap_or(0) as u32,
-            mtime: h.mtime().unwrap_or(0) as i64,
-        };
-        let kind = h.entry_type();
-        let xattrs: Vec<(String, Vec<u8>)> = match entry.pax_extensions() {
-            Ok(Some(exts)) => exts
-                .filter_map(Result::ok)
-                .filter_map(|e| {
-                    let k = e.key().ok()?.strip_prefix("SCHILY.xattr.")?.to_owned();
-                    (!k.starts_with("trusted.")).then(|| (k, e.value_bytes().to_vec()))
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        match kind {
-            tar::EntryType::Directory => {
-                clear(&dest, true)?;
-                if !dest.exists() {
-                    std::fs::create_dir(&dest).map_err(io(&dest))?;
-                }
-                dirs.push((dest.clone(), attrs));
-            }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                clear(&dest, false)?;
-                let mut f = std::fs::File::create(&dest).map_err(io(&dest))?;
-                std::io::copy(&mut entry, &mut f)
-                    .map_err(|e| UnpackError::Corrupt(format!("{}: {e}", rel.display())))?;
-                apply_attrs(&dest, &attrs, false)?;
-            }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| UnpackError::Corrupt(e.to_string()))?
-                    .ok_or_else(|| {
-                        UnpackError::Corrupt(format!("symlink {} has no target", rel.display()))
-                    })?;
-                clear(&dest, false)?;
-                symlink(&target, &dest).map_err(io(&dest))?;
-                apply_attrs(&dest, &attrs, true)?;
-            }
-            tar::EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| UnpackError::Corrupt(e.to_string()))?
-                    .ok_or_else(|| {
-                        UnpackError::Corrupt(format!("hardlink {} has no target", rel.display()))
-                    })?;
-                let target = clean(&target)?;
-                let src = root.join(&target);
-                match std::fs::symlink_metadata(&src) {
-                    Ok(m) if !m.is_dir() => {}
-                    _ => {
-                        return Err(UnpackError::Escapes(format!(
-                            "{} (hardlink to {} outside this layer)",
-                            rel.display(),
-                            target.display()
-                        )))
-                    }
-                }
-                clear(&dest, false)?;
-                std::fs::hard_link(&src, &dest).map_err(io(&dest))?;
-            }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                clear(&dest, false)?;
-                if kind == tar::EntryType::Fifo {
-                    mkfifo(&dest, Mode::from_bits_truncate(attrs.mode & 0o777))
-                        .map_err(nix_io(&dest))?;
-                } else {
-                    let major = h.device_major().ok().flatten().unwrap_or(0);
-                    let minor = h.device_minor().ok().flatten().unwrap_or(0);
-                    let t = if kind == tar::EntryType::Char {
-                        SFlag::S_IFCHR
-                    } else {
-                        SFlag::S_IFBLK
-                    };
-                    let dev = nix::sys::stat::makedev(u64::from(major), u64::from(minor));
-                    mknod(&dest, t, Mode::from_bits_truncate(attrs.mode & 0o777), dev)
-                        .map_err(nix_io(&dest))?;
-                }
-                apply_attrs(&dest, &attrs, false)?;
-            }
-            // PAX/GNU headers are consumed by the tar crate; anything else is skipped like
-            // containerd does.
-            _ => continue,
-        }
-        for (k, v) in &xattrs {
-            if let Err(e) = set_xattr(&dest, k, v) {
-                tracing::warn!(error = %e, "ignored an xattr the filesystem refuses");
+        for (k, v) in &e.xattrs {
+            if let Err(err) = set_xattr(&dest, k, v) {
+                tracing::warn!(error = %err, "ignored an xattr the filesystem refuses");
             }
         }
         entries_done += 1;

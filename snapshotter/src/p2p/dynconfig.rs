@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use dragonfly_proto::manager as pb;
 use dragonfly_proto::manager::manager_client::ManagerClient;
+use dragonfly_runtime::grpc::{endpoint, Timeouts};
 
 use super::SchedulerPool;
 
 async fn ask(manager: &str, pool: &SchedulerPool) -> Result<Vec<String>, String> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{manager}"))
+    let ch = endpoint(manager, Timeouts::CONTROL)
         .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(10))
         .connect()
         .await
         .map_err(|e| format!("cannot reach the manager at {manager}: {e}"))?;

@@ -1,17 +1,15 @@
-//! Piece exchange with other peers: the scheduler pool (announce, keepalive, which scheduler
-//! serves a task), the upload service other peers fetch pieces from, and the source that puts
-//! parents in front of the registry for every blob read.
+//! The swarm: opening tasks ([`Swarm::open`]), the scheduler pool (announce, keepalive, which
+//! scheduler serves a task), the source that puts parents in front of a task's origin, the
+//! upload service other peers fetch pieces from, and triggered downloads.
 
-pub mod download;
 pub mod dynconfig;
-pub mod http_source;
-pub mod oci;
 pub mod piece_server;
 pub mod piece_wire;
 pub mod ratelimit;
 pub mod schedulers;
-pub mod seed;
 pub mod source;
+pub mod swarm;
+pub mod triggered;
 pub mod upload;
 
 use std::collections::HashMap;
@@ -20,13 +18,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dragonfly_proto::peer::peer_client::PeerClient;
+use dragonfly_runtime::grpc::{endpoint, Timeouts};
 use tokio::net::TcpStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use piece_wire::{PieceRequest, WireStatus};
 
 pub use schedulers::SchedulerPool;
 pub use source::PeerSource;
+pub use swarm::{Swarm, SwarmError, TaskSpec};
 
 /// Largest gRPC message we accept or send (a piece plus framing).
 pub const MAX_MESSAGE_BYTES: usize = 80 << 20;
@@ -173,13 +173,10 @@ impl ParentClients {
         if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{key}"))
-            .map_err(|e| format!("bad parent address {key}: {e}"))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(30))
+        let channel = endpoint(&key, Timeouts::PIECES)
+            .map_err(|e| format!("bad parent address: {e}"))?
             .initial_stream_window_size(WINDOW)
             .initial_connection_window_size(WINDOW)
-            .tcp_nodelay(true)
             .connect_lazy();
         let client = PeerClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -187,81 +184,6 @@ impl ParentClients {
         clients.insert(key, client.clone());
         Ok(client)
     }
-}
-
-/// Size and piece length of `task` as this peer's store holds it, else as the swarm knows it
-/// (the task's scheduler), if anyone does.
-pub async fn known_task(
-    store: &dragonfly_storage::PieceStore,
-    p2p: Option<&P2p>,
-    task: &str,
-) -> Option<(u64, u32)> {
-    if let Some(b) = store.get(task) {
-        return Some((b.size(), b.piece_length()));
-    }
-    p2p?.pool.stat_task(task).await.filter(|(_, pl)| *pl != 0)
-}
-
-/// The piece length for a blob of `task`: the one it is stored with, else `requested` (a
-/// preheat's pieceLength; 0 = none), else the one the swarm already uses for the task (so this
-/// peer can exchange pieces with it), else the store's default.
-pub async fn piece_length_for(
-    store: &dragonfly_storage::PieceStore,
-    p2p: Option<&P2p>,
-    task: &str,
-    requested: u32,
-) -> u32 {
-    let known = if requested != 0 && store.get(task).is_none() {
-        None
-    } else {
-        known_task(store, p2p, task).await
-    };
-    piece_length_given(store, known, task, requested)
-}
-
-/// [`piece_length_for`] when the caller already has what [`known_task`] says (no second
-/// question to the scheduler).
-pub fn piece_length_given(
-    store: &dragonfly_storage::PieceStore,
-    known: Option<(u64, u32)>,
-    task: &str,
-    requested: u32,
-) -> u32 {
-    if requested != 0 && store.get(task).is_none() {
-        return requested;
-    }
-    known.map_or_else(|| store.piece_length_of(task), |(_, pl)| pl)
-}
-
-/// Opens task `task` (`size` bytes cut into `piece_length` pieces) in `store`, read from the
-/// swarm's parents in front of `origin` when P2P is on; `url` is where a seed peer fetches it.
-#[allow(clippy::too_many_arguments)]
-pub fn open_task(
-    store: &dragonfly_storage::PieceStore,
-    p2p: Option<&P2p>,
-    metrics: &Arc<crate::metrics::Metrics>,
-    origin: Arc<dyn dragonfly_storage::RangeSource>,
-    task: &str,
-    url: String,
-    size: u64,
-    piece_length: u32,
-) -> Result<dragonfly_storage::Blob, dragonfly_storage::StoreError> {
-    let source: Arc<dyn dragonfly_storage::RangeSource> = match p2p {
-        Some(p2p) => Arc::new(source::SharedPeerSource(PeerSource::new(
-            origin,
-            store.clone(),
-            p2p.pool.clone(),
-            p2p.parents.clone(),
-            metrics.clone(),
-            task,
-            size,
-            piece_length,
-            url,
-            p2p.parallel,
-        ))),
-        None => origin,
-    };
-    store.blob_with_piece_length(task, size, source, piece_length)
 }
 
 /// The P2P engine's shared parts.

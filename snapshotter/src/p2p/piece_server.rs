@@ -131,21 +131,11 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::p2p::piece_wire::PieceRequest;
     use crate::p2p::{ParentClients, SchedulerPool};
-    use bytes::Bytes;
     use dragonfly_proto::peer::GetPieceRequest;
-    use dragonfly_storage::{PieceStore, Priority, RangeSource, SourceError, StoreConfig};
-    use futures::future::{BoxFuture, FutureExt};
+    use dragonfly_storage::testing::MemSource;
+    use dragonfly_storage::{PieceStore, Priority, StoreConfig};
     use sha2::{Digest, Sha256};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    struct Mem(Bytes);
-
-    impl RangeSource for Mem {
-        fn fetch(&self, r: std::ops::Range<u64>) -> BoxFuture<'static, Result<Bytes, SourceError>> {
-            let b = self.0.slice(r.start as usize..r.end as usize);
-            async move { Ok(b) }.boxed()
-        }
-    }
 
     #[tokio::test]
     async fn one_port_serves_raw_tcp_pieces_and_grpc_and_survives_garbage() {
@@ -159,7 +149,7 @@ mod tests {
             .blob(
                 &digest,
                 data.len() as u64,
-                Arc::new(Mem(Bytes::from(data.clone()))),
+                Arc::new(MemSource::new(data.clone())),
             )
             .unwrap();
         blob.fetch_all(Priority::OnDemand).await.unwrap();

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use dragonfly_proto::scheduler as pb;
 use dragonfly_proto::scheduler::scheduler_client::SchedulerClient;
+use dragonfly_runtime::grpc::{endpoint, Timeouts};
 use sha2::{Digest, Sha256};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::PeerSource;
 use crate::config::P2pConfig;
@@ -34,10 +35,8 @@ pub struct Member {
 pub type SchedulerRef = Arc<Member>;
 
 fn member(addr: &str) -> Result<Arc<Member>, String> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("invalid scheduler address {addr:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(10))
+    let channel = endpoint(addr, Timeouts::CONTROL)
+        .map_err(|e| format!("invalid scheduler address: {e}"))?
         .connect_lazy();
     Ok(Arc::new(Member {
         addr: addr.to_owned(),
@@ -78,7 +77,7 @@ impl SchedulerPool {
             .collect::<Result<Vec<_>, _>>()?;
         let ip = match config.advertise_ip {
             Some(ip) => ip,
-            None => dragonfly_proto::registration::local_ip_towards(&towards)
+            None => dragonfly_runtime::registration::local_ip_towards(&towards)
                 .await
                 .ok_or_else(|| {
                     format!(

@@ -19,7 +19,7 @@ use futures::stream::{self, StreamExt};
 use sha2::{Digest, Sha256};
 
 use super::piece_wire::PieceRequest;
-use super::{ParentClients, PieceFetchError, SchedulerPool};
+use super::{P2p, ParentClients, PieceFetchError, SchedulerPool};
 use crate::metrics::Metrics;
 
 /// Longest a read waits for a seed peer before taking the origin itself.
@@ -55,7 +55,8 @@ enum Fault {
 
 /// Parents in front of the origin for one blob.
 pub struct PeerSource {
-    origin: Arc<dyn RangeSource>,
+    /// Replaced only by an explicit refresh ([`RangeSource::swap_origin`]).
+    origin: Mutex<Arc<dyn RangeSource>>,
     store: PieceStore,
     pool: Arc<SchedulerPool>,
     parents: Arc<ParentClients>,
@@ -71,47 +72,38 @@ fn sha256(b: &[u8]) -> String {
 }
 
 impl PeerSource {
-    /// A source for blob `digest` of `size` bytes cut into `piece_length` pieces, whose origin
-    /// is `origin` (`url` names it for seed peers).
-    #[allow(clippy::too_many_arguments)]
+    /// The source of `task` (its size, piece length and origin URL), reading from the
+    /// parents `p2p`'s scheduler names and from `origin` for the rest.
     pub fn new(
-        origin: Arc<dyn RangeSource>,
+        p2p: &P2p,
         store: PieceStore,
-        pool: Arc<SchedulerPool>,
-        parents: Arc<ParentClients>,
         metrics: Arc<Metrics>,
-        digest: &str,
-        size: u64,
-        piece_length: u32,
-        url: String,
-        parallel: usize,
+        origin: Arc<dyn RangeSource>,
+        task: pb::Task,
     ) -> Arc<PeerSource> {
         let peer_id = format!(
             "{}-{}-{:016x}",
-            pool.host_id(),
-            &digest[digest.len().saturating_sub(12)..],
+            p2p.pool.host_id(),
+            &task.id[task.id.len().saturating_sub(12)..],
             rand::random::<u64>()
         );
         let source = Arc::new(PeerSource {
-            origin,
+            origin: Mutex::new(origin),
             store,
-            pool,
-            parents,
+            pool: p2p.pool.clone(),
+            parents: p2p.parents.clone(),
             metrics,
-            task: pb::Task {
-                id: digest.to_owned(),
-                content_length: size,
-                piece_length,
-                url,
-                digest: digest.to_owned(),
-                origin_headers: Default::default(),
-            },
+            task,
             peer_id,
-            parallel: parallel.max(1),
+            parallel: p2p.parallel.max(1),
             state: Mutex::new(SourceState::default()),
         });
         source.pool.track(&source);
         source
+    }
+
+    fn origin(&self) -> Arc<dyn RangeSource> {
+        self.origin.lock().expect("origin lock").clone()
     }
 
     fn piece_len(&self, n: u32) -> u64 {
@@ -216,17 +208,17 @@ impl PeerSource {
         let pl = u64::from(self.task.piece_length);
         let range = u64::from(pieces.start) * pl
             ..(u64::from(pieces.end) * pl).min(self.task.content_length);
-        let data = self.origin.fetch(range.clone()).await?;
+        let data = self.origin().fetch(range.clone()).await?;
         if data.len() as u64 != range.end - range.start {
-            return Err(SourceError {
-                message: format!(
+            return Err(SourceError::new(
+                format!(
                     "the origin returned {} bytes for {}..{}",
                     data.len(),
                     range.start,
                     range.end
                 ),
-                retryable: true,
-            });
+                true,
+            ));
         }
         let out: Vec<(u32, Bytes)> = pieces
             .map(|n| {
@@ -243,10 +235,7 @@ impl PeerSource {
                 .collect::<Vec<String>>()
         })
         .await
-        .map_err(|e| SourceError {
-            message: format!("hashing pieces failed: {e}"),
-            retryable: true,
-        })?;
+        .map_err(|e| SourceError::new(format!("hashing pieces failed: {e}"), true))?;
         let mut st = self.state.lock().expect("state lock");
         for ((n, _), digest) in out.iter().zip(digests) {
             st.pending.insert(
@@ -476,7 +465,7 @@ impl PeerSource {
         let aligned = range.start.is_multiple_of(pl)
             && (range.end.is_multiple_of(pl) || range.end == self.task.content_length);
         if !aligned || range.end > self.task.content_length || !self.registered().await {
-            return self.origin.fetch(range).await;
+            return self.origin().fetch(range).await;
         }
         let pieces: Vec<u32> = ((range.start / pl) as u32..range.end.div_ceil(pl) as u32).collect();
         let mut got = self.fetch_from_parents(&pieces).await;
@@ -544,15 +533,11 @@ impl PeerSource {
     }
 }
 
-impl Drop for PeerSource {
+impl PeerSource {
     /// The blob left the store (evicted or removed): tell the scheduler, so nobody is sent
     /// here for its pieces any more.
-    fn drop(&mut self) {
-        let registered = self
-            .state
-            .lock()
-            .map(|s| s.registered == Some(true))
-            .unwrap_or(false);
+    fn leave(&self) {
+        let registered = self.state.lock().expect("state lock").registered == Some(true);
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -587,5 +572,14 @@ impl RangeSource for SharedPeerSource {
         if self.0.state.lock().expect("state lock").registered == Some(true) {
             self.0.clone().report_stored(range);
         }
+    }
+
+    fn released(&self) {
+        self.0.leave();
+    }
+
+    fn swap_origin(&self, origin: Arc<dyn RangeSource>) -> bool {
+        *self.0.origin.lock().expect("origin lock") = origin;
+        true
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use super::ratelimit::RateLimit;
-use super::seed::TriggeredDownloads;
+use super::triggered::TriggeredDownloads;
 use super::SchedulerPool;
 use crate::metrics::Metrics;
 

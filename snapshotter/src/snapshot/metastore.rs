@@ -87,13 +87,14 @@ fn child_key(parent: &str, child: &str) -> String {
     format!("{parent}\0{child}")
 }
 
-fn db_err(e: impl std::fmt::Display) -> SnapshotError {
-    SnapshotError::Store(e.to_string())
+fn db_err(e: impl Into<redb::Error>) -> SnapshotError {
+    let e: redb::Error = e.into();
+    SnapshotError::store("the database failed", e)
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<Record, SnapshotError> {
     serde_json::from_slice(bytes)
-        .map_err(|e| SnapshotError::Store(format!("record of snapshot {key:?} is unreadable: {e}")))
+        .map_err(|e| SnapshotError::store(format!("record of snapshot {key:?} is unreadable"), e))
 }
 
 fn encode(r: &Record) -> Vec<u8> {
@@ -104,10 +105,10 @@ impl MetaStore {
     /// Opens (or creates) the database file.
     pub fn open(path: &Path) -> Result<MetaStore, SnapshotError> {
         let db = Database::create(path).map_err(|e| {
-            SnapshotError::Store(format!(
-                "cannot open metadata database {}: {e}",
-                path.display()
-            ))
+            SnapshotError::store(
+                format!("cannot open metadata database {}", path.display()),
+                redb::Error::from(e),
+            )
         })?;
         let txn = db.begin_write().map_err(db_err)?;
         {
@@ -204,9 +205,14 @@ impl MetaStore {
             .ok_or_else(|| SnapshotError::NotFound(format!("snapshot {key:?}")))?;
         let mut next = decode(key, guard.value())?.parent;
         while let Some(p) = next {
-            let guard = snaps.get(p.as_str()).map_err(db_err)?.ok_or_else(|| {
-                SnapshotError::Store(format!("parent {p:?} of a snapshot is missing"))
-            })?;
+            let guard =
+                snaps
+                    .get(p.as_str())
+                    .map_err(db_err)?
+                    .ok_or_else(|| SnapshotError::Store {
+                        what: format!("parent {p:?} of a snapshot is missing"),
+                        source: None,
+                    })?;
             let r = decode(&p, guard.value())?;
             next = r.parent.clone();
             out.push((p, r));
@@ -450,7 +456,13 @@ mod tests {
         s.commit("a", "A", BTreeMap::new(), Usage::default())
             .unwrap();
         s.create("AB", None, Kind::Active, BTreeMap::new()).unwrap();
-        s.remove("A").unwrap();
+        s.create("A/b", Some("A"), Kind::View, BTreeMap::new())
+            .unwrap();
+        s.remove("A/b").unwrap();
+        // "AB" and "A/b" start with "A" but are not its children (any more).
+        assert!(s.remove("A").is_ok(), "A has no children left");
+        assert!(matches!(s.get("A"), Err(SnapshotError::NotFound(_))));
+        assert_eq!(s.get("AB").unwrap().parent, None);
     }
 
     #[test]

@@ -10,5 +10,5 @@ pub mod remote;
 pub mod service;
 pub mod snapshotter;
 
-pub use error::SnapshotError;
+pub use error::{LayerFault, SnapshotError};
 pub use snapshotter::{Info, Snapshotter};

@@ -19,13 +19,6 @@ pub fn mounts_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Whether `path` is a mount point.
-pub fn is_mount_point(path: &Path) -> bool {
-    mounts_under(path)
-        .map(|m| m.iter().any(|p| p == path))
-        .unwrap_or(false)
-}
-
 /// Detaches (lazily unmounts) every mount at or below `dir`, deepest first.
 pub fn detach_all_under(dir: &Path) -> std::io::Result<usize> {
     let mut n = 0;

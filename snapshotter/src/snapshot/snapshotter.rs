@@ -63,7 +63,10 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, SnapshotError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| SnapshotError::Io(format!("internal task failed: {e}")))?
+        .map_err(|source| SnapshotError::Task {
+            what: "snapshot",
+            source,
+        })?
 }
 
 fn is_remote(labels: &BTreeMap<String, String>) -> bool {

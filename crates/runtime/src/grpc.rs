@@ -1,0 +1,76 @@
+//! gRPC clients: every tonic endpoint is built here, with one [`Timeouts`] struct, so a
+//! control-plane call and a piece transfer differ only in the timeouts they are given.
+
+use std::time::Duration;
+
+use tonic::transport::Endpoint;
+
+/// How long a connection attempt and a whole call may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting (TCP, HTTP/2 handshake).
+    pub connect: Duration,
+    /// One call, from request to the end of its answer.
+    pub request: Duration,
+}
+
+impl Timeouts {
+    /// Control-plane calls between components (announce, register, keepalive, find parents).
+    pub const CONTROL: Timeouts = Timeouts {
+        connect: Duration::from_secs(3),
+        request: Duration::from_secs(10),
+    };
+    /// Piece transfers between peers.
+    pub const PIECES: Timeouts = Timeouts {
+        connect: Duration::from_secs(3),
+        request: Duration::from_secs(30),
+    };
+}
+
+/// An address that is not a valid gRPC endpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("bad gRPC address {address:?} (host:port)")]
+pub struct BadAddress {
+    /// The address given.
+    pub address: String,
+    /// Why it does not parse.
+    #[source]
+    pub source: tonic::transport::Error,
+}
+
+/// The endpoint of `address` (`host:port`, or a full `http://host:port`) with `timeouts` and
+/// TCP_NODELAY; connect it with `connect().await` or `connect_lazy()`.
+pub fn endpoint(address: &str, timeouts: Timeouts) -> Result<Endpoint, BadAddress> {
+    let uri = if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("http://{address}")
+    };
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|source| BadAddress {
+            address: address.to_owned(),
+            source,
+        })?
+        .connect_timeout(timeouts.connect)
+        .timeout(timeouts.request)
+        .tcp_nodelay(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_and_urls_are_accepted_and_garbage_is_not() {
+        assert_eq!(
+            endpoint("127.0.0.1:8002", Timeouts::CONTROL)
+                .unwrap()
+                .uri()
+                .to_string(),
+            "http://127.0.0.1:8002/"
+        );
+        assert!(endpoint("http://[::1]:65003", Timeouts::PIECES).is_ok());
+        let e = endpoint("not a host", Timeouts::CONTROL).unwrap_err();
+        assert!(e.to_string().contains("not a host"), "{e}");
+    }
+}

@@ -1,0 +1,713 @@
+//! One blob in the store and the fetching of its missing pieces.
+//!
+//! A read first makes its pieces present: pieces already being fetched are waited for (and
+//! their request's priority raised to the reader's), the others are grouped into runs of
+//! adjacent pieces, each fetched by one source request in its own task (so a reader that gives
+//! up never leaves a half-done piece behind). A run's bytes are written and synced before its
+//! pieces are marked present and the bitmap saved.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+
+use crate::bitmap::Bitmap;
+use crate::error::StoreError;
+use crate::files::{BlobFiles, Meta};
+use crate::gate::Priority;
+use crate::source::{RangeSource, SourceError};
+use crate::store::Shared;
+
+/// Why a run failed, as handed to everyone waiting on it.
+#[derive(Debug, Clone)]
+struct RunFailure {
+    message: String,
+    retryable: bool,
+}
+
+/// One source request for a run of adjacent pieces.
+struct Run {
+    pieces: Range<u32>,
+    priority: Arc<AtomicU8>,
+    done: watch::Sender<Option<Result<(), RunFailure>>>,
+}
+
+struct State {
+    have: Bitmap,
+    inflight: HashMap<u32, Arc<Run>>,
+    /// Bumped whenever pieces are thrown away, so a read can tell its bytes may be stale.
+    generation: u64,
+}
+
+pub(crate) struct BlobInner {
+    pub(crate) digest: String,
+    pub(crate) size: u64,
+    pub(crate) piece_length: u32,
+    files: BlobFiles,
+    meta: Mutex<Meta>,
+    state: Mutex<State>,
+    /// Where missing pieces come from; `None` until the first open gives it one (a blob loaded
+    /// from disk has none).
+    source: Mutex<Option<Arc<dyn RangeSource>>>,
+    shared: Arc<Shared>,
+    pins: AtomicUsize,
+    last_used: AtomicU64,
+    removed: AtomicBool,
+    /// Serializes bitmap saves so the last one written is the newest.
+    persist: Mutex<()>,
+    /// Serializes whole-blob verification.
+    verify: tokio::sync::Mutex<()>,
+    /// What the blob hashed to when it last failed verification.
+    last_mismatch: Mutex<Option<String>>,
+}
+
+/// A handle on one blob; cheap to clone.
+#[derive(Clone)]
+pub struct Blob {
+    inner: Arc<BlobInner>,
+}
+
+/// Keeps a blob from being evicted while held.
+pub struct PinGuard {
+    inner: Arc<BlobInner>,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        self.inner.pins.fetch_sub(1, Ordering::AcqRel);
+        self.inner.shared.evict.notify_one();
+    }
+}
+
+impl std::fmt::Debug for Blob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blob")
+            .field("digest", &self.inner.digest)
+            .field("size", &self.inner.size)
+            .finish()
+    }
+}
+
+impl BlobInner {
+    /// `len` bytes at `start` of the data file, read off the async workers.
+    async fn read_data(self: &Arc<Self>, start: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        let inner = self.clone();
+        tokio::task::spawn_blocking(move || inner.files.read(start, len))
+            .await
+            .map_err(|e| StoreError::Io {
+                what: "read task failed",
+                path: self.dir().to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+    }
+
+    pub(crate) fn new(
+        files: BlobFiles,
+        meta: Meta,
+        have: Bitmap,
+        source: Option<Arc<dyn RangeSource>>,
+        shared: Arc<Shared>,
+    ) -> Arc<BlobInner> {
+        Arc::new(BlobInner {
+            digest: meta.digest.clone(),
+            size: meta.size,
+            piece_length: meta.piece_length,
+            files,
+            meta: Mutex::new(meta),
+            state: Mutex::new(State {
+                have,
+                inflight: HashMap::new(),
+                generation: 0,
+            }),
+            source: Mutex::new(source),
+            last_used: AtomicU64::new(shared.tick()),
+            shared,
+            pins: AtomicUsize::new(0),
+            removed: AtomicBool::new(false),
+            persist: Mutex::new(()),
+            verify: tokio::sync::Mutex::new(()),
+            last_mismatch: Mutex::new(None),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("blob state lock")
+    }
+
+    /// Gives the blob `make()` as its source unless it has one; returns whether it did.
+    pub(crate) fn attach_source(&self, make: impl FnOnce() -> Arc<dyn RangeSource>) -> bool {
+        let mut source = self.source.lock().expect("source lock");
+        if source.is_some() {
+            return false;
+        }
+        *source = Some(make());
+        true
+    }
+
+    /// The source, or an error saying the blob has none yet.
+    fn current_source(&self) -> Result<Arc<dyn RangeSource>, SourceError> {
+        self.source
+            .lock()
+            .expect("source lock")
+            .clone()
+            .ok_or_else(|| {
+                SourceError::new(
+                    format!(
+                        "no source is known for blob {} yet; open it with a source first",
+                        self.digest
+                    ),
+                    false,
+                )
+            })
+    }
+
+    /// Tells the source the blob left the store.
+    pub(crate) fn release_source(&self) {
+        if let Some(s) = self.source.lock().expect("source lock").take() {
+            s.released();
+        }
+    }
+
+    pub(crate) fn pins(&self) -> usize {
+        self.pins.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_busy(&self) -> bool {
+        !self.lock().inflight.is_empty()
+    }
+
+    pub(crate) fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        self.files.dir()
+    }
+
+    /// Bytes of the pieces present.
+    pub(crate) fn present_bytes(&self) -> u64 {
+        let st = self.lock();
+        self.bytes_of(&st.have)
+    }
+
+    fn bytes_of(&self, have: &Bitmap) -> u64 {
+        let full = u64::from(have.present()) * u64::from(self.piece_length);
+        // The last piece may be short.
+        let n = have.pieces();
+        if n > 0 && have.has(n - 1) {
+            full - (u64::from(n) * u64::from(self.piece_length) - self.size)
+        } else {
+            full
+        }
+    }
+
+    fn piece_range(&self, pieces: &Range<u32>) -> Range<u64> {
+        let pl = u64::from(self.piece_length);
+        u64::from(pieces.start) * pl..(u64::from(pieces.end) * pl).min(self.size)
+    }
+
+    fn pieces_of(&self, range: &Range<u64>) -> Range<u32> {
+        let pl = u64::from(self.piece_length);
+        (range.start / pl) as u32..range.end.div_ceil(pl) as u32
+    }
+
+    fn check_range(&self, range: &Range<u64>) -> Result<(), StoreError> {
+        if range.start > range.end || range.end > self.size {
+            return Err(StoreError::OutOfRange {
+                digest: self.digest.clone(),
+                start: range.start,
+                end: range.end,
+                size: self.size,
+            });
+        }
+        if self.removed.load(Ordering::Acquire) {
+            return Err(StoreError::Removed(self.digest.clone()));
+        }
+        Ok(())
+    }
+
+    fn failure(&self, pieces: &Range<u32>, f: RunFailure) -> StoreError {
+        let r = self.piece_range(pieces);
+        StoreError::Fetch {
+            digest: self.digest.clone(),
+            start: r.start,
+            end: r.end,
+            message: f.message,
+            retryable: f.retryable,
+        }
+    }
+
+    /// Makes the pieces of `range` present.
+    async fn ensure(
+        self: &Arc<Self>,
+        range: Range<u64>,
+        priority: Priority,
+    ) -> Result<(), StoreError> {
+        self.check_range(&range)?;
+        self.last_used.store(self.shared.tick(), Ordering::Relaxed);
+        if range.is_empty() {
+            return Ok(());
+        }
+        let pieces = self.pieces_of(&range);
+        let per_fetch = self.shared.config.pieces_per_fetch(self.piece_length);
+        loop {
+            if priority == Priority::Background && !self.lock().have.has_all(pieces.clone()) {
+                // Wait for a quiet moment before claiming pieces: a container read must never
+                // find its piece claimed by a background request that is still waiting.
+                self.shared.background_pause().await;
+            }
+            let waits = {
+                let mut st = self.lock();
+                if st.have.has_all(pieces.clone()) {
+                    return Ok(());
+                }
+                let missing: Vec<u32> = st.have.missing(pieces.clone()).collect();
+                let mut waits: Vec<Arc<Run>> = Vec::new();
+                let mut new_runs: Vec<Range<u32>> = Vec::new();
+                let mut current: Option<Range<u32>> = None;
+                for p in missing {
+                    if let Some(run) = st.inflight.get(&p) {
+                        run.priority.fetch_max(priority as u8, Ordering::Relaxed);
+                        if !waits.iter().any(|w| Arc::ptr_eq(w, run)) {
+                            waits.push(run.clone());
+                        }
+                        new_runs.extend(current.take());
+                        continue;
+                    }
+                    current = match current.take() {
+                        Some(r) if r.end == p && r.end - r.start < per_fetch => {
+                            Some(r.start..p + 1)
+                        }
+                        Some(r) => {
+                            new_runs.push(r);
+                            Some(p..p + 1)
+                        }
+                        None => Some(p..p + 1),
+                    };
+                }
+                new_runs.extend(current.take());
+                for pieces in new_runs {
+                    let (done, _) = watch::channel(None);
+                    let run = Arc::new(Run {
+                        pieces: pieces.clone(),
+                        priority: Arc::new(AtomicU8::new(priority as u8)),
+                        done,
+                    });
+                    for p in pieces {
+                        st.inflight.insert(p, run.clone());
+                    }
+                    tokio::spawn(self.clone().run_task(run.clone()));
+                    waits.push(run);
+                }
+                waits
+            };
+            for run in waits {
+                let mut rx = run.done.subscribe();
+                let outcome = rx
+                    .wait_for(|v| v.is_some())
+                    .await
+                    .map(|v| v.clone().expect("checked is_some"))
+                    .unwrap_or_else(|_| {
+                        Err(RunFailure {
+                            message: "the fetch task ended without a result".into(),
+                            retryable: true,
+                        })
+                    });
+                if let Err(f) = outcome {
+                    return Err(self.failure(&run.pieces, f));
+                }
+            }
+        }
+    }
+
+    /// Fetches one run and tells its waiters, whatever happens.
+    async fn run_task(self: Arc<Self>, run: Arc<Run>) {
+        let res = AssertUnwindSafe(self.fetch_run(&run)).catch_unwind().await;
+        let res = match res {
+            Ok(r) => r,
+            Err(_) => Err(RunFailure {
+                message: "the fetch task panicked (a bug; see the daemon log)".into(),
+                retryable: true,
+            }),
+        };
+        {
+            let mut st = self.lock();
+            for p in run.pieces.clone() {
+                if st.inflight.get(&p).is_some_and(|r| Arc::ptr_eq(r, &run)) {
+                    st.inflight.remove(&p);
+                }
+            }
+        }
+        if let Err(f) = &res {
+            tracing::warn!(blob = %self.digest, pieces = ?run.pieces, error = %f.message, "piece fetch failed");
+        }
+        run.done.send_replace(Some(res));
+        self.shared.evict.notify_one();
+    }
+
+    async fn fetch_run(self: &Arc<Self>, run: &Run) -> Result<(), RunFailure> {
+        let range = self.piece_range(&run.pieces);
+        let want = range.end - range.start;
+        if run.priority.load(Ordering::Relaxed) != Priority::Background as u8 {
+            self.shared.urgent_fetch_started();
+        }
+        let permit = self.shared.gate.acquire(run.priority.clone()).await;
+        let source = self.current_source().map_err(|e| RunFailure {
+            message: e.message,
+            retryable: e.retryable,
+        })?;
+        self.shared
+            .stats
+            .source_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let data = source.fetch(range.clone()).await.map_err(|e| RunFailure {
+            message: e.message,
+            retryable: e.retryable,
+        })?;
+        drop(permit);
+        if data.len() as u64 != want {
+            return Err(RunFailure {
+                message: format!(
+                    "the source returned {} bytes for a {want}-byte range",
+                    data.len()
+                ),
+                retryable: true,
+            });
+        }
+        let this = self.clone();
+        let pieces = run.pieces.clone();
+        let complete =
+            tokio::task::spawn_blocking(move || this.store_run(range.start, &data, pieces))
+                .await
+                .map_err(|e| RunFailure {
+                    message: format!("the disk write task failed: {e}"),
+                    retryable: false,
+                })?
+                .map_err(|e| RunFailure {
+                    message: e.to_string(),
+                    retryable: false,
+                })?;
+        self.shared
+            .stats
+            .fetched_bytes
+            .fetch_add(want, Ordering::Relaxed);
+        source.stored(self.piece_range(&run.pieces));
+        if complete {
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.verify().await {
+                    tracing::error!(blob = %this.digest, error = %e, "blob failed verification");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes a run's bytes durably, then marks and saves its pieces. Returns whether the blob
+    /// is now complete.
+    fn store_run(&self, offset: u64, data: &[u8], pieces: Range<u32>) -> Result<bool, StoreError> {
+        self.files.write_durable(offset, data)?;
+        let _persist = self.persist.lock().expect("persist lock");
+        let (bitmap, added, complete) = {
+            let mut st = self.lock();
+            let before = self.bytes_of(&st.have);
+            for p in pieces {
+                st.have.set(p);
+            }
+            (
+                st.have.clone(),
+                self.bytes_of(&st.have) - before,
+                st.have.is_complete(),
+            )
+        };
+        self.shared
+            .bytes_on_disk
+            .fetch_add(added, Ordering::Relaxed);
+        let meta = self.meta.lock().expect("meta lock").clone();
+        self.files.save_bitmap(&bitmap, &meta)?;
+        Ok(complete)
+    }
+
+    /// Throws away the pieces covering `range` (those not being fetched right now).
+    fn discard(&self, pieces: Range<u32>) -> Result<(), StoreError> {
+        let _persist = self.persist.lock().expect("persist lock");
+        let (bitmap, removed) = {
+            let mut st = self.lock();
+            let before = self.bytes_of(&st.have);
+            if pieces.start == 0 && pieces.end >= st.have.pieces() && st.inflight.is_empty() {
+                st.have.clear();
+            } else {
+                let keep: Vec<u32> = (0..st.have.pieces())
+                    .filter(|p| st.have.has(*p) && !pieces.contains(p))
+                    .collect();
+                st.have.clear();
+                for p in keep {
+                    st.have.set(p);
+                }
+            }
+            st.generation += 1;
+            (st.have.clone(), before - self.bytes_of(&st.have))
+        };
+        self.shared
+            .bytes_on_disk
+            .fetch_sub(removed, Ordering::Relaxed);
+        let mut meta = self.meta.lock().expect("meta lock");
+        meta.verified = false;
+        self.files.save_meta(&meta)?;
+        self.files.save_bitmap(&bitmap, &meta)
+    }
+
+    /// Hashes a complete blob once; on a mismatch every piece is thrown away.
+    async fn verify(self: &Arc<Self>) -> Result<(), StoreError> {
+        let _one = self.verify.lock().await;
+        if self.meta.lock().expect("meta lock").verified {
+            return Ok(());
+        }
+        if !self.lock().have.is_complete() {
+            return Ok(());
+        }
+        if !self.digest.starts_with("sha256:") {
+            // Not content-addressed: nothing to hash against; complete is as good as it gets.
+            let mut meta = self.meta.lock().expect("meta lock");
+            meta.verified = true;
+            return self.files.save_meta(&meta);
+        }
+        let this = self.clone();
+        let join = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            let actual = this.files.hash()?;
+            if actual == this.digest {
+                *this.last_mismatch.lock().expect("mismatch lock") = None;
+                let mut meta = this.meta.lock().expect("meta lock");
+                meta.verified = true;
+                return this.files.save_meta(&meta);
+            }
+            this.shared
+                .stats
+                .digest_failures
+                .fetch_add(1, Ordering::Relaxed);
+            *this.last_mismatch.lock().expect("mismatch lock") = Some(actual.clone());
+            // Only the bitmap is cleared: refetched pieces overwrite the bytes in place, and
+            // truncating the file here could wipe a piece fetched meanwhile.
+            this.discard(0..u32::MAX)?;
+            Err(StoreError::DigestMismatch {
+                digest: this.digest.clone(),
+                actual,
+            })
+        });
+        join.await.map_err(|e| StoreError::Io {
+            what: "verification task failed",
+            path: self.dir().to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+    }
+}
+
+impl Blob {
+    pub(crate) fn from_inner(inner: Arc<BlobInner>) -> Blob {
+        Blob { inner }
+    }
+
+    /// The blob's digest (`sha256:...`), which is also its task ID.
+    pub fn digest(&self) -> &str {
+        &self.inner.digest
+    }
+
+    /// The blob's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.size
+    }
+
+    /// The length of its pieces.
+    pub fn piece_length(&self) -> u32 {
+        self.inner.piece_length
+    }
+
+    /// Bytes of the pieces present.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.inner.present_bytes()
+    }
+
+    /// Whether every piece is present.
+    pub fn is_complete(&self) -> bool {
+        self.inner.lock().have.is_complete()
+    }
+
+    /// Whether the complete blob was hashed and matched its digest.
+    pub fn is_verified(&self) -> bool {
+        self.inner.meta.lock().expect("meta lock").verified
+    }
+
+    /// Whether every piece of `range` is present.
+    pub fn has_range(&self, range: Range<u64>) -> bool {
+        if range.end > self.inner.size || range.start > range.end {
+            return false;
+        }
+        range.is_empty() || self.inner.lock().have.has_all(self.inner.pieces_of(&range))
+    }
+
+    /// An explicit refresh of where the blob's missing pieces come from (new credentials, a
+    /// freshly signed URL): a source in front of an origin (the swarm) takes `origin` behind
+    /// it and keeps everything else; a blob with no such source takes `origin` itself.
+    pub fn refresh_origin(&self, origin: Arc<dyn RangeSource>) {
+        let mut source = self.inner.source.lock().expect("source lock");
+        let swapped = source
+            .as_ref()
+            .is_some_and(|s| s.swap_origin(origin.clone()));
+        if !swapped {
+            *source = Some(origin);
+        }
+    }
+
+    /// Keeps the blob from being evicted until the guard is dropped.
+    pub fn pin(&self) -> PinGuard {
+        self.inner.pins.fetch_add(1, Ordering::AcqRel);
+        PinGuard {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Makes the bytes of `range` present, fetching what is missing.
+    pub async fn ensure(&self, range: Range<u64>, priority: Priority) -> Result<(), StoreError> {
+        self.inner.ensure(range, priority).await
+    }
+
+    /// The bytes of `range`, fetched first if missing.
+    pub async fn read(&self, range: Range<u64>, priority: Priority) -> Result<Bytes, StoreError> {
+        let len = range.end.saturating_sub(range.start);
+        loop {
+            // Taken before making the range present: pieces thrown away at any point after
+            // this (a failed verification) make the read below start over.
+            let generation = self.inner.lock().generation;
+            let was_present = self.has_range(range.clone());
+            self.inner.ensure(range.clone(), priority).await?;
+            if range.is_empty() {
+                return Ok(Bytes::new());
+            }
+            let data = self.inner.read_data(range.start, len as usize).await?;
+            // Pieces thrown away meanwhile (a failed verification) may have been holes.
+            if self.inner.lock().generation != generation {
+                continue;
+            }
+            if was_present {
+                self.inner
+                    .shared
+                    .stats
+                    .hit_bytes
+                    .fetch_add(len, Ordering::Relaxed);
+            }
+            return Ok(Bytes::from(data));
+        }
+    }
+
+    /// The blob cut into the requests a whole-blob download makes, in order, each made present
+    /// as the stream is polled: `whole_blob_requests` of them in flight at once, together at
+    /// most `max_fetch_bytes` (one `background_fetch_bytes` request for
+    /// background work), results yielded in order so a caller can consume the blob front to
+    /// back while the rest arrives. Pieces already present cost nothing.
+    pub fn fetch_in_order(
+        &self,
+        priority: Priority,
+    ) -> impl futures::Stream<Item = Result<Range<u64>, StoreError>> + Send + 'static {
+        let config = &self.inner.shared.config;
+        // At most max_fetch_bytes in flight, split into whole_blob_requests requests: smaller
+        // requests also mean pieces reach the swarm (and a consumer) sooner.
+        let (max, window) = if priority == Priority::Background {
+            (config.background_fetch_bytes, 1)
+        } else {
+            let window = config.whole_blob_requests.max(1);
+            (config.max_fetch_bytes / window as u64, window)
+        };
+        let pl = u64::from(self.inner.piece_length);
+        let step = (max / pl).max(1) * pl;
+        let size = self.inner.size;
+        let inner = self.inner.clone();
+        futures::stream::iter((0..size.div_ceil(step)).map(move |i| {
+            let range = i * step..((i + 1) * step).min(size);
+            let inner = inner.clone();
+            async move { inner.ensure(range.clone(), priority).await.map(|()| range) }
+        }))
+        .buffered(window)
+    }
+
+    /// Fetches every missing piece (see [`Blob::fetch_in_order`]; background requests are
+    /// `background_fetch_bytes` long and wait for a quiet moment), then verifies the blob's
+    /// digest.
+    pub async fn fetch_all(&self, priority: Priority) -> Result<(), StoreError> {
+        let mut chunks = std::pin::pin!(self.fetch_in_order(priority));
+        while let Some(chunk) = chunks.next().await {
+            chunk?;
+        }
+        self.inner.verify().await?;
+        if self.is_verified() {
+            return Ok(());
+        }
+        if let Some(actual) = self
+            .inner
+            .last_mismatch
+            .lock()
+            .expect("mismatch lock")
+            .clone()
+        {
+            // Verification (started when the last piece arrived) failed.
+            return Err(StoreError::DigestMismatch {
+                digest: self.inner.digest.clone(),
+                actual,
+            });
+        }
+        // Pieces were discarded meanwhile; the caller may try again.
+        Err(StoreError::Fetch {
+            digest: self.inner.digest.clone(),
+            start: 0,
+            end: self.inner.size,
+            message: "pieces were discarded while fetching".into(),
+            retryable: true,
+        })
+    }
+
+    /// The bytes of `range` if every piece of it is present; `None` otherwise. Never fetches
+    /// (this is what uploads to other peers use).
+    pub async fn read_local(&self, range: Range<u64>) -> Result<Option<Bytes>, StoreError> {
+        self.inner.check_range(&range)?;
+        let generation = self.inner.lock().generation;
+        if !self.has_range(range.clone()) {
+            return Ok(None);
+        }
+        let len = (range.end - range.start) as usize;
+        let data = self.inner.read_data(range.start, len).await?;
+        if self.inner.lock().generation != generation {
+            return Ok(None);
+        }
+        Ok(Some(Bytes::from(data)))
+    }
+
+    /// Throws away the pieces covering `range`, e.g. after their bytes failed a chunk
+    /// digest, so the next read fetches them again.
+    pub async fn invalidate(&self, range: Range<u64>) -> Result<(), StoreError> {
+        self.inner.check_range(&range)?;
+        if range.is_empty() {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        let pieces = inner.pieces_of(&range);
+        tokio::task::spawn_blocking(move || inner.discard(pieces))
+            .await
+            .map_err(|e| StoreError::Io {
+                what: "invalidate task failed",
+                path: self.inner.dir().to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+    }
+}
+
+#[cfg(test)]
+#[path = "blob_tests.rs"]
+mod tests;

@@ -1,0 +1,401 @@
+//! The store: the directory of blobs, their lookup, usage accounting and LRU eviction.
+//!
+//! Layout: `<dir>/{sha256,task}/<hex>/{data,bitmap,meta.json}`. Opening the store loads every blob
+//! found (partial ones resume where they stopped); a directory that is not a usable blob is
+//! removed with a warning.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::Notify;
+
+use crate::bitmap::{piece_count, Bitmap};
+use crate::blob::{Blob, BlobInner};
+use crate::config::StoreConfig;
+use crate::error::StoreError;
+use crate::files::{BlobFiles, Meta};
+use crate::gate::Gate;
+use crate::source::RangeSource;
+
+/// Counters since the store was opened.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub hit_bytes: AtomicU64,
+    pub fetched_bytes: AtomicU64,
+    pub source_requests: AtomicU64,
+    pub digest_failures: AtomicU64,
+}
+
+/// What blobs share: the request gate, the settings, counters and the eviction trigger.
+pub(crate) struct Shared {
+    pub gate: Arc<Gate>,
+    pub config: StoreConfig,
+    pub stats: Counters,
+    pub bytes_on_disk: AtomicU64,
+    pub evict: Notify,
+    clock: AtomicU64,
+    /// When the last on-demand or prefetch fetch started.
+    last_urgent: Mutex<Option<std::time::Instant>>,
+}
+
+impl Shared {
+    /// A monotonically increasing use stamp for LRU order.
+    pub(crate) fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Notes that a fetch someone waits for is starting.
+    pub(crate) fn urgent_fetch_started(&self) {
+        *self.last_urgent.lock().expect("urgent lock") = Some(std::time::Instant::now());
+    }
+
+    /// Waits until no urgent fetch has started for the configured pause.
+    pub(crate) async fn background_pause(&self) {
+        let pause = std::time::Duration::from_millis(self.config.background_pause_ms);
+        loop {
+            let last = *self.last_urgent.lock().expect("urgent lock");
+            match last.map(|t| t.elapsed()) {
+                Some(since) if since < pause => tokio::time::sleep(pause - since).await,
+                _ => return,
+            }
+        }
+    }
+}
+
+/// Counters of the store since it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Bytes read that were already present.
+    pub hit_bytes: u64,
+    /// Bytes fetched from sources.
+    pub fetched_bytes: u64,
+    /// Requests made to sources.
+    pub source_requests: u64,
+    /// Complete blobs that did not match their digest.
+    pub digest_failures: u64,
+}
+
+/// What the store holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreUsage {
+    /// Bytes of pieces present.
+    pub bytes_on_disk: u64,
+    /// Blobs known.
+    pub blobs: usize,
+    /// Blobs pinned (not evictable).
+    pub pinned: usize,
+}
+
+struct StoreInner {
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    blobs: Mutex<HashMap<String, Arc<BlobInner>>>,
+}
+
+impl Drop for StoreInner {
+    fn drop(&mut self) {
+        // Wakes the eviction task so it notices the store is gone.
+        self.shared.evict.notify_one();
+    }
+}
+
+/// The piece store; cheap to clone.
+#[derive(Clone)]
+pub struct PieceStore {
+    inner: Arc<StoreInner>,
+}
+
+/// Blob names: `sha256:<hex>` for content-addressed blobs (verified against the name when
+/// complete) and `task:<hex>` for tasks that are not (files fetched by URL; their pieces are
+/// verified by whoever fetches them).
+const KINDS: [&str; 2] = ["sha256", "task"];
+
+fn blob_dir(root: &Path, digest: &str) -> Result<PathBuf, StoreError> {
+    let (kind, hex) = digest
+        .split_once(':')
+        .filter(|(k, h)| {
+            KINDS.contains(k)
+                && h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+        .ok_or_else(|| StoreError::InvalidDigest(digest.to_owned()))?;
+    Ok(root.join(kind).join(hex))
+}
+
+impl PieceStore {
+    /// Opens (or creates) the store in `dir`, loading the blobs already there.
+    pub async fn open(dir: &Path, config: StoreConfig) -> Result<PieceStore, StoreError> {
+        config.validate()?;
+        let shared = Arc::new(Shared {
+            gate: Gate::new(config.max_concurrent_fetches),
+            config,
+            stats: Counters::default(),
+            bytes_on_disk: AtomicU64::new(0),
+            evict: Notify::new(),
+            clock: AtomicU64::new(1),
+            last_urgent: Mutex::new(None),
+        });
+        let root = dir.to_owned();
+        let loaded = {
+            let shared = shared.clone();
+            tokio::task::spawn_blocking(move || load_all(&root, &shared))
+                .await
+                .map_err(|e| StoreError::Io {
+                    what: "store loading task failed",
+                    path: dir.to_owned(),
+                    source: std::io::Error::other(e.to_string()),
+                })??
+        };
+        let store = PieceStore {
+            inner: Arc::new(StoreInner {
+                dir: dir.to_owned(),
+                shared,
+                blobs: Mutex::new(loaded),
+            }),
+        };
+        tokio::spawn(evict_loop(Arc::downgrade(&store.inner)));
+        store.inner.shared.evict.notify_one();
+        Ok(store)
+    }
+
+    /// The blob `digest` of `size` bytes, fetched from `source` when pieces are missing. An
+    /// existing blob keeps its pieces, and its source if it has one (replace it only with
+    /// [`Blob::refresh_origin`]).
+    pub fn blob(
+        &self,
+        digest: &str,
+        size: u64,
+        source: Arc<dyn RangeSource>,
+    ) -> Result<Blob, StoreError> {
+        self.blob_with_piece_length(digest, size, source, self.inner.shared.config.piece_length)
+    }
+
+    /// Like [`PieceStore::blob`], cutting a new blob into `piece_length` pieces (a power of
+    /// two from 64 KiB to 64 MiB; e.g. the length the swarm already uses for the task). An
+    /// existing blob keeps the length it has.
+    pub fn blob_with_piece_length(
+        &self,
+        digest: &str,
+        size: u64,
+        source: Arc<dyn RangeSource>,
+        piece_length: u32,
+    ) -> Result<Blob, StoreError> {
+        self.open_blob(digest, size, piece_length, || source)
+    }
+
+    /// The blob `digest`: an existing one (which keeps its pieces, piece length and source),
+    /// else a new one cut into `piece_length` pieces. `make` builds the source only for a blob
+    /// that has none yet (new, or loaded from disk).
+    pub fn open_blob(
+        &self,
+        digest: &str,
+        size: u64,
+        piece_length: u32,
+        make: impl FnOnce() -> Arc<dyn RangeSource>,
+    ) -> Result<Blob, StoreError> {
+        if !piece_length.is_power_of_two() || !(64 << 10..=64 << 20).contains(&piece_length) {
+            return Err(StoreError::Config(format!(
+                "piece length {piece_length} of {digest} is not a power of two from 64 KiB to 64 MiB"
+            )));
+        }
+        let dir = blob_dir(&self.inner.dir, digest)?;
+        let mut blobs = self.inner.blobs.lock().expect("store lock");
+        if let Some(inner) = blobs.get(digest) {
+            if inner.size != size {
+                return Err(StoreError::SizeMismatch {
+                    digest: digest.to_owned(),
+                    stored: inner.size,
+                    asked: size,
+                });
+            }
+            inner.attach_source(make);
+            return Ok(Blob::from_inner(inner.clone()));
+        }
+        let meta = Meta {
+            digest: digest.to_owned(),
+            size,
+            piece_length,
+            verified: false,
+        };
+        let files = BlobFiles::create(&dir, &meta)?;
+        let have = Bitmap::empty(piece_count(size, meta.piece_length));
+        let inner = BlobInner::new(files, meta, have, Some(make()), self.inner.shared.clone());
+        blobs.insert(digest.to_owned(), inner.clone());
+        Ok(Blob::from_inner(inner))
+    }
+
+    /// The blob `digest` if the store knows it (whatever pieces it has).
+    pub fn get(&self, digest: &str) -> Option<Blob> {
+        let blobs = self.inner.blobs.lock().expect("store lock");
+        blobs.get(digest).map(|b| Blob::from_inner(b.clone()))
+    }
+
+    /// The piece length `digest` has (if stored) or will get.
+    pub fn piece_length_of(&self, digest: &str) -> u32 {
+        let blobs = self.inner.blobs.lock().expect("store lock");
+        blobs
+            .get(digest)
+            .map_or(self.inner.shared.config.piece_length, |b| b.piece_length)
+    }
+
+    /// Counters since the store was opened.
+    pub fn stats(&self) -> StoreStats {
+        let s = &self.inner.shared.stats;
+        StoreStats {
+            hit_bytes: s.hit_bytes.load(Ordering::Relaxed),
+            fetched_bytes: s.fetched_bytes.load(Ordering::Relaxed),
+            source_requests: s.source_requests.load(Ordering::Relaxed),
+            digest_failures: s.digest_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What the store holds now.
+    pub fn usage(&self) -> StoreUsage {
+        let blobs = self.inner.blobs.lock().expect("store lock");
+        StoreUsage {
+            bytes_on_disk: self.inner.shared.bytes_on_disk.load(Ordering::Relaxed),
+            blobs: blobs.len(),
+            pinned: blobs.values().filter(|b| b.pins() > 0).count(),
+        }
+    }
+
+    /// Removes `digest` unless it is in use; returns whether it was removed.
+    pub fn remove(&self, digest: &str) -> Result<bool, StoreError> {
+        let victim = {
+            let mut blobs = self.inner.blobs.lock().expect("store lock");
+            match blobs.get(digest) {
+                Some(b) if Arc::strong_count(b) == 1 => blobs.remove(digest),
+                _ => None,
+            }
+        };
+        match victim {
+            Some(b) => {
+                self.delete(&b)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn delete(&self, blob: &BlobInner) -> Result<(), StoreError> {
+        blob.mark_removed();
+        blob.release_source();
+        self.inner
+            .shared
+            .bytes_on_disk
+            .fetch_sub(blob.present_bytes(), Ordering::Relaxed);
+        std::fs::remove_dir_all(blob.dir())
+            .map_err(StoreError::io("cannot remove blob", blob.dir()))
+    }
+
+    /// Evicts least-recently-used blobs nobody holds until usage is within capacity. Returns
+    /// the bytes freed.
+    pub fn evict_to_capacity(&self) -> u64 {
+        let capacity = self.inner.shared.config.capacity_bytes;
+        let mut freed = 0;
+        while self.inner.shared.bytes_on_disk.load(Ordering::Relaxed) > capacity {
+            let victim = {
+                let mut blobs = self.inner.blobs.lock().expect("store lock");
+                let oldest = blobs
+                    .iter()
+                    .filter(|(_, b)| Arc::strong_count(b) == 1 && b.pins() == 0 && !b.is_busy())
+                    .min_by_key(|(_, b)| b.last_used())
+                    .map(|(d, _)| d.clone());
+                oldest.and_then(|d| blobs.remove(&d))
+            };
+            let Some(victim) = victim else {
+                tracing::warn!(
+                    capacity,
+                    used = self.inner.shared.bytes_on_disk.load(Ordering::Relaxed),
+                    "piece store is over capacity but every blob is in use"
+                );
+                break;
+            };
+            let bytes = victim.present_bytes();
+            match self.delete(&victim) {
+                Ok(()) => {
+                    freed += bytes;
+                    tracing::info!(blob = %victim.digest, bytes, "evicted from the piece store");
+                }
+                Err(e) => tracing::error!(blob = %victim.digest, error = %e, "eviction failed"),
+            }
+        }
+        freed
+    }
+}
+
+async fn evict_loop(store: Weak<StoreInner>) {
+    loop {
+        let Some(shared) = store.upgrade().map(|s| s.shared.clone()) else {
+            return;
+        };
+        shared.evict.notified().await;
+        drop(shared);
+        let Some(inner) = store.upgrade() else { return };
+        let store = PieceStore { inner };
+        let _ = tokio::task::spawn_blocking(move || store.evict_to_capacity()).await;
+    }
+}
+
+fn load_all(
+    root: &Path,
+    shared: &Arc<Shared>,
+) -> Result<HashMap<String, Arc<BlobInner>>, StoreError> {
+    let mut blobs = HashMap::new();
+    for kind in KINDS {
+        load_kind(root, kind, shared, &mut blobs)?;
+    }
+    Ok(blobs)
+}
+
+fn load_kind(
+    root: &Path,
+    kind: &str,
+    shared: &Arc<Shared>,
+    blobs: &mut HashMap<String, Arc<BlobInner>>,
+) -> Result<(), StoreError> {
+    let dir = root.join(kind);
+    std::fs::create_dir_all(&dir).map_err(StoreError::io(
+        "cannot create the piece store directory",
+        &dir,
+    ))?;
+    let entries =
+        std::fs::read_dir(&dir).map_err(StoreError::io("cannot list the piece store", &dir))?;
+    for entry in entries {
+        let entry = entry.map_err(StoreError::io("cannot list the piece store", &dir))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let digest = format!("{kind}:{name}");
+        let loaded = blob_dir(root, &digest)
+            .map_err(|e| e.to_string())
+            .and_then(|_| BlobFiles::load(&path))
+            .and_then(|(files, meta, have)| {
+                if meta.digest != digest {
+                    Err(format!("meta.json names {}", meta.digest))
+                } else {
+                    Ok((files, meta, have))
+                }
+            });
+        match loaded {
+            Ok((files, meta, have)) => {
+                let inner = BlobInner::new(files, meta, have, None, shared.clone());
+                shared
+                    .bytes_on_disk
+                    .fetch_add(inner.present_bytes(), Ordering::Relaxed);
+                blobs.insert(digest, inner);
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "removing an unusable piece store entry");
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+    }
+    Ok(())
+}

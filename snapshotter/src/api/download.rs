@@ -1,0 +1,231 @@
+//! The daemon's local download service (`dfctl get`): an ordinary file by URL, through the
+//! swarm. Its task ID is sha256 over the URL with signed-URL query parameters removed, plus
+//! tag and application, so the same file fetched with other signatures is one task. Pieces go
+//! to the piece store (and to other peers) like blob pieces; the file is then copied out.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dragonfly_proto::dfdaemon as pb;
+use dragonfly_proto::dfdaemon::download_server::Download;
+use dragonfly_storage::Priority;
+use dragonfly_task::origin::Access;
+use dragonfly_task::{TaskId, TaskUrl};
+use sha2::{Digest, Sha256};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::p2p::{Swarm, TaskSpec};
+
+/// The service.
+pub struct DownloadService {
+    swarm: Arc<Swarm>,
+}
+
+impl DownloadService {
+    /// Downloads through `swarm`.
+    pub fn new(swarm: Arc<Swarm>) -> DownloadService {
+        DownloadService { swarm }
+    }
+}
+
+/// `url` as a file's origin: only http and https can be downloaded.
+fn file_url(url: &str) -> Result<TaskUrl, Status> {
+    match url.parse::<TaskUrl>() {
+        Ok(u @ TaskUrl::Http(_)) => Ok(u),
+        Ok(_) => Err(Status::invalid_argument(format!(
+            "only http and https URLs can be downloaded, not {url:?}"
+        ))),
+        Err(e) => Err(Status::invalid_argument(e.to_string())),
+    }
+}
+
+/// The output file being written front to back while the rest of the download arrives: a
+/// `.dfctl-part` file beside the destination, hashed as it grows, renamed into place only when
+/// complete (and matching the expected digest, if one was given). Removed if abandoned.
+struct PartFile {
+    tmp: PathBuf,
+    file: std::fs::File,
+    written: u64,
+    hasher: Sha256,
+    done: bool,
+}
+
+impl PartFile {
+    fn create(output: &Path) -> Result<PartFile, String> {
+        let tmp = output.with_extension("dfctl-part");
+        let file = std::fs::File::create(&tmp)
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        Ok(PartFile {
+            tmp,
+            file,
+            written: 0,
+            hasher: Sha256::new(),
+            done: false,
+        })
+    }
+
+    /// Appends `data` and starts its write-back, so finishing does not wait for the whole file
+    /// to reach the disk.
+    fn append(&mut self, data: &[u8]) -> Result<(), String> {
+        std::io::Write::write_all(&mut self.file, data)
+            .map_err(|e| format!("cannot write {}: {e}", self.tmp.display()))?;
+        self.hasher.update(data);
+        // SAFETY: a plain syscall on a file descriptor we own; it only starts write-back.
+        unsafe {
+            libc::sync_file_range(
+                std::os::fd::AsRawFd::as_raw_fd(&self.file),
+                self.written as libc::off64_t,
+                data.len() as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Checks `digest` (if not empty), makes the file durable and moves it to `output`.
+    fn finish(mut self, output: &Path, digest: &str) -> Result<(), String> {
+        let actual = format!(
+            "sha256:{}",
+            hex::encode(std::mem::take(&mut self.hasher).finalize())
+        );
+        if !digest.is_empty() && actual != digest {
+            return Err(format!("the file hashes to {actual}, not {digest}"));
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| format!("cannot write {}: {e}", self.tmp.display()))?;
+        std::fs::rename(&self.tmp, output)
+            .map_err(|e| format!("cannot move the file to {}: {e}", output.display()))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Downloads `blob` into `output`, writing it front to back (on a blocking thread, from the
+/// blob's in-order reader) as its pieces arrive, and calls `progress` every 200 ms.
+async fn download_to(
+    blob: &dragonfly_storage::Blob,
+    output: PathBuf,
+    digest: String,
+    mut progress: impl FnMut(),
+) -> Result<(), Status> {
+    let mut reader = blob.read_in_order(Priority::OnDemand);
+    let out = output.clone();
+    let copy = tokio::task::spawn_blocking(move || -> Result<PartFile, Status> {
+        let mut part = PartFile::create(&out).map_err(Status::failed_precondition)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut reader, &mut buf)
+                .map_err(|e| Status::unavailable(format!("download failed: {e}")))?;
+            if n == 0 {
+                return Ok(part);
+            }
+            part.append(&buf[..n])
+                .map_err(Status::failed_precondition)?;
+        }
+    });
+    tokio::pin!(copy);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let part = loop {
+        tokio::select! {
+            r = &mut copy => break r.map_err(|e| Status::internal(format!("download task failed: {e}")))??,
+            _ = tick.tick() => progress(),
+        }
+    };
+    // Verifies the whole blob's digest where it is content-addressed (nothing is fetched).
+    blob.fetch_all(Priority::OnDemand)
+        .await
+        .map_err(|e| Status::unavailable(format!("download failed: {e}")))?;
+    tokio::task::spawn_blocking(move || part.finish(&output, &digest))
+        .await
+        .map_err(|e| Status::internal(format!("download task failed: {e}")))?
+        .map_err(Status::failed_precondition)
+}
+
+#[tonic::async_trait]
+impl Download for DownloadService {
+    type DownloadStream = ReceiverStream<Result<pb::DownloadProgress, Status>>;
+
+    async fn download(
+        &self,
+        req: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        let r = req.into_inner();
+        let output = Path::new(&r.output_path).to_owned();
+        if !output.is_absolute() {
+            return Err(Status::invalid_argument("output_path must be absolute"));
+        }
+        let id = TaskId::file(&r.url, &r.tag, &r.application, &r.filtered_query_params)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let hex = id.hex().to_owned();
+        // The full URL (signature included) is the origin, and this request's URL and headers
+        // replace an earlier one's (a fresh signature); the task ID is the filtered one's.
+        let spec = TaskSpec {
+            id,
+            url: file_url(&r.url)?,
+            size: None,
+            piece_length: None,
+            access: Access {
+                headers: r.headers.clone().into_iter().collect(),
+            },
+            refresh: true,
+        };
+        let blob = self.swarm.open(spec).await.map_err(|e| e.to_status())?;
+        let size = blob.size();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let digest = r.digest.clone();
+        tokio::spawn(async move {
+            let _pin = blob.pin();
+            let progress = |done: bool| pb::DownloadProgress {
+                task_id: hex.clone(),
+                content_length: size,
+                completed_bytes: blob.fetched_bytes(),
+                done,
+            };
+            let sender = tx.clone();
+            let res = download_to(&blob, output, digest, || {
+                let _ = sender.try_send(Ok(progress(false)));
+            })
+            .await;
+            let _ = match res {
+                Ok(()) => tx.send(Ok(progress(true))).await,
+                Err(e) => tx.send(Err(e)).await,
+            };
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_origins_are_accepted() {
+        for good in ["http://h/f", "https://h:8443/f?sig=1"] {
+            assert!(file_url(good).is_ok(), "{good}");
+        }
+        let oci = format!("oci://r/repo@sha256:{}", "a".repeat(64));
+        for bad in [
+            "ftp://x/y",
+            "file:///etc/passwd",
+            oci.as_str(),
+            "not a url",
+            "",
+        ] {
+            let e = file_url(bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}: {e}");
+        }
+    }
+}

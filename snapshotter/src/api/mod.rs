@@ -1,0 +1,6 @@
+//! The daemon's local API on its unix socket (`dragonfly.dfdaemon.v1`), what `dfctl` talks to:
+//! [`download`] (files by URL through the swarm) and [`images`] (an image's index, manifest
+//! and config through the swarm, for `dfctl image pull`).
+
+pub mod download;
+pub mod images;
