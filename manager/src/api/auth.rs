@@ -1,10 +1,14 @@
 //! Who is asking. `/api/v1` takes a console session (`Authorization: Bearer dfs_…` or the
 //! `dragonfly_session` cookie set at sign-in); `/oapi/v1` takes a personal access token
 //! (`Authorization: Bearer dfp_…`) that must be active, unexpired and carry the route's scope.
-//! Missing or invalid credentials are 401; a valid token without the scope is 403.
+//! Missing or invalid credentials are 401; a valid token without the scope is 403. Each is a
+//! route layer that puts the [`Caller`] in the request, so a route has one handler whichever
+//! way it is reached.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
 
 use super::error::ApiError;
 use super::AppState;
@@ -103,24 +107,40 @@ pub async fn check_pat(parts: &Parts, s: &AppState, scope: &str) -> Result<Token
     Ok(t)
 }
 
-/// A personal access token with the `job` scope.
-pub struct JobToken(pub Token);
-
-/// A personal access token with the `cluster` scope.
-pub struct ClusterToken(pub Token);
-
-impl FromRequestParts<AppState> for JobToken {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, ApiError> {
-        check_pat(parts, s, "job").await.map(JobToken)
-    }
+/// Who made a request that passed its route's auth layer: the console user, or the owner of
+/// the personal access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The user.
+    pub user_id: i64,
 }
 
-impl FromRequestParts<AppState> for ClusterToken {
-    type Rejection = ApiError;
+/// Route layer of `/api/v1`: a console session is required.
+pub async fn require_session(
+    State(s): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = req.into_parts();
+    let session = Session::from_request_parts(&mut parts, &s).await?;
+    req = Request::from_parts(parts, body);
+    req.extensions_mut().insert(Caller {
+        user_id: session.user.id,
+    });
+    Ok(next.run(req).await)
+}
 
-    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, ApiError> {
-        check_pat(parts, s, "cluster").await.map(ClusterToken)
-    }
+/// Route layer of `/oapi/v1`: a personal access token with `scope` is required.
+pub async fn require_token(
+    State((s, scope)): State<(AppState, &'static str)>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let token = check_pat(&parts, &s, scope).await?;
+    req = Request::from_parts(parts, body);
+    req.extensions_mut().insert(Caller {
+        user_id: token.user_id,
+    });
+    Ok(next.run(req).await)
 }

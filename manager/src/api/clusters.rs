@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 
-use super::auth::{ClusterToken, Session};
 use super::error::{ApiError, JsonBody};
 use super::AppState;
 use crate::store::clusters::{Cluster, ClusterConfig, ClusterFields, Scopes};
@@ -59,101 +58,46 @@ fn fields(b: ClusterBody) -> Result<ClusterFields, ApiError> {
     })
 }
 
-async fn create(s: AppState, b: ClusterBody) -> Result<(StatusCode, Json<Cluster>), ApiError> {
+/// `POST /clusters`
+pub async fn create(
+    State(s): State<AppState>,
+    JsonBody(b): JsonBody<ClusterBody>,
+) -> Result<(StatusCode, Json<Cluster>), ApiError> {
     let c = s.db.create_cluster(&fields(b)?).await?;
     tracing::info!(cluster = %c.name, id = c.id, "cluster created");
     Ok((StatusCode::CREATED, Json(c)))
 }
 
-async fn update(s: AppState, id: i64, b: ClusterBody) -> Result<Json<Cluster>, ApiError> {
+/// `GET /clusters`
+pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<Cluster>>, ApiError> {
+    Ok(Json(s.db.clusters().await?))
+}
+
+/// `GET /clusters/{id}`
+pub async fn get(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Cluster>, ApiError> {
+    Ok(Json(s.db.cluster(id).await?))
+}
+
+/// `PATCH /clusters/{id}`
+pub async fn update(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    JsonBody(b): JsonBody<ClusterBody>,
+) -> Result<Json<Cluster>, ApiError> {
     let c = s.db.update_cluster(id, &fields(b)?).await?;
     s.limiter.forget(id);
     Ok(Json(c))
 }
 
-async fn delete(s: AppState, id: i64) -> Result<StatusCode, ApiError> {
+/// `DELETE /clusters/{id}`
+pub async fn delete(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
     s.db.delete_cluster(id).await?;
     tracing::info!(id, "cluster deleted");
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// `POST /api/v1/clusters`
-pub async fn create_api(
-    State(s): State<AppState>,
-    _: Session,
-    JsonBody(b): JsonBody<ClusterBody>,
-) -> Result<(StatusCode, Json<Cluster>), ApiError> {
-    create(s, b).await
-}
-/// `POST /oapi/v1/clusters`
-pub async fn create_oapi(
-    State(s): State<AppState>,
-    _: ClusterToken,
-    JsonBody(b): JsonBody<ClusterBody>,
-) -> Result<(StatusCode, Json<Cluster>), ApiError> {
-    create(s, b).await
-}
-/// `GET /api/v1/clusters`
-pub async fn list_api(
-    State(s): State<AppState>,
-    _: Session,
-) -> Result<Json<Vec<Cluster>>, ApiError> {
-    Ok(Json(s.db.clusters().await?))
-}
-/// `GET /oapi/v1/clusters`
-pub async fn list_oapi(
-    State(s): State<AppState>,
-    _: ClusterToken,
-) -> Result<Json<Vec<Cluster>>, ApiError> {
-    Ok(Json(s.db.clusters().await?))
-}
-/// `GET /api/v1/clusters/{id}`
-pub async fn get_api(
-    State(s): State<AppState>,
-    _: Session,
-    Path(id): Path<i64>,
-) -> Result<Json<Cluster>, ApiError> {
-    Ok(Json(s.db.cluster(id).await?))
-}
-/// `GET /oapi/v1/clusters/{id}`
-pub async fn get_oapi(
-    State(s): State<AppState>,
-    _: ClusterToken,
-    Path(id): Path<i64>,
-) -> Result<Json<Cluster>, ApiError> {
-    Ok(Json(s.db.cluster(id).await?))
-}
-/// `PATCH /api/v1/clusters/{id}`
-pub async fn update_api(
-    State(s): State<AppState>,
-    _: Session,
-    Path(id): Path<i64>,
-    JsonBody(b): JsonBody<ClusterBody>,
-) -> Result<Json<Cluster>, ApiError> {
-    update(s, id, b).await
-}
-/// `PATCH /oapi/v1/clusters/{id}`
-pub async fn update_oapi(
-    State(s): State<AppState>,
-    _: ClusterToken,
-    Path(id): Path<i64>,
-    JsonBody(b): JsonBody<ClusterBody>,
-) -> Result<Json<Cluster>, ApiError> {
-    update(s, id, b).await
-}
-/// `DELETE /api/v1/clusters/{id}`
-pub async fn delete_api(
-    State(s): State<AppState>,
-    _: Session,
-    Path(id): Path<i64>,
-) -> Result<StatusCode, ApiError> {
-    delete(s, id).await
-}
-/// `DELETE /oapi/v1/clusters/{id}`
-pub async fn delete_oapi(
-    State(s): State<AppState>,
-    _: ClusterToken,
-    Path(id): Path<i64>,
-) -> Result<StatusCode, ApiError> {
-    delete(s, id).await
 }

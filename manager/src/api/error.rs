@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+use crate::jobs::args::FieldError;
 use crate::store::StoreError;
 
 /// An error answer.
@@ -54,6 +55,12 @@ impl ApiError {
     /// 403.
     pub fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::status(StatusCode::FORBIDDEN, message)
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> ApiError {
+        ApiError::bad(&e.field, e.message)
     }
 }
 

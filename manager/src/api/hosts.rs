@@ -4,7 +4,6 @@ use axum::extract::{Query, State};
 use axum::Json;
 use serde::Deserialize;
 
-use super::auth::Session;
 use super::error::ApiError;
 use super::AppState;
 use crate::store::hosts::{Kind, Member};
@@ -18,7 +17,6 @@ pub struct ByCluster {
 /// `GET /api/v1/schedulers`
 pub async fn schedulers(
     State(s): State<AppState>,
-    _: Session,
     Query(q): Query<ByCluster>,
 ) -> Result<Json<Vec<Member>>, ApiError> {
     Ok(Json(
@@ -30,7 +28,6 @@ pub async fn schedulers(
 /// `GET /api/v1/seed-peers`
 pub async fn seed_peers(
     State(s): State<AppState>,
-    _: Session,
     Query(q): Query<ByCluster>,
 ) -> Result<Json<Vec<Member>>, ApiError> {
     Ok(Json(

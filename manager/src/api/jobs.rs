@@ -4,19 +4,18 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::{JobToken, Session};
+use super::auth::Caller;
 use super::error::{ApiError, JsonBody};
 use super::AppState;
 use crate::jobs::args::{check, CreateJob};
-use crate::jobs::runner::JobPlan;
+use crate::jobs::model::JobState;
 use crate::store::clusters::Cluster;
-use crate::store::jobs::{Job, JobQuery};
+use crate::store::jobs::{Job, JobQuery, NewJobRow};
 
-/// A job with its clusters' names, as answered.
 /// `job` as answered, with the names of its clusters (from `clusters`, loaded once per request).
 fn shown(clusters: &[Cluster], job: Job) -> Value {
     let mut v = serde_json::to_value(&job).expect("job serializes");
@@ -30,10 +29,11 @@ fn shown(clusters: &[Cluster], job: Job) -> Value {
     v
 }
 
-async fn create(
-    s: AppState,
-    user_id: Option<i64>,
-    req: CreateJob,
+/// `POST /jobs`: checks the request, applies the clusters' rate limits and stores the job.
+pub async fn create(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<CreateJob>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let new = check(
         req,
@@ -60,22 +60,21 @@ async fn create(
             "rate limit exceeded: too many jobs for the cluster(s) this second; retry later or raise config.job_rate_limit",
         ));
     }
-    let plan = JobPlan {
-        preheat: new.preheat,
-        secrets: new.secrets,
-    };
+    let plan = serde_json::to_value(&new.preheat).expect("plans serialize");
+    let secrets = serde_json::to_value(&new.secrets).expect("secrets serialize");
     let job =
-        s.db.create_job(
-            "preheat",
-            &new.bio,
-            &new.shown,
-            &serde_json::to_value(&plan).expect("plan serializes"),
-            &new.clusters,
-            user_id,
-        )
+        s.db.create_job(&NewJobRow {
+            kind: "preheat",
+            bio: &new.bio,
+            args: &new.shown,
+            plan: &plan,
+            secrets: &secrets,
+            clusters: &new.clusters,
+            user_id: Some(caller.user_id),
+        })
         .await?;
     s.metrics.jobs.with_label_values(&["created"]).inc();
-    tracing::info!(job = job.id, task_id = %job.task_id, url = %plan.preheat.urls[0], kind = ?plan.preheat.kind, "preheat job created");
+    tracing::info!(job = job.id, task_id = %job.task_id, url = %new.preheat.urls[0], kind = ?new.preheat.kind, "preheat job created");
     s.job_created.notify_one();
     Ok((StatusCode::CREATED, Json(shown(&clusters, job))))
 }
@@ -90,17 +89,19 @@ pub struct ListQuery {
     per_page: Option<i64>,
 }
 
-async fn list(s: AppState, q: ListQuery) -> Result<Json<Value>, ApiError> {
-    if let Some(st) = &q.state {
-        if !["PENDING", "RUNNING", "SUCCESS", "FAILURE"].contains(&st.as_str()) {
-            return Err(ApiError::bad(
-                "state",
-                "state is PENDING, RUNNING, SUCCESS or FAILURE",
-            ));
-        }
-    }
+/// `GET /jobs`: newest first, filtered and paged.
+pub async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let state = q
+        .state
+        .as_deref()
+        .map(str::parse::<JobState>)
+        .transpose()
+        .map_err(|e| ApiError::bad("state", e.to_string()))?;
     let query = JobQuery {
-        state: q.state,
+        state,
         kind: q.kind,
         page: q.page.unwrap_or(1),
         per_page: q.per_page.unwrap_or(50),
@@ -113,56 +114,8 @@ async fn list(s: AppState, q: ListQuery) -> Result<Json<Value>, ApiError> {
     ))
 }
 
-async fn get(s: AppState, id: i64) -> Result<Json<Value>, ApiError> {
+/// `GET /jobs/{id}`
+pub async fn get(State(s): State<AppState>, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
     let job = s.db.job(id).await?;
     Ok(Json(shown(&s.db.clusters().await?, job)))
-}
-
-/// `POST /api/v1/jobs`
-pub async fn create_api(
-    State(s): State<AppState>,
-    session: Session,
-    JsonBody(b): JsonBody<CreateJob>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    create(s, Some(session.user.id), b).await
-}
-/// `POST /oapi/v1/jobs`
-pub async fn create_oapi(
-    State(s): State<AppState>,
-    t: JobToken,
-    JsonBody(b): JsonBody<CreateJob>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    create(s, Some(t.0.user_id), b).await
-}
-/// `GET /api/v1/jobs`
-pub async fn list_api(
-    State(s): State<AppState>,
-    _: Session,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
-    list(s, q).await
-}
-/// `GET /oapi/v1/jobs`
-pub async fn list_oapi(
-    State(s): State<AppState>,
-    _: JobToken,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
-    list(s, q).await
-}
-/// `GET /api/v1/jobs/{id}`
-pub async fn get_api(
-    State(s): State<AppState>,
-    _: Session,
-    Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
-    get(s, id).await
-}
-/// `GET /oapi/v1/jobs/{id}`
-pub async fn get_oapi(
-    State(s): State<AppState>,
-    _: JobToken,
-    Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
-    get(s, id).await
 }

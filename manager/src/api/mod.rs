@@ -37,8 +37,32 @@ pub struct AppState {
     pub job_created: Arc<tokio::sync::Notify>,
 }
 
-/// Every route.
+/// Every route. Routes reached both ways (clusters, jobs) have one handler each; the auth kind
+/// is a route layer: a console session on `/api/v1`, a personal access token with the
+/// route's scope on `/oapi/v1`.
 pub fn router(state: AppState) -> Router {
+    let clusters = Router::new()
+        .route("/clusters", post(clusters::create).get(clusters::list))
+        .route(
+            "/clusters/{id}",
+            get(clusters::get)
+                .patch(clusters::update)
+                .delete(clusters::delete),
+        );
+    let jobs = Router::new()
+        .route("/jobs", post(jobs::create).get(jobs::list))
+        .route("/jobs/{id}", get(jobs::get));
+    let session = axum::middleware::from_fn_with_state(state.clone(), auth::require_session);
+    let token = |scope: &'static str| {
+        axum::middleware::from_fn_with_state((state.clone(), scope), auth::require_token)
+    };
+    let console = Router::new()
+        .merge(clusters.clone())
+        .merge(jobs.clone())
+        .route("/schedulers", get(hosts::schedulers))
+        .route("/seed-peers", get(hosts::seed_peers))
+        .route_layer(session);
+    // Sign-in needs no session; the user and token routes find the session themselves.
     let api = Router::new()
         .route("/users/signin", post(users::signin))
         .route("/users/signout", post(users::signout))
@@ -51,33 +75,10 @@ pub fn router(state: AppState) -> Router {
             "/personal-access-tokens/{id}",
             axum::routing::delete(tokens::revoke),
         )
-        .route(
-            "/clusters",
-            post(clusters::create_api).get(clusters::list_api),
-        )
-        .route(
-            "/clusters/{id}",
-            get(clusters::get_api)
-                .patch(clusters::update_api)
-                .delete(clusters::delete_api),
-        )
-        .route("/schedulers", get(hosts::schedulers))
-        .route("/seed-peers", get(hosts::seed_peers))
-        .route("/jobs", post(jobs::create_api).get(jobs::list_api))
-        .route("/jobs/{id}", get(jobs::get_api));
+        .merge(console);
     let oapi = Router::new()
-        .route(
-            "/clusters",
-            post(clusters::create_oapi).get(clusters::list_oapi),
-        )
-        .route(
-            "/clusters/{id}",
-            get(clusters::get_oapi)
-                .patch(clusters::update_oapi)
-                .delete(clusters::delete_oapi),
-        )
-        .route("/jobs", post(jobs::create_oapi).get(jobs::list_oapi))
-        .route("/jobs/{id}", get(jobs::get_oapi));
+        .merge(clusters.route_layer(token("cluster")))
+        .merge(jobs.route_layer(token("job")));
     Router::new()
         .nest("/api/v1", api)
         .nest("/oapi/v1", oapi)

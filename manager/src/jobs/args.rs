@@ -10,7 +10,24 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::api::error::ApiError;
+/// A request field that is wrong: which one (`args.url`, …) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// The field's path in the request.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: &str, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
 
 /// Smallest and largest piece length a job may ask for.
 pub const PIECE_LENGTH_RANGE: (u64, u64) = (64 << 10, 64 << 20);
@@ -175,11 +192,11 @@ fn parse_timeout(v: &Value) -> Result<u64, String> {
     }
 }
 
-fn check_url(field: &str, u: &str) -> Result<reqwest::Url, ApiError> {
+fn check_url(field: &str, u: &str) -> Result<reqwest::Url, FieldError> {
     let parsed = reqwest::Url::parse(u)
-        .map_err(|e| ApiError::bad(field, format!("{u:?} is not a URL: {e}")))?;
+        .map_err(|e| FieldError::new(field, format!("{u:?} is not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(ApiError::bad(
+        return Err(FieldError::new(
             field,
             format!("{u:?} must be an http(s) URL with a host"),
         ));
@@ -188,15 +205,15 @@ fn check_url(field: &str, u: &str) -> Result<reqwest::Url, ApiError> {
 }
 
 /// Checks `req`; `default_timeout` applies when the job gives none.
-pub fn check(req: CreateJob, default_timeout: Duration) -> Result<NewJob, ApiError> {
+pub fn check(req: CreateJob, default_timeout: Duration) -> Result<NewJob, FieldError> {
     if req.kind != "preheat" {
-        return Err(ApiError::bad(
+        return Err(FieldError::new(
             "type",
             format!("unknown job type {:?}; supported: preheat", req.kind),
         ));
     }
     if !req.args.is_object() {
-        return Err(ApiError::bad(
+        return Err(FieldError::new(
             "args",
             "args must be an object with at least type and url",
         ));
@@ -208,13 +225,13 @@ pub fn check(req: CreateJob, default_timeout: Duration) -> Result<NewJob, ApiErr
         } else {
             format!("args.{path}")
         };
-        ApiError::bad(&field, format!("invalid args: {}", e.inner()))
+        FieldError::new(&field, format!("invalid args: {}", e.inner()))
     })?;
     let kind = match raw.kind.as_str() {
         "image" => PreheatKind::Image,
         "file" => PreheatKind::File,
         other => {
-            return Err(ApiError::bad(
+            return Err(FieldError::new(
                 "args.type",
                 format!("unknown preheat type {other:?}; use image or file"),
             ))
@@ -225,19 +242,19 @@ pub fn check(req: CreateJob, default_timeout: Duration) -> Result<NewJob, ApiErr
         urls.insert(0, raw.url.clone());
     }
     if urls.is_empty() {
-        return Err(ApiError::bad("args.url", "url is required"));
+        return Err(FieldError::new("args.url", "url is required"));
     }
     for u in &urls {
         let parsed = check_url("args.url", u)?;
         if kind == PreheatKind::Image && crate::jobs::image::ManifestUrl::parse(&parsed).is_none() {
-            return Err(ApiError::bad(
+            return Err(FieldError::new(
                 "args.url",
                 format!("{u:?} is not an image manifest URL like https://REGISTRY/v2/REPO/manifests/TAG"),
             ));
         }
     }
     if kind == PreheatKind::Image && urls.len() > 1 {
-        return Err(ApiError::bad(
+        return Err(FieldError::new(
             "args.urls",
             "an image preheat takes one manifest url",
         ));
@@ -245,7 +262,7 @@ pub fn check(req: CreateJob, default_timeout: Duration) -> Result<NewJob, ApiErr
     if let Some(pl) = raw.piece_length {
         let (lo, hi) = PIECE_LENGTH_RANGE;
         if !(lo..=hi).contains(&pl) || !pl.is_power_of_two() {
-            return Err(ApiError::bad(
+            return Err(FieldError::new(
                 "args.pieceLength",
                 format!("pieceLength {pl} must be a power of two from {lo} to {hi}"),
             ));
@@ -256,7 +273,7 @@ pub fn check(req: CreateJob, default_timeout: Duration) -> Result<NewJob, ApiErr
         "all_seed_peers" => Scope::AllSeedPeers,
         "all_peers" => Scope::AllPeers,
         other => {
-            return Err(ApiError::bad(
+            return Err(FieldError::new(
                 "args.scope",
                 format!(
                     "unknown scope {other:?}; use single_seed_peer, all_seed_peers or all_peers"
@@ -271,23 +288,23 @@ pub fn check(req: CreateJob, default_timeout: Duration) -> Result<NewJob, ApiErr
     };
     let parts: Vec<&str> = platform.split('/').collect();
     if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
-        return Err(ApiError::bad(
+        return Err(FieldError::new(
             "args.platform",
             format!("platform {platform:?} is not os/arch[/variant]"),
         ));
     }
     let timeout_secs = match &raw.timeout {
         None => default_timeout.as_secs(),
-        Some(v) => parse_timeout(v).map_err(|e| ApiError::bad("args.timeout", e))?,
+        Some(v) => parse_timeout(v).map_err(|e| FieldError::new("args.timeout", e))?,
     };
     if !(1..=24 * 3600).contains(&timeout_secs) {
-        return Err(ApiError::bad(
+        return Err(FieldError::new(
             "args.timeout",
             "timeout must be from 1 second to 24 hours",
         ));
     }
     if raw.password.is_empty() != raw.username.is_empty() {
-        return Err(ApiError::bad(
+        return Err(FieldError::new(
             "args.username",
             "give username and password together",
         ));
@@ -358,8 +375,8 @@ mod tests {
         }
     }
 
-    fn field(r: Result<NewJob, ApiError>) -> String {
-        r.unwrap_err().field.unwrap()
+    fn field(r: Result<NewJob, FieldError>) -> String {
+        r.unwrap_err().field
     }
 
     #[test]

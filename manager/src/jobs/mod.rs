@@ -1,7 +1,9 @@
-//! Preheat jobs: the request contract ([`args`]), image resolution ([`image`]), creation
-//! limits ([`ratelimit`]) and the durable runner ([`runner`]).
+//! Preheat jobs: the request contract ([`args`]), image resolution ([`image`]), the stored
+//! and answered shapes ([`model`]), creation limits ([`ratelimit`]) and the durable runner
+//! ([`runner`]).
 
 pub mod args;
 pub mod image;
+pub mod model;
 pub mod ratelimit;
 pub mod runner;

@@ -15,12 +15,11 @@ use base64::Engine;
 use dragonfly_proto::scheduler as pb;
 use dragonfly_runtime::grpc::{endpoint, Timeouts};
 use dragonfly_task::{TaskId, TaskRole};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use tokio::sync::{Notify, Semaphore};
 
 use super::args::{Preheat, PreheatKind, Scope, Secrets};
 use super::image::{self, ManifestUrl};
+use super::model::{ClusterOutcome, HostTask, JobResult, JobState, TaskProgress};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::hosts::Kind;
@@ -31,13 +30,19 @@ use crate::store::Db;
 /// How often a RUNNING job's heartbeat (with its live progress) is written.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// What the runner keeps of a job beside its public args (in the secrets column).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobPlan {
-    /// Checked arguments.
-    pub preheat: Preheat,
-    /// Credentials.
-    pub secrets: Secrets,
+/// What the runner works from: the stored plan and secrets of a claimed job.
+struct JobPlan {
+    preheat: Preheat,
+    secrets: Secrets,
+}
+
+impl JobPlan {
+    fn of(c: &Claimed) -> Result<JobPlan, serde_json::Error> {
+        Ok(JobPlan {
+            preheat: serde_json::from_value(c.plan.clone())?,
+            secrets: serde_json::from_value(c.secrets.clone())?,
+        })
+    }
 }
 
 /// The runner.
@@ -51,7 +56,7 @@ pub struct Runner {
 /// A job's growing log and result.
 struct Progress {
     log: String,
-    result: Value,
+    result: JobResult,
     /// Per task, how far its target hosts have got (shown as `result.progress`).
     live: Vec<LiveTask>,
 }
@@ -68,22 +73,20 @@ struct LiveTask {
 }
 
 impl LiveTask {
-    fn json(&self) -> Value {
-        let present: u64 = self.hosts.values().map(|h| h.0).sum();
-        let total: u64 = self
-            .hosts
-            .values()
-            .map(|h| if h.1 == 0 { self.content_length } else { h.1 })
-            .sum();
-        json!({
-            "task_id": self.task_id,
-            "url": self.url,
-            "role": self.role.as_str(),
-            "content_length": self.content_length,
-            "hosts": self.hosts.len(),
-            "present_bytes": present,
-            "total_bytes": total,
-        })
+    fn progress(&self) -> TaskProgress {
+        TaskProgress {
+            task_id: self.task_id.clone(),
+            url: self.url.clone(),
+            role: self.role,
+            content_length: self.content_length,
+            hosts: self.hosts.len(),
+            present_bytes: self.hosts.values().map(|h| h.0).sum(),
+            total_bytes: self
+                .hosts
+                .values()
+                .map(|h| if h.1 == 0 { self.content_length } else { h.1 })
+                .sum(),
+        }
     }
 }
 
@@ -91,7 +94,7 @@ impl Progress {
     fn snapshot(&self) -> Progress {
         let mut result = self.result.clone();
         if !self.live.is_empty() {
-            result["progress"] = Value::Array(self.live.iter().map(LiveTask::json).collect());
+            result.progress = self.live.iter().map(LiveTask::progress).collect();
         }
         Progress {
             log: self.log.clone(),
@@ -176,7 +179,7 @@ impl Runner {
         let started = Instant::now();
         let mut progress = Progress {
             log: c.job.log.clone(),
-            result: json!({"job_states": []}),
+            result: JobResult::default(),
             live: Vec::new(),
         };
         if c.job.attempts > 1 {
@@ -186,8 +189,7 @@ impl Runner {
             ));
         }
         tracing::info!(job = id, task_id = %c.job.task_id, attempt = c.job.attempts, "job started");
-        let plan: Result<JobPlan, _> = serde_json::from_value(c.secrets.clone());
-        let (success, progress) = match plan {
+        let (success, progress) = match JobPlan::of(&c) {
             Err(e) => {
                 progress.line(format!("the stored job cannot be read: {e}"));
                 (false, progress)
@@ -231,9 +233,14 @@ impl Runner {
             .jobs
             .with_label_values(&[if success { "success" } else { "failure" }])
             .inc();
+        let state = if success {
+            JobState::Success
+        } else {
+            JobState::Failure
+        };
         if let Err(e) = self
             .db
-            .finish_job(id, success, &progress.result, &progress.log)
+            .finish_job(id, state, &progress.result, &progress.log)
             .await
         {
             tracing::error!(job = id, error = %e, "cannot record the job's end; it will run again");
@@ -394,12 +401,9 @@ impl Runner {
         .await;
         let mut all_ok = true;
         let mut p = progress.lock().await;
-        for (ok, state) in outcomes {
+        for (ok, outcome) in outcomes {
             all_ok &= ok;
-            p.result["job_states"]
-                .as_array_mut()
-                .expect("array")
-                .push(state);
+            p.result.job_states.push(outcome);
         }
         // The image is in the swarm: remember what its tag named, for pulls without the
         // registry.
@@ -427,13 +431,8 @@ impl Runner {
         scope: pb::PreheatScope,
         timeout_secs: u64,
         progress: &tokio::sync::Mutex<Progress>,
-    ) -> (bool, Value) {
-        let fail = |e: String| {
-            (
-                false,
-                json!({"scheduler_cluster_id": cluster_id, "state": "FAILURE", "success_tasks": [], "failure_tasks": [], "error": e}),
-            )
-        };
+    ) -> (bool, ClusterOutcome) {
+        let fail = |e: String| (false, ClusterOutcome::failed(cluster_id, e));
         let schedulers = match self
             .db
             .members(Kind::Scheduler, Some(cluster_id), true)
@@ -504,47 +503,56 @@ impl Runner {
                     continue;
                 }
             };
-            let ok_tasks: Vec<Value> = resp
-                .results
-                .iter()
-                .filter(|r| r.ok)
-                .map(|r| json!({"task_id": r.task_id, "url": r.url, "hostname": r.hostname, "ip": r.ip}))
-                .collect();
-            let failed: Vec<Value> = resp
-                .results
-                .iter()
-                .filter(|r| !r.ok)
-                .map(|r| json!({"task_id": r.task_id, "url": r.url, "hostname": r.hostname, "ip": r.ip, "description": r.description}))
-                .collect();
-            let every_task = tasks
-                .iter()
-                .all(|t| resp.results.iter().any(|r| r.ok && r.task_id == t.id));
-            {
-                let mut p = progress.lock().await;
-                p.line(format!(
-                    "cluster {name}: {} host-task(s) done, {} failed",
-                    ok_tasks.len(),
-                    failed.len()
-                ));
-                for f in &failed {
-                    p.line(format!(
-                        "  {} on {}: {}",
-                        f["url"].as_str().unwrap_or_default(),
-                        f["ip"].as_str().filter(|s| !s.is_empty()).unwrap_or("-"),
-                        f["description"].as_str().unwrap_or_default()
-                    ));
-                }
-            }
-            let state = json!({
-                "scheduler_cluster_id": cluster_id,
-                "state": if every_task { "SUCCESS" } else { "FAILURE" },
-                "success_tasks": ok_tasks,
-                "failure_tasks": failed,
-                "error": "",
-            });
-            return (every_task, state);
+            return self.outcome(cluster_id, name, tasks, &resp, progress).await;
         }
         fail(last_error)
+    }
+
+    /// What the scheduler's answer means for the cluster, logged.
+    async fn outcome(
+        &self,
+        cluster_id: i64,
+        name: &str,
+        tasks: &[pb::Task],
+        resp: &pb::PreheatResponse,
+        progress: &tokio::sync::Mutex<Progress>,
+    ) -> (bool, ClusterOutcome) {
+        let host_task = |r: &pb::PreheatResult| HostTask {
+            task_id: r.task_id.clone(),
+            url: r.url.clone(),
+            hostname: r.hostname.clone(),
+            ip: r.ip.clone(),
+            description: if r.ok {
+                String::new()
+            } else {
+                r.description.clone()
+            },
+        };
+        let (ok, failed): (Vec<&pb::PreheatResult>, Vec<&pb::PreheatResult>) =
+            resp.results.iter().partition(|r| r.ok);
+        let every_task = tasks.iter().all(|t| ok.iter().any(|r| r.task_id == t.id));
+        let outcome = ClusterOutcome {
+            scheduler_cluster_id: cluster_id,
+            state: if every_task {
+                JobState::Success
+            } else {
+                JobState::Failure
+            },
+            success_tasks: ok.into_iter().map(host_task).collect(),
+            failure_tasks: failed.into_iter().map(host_task).collect(),
+            error: String::new(),
+        };
+        let mut p = progress.lock().await;
+        p.line(format!(
+            "cluster {name}: {} host-task(s) done, {} failed",
+            outcome.success_tasks.len(),
+            outcome.failure_tasks.len()
+        ));
+        for f in &outcome.failure_tasks {
+            let ip = if f.ip.is_empty() { "-" } else { f.ip.as_str() };
+            p.line(format!("  {} on {ip}: {}", f.url, f.description));
+        }
+        (every_task, outcome)
     }
 }
 
@@ -579,7 +587,7 @@ mod tests {
         };
         let mut p = Progress {
             log: String::new(),
-            result: json!({"job_states": []}),
+            result: JobResult::default(),
             live: live_tasks(&[
                 task("m", "oci-manifest://r/a@sha256:1", TaskRole::Manifest),
                 task("c", "oci://r/a@sha256:2", TaskRole::Config),
@@ -597,7 +605,7 @@ mod tests {
                 },
             );
         }
-        let shown = p.snapshot().result["progress"].clone();
+        let shown = serde_json::to_value(p.snapshot().result).unwrap()["progress"].clone();
         let roles: Vec<&str> = shown
             .as_array()
             .unwrap()

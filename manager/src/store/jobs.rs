@@ -1,8 +1,9 @@
 //! Jobs (preheat): stored when created (PENDING), claimed by a runner (RUNNING, with a
 //! heartbeat), finished as SUCCESS or FAILURE with per-task results and a readable log.
 //! A RUNNING job whose heartbeat stops (its manager died) is put back to PENDING, so jobs
-//! survive restarts. Secrets (registry passwords, auth headers) live in their own column and
-//! never leave the store except to the runner.
+//! survive restarts. The checked arguments the runner works from (`plan`) and the secrets
+//! (registry passwords, auth headers) live in columns of their own; secrets never leave the
+//! store except to the runner.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -10,6 +11,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{json_col, now, rfc3339, Db, StoreError};
+use crate::jobs::model::{JobResult, JobState};
 
 /// A job as the API shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -24,13 +26,13 @@ pub struct Job {
     /// Free text.
     pub bio: String,
     /// PENDING, RUNNING, SUCCESS or FAILURE.
-    pub state: String,
+    pub state: JobState,
     /// Arguments, secrets blanked.
     pub args: Value,
     /// Target clusters (empty = all).
     pub scheduler_cluster_ids: Vec<i64>,
-    /// Per-task results.
-    pub result: Value,
+    /// Per-cluster results and live progress.
+    pub result: JobResult,
     /// What happened, for people.
     pub log: String,
     /// Creator.
@@ -52,6 +54,8 @@ pub struct Job {
 pub struct Claimed {
     /// The job.
     pub job: Job,
+    /// Its checked arguments.
+    pub plan: Value,
     /// Its secrets.
     pub secrets: Value,
 }
@@ -60,7 +64,7 @@ pub struct Claimed {
 #[derive(Debug, Clone, Default)]
 pub struct JobQuery {
     /// Only this state.
-    pub state: Option<String>,
+    pub state: Option<JobState>,
     /// Only this type.
     pub kind: Option<String>,
     /// 1-based page.
@@ -69,13 +73,36 @@ pub struct JobQuery {
     pub per_page: i64,
 }
 
+/// What a new job row holds.
+pub struct NewJobRow<'a> {
+    /// `preheat`.
+    pub kind: &'a str,
+    /// Free text.
+    pub bio: &'a str,
+    /// Arguments as answered (secrets blanked).
+    pub args: &'a Value,
+    /// What the runner works from.
+    pub plan: &'a Value,
+    /// Credentials.
+    pub secrets: &'a Value,
+    /// Target clusters (empty = all).
+    pub clusters: &'a [i64],
+    /// Creator.
+    pub user_id: Option<i64>,
+}
+
 fn job(r: &AnyRow) -> Result<Job, StoreError> {
     Ok(Job {
         id: r.try_get("id")?,
         task_id: r.try_get("task_id")?,
         kind: r.try_get("type")?,
         bio: r.try_get("bio")?,
-        state: r.try_get("state")?,
+        state: r.try_get::<String, _>("state")?.parse().map_err(
+            |e: crate::jobs::model::UnknownState| StoreError::Corrupt {
+                what: "state",
+                message: e.to_string(),
+            },
+        )?,
         args: json_col(r, "args")?,
         scheduler_cluster_ids: json_col(r, "scheduler_cluster_ids")?,
         result: json_col(r, "result")?,
@@ -92,28 +119,23 @@ fn job(r: &AnyRow) -> Result<Job, StoreError> {
 const COLUMNS: &str = "id, task_id, type, bio, state, args, scheduler_cluster_ids, result, log, user_id, attempts, created_at, updated_at, started_at, finished_at";
 
 impl Db {
-    /// Stores a new PENDING job.
-    pub async fn create_job(
-        &self,
-        kind: &str,
-        bio: &str,
-        args: &Value,
-        secrets: &Value,
-        clusters: &[i64],
-        user_id: Option<i64>,
-    ) -> Result<Job, StoreError> {
+    /// Stores a new PENDING job: `args` as answered (secrets blanked), the runner's `plan`
+    /// and the `secrets` apart.
+    pub async fn create_job(&self, new: &NewJobRow<'_>) -> Result<Job, StoreError> {
         let t = now();
         let row = sqlx::query(&format!(
-            "INSERT INTO jobs (task_id, type, bio, state, args, secrets, scheduler_cluster_ids, result, log, user_id, attempts, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'PENDING', $4, $5, $6, '{{}}', '', $7, 0, $8, $8) RETURNING {COLUMNS}"
+            "INSERT INTO jobs (task_id, type, bio, state, args, plan, secrets, scheduler_cluster_ids, result, log, user_id, attempts, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '{{}}', '', $9, 0, $10, $10) RETURNING {COLUMNS}"
         ))
         .bind(format!("group_{}", uuid::Uuid::new_v4()))
-        .bind(kind)
-        .bind(bio)
-        .bind(args.to_string())
-        .bind(secrets.to_string())
-        .bind(serde_json::to_string(clusters).expect("ids serialize"))
-        .bind(user_id)
+        .bind(new.kind)
+        .bind(new.bio)
+        .bind(JobState::Pending.as_str())
+        .bind(new.args.to_string())
+        .bind(new.plan.to_string())
+        .bind(new.secrets.to_string())
+        .bind(serde_json::to_string(new.clusters).expect("ids serialize"))
+        .bind(new.user_id)
         .bind(&t)
         .fetch_one(&self.pool)
         .await?;
@@ -137,19 +159,19 @@ impl Db {
         let per_page = q.per_page.clamp(1, 1000);
         let offset = (q.page.max(1) - 1) * per_page;
         let filter = "WHERE ($1 = '' OR state = $1) AND ($2 = '' OR type = $2)";
-        let state = q.state.clone().unwrap_or_default();
+        let state = q.state.map(JobState::as_str).unwrap_or_default();
         let kind = q.kind.clone().unwrap_or_default();
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM jobs {filter} ORDER BY id DESC LIMIT $3 OFFSET $4"
         ))
-        .bind(&state)
+        .bind(state)
         .bind(&kind)
         .bind(per_page)
         .bind(offset)
         .fetch_all(&self.pool)
         .await?;
         let total: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM jobs {filter}"))
-            .bind(&state)
+            .bind(state)
             .bind(&kind)
             .fetch_one(&self.pool)
             .await?
@@ -170,7 +192,7 @@ impl Db {
             let t = now();
             let row = sqlx::query(&format!(
                 "UPDATE jobs SET state = 'RUNNING', attempts = attempts + 1, updated_at = $1, \
-                 started_at = COALESCE(started_at, $1) WHERE id = $2 AND state = 'PENDING' RETURNING {COLUMNS}, secrets"
+                 started_at = COALESCE(started_at, $1) WHERE id = $2 AND state = 'PENDING' RETURNING {COLUMNS}, plan, secrets"
             ))
             .bind(&t)
             .bind(id)
@@ -180,16 +202,22 @@ impl Db {
             let Some(row) = row else { continue };
             return Ok(Some(Claimed {
                 job: job(&row)?,
+                plan: json_col(&row, "plan")?,
                 secrets: json_col(&row, "secrets")?,
             }));
         }
     }
 
     /// The runner's heartbeat on a RUNNING job, with its progress so far.
-    pub async fn job_progress(&self, id: i64, result: &Value, log: &str) -> Result<(), StoreError> {
+    pub async fn job_progress(
+        &self,
+        id: i64,
+        result: &JobResult,
+        log: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE jobs SET updated_at = $1, result = $2, log = $3 WHERE id = $4 AND state = 'RUNNING'")
             .bind(now())
-            .bind(result.to_string())
+            .bind(serde_json::to_string(result).expect("results serialize"))
             .bind(log)
             .bind(id)
             .execute(&self.pool)
@@ -197,20 +225,20 @@ impl Db {
         Ok(())
     }
 
-    /// Ends a RUNNING job.
+    /// Ends a RUNNING job as `state` (SUCCESS or FAILURE).
     pub async fn finish_job(
         &self,
         id: i64,
-        success: bool,
-        result: &Value,
+        state: JobState,
+        result: &JobResult,
         log: &str,
     ) -> Result<(), StoreError> {
         let t = now();
         sqlx::query(
             "UPDATE jobs SET state = $1, result = $2, log = $3, updated_at = $4, finished_at = $4 WHERE id = $5 AND state = 'RUNNING'",
         )
-        .bind(if success { "SUCCESS" } else { "FAILURE" })
-        .bind(result.to_string())
+        .bind(state.as_str())
+        .bind(serde_json::to_string(result).expect("results serialize"))
         .bind(log)
         .bind(&t)
         .bind(id)
@@ -232,5 +260,55 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job stored before migration 0003 (plan and secrets together in `secrets`) is split
+    /// when the manager starts on that database.
+    #[tokio::test]
+    async fn old_jobs_get_their_plan_split_from_their_secrets() {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+        // The schema as it was: migrations 0001 and 0002 only.
+        let old = dir.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        for f in ["0001_initial.sql", "0002_image_tags.sql"] {
+            let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations/sqlite")
+                .join(f);
+            std::fs::copy(src, old.join(f)).unwrap();
+        }
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        sqlx::migrate::Migrator::new(old.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        let stored = serde_json::json!({
+            "preheat": {"kind": "file", "urls": ["https://h/f"]},
+            "secrets": {"username": "u", "password": "p", "headers": {}}
+        });
+        sqlx::query(
+            "INSERT INTO jobs (task_id, type, bio, state, args, secrets, scheduler_cluster_ids, result, log, attempts, created_at, updated_at) \
+             VALUES ('group_x', 'preheat', '', 'PENDING', '{}', $1, '[]', '{}', '', 0, 't', 't')",
+        )
+        .bind(stored.to_string())
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        let db = Db::open(&format!("sqlite://{}", dir.path().join("m.db").display()))
+            .await
+            .unwrap();
+        let c = db.claim_job().await.unwrap().expect("the old job");
+        assert_eq!(c.plan, stored["preheat"]);
+        assert_eq!(c.secrets, stored["secrets"]);
+        assert_eq!(c.job.state, JobState::Running);
     }
 }
