@@ -16,7 +16,9 @@ use sha2::{Digest, Sha256};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::p2p::{Swarm, TaskSpec};
+use dragonfly_task::{TaskOpener, TaskSpec};
+
+use crate::p2p::{open_status, Swarm};
 
 /// The service.
 pub struct DownloadService {
@@ -181,7 +183,7 @@ impl Download for DownloadService {
             },
             refresh: true,
         };
-        let blob = self.swarm.open(spec).await.map_err(|e| e.to_status())?;
+        let blob = self.swarm.open(spec).await.map_err(|e| open_status(&e))?;
         let size = blob.size();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let digest = r.digest.clone();

@@ -18,7 +18,9 @@ use dragonfly_storage::Priority;
 use dragonfly_task::OciObject;
 use tonic::{Request, Response, Status};
 
-use crate::p2p::{Swarm, TaskSpec};
+use dragonfly_task::{TaskOpener, TaskSpec};
+
+use crate::p2p::Swarm;
 
 /// Longest a manifest or config may be (the distribution spec's manifest limit).
 const MAX_OBJECT_BYTES: u64 = 4 << 20;

@@ -2,7 +2,8 @@
 //! image describes wrongly is the request's fault, one that cannot be fetched now is
 //! unavailable, a failure of ours is internal. The snapshot side only sees the code.
 
-use crate::p2p::SwarmError;
+use dragonfly_task::OpenError;
+
 use crate::snapshot::{LayerFault, SnapshotError};
 
 use super::unpack::UnpackError;
@@ -20,7 +21,7 @@ pub enum LayerError {
         digest: String,
         /// Why.
         #[source]
-        source: Box<SwarmError>,
+        source: Box<OpenError>,
     },
     /// The footer or TOC cannot be read.
     #[error("cannot read the {part} of layer {digest}: {source}")]

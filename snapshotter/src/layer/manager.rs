@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use dragonfly_estargz::{IndexOptions, LayerIndex, Prefetch};
 use dragonfly_storage::{Blob, PinGuard, Priority};
-use dragonfly_task::OciObject;
+use dragonfly_task::{OciObject, TaskOpener, TaskSpec};
 use futures::future::{BoxFuture, FutureExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -27,7 +27,6 @@ use crate::config::{FuseConfig, PrefetchConfig};
 use crate::fs::mount::{mount, MountedLayerFs};
 use crate::fs::{ChunkCache, ChunkReader, LayerFs};
 use crate::metrics::Metrics;
-use crate::p2p::{Swarm, TaskSpec};
 use crate::snapshot::remote::{RemoteLayers, LABEL_REMOTE, UNPACKED_VALUE};
 use crate::snapshot::SnapshotError;
 
@@ -55,7 +54,7 @@ struct Mounted {
 
 /// Mounts and tracks lazy layers; the [`RemoteLayers`] of the snapshotter.
 pub struct LayerManager {
-    swarm: Arc<Swarm>,
+    tasks: Arc<dyn TaskOpener>,
     chunk_cache: Arc<ChunkCache>,
     metrics: Arc<Metrics>,
     settings: LayerSettings,
@@ -64,15 +63,15 @@ pub struct LayerManager {
 }
 
 impl LayerManager {
-    /// A manager opening layer blobs through `swarm`.
+    /// A manager opening layer blobs with `tasks` (the swarm).
     pub fn new(
-        swarm: Arc<Swarm>,
+        tasks: Arc<dyn TaskOpener>,
         metrics: Arc<Metrics>,
         settings: LayerSettings,
     ) -> Arc<LayerManager> {
         Arc::new(LayerManager {
             chunk_cache: ChunkCache::new(settings.fuse.chunk_cache_entries),
-            swarm,
+            tasks,
             metrics,
             settings,
             runtime: tokio::runtime::Handle::current(),
@@ -84,7 +83,7 @@ impl LayerManager {
         let object = OciObject::new(l.image.repo(), &l.digest)
             .map_err(|e| LayerError::BadLabel(format!("layer {}: {e}", l.digest)))?;
         let spec = TaskSpec::blob(object, l.blob_size);
-        self.swarm
+        self.tasks
             .open(spec)
             .await
             .map_err(|source| LayerError::Open {

@@ -26,7 +26,7 @@ use piece_wire::{PieceRequest, WireStatus};
 
 pub use schedulers::SchedulerPool;
 pub use source::PeerSource;
-pub use swarm::{Swarm, SwarmError, TaskSpec};
+pub use swarm::{open_status, Swarm};
 
 /// Largest gRPC message we accept or send (a piece plus framing).
 pub const MAX_MESSAGE_BYTES: usize = 80 << 20;

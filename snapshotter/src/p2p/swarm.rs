@@ -11,115 +11,24 @@
 
 use std::sync::Arc;
 
-use dragonfly_storage::{Blob, PieceStore, RangeSource, StoreError};
-use dragonfly_task::origin::{Access, Origin, OriginError, Origins};
-use dragonfly_task::{OciObject, TaskId, TaskUrl};
+use dragonfly_storage::{Blob, PieceStore, RangeSource};
+use dragonfly_task::origin::{Origin, Origins};
+use dragonfly_task::{OpenError, TaskOpener, TaskSpec};
+use futures::future::{BoxFuture, FutureExt};
 
 use super::source::{PeerSource, SharedPeerSource};
 use super::P2p;
 use crate::metrics::Metrics;
 use dragonfly_proto::scheduler as pb;
 
-/// What to open.
-#[derive(Debug, Clone)]
-pub struct TaskSpec {
-    /// The task.
-    pub id: TaskId,
-    /// Where it comes from when no peer has it.
-    pub url: TaskUrl,
-    /// Its size, if the caller knows it.
-    pub size: Option<u64>,
-    /// The piece length the caller asks for (a preheat's), if any.
-    pub piece_length: Option<u32>,
-    /// What the request adds to the origin's settings (headers, credentials).
-    pub access: Access,
-    /// Whether an existing blob takes this request's origin (its own credentials or URL).
-    pub refresh: bool,
-}
-
-impl TaskSpec {
-    /// A blob (config, layer) of known or unknown size, with the daemon's registry settings.
-    pub fn blob(object: OciObject, size: Option<u64>) -> TaskSpec {
-        TaskSpec::of_object(
-            TaskId::Oci(object.digest.clone()),
-            TaskUrl::OciBlob(object),
-            size,
-        )
-    }
-
-    /// A manifest or index, like [`TaskSpec::blob`].
-    pub fn manifest(object: OciObject, size: Option<u64>) -> TaskSpec {
-        TaskSpec::of_object(
-            TaskId::Oci(object.digest.clone()),
-            TaskUrl::OciManifest(object),
-            size,
-        )
-    }
-
-    fn of_object(id: TaskId, url: TaskUrl, size: Option<u64>) -> TaskSpec {
-        TaskSpec {
-            id,
-            url,
-            size,
-            piece_length: None,
-            access: Access::default(),
-            refresh: false,
-        }
-    }
-}
-
-/// A task that cannot be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum SwarmError {
-    /// Its origin cannot be used.
-    #[error("the origin of {id}: {source}")]
-    Origin {
-        /// The task.
-        id: TaskId,
-        /// Why.
-        #[source]
-        source: OriginError,
-    },
-    /// Nobody knows its size and the origin cannot say.
-    #[error("cannot get the size of {id}: {source}")]
-    Size {
-        /// The task.
-        id: TaskId,
-        /// Why.
-        #[source]
-        source: OriginError,
-    },
-    /// The piece store refused it.
-    #[error("cannot open {id} in the cache: {source}")]
-    Store {
-        /// The task.
-        id: TaskId,
-        /// Why.
-        #[source]
-        source: StoreError,
-    },
-}
-
-impl SwarmError {
-    /// The gRPC status for a local API caller or a peer: a bad origin (credentials) is the
-    /// request's fault, an origin that cannot say the size is unavailable, a store that
-    /// refuses is ours.
-    pub fn to_status(&self) -> tonic::Status {
-        match self {
-            SwarmError::Origin { .. } => tonic::Status::invalid_argument(self.to_string()),
-            SwarmError::Size { .. } => tonic::Status::unavailable(self.to_string()),
-            SwarmError::Store { .. } => tonic::Status::internal(self.to_string()),
-        }
-    }
-
-    /// Whether trying again may succeed.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            SwarmError::Origin { source, .. } | SwarmError::Size { source, .. } => {
-                source.is_retryable()
-            }
-            SwarmError::Store { source, .. } => source.is_retryable(),
-        }
+/// How a task that cannot be opened is answered over gRPC: a bad origin (credentials) is the
+/// request's fault, an origin that cannot say the size is unavailable, a store that refuses
+/// is ours.
+pub fn open_status(e: &OpenError) -> tonic::Status {
+    match e {
+        OpenError::Origin { .. } => tonic::Status::invalid_argument(e.to_string()),
+        OpenError::Size { .. } => tonic::Status::unavailable(e.to_string()),
+        OpenError::Store { .. } => tonic::Status::internal(e.to_string()),
     }
 }
 
@@ -163,11 +72,11 @@ impl Swarm {
     }
 
     /// The blob of `spec`, with its source attached (see the module doc for the rules).
-    pub async fn open(&self, spec: TaskSpec) -> Result<Blob, SwarmError> {
+    pub async fn open_task(&self, spec: TaskSpec) -> Result<Blob, OpenError> {
         let origin = self
             .origins
             .for_url(&spec.url, &spec.access)
-            .map_err(|source| SwarmError::Origin {
+            .map_err(|source| OpenError::Origin {
                 id: spec.id.clone(),
                 source,
             })?;
@@ -179,7 +88,7 @@ impl Swarm {
             .open_blob(&name, size, piece_length, || {
                 self.source_for(&spec, origin.source(), size, piece_length)
             })
-            .map_err(|source| SwarmError::Store {
+            .map_err(|source| OpenError::Store {
                 id: spec.id.clone(),
                 source,
             })?;
@@ -190,7 +99,7 @@ impl Swarm {
     }
 
     /// Size and piece length of the task (label, store, swarm, origin).
-    async fn geometry(&self, spec: &TaskSpec, origin: &Origin) -> Result<(u64, u32), SwarmError> {
+    async fn geometry(&self, spec: &TaskSpec, origin: &Origin) -> Result<(u64, u32), OpenError> {
         if let Some(b) = self.store.get(&spec.id.to_string()) {
             return Ok((spec.size.unwrap_or(b.size()), b.piece_length()));
         }
@@ -204,7 +113,7 @@ impl Swarm {
         };
         let size = match spec.size.or(swarm.map(|(s, _)| s)) {
             Some(s) => s,
-            None => origin.size().await.map_err(|source| SwarmError::Size {
+            None => origin.size().await.map_err(|source| OpenError::Size {
                 id: spec.id.clone(),
                 source,
             })?,
@@ -243,5 +152,11 @@ impl Swarm {
             origin,
             task,
         )))
+    }
+}
+
+impl TaskOpener for Swarm {
+    fn open(&self, spec: TaskSpec) -> BoxFuture<'_, Result<Blob, OpenError>> {
+        self.open_task(spec).boxed()
     }
 }

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use dragonfly_proto::scheduler as pb;
 use dragonfly_storage::{Blob, Priority};
 use dragonfly_task::origin::Access;
-use dragonfly_task::{TaskError, TaskId, TaskUrl};
+use dragonfly_task::{TaskError, TaskId, TaskOpener, TaskSpec, TaskUrl};
 use tonic::Status;
 
-use super::{Swarm, TaskSpec};
+use super::{open_status, Swarm};
 
 /// Starts origin downloads for the scheduler.
 pub struct TriggeredDownloads {
@@ -71,7 +71,7 @@ impl TriggeredDownloads {
     /// Opens `task` in the store with its source: the swarm in front of its origin.
     async fn open(&self, task: &pb::Task) -> Result<Blob, Status> {
         let spec = spec_of(task)?;
-        self.swarm.open(spec).await.map_err(|e| e.to_status())
+        self.swarm.open(spec).await.map_err(|e| open_status(&e))
     }
 
     /// Starts fetching `task`; false if it is already here or being fetched.
