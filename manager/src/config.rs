@@ -132,28 +132,61 @@ impl Default for JobsConfig {
     }
 }
 
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// It cannot be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It is not valid YAML for the config (unknown keys are named).
+    #[error("config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's error.
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 impl Config {
     /// Reads `path` (missing keys take defaults; unknown keys are errors naming the key).
-    pub fn load(path: &std::path::Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        let c: Config = serde_yaml_ng::from_str(&text)
-            .map_err(|e| format!("config {}: {e}", path.display()))?;
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let shown = || path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown(),
+            source,
+        })?;
+        let c: Config = serde_yaml_ng::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: shown(),
+            source,
+        })?;
         c.validate()?;
         Ok(c)
     }
 
     /// Checks values a YAML type cannot.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.jobs.concurrency == 0 {
-            return Err("jobs.concurrency must be at least 1".into());
+            return Err(ConfigError::Invalid(
+                "jobs.concurrency must be at least 1".into(),
+            ));
         }
         if let Some(p) = &self.auth.root_password {
             if p.len() < crate::auth::MIN_PASSWORD {
-                return Err(format!(
+                return Err(ConfigError::Invalid(format!(
                     "auth.root_password must have at least {} characters",
                     crate::auth::MIN_PASSWORD
-                ));
+                )));
             }
         }
         Ok(())
@@ -187,7 +220,11 @@ mod tests {
             },
             ..Default::default()
         };
-        assert!(c.validate().unwrap_err().contains("jobs.concurrency"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("jobs.concurrency"));
         assert_eq!(
             Config::default().database_url(),
             "sqlite:///var/lib/dragonfly/manager/manager.db"

@@ -34,7 +34,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut config = match &cli.config {
-        Some(p) => Config::load(p).map_err(anyhow::Error::msg)?,
+        Some(p) => Config::load(p)?,
         None => Config::default(),
     };
     if let Some(a) = cli.http {
@@ -49,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(u) = cli.database {
         config.database.url = u;
     }
-    config.validate().map_err(anyhow::Error::msg)?;
+    config.validate()?;
     dragonfly_runtime::log::init(&config.log)?;
     dragonfly_manager::server::start(config).await?;
     dragonfly_runtime::shutdown::signal_received().await;

@@ -168,7 +168,12 @@ async fn fill_host(
     };
     let client = match client {
         Ok(c) => c,
-        Err(e) => return tasks.iter().map(|t| result(t, Err(e.clone()))).collect(),
+        Err(e) => {
+            return tasks
+                .iter()
+                .map(|t| result(t, Err(e.to_string())))
+                .collect()
+        }
     };
     let trigger = |t: &pb::Task| {
         let mut c = client.clone();

@@ -5,24 +5,20 @@ use std::time::Instant;
 
 use dragonfly_proto::peer::peer_client::PeerClient;
 use dragonfly_proto::peer::TriggerDownloadRequest;
-use dragonfly_runtime::grpc::{endpoint, Timeouts};
+use dragonfly_runtime::grpc::{connect, CallError, Timeouts};
 use tonic::transport::Channel;
 
 use crate::scheduling::SeedTrigger;
 use crate::state::{HostInfo, SeedStatus, State};
 
 /// A connected client of `host`'s peer service.
-pub async fn peer_client(host: &HostInfo) -> Result<PeerClient<Channel>, String> {
+pub async fn peer_client(host: &HostInfo) -> Result<PeerClient<Channel>, CallError> {
     let address = if host.ip.contains(':') {
         format!("[{}]:{}", host.ip, host.upload_port)
     } else {
         format!("{}:{}", host.ip, host.upload_port)
     };
-    let ch = endpoint(&address, Timeouts::CONTROL)
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    let ch = connect(&format!("peer {}", host.id), &address, Timeouts::CONTROL).await?;
     Ok(PeerClient::new(ch))
 }
 
@@ -35,7 +31,10 @@ pub async fn trigger(state: &State, t: SeedTrigger) {
             .trigger_download(TriggerDownloadRequest { task: Some(t.task) })
             .await
             .map(|r| r.into_inner().started)
-            .map_err(|e| e.message().to_owned())
+            .map_err(|source| CallError::Status {
+                who: format!("seed peer {}", t.host.id),
+                source,
+            })
     }
     .await;
     match res {

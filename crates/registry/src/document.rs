@@ -81,6 +81,16 @@ pub struct ImageDocument {
     pub layers: Vec<Descriptor>,
 }
 
+/// An index with no manifest for the platform asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no manifest for platform {platform} (it has {have:?})")]
+pub struct NoPlatform {
+    /// What was asked for.
+    pub platform: String,
+    /// What the index has.
+    pub have: Vec<String>,
+}
+
 impl ImageDocument {
     /// Parses a document's bytes.
     pub fn parse(bytes: &[u8]) -> Result<ImageDocument, serde_json::Error> {
@@ -96,17 +106,17 @@ impl ImageDocument {
 
     /// The index entry for `platform` (`os/arch[/variant]`), or an error listing what the
     /// index has.
-    pub fn for_platform(&self, platform: &str) -> Result<&Descriptor, String> {
+    pub fn for_platform(&self, platform: &str) -> Result<&Descriptor, NoPlatform> {
         self.manifests
             .iter()
             .find(|d| d.platform.as_ref().is_some_and(|p| p.matches(platform)))
-            .ok_or_else(|| {
-                let have: Vec<String> = self
+            .ok_or_else(|| NoPlatform {
+                platform: platform.to_owned(),
+                have: self
                     .manifests
                     .iter()
                     .filter_map(|d| d.platform.as_ref().map(Platform::to_string))
-                    .collect();
-                format!("no manifest for platform {platform} (it has {have:?})")
+                    .collect(),
             })
     }
 }
@@ -172,7 +182,7 @@ mod tests {
         );
         let e = index.for_platform("windows/amd64").unwrap_err();
         assert!(
-            e.contains("linux/amd64") && e.contains("linux/arm64"),
+            e.have == ["linux/amd64", "linux/arm64"] && e.to_string().contains("windows/amd64"),
             "{e}"
         );
         let m = ImageDocument::parse(

@@ -41,7 +41,9 @@ pub use blob::{BlobStream, MAX_WHOLE_BODY_FOR_RANGE};
 pub use client::RegistryClient;
 pub use config::{BadAuthorization, Credential, Mirror, RegistryConfig};
 pub use digest::{Algorithm, Digest};
-pub use document::{default_platform, Descriptor, ImageConfig, ImageDocument, Platform, RootFs};
+pub use document::{
+    default_platform, Descriptor, ImageConfig, ImageDocument, NoPlatform, Platform, RootFs,
+};
 pub use error::Error;
 pub use manifest::{media_types, Manifest};
 pub use reference::{Reference, Repository};

@@ -38,6 +38,60 @@ pub struct BadAddress {
     pub source: tonic::transport::Error,
 }
 
+/// A gRPC call to another component that did not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The address does not parse.
+    #[error(transparent)]
+    BadAddress(#[from] BadAddress),
+    /// Nothing answered at the address.
+    #[error("cannot reach {who} at {address}: {source}")]
+    Connect {
+        /// What was called (`the manager`, `peer 10.0.0.2:4000`).
+        who: String,
+        /// Where.
+        address: String,
+        /// The transport's error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// It answered with an error.
+    #[error("{who} failed: {}", .source.message())]
+    Status {
+        /// What was called.
+        who: String,
+        /// Its answer.
+        #[source]
+        source: tonic::Status,
+    },
+}
+
+impl CallError {
+    /// The callee's status code, when it answered.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            CallError::Status { source, .. } => Some(source.code()),
+            _ => None,
+        }
+    }
+}
+
+/// A connected channel to `address` (`who` names it in errors).
+pub async fn connect(
+    who: &str,
+    address: &str,
+    timeouts: Timeouts,
+) -> Result<tonic::transport::Channel, CallError> {
+    endpoint(address, timeouts)?
+        .connect()
+        .await
+        .map_err(|source| CallError::Connect {
+            who: who.to_owned(),
+            address: address.to_owned(),
+            source,
+        })
+}
+
 /// The endpoint of `address` (`host:port`, or a full `http://host:port`) with `timeouts` and
 /// TCP_NODELAY; connect it with `connect().await` or `connect_lazy()`.
 pub fn endpoint(address: &str, timeouts: Timeouts) -> Result<Endpoint, BadAddress> {

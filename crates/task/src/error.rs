@@ -16,7 +16,7 @@ pub enum TaskError {
         what: String,
         /// Why it is refused.
         #[source]
-        source: dragonfly_registry::Error,
+        source: Box<dragonfly_registry::Error>,
     },
     /// Not a URL at all.
     #[error("invalid URL {url:?}")]

@@ -31,7 +31,7 @@ impl TaskId {
     pub fn oci(digest: &str) -> Result<TaskId, TaskError> {
         let bad = |source| TaskError::BadDigest {
             what: format!("object {digest:?}"),
-            source,
+            source: Box::new(source),
         };
         let d = Digest::parse(digest).map_err(bad)?;
         if d.algorithm() != Algorithm::Sha256 {

@@ -107,7 +107,7 @@ impl TaskUrl {
         }
         let digest = Digest::parse(digest).map_err(|source| TaskError::BadDigest {
             what: format!("task URL {url:?}"),
-            source,
+            source: Box::new(source),
         })?;
         Ok(OciObject {
             repo: Repository {

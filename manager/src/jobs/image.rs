@@ -69,6 +69,61 @@ pub struct ImageBlob {
     pub role: TaskRole,
 }
 
+/// Why an image preheat's tasks cannot be known.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The registry settings or the credentials cannot make a client.
+    #[error("registry client: {0}")]
+    Client(#[source] dragonfly_registry::Error),
+    /// The `Authorization` header carries no credential.
+    #[error(transparent)]
+    Credential(#[from] dragonfly_registry::BadAuthorization),
+    /// The registry did not give the manifest.
+    #[error("cannot fetch the manifest of {name}: {source}")]
+    Fetch {
+        /// The image.
+        name: String,
+        /// The registry's error.
+        #[source]
+        source: dragonfly_registry::Error,
+    },
+    /// The manifest is not a manifest.
+    #[error("the manifest of {name} is not valid JSON: {source}")]
+    NotJson {
+        /// The image.
+        name: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The index has no manifest for the job's platform.
+    #[error("{name}: {source}")]
+    Platform {
+        /// The image.
+        name: String,
+        /// What the index has.
+        #[source]
+        source: dragonfly_registry::NoPlatform,
+    },
+    /// A blob's digest cannot name a task.
+    #[error("{name} has a blob with unsupported digest {digest:?}: {source}")]
+    Digest {
+        /// The image.
+        name: String,
+        /// The digest.
+        digest: String,
+        /// Why.
+        #[source]
+        source: dragonfly_task::TaskError,
+    },
+    /// The manifest lists nothing to preheat.
+    #[error("the manifest of {0} lists no config or layers")]
+    Empty(String),
+    /// An index points to another index.
+    #[error("{0}: an index points to another index; not supported")]
+    NestedIndex(String),
+}
+
 impl ImageBlob {
     fn new(
         repo: &Repository,
@@ -76,9 +131,13 @@ impl ImageBlob {
         size: u64,
         role: TaskRole,
         name: &str,
-    ) -> Result<ImageBlob, String> {
-        let object = OciObject::new(repo.clone(), digest)
-            .map_err(|e| format!("{name} has a blob with unsupported digest {digest:?}: {e}"))?;
+    ) -> Result<ImageBlob, ResolveError> {
+        let object =
+            OciObject::new(repo.clone(), digest).map_err(|source| ResolveError::Digest {
+                name: name.to_owned(),
+                digest: digest.to_owned(),
+                source,
+            })?;
         let url = match role {
             TaskRole::Manifest => TaskUrl::OciManifest(object),
             _ => TaskUrl::OciBlob(object),
@@ -92,7 +151,7 @@ impl ImageBlob {
     }
 }
 
-fn client(m: &ManifestUrl, secrets: &Secrets) -> Result<RegistryClient, String> {
+fn client(m: &ManifestUrl, secrets: &Secrets) -> Result<RegistryClient, ResolveError> {
     let mut config = RegistryConfig::default();
     if m.scheme == "http" {
         config.plain_http.push(m.registry.clone());
@@ -108,14 +167,14 @@ fn client(m: &ManifestUrl, secrets: &Secrets) -> Result<RegistryClient, String> 
             password: secrets.password.clone(),
         })
     } else if let Some(h) = header {
-        Some(Credential::from_authorization(h).map_err(|e| e.to_string())?)
+        Some(Credential::from_authorization(h)?)
     } else {
         None
     };
     if let Some(c) = credential {
         config.credentials.insert(m.registry.clone(), c);
     }
-    RegistryClient::new(config).map_err(|e| format!("registry client: {e}"))
+    RegistryClient::new(config).map_err(ResolveError::Client)
 }
 
 /// The manifests, config and layers of the image at `m` for `platform`.
@@ -123,7 +182,7 @@ pub async fn resolve(
     m: &ManifestUrl,
     platform: &str,
     secrets: &Secrets,
-) -> Result<ResolvedImage, String> {
+) -> Result<ResolvedImage, ResolveError> {
     let client = client(m, secrets)?;
     let mut reference = Reference {
         registry: m.registry.clone(),
@@ -145,7 +204,10 @@ pub async fn resolve(
         let manifest = client
             .get_manifest(&reference, media_types::DEFAULT_ACCEPT)
             .await
-            .map_err(|e| format!("cannot fetch the manifest of {name}: {e}"))?;
+            .map_err(|source| ResolveError::Fetch {
+                name: name.clone(),
+                source,
+            })?;
         if reference.digest.is_none() {
             tag = Some((manifest.digest.clone(), manifest.media_type.clone()));
         }
@@ -156,14 +218,20 @@ pub async fn resolve(
             TaskRole::Manifest,
             &name,
         )?);
-        let doc = ImageDocument::parse(&manifest.bytes)
-            .map_err(|e| format!("the manifest of {name} is not valid JSON: {e}"))?;
+        let doc =
+            ImageDocument::parse(&manifest.bytes).map_err(|source| ResolveError::NotJson {
+                name: name.clone(),
+                source,
+            })?;
         let is_index = manifest.media_type == media_types::OCI_INDEX
             || manifest.media_type == media_types::DOCKER_MANIFEST_LIST;
         if is_index {
             let chosen = doc
                 .for_platform(platform)
-                .map_err(|e| format!("{name}: {e}"))?;
+                .map_err(|source| ResolveError::Platform {
+                    name: name.clone(),
+                    source,
+                })?;
             reference.digest = Some(chosen.digest.clone());
             continue;
         }
@@ -172,16 +240,14 @@ pub async fn resolve(
         let blobs = config
             .chain(layers)
             .map(|(d, role)| ImageBlob::new(&repo, &d.digest, d.size, role, &name))
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, ResolveError>>()?;
         if blobs.is_empty() {
-            return Err(format!("the manifest of {name} lists no config or layers"));
+            return Err(ResolveError::Empty(name));
         }
         let blobs: Vec<ImageBlob> = manifests.drain(..).chain(blobs).collect();
         return Ok(ResolvedImage { tag, blobs });
     }
-    Err(format!(
-        "{name}: an index points to another index; not supported"
-    ))
+    Err(ResolveError::NestedIndex(name))
 }
 
 #[cfg(test)]
@@ -267,11 +333,21 @@ mod tests {
         let e = resolve(&m, "linux/amd64", &secrets("Bearer bad"))
             .await
             .unwrap_err();
-        assert!(e.contains("401") || e.contains("refused"), "{e}");
+        assert!(
+            matches!(
+                &e,
+                ResolveError::Fetch {
+                    source: dragonfly_registry::Error::Unauthorized { .. },
+                    ..
+                }
+            ),
+            "a wrong token is the registry's 401: {e:?}"
+        );
         let e = resolve(&m, "linux/amd64", &secrets("Digest x"))
             .await
             .unwrap_err();
-        assert!(e.contains("neither"), "{e}");
+        assert!(matches!(e, ResolveError::Credential(_)), "{e:?}");
+        assert!(e.to_string().contains("neither"), "{e}");
         assert_eq!(
             token_calls.load(std::sync::atomic::Ordering::SeqCst),
             0,

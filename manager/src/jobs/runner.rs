@@ -45,6 +45,19 @@ impl JobPlan {
     }
 }
 
+/// Why a preheat's tasks cannot be known.
+#[derive(Debug, thiserror::Error)]
+enum PlanError {
+    #[error("{0} is not a manifest URL")]
+    NotManifestUrl(String),
+    #[error("resolving {0} timed out")]
+    Timeout(String),
+    #[error(transparent)]
+    Resolve(#[from] image::ResolveError),
+    #[error(transparent)]
+    FileId(#[from] dragonfly_task::TaskError),
+}
+
 /// The runner.
 pub struct Runner {
     db: Db,
@@ -259,7 +272,7 @@ impl Runner {
         &self,
         plan: &Preheat,
         secrets: &Secrets,
-    ) -> Result<(Vec<(pb::Task, TaskRole)>, Option<ImageTag>), String> {
+    ) -> Result<(Vec<(pb::Task, TaskRole)>, Option<ImageTag>), PlanError> {
         let mut headers: std::collections::HashMap<String, String> = secrets
             .headers
             .iter()
@@ -273,14 +286,17 @@ impl Runner {
         let piece_length = plan.piece_length.unwrap_or(0) as u32;
         match plan.kind {
             PreheatKind::Image => {
-                let url = reqwest::Url::parse(&plan.urls[0]).map_err(|e| e.to_string())?;
-                let m = ManifestUrl::parse(&url).ok_or("not a manifest URL")?;
+                let m = reqwest::Url::parse(&plan.urls[0])
+                    .ok()
+                    .as_ref()
+                    .and_then(ManifestUrl::parse)
+                    .ok_or_else(|| PlanError::NotManifestUrl(plan.urls[0].clone()))?;
                 let image = tokio::time::timeout(
                     Duration::from_secs(self.config.jobs.resolve_timeout_secs.max(1)),
                     image::resolve(&m, &plan.platform, secrets),
                 )
                 .await
-                .map_err(|_| format!("resolving {} timed out", plan.urls[0]))??;
+                .map_err(|_| PlanError::Timeout(plan.urls[0].clone()))??;
                 let tag = image.tag.map(|(digest, media_type)| ImageTag {
                     registry: m.registry.clone(),
                     repository: m.repository.clone(),
@@ -315,8 +331,7 @@ impl Runner {
                             &plan.tag,
                             &plan.application,
                             &plan.filtered_query_params,
-                        )
-                        .map_err(|e| e.to_string())?;
+                        )?;
                         let task = pb::Task {
                             id: id.to_string(),
                             content_length: 0,
@@ -327,7 +342,7 @@ impl Runner {
                         };
                         Ok((task, TaskRole::File))
                     })
-                    .collect::<Result<Vec<_>, String>>()?,
+                    .collect::<Result<Vec<_>, PlanError>>()?,
                 None,
             )),
         }
@@ -344,7 +359,7 @@ impl Runner {
         let (tasks, tag) = match self.tasks(&plan.preheat, &plan.secrets).await {
             Ok(t) => t,
             Err(e) => {
-                progress.lock().await.line(e);
+                progress.lock().await.line(e.to_string());
                 return false;
             }
         };

@@ -43,6 +43,25 @@ fn file_url(url: &str) -> Result<TaskUrl, Status> {
     }
 }
 
+/// Why the output file could not be written.
+#[derive(Debug, thiserror::Error)]
+enum PartFileError {
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the file hashes to {actual}, not {expected}")]
+    Digest { actual: String, expected: String },
+}
+
+fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PartFileError {
+    let path = path.display().to_string();
+    move |source| PartFileError::Io { what, path, source }
+}
+
 /// The output file being written front to back while the rest of the download arrives: a
 /// `.dfctl-part` file beside the destination, hashed as it grows, renamed into place only when
 /// complete (and matching the expected digest, if one was given). Removed if abandoned.
@@ -55,10 +74,9 @@ struct PartFile {
 }
 
 impl PartFile {
-    fn create(output: &Path) -> Result<PartFile, String> {
+    fn create(output: &Path) -> Result<PartFile, PartFileError> {
         let tmp = output.with_extension("dfctl-part");
-        let file = std::fs::File::create(&tmp)
-            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        let file = std::fs::File::create(&tmp).map_err(io_error("create", &tmp))?;
         Ok(PartFile {
             tmp,
             file,
@@ -70,9 +88,8 @@ impl PartFile {
 
     /// Appends `data` and starts its write-back, so finishing does not wait for the whole file
     /// to reach the disk.
-    fn append(&mut self, data: &[u8]) -> Result<(), String> {
-        std::io::Write::write_all(&mut self.file, data)
-            .map_err(|e| format!("cannot write {}: {e}", self.tmp.display()))?;
+    fn append(&mut self, data: &[u8]) -> Result<(), PartFileError> {
+        std::io::Write::write_all(&mut self.file, data).map_err(io_error("write", &self.tmp))?;
         self.hasher.update(data);
         // SAFETY: a plain syscall on a file descriptor we own; it only starts write-back.
         unsafe {
@@ -88,19 +105,21 @@ impl PartFile {
     }
 
     /// Checks `digest` (if not empty), makes the file durable and moves it to `output`.
-    fn finish(mut self, output: &Path, digest: &str) -> Result<(), String> {
+    fn finish(mut self, output: &Path, digest: &str) -> Result<(), PartFileError> {
         let actual = format!(
             "sha256:{}",
             hex::encode(std::mem::take(&mut self.hasher).finalize())
         );
         if !digest.is_empty() && actual != digest {
-            return Err(format!("the file hashes to {actual}, not {digest}"));
+            return Err(PartFileError::Digest {
+                actual,
+                expected: digest.to_owned(),
+            });
         }
         self.file
             .sync_data()
-            .map_err(|e| format!("cannot write {}: {e}", self.tmp.display()))?;
-        std::fs::rename(&self.tmp, output)
-            .map_err(|e| format!("cannot move the file to {}: {e}", output.display()))?;
+            .map_err(io_error("write", &self.tmp))?;
+        std::fs::rename(&self.tmp, output).map_err(io_error("move the file to", output))?;
         self.done = true;
         Ok(())
     }
@@ -125,7 +144,8 @@ async fn download_to(
     let mut reader = blob.read_in_order(Priority::OnDemand);
     let out = output.clone();
     let copy = tokio::task::spawn_blocking(move || -> Result<PartFile, Status> {
-        let mut part = PartFile::create(&out).map_err(Status::failed_precondition)?;
+        let mut part =
+            PartFile::create(&out).map_err(|e| Status::failed_precondition(e.to_string()))?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = std::io::Read::read(&mut reader, &mut buf)
@@ -134,7 +154,7 @@ async fn download_to(
                 return Ok(part);
             }
             part.append(&buf[..n])
-                .map_err(Status::failed_precondition)?;
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
         }
     });
     tokio::pin!(copy);
@@ -152,7 +172,7 @@ async fn download_to(
     tokio::task::spawn_blocking(move || part.finish(&output, &digest))
         .await
         .map_err(|e| Status::internal(format!("download task failed: {e}")))?
-        .map_err(Status::failed_precondition)
+        .map_err(|e| Status::failed_precondition(e.to_string()))
 }
 
 #[tonic::async_trait]

@@ -13,7 +13,7 @@ use dragonfly_proto::dfdaemon::image_server::Image;
 use dragonfly_proto::manager::manager_client::ManagerClient;
 use dragonfly_proto::manager::ResolveImageTagRequest;
 use dragonfly_registry::{default_platform, media_types, ImageDocument, Reference};
-use dragonfly_runtime::grpc::{endpoint, Timeouts};
+use dragonfly_runtime::grpc::{connect, CallError, Timeouts};
 use dragonfly_storage::Priority;
 use dragonfly_task::OciObject;
 use tonic::{Request, Response, Status};
@@ -24,6 +24,17 @@ use crate::p2p::Swarm;
 
 /// Longest a manifest or config may be (the distribution spec's manifest limit).
 const MAX_OBJECT_BYTES: u64 = 4 << 20;
+
+/// Why the manager cannot say what a tag named.
+#[derive(Debug, thiserror::Error)]
+enum TagError {
+    #[error("no manager is configured (p2p.manager) to ask what it named at its last preheat; pull by digest")]
+    NoManager,
+    #[error("it was never preheated")]
+    NeverPreheated,
+    #[error(transparent)]
+    Call(#[from] CallError),
+}
 
 /// The service.
 pub struct ImageService {
@@ -99,15 +110,11 @@ impl ImageService {
     }
 
     /// What the tag named at its last successful preheat, from the manager.
-    async fn preheated_tag(&self, r: &Reference, tag: &str) -> Result<String, String> {
+    async fn preheated_tag(&self, r: &Reference, tag: &str) -> Result<String, TagError> {
         if self.manager.is_empty() {
-            return Err("no manager is configured (p2p.manager) to ask what it named at its last preheat; pull by digest".into());
+            return Err(TagError::NoManager);
         }
-        let channel = endpoint(&self.manager, Timeouts::CONTROL)
-            .map_err(|e| e.to_string())?
-            .connect()
-            .await
-            .map_err(|e| format!("cannot reach the manager at {}: {e}", self.manager))?;
+        let channel = connect("the manager", &self.manager, Timeouts::CONTROL).await?;
         let answer = ManagerClient::new(channel)
             .resolve_image_tag(ResolveImageTagRequest {
                 registry: r.registry.clone(),
@@ -116,8 +123,11 @@ impl ImageService {
             })
             .await
             .map_err(|e| match e.code() {
-                tonic::Code::NotFound => "it was never preheated".to_owned(),
-                _ => format!("the manager failed: {}", e.message()),
+                tonic::Code::NotFound => TagError::NeverPreheated,
+                _ => TagError::Call(CallError::Status {
+                    who: "the manager".into(),
+                    source: e,
+                }),
             })?
             .into_inner();
         tracing::info!(image = %r, digest = %answer.digest, preheated_at = %answer.preheated_at, "tag resolved from its last preheat (the registry is unreachable)");

@@ -9,16 +9,12 @@ use std::time::Duration;
 
 use dragonfly_proto::manager as pb;
 use dragonfly_proto::manager::manager_client::ManagerClient;
-use dragonfly_runtime::grpc::{endpoint, Timeouts};
+use dragonfly_runtime::grpc::{connect, CallError, Timeouts};
 
 use super::SchedulerPool;
 
-async fn ask(manager: &str, pool: &SchedulerPool) -> Result<Vec<String>, String> {
-    let ch = endpoint(manager, Timeouts::CONTROL)
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach the manager at {manager}: {e}"))?;
+async fn ask(manager: &str, pool: &SchedulerPool) -> Result<Vec<String>, CallError> {
+    let ch = connect("the manager", manager, Timeouts::CONTROL).await?;
     let host = pool.host();
     let r = ManagerClient::new(ch)
         .list_schedulers(pb::ListSchedulersRequest {
@@ -28,7 +24,10 @@ async fn ask(manager: &str, pool: &SchedulerPool) -> Result<Vec<String>, String>
             location: host.location.clone(),
         })
         .await
-        .map_err(|e| format!("the manager's scheduler list failed: {}", e.message()))?
+        .map_err(|source| CallError::Status {
+            who: "the manager's scheduler list".into(),
+            source,
+        })?
         .into_inner();
     Ok(r.schedulers
         .into_iter()

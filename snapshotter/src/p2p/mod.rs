@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dragonfly_proto::peer::peer_client::PeerClient;
-use dragonfly_runtime::grpc::{endpoint, Timeouts};
+use dragonfly_runtime::grpc::{endpoint, BadAddress, Timeouts};
 use tokio::net::TcpStream;
 use tonic::transport::Channel;
 
@@ -167,14 +167,13 @@ impl ParentClients {
     }
 
     /// The gRPC client for `ip:port`.
-    pub fn get(&self, ip: &str, port: u32) -> Result<PeerClient<Channel>, String> {
+    pub fn get(&self, ip: &str, port: u32) -> Result<PeerClient<Channel>, BadAddress> {
         let key = parent_addr(ip, port);
         let mut clients = self.clients.lock().expect("clients lock");
         if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
         }
-        let channel = endpoint(&key, Timeouts::PIECES)
-            .map_err(|e| format!("bad parent address: {e}"))?
+        let channel = endpoint(&key, Timeouts::PIECES)?
             .initial_stream_window_size(WINDOW)
             .initial_connection_window_size(WINDOW)
             .connect_lazy();

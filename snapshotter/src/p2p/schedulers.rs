@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use dragonfly_proto::scheduler as pb;
 use dragonfly_proto::scheduler::scheduler_client::SchedulerClient;
-use dragonfly_runtime::grpc::{endpoint, Timeouts};
+use dragonfly_runtime::grpc::{endpoint, BadAddress, Timeouts};
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
@@ -34,9 +34,38 @@ pub struct Member {
 /// A handle on the scheduler a call went to, for reporting it down.
 pub type SchedulerRef = Arc<Member>;
 
-fn member(addr: &str) -> Result<Arc<Member>, String> {
+/// The P2P engine cannot be set up, or a scheduler refused this host.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// A scheduler address does not parse.
+    #[error("{what}: {source}")]
+    BadAddress {
+        /// Which setting or list it came from.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: BadAddress,
+    },
+    /// Neither schedulers nor a manager are configured.
+    #[error("p2p.schedulers and p2p.manager are both empty")]
+    NothingToAsk,
+    /// No local address reaches the scheduler or manager.
+    #[error("cannot tell which local address reaches {0}; set p2p.advertise_ip")]
+    NoRoute(String),
+    /// A scheduler did not take the announcement.
+    #[error("announcing to scheduler {addr}: {}", .source.message())]
+    Announce {
+        /// The scheduler.
+        addr: String,
+        /// Its answer.
+        #[source]
+        source: tonic::Status,
+    },
+}
+
+fn member(addr: &str, what: &'static str) -> Result<Arc<Member>, PoolError> {
     let channel = endpoint(addr, Timeouts::CONTROL)
-        .map_err(|e| format!("invalid scheduler address: {e}"))?
+        .map_err(|source| PoolError::BadAddress { what, source })?
         .connect_lazy();
     Ok(Arc::new(Member {
         addr: addr.to_owned(),
@@ -64,26 +93,22 @@ impl SchedulerPool {
         config: &P2pConfig,
         upload_port: u16,
         seed: bool,
-    ) -> Result<Arc<SchedulerPool>, String> {
+    ) -> Result<Arc<SchedulerPool>, PoolError> {
         let towards = match (config.schedulers.first(), config.manager.is_empty()) {
             (Some(s), _) => s.clone(),
             (None, false) => config.manager.clone(),
-            (None, true) => return Err("p2p.schedulers and p2p.manager are both empty".into()),
+            (None, true) => return Err(PoolError::NothingToAsk),
         };
         let members = config
             .schedulers
             .iter()
-            .map(|a| member(a).map_err(|e| format!("p2p.schedulers: {e}")))
+            .map(|a| member(a, "p2p.schedulers"))
             .collect::<Result<Vec<_>, _>>()?;
         let ip = match config.advertise_ip {
             Some(ip) => ip,
             None => dragonfly_runtime::registration::local_ip_towards(&towards)
                 .await
-                .ok_or_else(|| {
-                    format!(
-                        "cannot tell which local address reaches {towards}; set p2p.advertise_ip"
-                    )
-                })?,
+                .ok_or(PoolError::NoRoute(towards))?,
         };
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
@@ -175,7 +200,7 @@ impl SchedulerPool {
 
     /// Replaces the scheduler list (from the manager); schedulers kept keep their state.
     /// Returns whether it changed. Blobs register again, since tasks may move.
-    pub fn set_schedulers(&self, addrs: &[String]) -> Result<bool, String> {
+    pub fn set_schedulers(&self, addrs: &[String]) -> Result<bool, PoolError> {
         let mut members = self.members.write().expect("members lock");
         let mut wanted: Vec<String> = addrs.to_vec();
         wanted.sort();
@@ -189,7 +214,7 @@ impl SchedulerPool {
             .iter()
             .map(|a| match members.iter().find(|m| &m.addr == a) {
                 Some(m) => Ok(m.clone()),
-                None => member(a),
+                None => member(a, "the manager's scheduler list"),
             })
             .collect::<Result<Vec<_>, _>>()?;
         tracing::info!(schedulers = ?wanted, "scheduler list changed");
@@ -238,11 +263,11 @@ impl SchedulerPool {
     }
 
     /// Announces this host to scheduler `m` now (e.g. when it says it does not know us).
-    pub async fn announce_to(&self, m: &SchedulerRef) -> Result<u32, String> {
+    pub async fn announce_to(&self, m: &SchedulerRef) -> Result<u32, PoolError> {
         self.announce(m).await
     }
 
-    async fn announce(&self, m: &Member) -> Result<u32, String> {
+    async fn announce(&self, m: &Member) -> Result<u32, PoolError> {
         let r = m
             .client
             .clone()
@@ -251,7 +276,10 @@ impl SchedulerPool {
                 host: Some(self.host.clone()),
             })
             .await
-            .map_err(|e| e.message().to_owned())?;
+            .map_err(|source| PoolError::Announce {
+                addr: m.addr.clone(),
+                source,
+            })?;
         Ok(r.into_inner().keepalive_interval_secs.max(1))
     }
 
@@ -274,7 +302,7 @@ impl SchedulerPool {
                             *m.down_until.lock().expect("down lock") = None;
                             tracing::info!(scheduler = %m.addr, host = %self.host.id, "announced to scheduler");
                         }
-                        Err(e) => self.mark_down(m, &e),
+                        Err(e) => self.mark_down(m, &e.to_string()),
                     }
                     continue;
                 }

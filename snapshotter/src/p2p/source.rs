@@ -302,9 +302,9 @@ impl PeerSource {
         let mut client = self
             .parents
             .get(&parent.ip, parent.upload_port)
-            .map_err(|message| PieceFetchError {
+            .map_err(|e| PieceFetchError {
                 unreachable: true,
-                message,
+                message: e.to_string(),
             })?;
         let req = peerpb::GetPieceRequest {
             task_id: self.task.id.clone(),
