@@ -11,9 +11,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dragonfly_proto::peer::{StatTaskRequest, TriggerDownloadRequest};
+use dragonfly_proto::peer::peer_client::PeerClient;
+use dragonfly_proto::peer::{StatTaskRequest, StatTaskResponse, TriggerDownloadRequest};
 use dragonfly_proto::scheduler as pb;
 use tokio::sync::Semaphore;
+use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::scheduling::pick_seed;
@@ -129,6 +131,123 @@ enum Progress {
     Done(Result<(), String>),
 }
 
+/// The result of one task on `host`.
+fn result(host: &HostInfo, t: &pb::Task, outcome: Result<(), String>) -> pb::PreheatResult {
+    pb::PreheatResult {
+        task_id: t.id.clone(),
+        url: t.url.clone(),
+        host_id: host.id.to_string(),
+        hostname: host.hostname.clone(),
+        ip: host.ip.clone(),
+        ok: outcome.is_ok(),
+        description: outcome.err().unwrap_or_default(),
+    }
+}
+
+/// Filling one host: its peer client, the RPC permits, and what was last reported of each
+/// task to the progress sink.
+struct HostFill<'a> {
+    host: &'a HostInfo,
+    client: PeerClient<Channel>,
+    rpcs: &'a Semaphore,
+    sink: Option<&'a ProgressSink>,
+    reported: Vec<(u64, u64)>,
+    deadline: Instant,
+}
+
+impl HostFill<'_> {
+    async fn trigger(&self, t: &pb::Task) -> Result<(), String> {
+        let _permit = self.rpcs.acquire().await.expect("semaphore open");
+        self.client
+            .clone()
+            .trigger_download(TriggerDownloadRequest {
+                task: Some(t.clone()),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                format!(
+                    "cannot start the download on {}: {}",
+                    self.host.ip,
+                    e.message()
+                )
+            })
+    }
+
+    async fn stat(&self, t: &pb::Task) -> Result<StatTaskResponse, tonic::Status> {
+        let _permit = self.rpcs.acquire().await.expect("semaphore open");
+        self.client
+            .clone()
+            .stat_task(StatTaskRequest {
+                task_id: t.id.clone(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Sends what the host holds of task `i` to the sink, if it changed.
+    fn report(&mut self, i: usize, t: &pb::Task, present: u64, total: u64) {
+        let Some(sink) = self.sink else { return };
+        if self.reported[i] != (present, total) {
+            self.reported[i] = (present, total);
+            let _ = sink.send(pb::PreheatProgress {
+                task_id: t.id.clone(),
+                host_id: self.host.id.to_string(),
+                present_bytes: present,
+                content_length: total,
+            });
+        }
+    }
+
+    /// Where a waiting task stands after a StatTask answer.
+    async fn step(
+        &self,
+        t: &pb::Task,
+        retriggered: bool,
+        stat: Result<StatTaskResponse, tonic::Status>,
+    ) -> Progress {
+        let ip = &self.host.ip;
+        match stat {
+            Err(e) => Progress::Done(Err(format!(
+                "cannot ask {ip} about the task: {}",
+                e.message()
+            ))),
+            Ok(s) if s.complete => Progress::Done(Ok(())),
+            Ok(s) if s.running && Instant::now() >= self.deadline => Progress::Done(Err(format!(
+                "timed out on {ip} with {} of {} bytes",
+                s.present_bytes, s.content_length
+            ))),
+            Ok(s) if s.running => Progress::Waiting { retriggered },
+            Ok(s) if !s.error.is_empty() => {
+                Progress::Done(Err(format!("download failed on {ip}: {}", s.error)))
+            }
+            // Neither running nor failed: the blob was evicted or the peer restarted since
+            // the trigger; start it once more.
+            Ok(_) if retriggered => Progress::Done(Err(format!(
+                "the download on {ip} stopped without an error"
+            ))),
+            Ok(_) => match self.trigger(t).await {
+                Ok(()) => Progress::Waiting { retriggered: true },
+                Err(e) => Progress::Done(Err(e)),
+            },
+        }
+    }
+
+    /// One round of StatTask over the tasks still waiting.
+    async fn poll(&mut self, tasks: &[pb::Task], progress: &mut [Progress]) {
+        for (i, (t, p)) in tasks.iter().zip(progress.iter_mut()).enumerate() {
+            let Progress::Waiting { retriggered } = *p else {
+                continue;
+            };
+            let stat = self.stat(t).await;
+            if let Ok(s) = &stat {
+                self.report(i, t, s.present_bytes, s.content_length);
+            }
+            *p = self.step(t, retriggered, stat).await;
+        }
+    }
+}
+
 /// Triggers `tasks` on `host` and waits until it holds them (or they fail, or time runs out);
 /// a result per task. Each RPC takes a permit of `rpcs`; changes in what the host holds go to
 /// `sink`.
@@ -139,29 +258,6 @@ async fn fill_host(
     rpcs: &Semaphore,
     sink: Option<&ProgressSink>,
 ) -> Vec<pb::PreheatResult> {
-    let mut reported = vec![(0u64, 0u64); tasks.len()];
-    let mut report = |i: usize, present: u64, total: u64| {
-        if let Some(sink) = sink {
-            if reported[i] != (present, total) {
-                reported[i] = (present, total);
-                let _ = sink.send(pb::PreheatProgress {
-                    task_id: tasks[i].id.clone(),
-                    host_id: host.id.to_string(),
-                    present_bytes: present,
-                    content_length: total,
-                });
-            }
-        }
-    };
-    let result = |t: &pb::Task, outcome: Result<(), String>| pb::PreheatResult {
-        task_id: t.id.clone(),
-        url: t.url.clone(),
-        host_id: host.id.to_string(),
-        hostname: host.hostname.clone(),
-        ip: host.ip.clone(),
-        ok: outcome.is_ok(),
-        description: outcome.err().unwrap_or_default(),
-    };
     let client = {
         let _permit = rpcs.acquire().await.expect("semaphore open");
         peer_client(host).await
@@ -171,83 +267,41 @@ async fn fill_host(
         Err(e) => {
             return tasks
                 .iter()
-                .map(|t| result(t, Err(e.to_string())))
+                .map(|t| result(host, t, Err(e.to_string())))
                 .collect()
         }
     };
-    let trigger = |t: &pb::Task| {
-        let mut c = client.clone();
-        let t = t.clone();
-        async move {
-            let _permit = rpcs.acquire().await.expect("semaphore open");
-            c.trigger_download(TriggerDownloadRequest { task: Some(t) })
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("cannot start the download on {}: {}", host.ip, e.message()))
-        }
+    let mut fill = HostFill {
+        host,
+        client,
+        rpcs,
+        sink,
+        reported: vec![(0, 0); tasks.len()],
+        deadline,
     };
     let mut progress = Vec::new();
     for t in tasks {
-        progress.push(match trigger(t).await {
+        progress.push(match fill.trigger(t).await {
             Ok(()) => Progress::Waiting { retriggered: false },
             Err(e) => Progress::Done(Err(e)),
         });
     }
-    loop {
-        for (i, (t, p)) in tasks.iter().zip(progress.iter_mut()).enumerate() {
-            let Progress::Waiting { retriggered } = *p else {
-                continue;
-            };
-            let stat = {
-                let _permit = rpcs.acquire().await.expect("semaphore open");
-                client
-                    .clone()
-                    .stat_task(StatTaskRequest {
-                        task_id: t.id.clone(),
-                    })
-                    .await
-            };
-            let stat = stat.map(|r| r.into_inner());
-            if let Ok(s) = &stat {
-                report(i, s.present_bytes, s.content_length);
-            }
-            *p = match stat {
-                Err(e) => Progress::Done(Err(format!(
-                    "cannot ask {} about the task: {}",
-                    host.ip,
-                    e.message()
-                ))),
-                Ok(s) if s.complete => Progress::Done(Ok(())),
-                Ok(s) if s.running && Instant::now() >= deadline => Progress::Done(Err(format!(
-                    "timed out on {} with {} of {} bytes",
-                    host.ip, s.present_bytes, s.content_length
-                ))),
-                Ok(s) if s.running => Progress::Waiting { retriggered },
-                Ok(s) if !s.error.is_empty() => {
-                    Progress::Done(Err(format!("download failed on {}: {}", host.ip, s.error)))
-                }
-                // Neither running nor failed: the blob was evicted or the peer restarted
-                // since the trigger; start it once more.
-                Ok(_) if retriggered => Progress::Done(Err(format!(
-                    "the download on {} stopped without an error",
-                    host.ip
-                ))),
-                Ok(_) => match trigger(t).await {
-                    Ok(()) => Progress::Waiting { retriggered: true },
-                    Err(e) => Progress::Done(Err(e)),
-                },
-            };
+    let waiting = |progress: &[Progress]| {
+        progress
+            .iter()
+            .any(|p| matches!(p, Progress::Waiting { .. }))
+    };
+    while waiting(&progress) {
+        fill.poll(tasks, &mut progress).await;
+        if waiting(&progress) {
+            tokio::time::sleep(POLL).await;
         }
-        if progress.iter().all(|p| matches!(p, Progress::Done(_))) {
-            break;
-        }
-        tokio::time::sleep(POLL).await;
     }
     tasks
         .iter()
         .zip(progress)
         .map(|(t, p)| match p {
-            Progress::Done(outcome) => result(t, outcome),
+            Progress::Done(outcome) => result(host, t, outcome),
             Progress::Waiting { .. } => unreachable!("every task is done"),
         })
         .collect()

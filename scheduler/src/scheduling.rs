@@ -2,6 +2,7 @@
 //! peer must not use, score the rest, return the best; with none, make the peer wait for a seed
 //! peer (triggering one if the task has none) or send it to the origin.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::SchedulingConfig;
 use crate::evaluator::{score, Candidate, Child};
-use crate::state::{HostInfo, SeedStatus, State, StateError};
+use crate::state::{HostInfo, PeerState, SeedStatus, State, StateError, TaskState};
 
 /// At most this many pieces per FindParents.
 pub const MAX_PIECES_PER_REQUEST: usize = 4096;
@@ -47,6 +48,103 @@ fn response(decision: pb::Decision, reason: &str) -> pb::FindParentsResponse {
         reason: reason.to_owned(),
         ..Default::default()
     }
+}
+
+/// The best `limit` parents for `req` among the task's holders: a random sample of at most
+/// `scan_limit` holders, skipping the child itself, its own host, blocklisted and avoided
+/// peers and peers with none of the pieces, scored until `filter_parent_limit` candidates.
+fn scan_candidates<'t>(
+    t: &'t TaskState,
+    hosts: &HashMap<Arc<str>, HostInfo>,
+    child: &PeerState,
+    req: &pb::FindParentsRequest,
+    cfg: &SchedulingConfig,
+    limit: usize,
+    rng: &mut impl Rng,
+) -> Result<Vec<(f64, &'t Arc<str>)>, StateError> {
+    let child_host = hosts
+        .get(&child.host_id)
+        .ok_or_else(|| StateError::UnknownHost(child.host_id.to_string()))?;
+    let child_place = Child {
+        idc: &child_host.idc,
+        location: &child_host.location,
+    };
+    let mut scored: Vec<(f64, &Arc<str>)> = Vec::with_capacity(cfg.filter_parent_limit.min(64));
+    let n = t.holders.len();
+    if n == 0 || req.pieces.is_empty() {
+        return Ok(Vec::new());
+    }
+    let start = rng.random_range(0..n);
+    for i in 0..n.min(cfg.scan_limit) {
+        let id = &t.holders[(start + i) % n];
+        if **id == *req.peer_id || t.blocklist.contains(id) || child.avoid.contains(id) {
+            continue;
+        }
+        let Some(p) = t.peers.get(id) else { continue };
+        if p.host_id == child.host_id {
+            continue;
+        }
+        let Some(host) = hosts.get(&p.host_id) else {
+            continue;
+        };
+        let has = req.pieces.iter().filter(|n| p.pieces.contains(**n)).count();
+        if has == 0 {
+            continue;
+        }
+        let s = score(
+            child_place,
+            Candidate {
+                has,
+                asked: req.pieces.len(),
+                active_uploads: host.active_uploads,
+                upload_slots: host.upload_slots,
+                uploads_ok: p.uploads_ok,
+                uploads_failed: p.uploads_failed,
+                cost_ms: p.cost_ms,
+                idc: &host.idc,
+                location: &host.location,
+                seed: host.seed,
+                complete: t.is_complete(p),
+            },
+        );
+        scored.push((s, id));
+        if scored.len() >= cfg.filter_parent_limit {
+            break;
+        }
+    }
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    scored.truncate(limit);
+    Ok(scored)
+}
+
+/// The answer entries of the chosen parents: address and which of the asked pieces each has.
+fn to_parents(
+    t: &TaskState,
+    hosts: &HashMap<Arc<str>, HostInfo>,
+    req: &pb::FindParentsRequest,
+    chosen: Vec<(f64, &Arc<str>)>,
+) -> Vec<pb::Parent> {
+    chosen
+        .into_iter()
+        .filter_map(|(s, id)| {
+            let p = t.peers.get(id)?;
+            let host = hosts.get(&p.host_id)?;
+            Some(pb::Parent {
+                peer_id: id.to_string(),
+                host_id: host.id.to_string(),
+                ip: host.ip.clone(),
+                upload_port: host.upload_port,
+                pieces: req
+                    .pieces
+                    .iter()
+                    .copied()
+                    .filter(|n| p.pieces.contains(*n))
+                    .collect(),
+                score: s,
+                tcp_pieces: host.tcp_pieces,
+            })
+        })
+        .collect()
 }
 
 /// Decides for one FindParents request.
@@ -85,84 +183,11 @@ pub fn find_parents(
             })
         })
         .collect();
-
     // Score candidates without allocating; build the answer for the winners only.
-    let parents: Vec<pb::Parent> = state.with_hosts(|hosts| -> Result<_, StateError> {
-        let child_host = hosts
-            .get(&child_host_id)
-            .ok_or_else(|| StateError::UnknownHost(child_host_id.to_string()))?;
-        let child_place = Child {
-            idc: &child_host.idc,
-            location: &child_host.location,
-        };
-        let mut scored: Vec<(f64, &Arc<str>)> = Vec::with_capacity(cfg.filter_parent_limit.min(64));
-        let n = t.holders.len();
-        if n == 0 || req.pieces.is_empty() {
-            return Ok(Vec::new());
-        }
-        let start = rng.random_range(0..n);
-        for i in 0..n.min(cfg.scan_limit) {
-            let id = &t.holders[(start + i) % n];
-            if **id == *req.peer_id || t.blocklist.contains(id) || child.avoid.contains(id) {
-                continue;
-            }
-            let Some(p) = t.peers.get(id) else { continue };
-            if p.host_id == child_host_id {
-                continue;
-            }
-            let Some(host) = hosts.get(&p.host_id) else {
-                continue;
-            };
-            let has = req.pieces.iter().filter(|n| p.pieces.contains(**n)).count();
-            if has == 0 {
-                continue;
-            }
-            let s = score(
-                child_place,
-                Candidate {
-                    has,
-                    asked: req.pieces.len(),
-                    active_uploads: host.active_uploads,
-                    upload_slots: host.upload_slots,
-                    uploads_ok: p.uploads_ok,
-                    uploads_failed: p.uploads_failed,
-                    cost_ms: p.cost_ms,
-                    idc: &host.idc,
-                    location: &host.location,
-                    seed: host.seed,
-                    complete: t.is_complete(p),
-                },
-            );
-            scored.push((s, id));
-            if scored.len() >= cfg.filter_parent_limit {
-                break;
-            }
-        }
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        scored.truncate(limit);
-        Ok(scored
-            .into_iter()
-            .filter_map(|(s, id)| {
-                let p = t.peers.get(id)?;
-                let host = hosts.get(&p.host_id)?;
-                Some(pb::Parent {
-                    peer_id: id.to_string(),
-                    host_id: host.id.to_string(),
-                    ip: host.ip.clone(),
-                    upload_port: host.upload_port,
-                    pieces: req
-                        .pieces
-                        .iter()
-                        .copied()
-                        .filter(|n| p.pieces.contains(*n))
-                        .collect(),
-                    score: s,
-                    tcp_pieces: host.tcp_pieces,
-                })
-            })
-            .collect())
+    let parents = state.with_hosts(|hosts| -> Result<_, StateError> {
+        let chosen = scan_candidates(&t, hosts, child, req, cfg, limit, rng)?;
+        Ok(to_parents(&t, hosts, req, chosen))
     })?;
-
     if !parents.is_empty() {
         if let Some(c) = t.peers.get_mut(req.peer_id.as_str()) {
             c.waiting_since = None;
@@ -172,7 +197,6 @@ pub fn find_parents(
         r.digests = digests;
         return Ok((r, None));
     }
-
     // Nobody has the pieces.
     let child_is_seed = state.host(&child_host_id).is_some_and(|h| h.seed);
     let (mut resp, trigger) = decide_without_parents(

@@ -14,7 +14,7 @@ use base64::Engine;
 
 use crate::error::{Error, Result};
 use crate::time::parse_rfc3339;
-use crate::toc::Toc;
+use crate::toc::{Toc, TocEntry};
 
 /// Landmark file placed after the prioritized files of a layer.
 pub const PREFETCH_LANDMARK: &str = ".prefetch.landmark";
@@ -196,6 +196,12 @@ struct Builder {
     explicit: HashSet<u64>,
     whiteouts: Vec<(u64, OsString, Node)>,
     raw_chunks: Vec<RawChunk>,
+    prefetch: Prefetch,
+    /// Compressed offsets where members start (files and chunks), to bound each chunk.
+    data_offsets: Vec<u64>,
+    /// The regular file the next `chunk` entries belong to.
+    last_reg: Option<(u64, String)>,
+    toc_offset: u64,
 }
 
 struct RawChunk {
@@ -209,7 +215,39 @@ struct RawChunk {
     end_offset: u64,
 }
 
+/// The node kind a TOC entry type names (hardlinks and chunks are handled apart).
+fn node_kind(e: &TocEntry) -> Result<NodeKind> {
+    Ok(match e.kind.as_str() {
+        "dir" => NodeKind::Dir,
+        "reg" => NodeKind::File,
+        "symlink" => NodeKind::Symlink,
+        "char" => NodeKind::CharDevice,
+        "block" => NodeKind::BlockDevice,
+        "fifo" => NodeKind::Fifo,
+        other => return Err(bad(&e.name, format!("unknown entry type {other:?}"))),
+    })
+}
+
 impl Builder {
+    fn new(toc_offset: u64) -> Builder {
+        let mut b = Builder {
+            nodes: Vec::new(),
+            children: Vec::new(),
+            parents: Vec::new(),
+            paths: HashMap::new(),
+            explicit: HashSet::new(),
+            whiteouts: Vec::new(),
+            raw_chunks: Vec::new(),
+            prefetch: Prefetch::Unspecified,
+            data_offsets: Vec::new(),
+            last_reg: None,
+            toc_offset,
+        };
+        b.add_node(Node::new(NodeKind::Dir, 0o755), LayerIndex::ROOT);
+        b.paths.insert(Vec::new(), LayerIndex::ROOT);
+        b
+    }
+
     fn add_node(&mut self, node: Node, parent: u64) -> u64 {
         self.nodes.push(node);
         self.children.push(BTreeMap::new());
@@ -221,13 +259,23 @@ impl Builder {
         &mut self.nodes[(ino - 1) as usize]
     }
 
+    fn kind_of(&self, ino: u64) -> NodeKind {
+        self.nodes[(ino - 1) as usize].kind
+    }
+
+    /// `name` under `parent` is `ino`, reachable by `key`.
+    fn link(&mut self, parent: u64, name: &str, key: Vec<String>, ino: u64) {
+        self.children[(parent - 1) as usize].insert(OsString::from(name), ino);
+        self.paths.insert(key, ino);
+    }
+
     /// The directory at `path`, creating implicit parents (0755) as needed.
     fn ensure_dir(&mut self, name: &str, path: &[&str]) -> Result<u64> {
         let mut ino = LayerIndex::ROOT;
         for i in 0..path.len() {
             let key: Vec<String> = path[..=i].iter().map(|s| s.to_string()).collect();
             ino = match self.paths.get(&key) {
-                Some(&d) if self.nodes[(d - 1) as usize].kind == NodeKind::Dir => d,
+                Some(&d) if self.kind_of(d) == NodeKind::Dir => d,
                 Some(_) => {
                     return Err(bad(
                         name,
@@ -236,210 +284,219 @@ impl Builder {
                 }
                 None => {
                     let d = self.add_node(Node::new(NodeKind::Dir, 0o755), ino);
-                    self.children[(ino - 1) as usize].insert(OsString::from(path[i]), d);
-                    self.paths.insert(key, d);
+                    self.link(ino, path[i], key, d);
                     d
                 }
             };
         }
         Ok(ino)
     }
-}
 
-impl LayerIndex {
-    /// Inode number of the root directory.
-    pub const ROOT: u64 = 1;
-
-    /// Builds and validates the tree of a layer. `toc_offset` bounds the data area.
-    pub fn build(toc: &Toc, toc_offset: u64, opts: &IndexOptions) -> Result<LayerIndex> {
-        let mut b = Builder {
-            nodes: Vec::new(),
-            children: Vec::new(),
-            parents: Vec::new(),
-            paths: HashMap::new(),
-            explicit: HashSet::new(),
-            whiteouts: Vec::new(),
-            raw_chunks: Vec::new(),
+    /// A `chunk` entry: the next piece of the last regular file.
+    fn add_chunk(&mut self, e: &TocEntry) -> Result<()> {
+        let Some((ino, reg_name)) = self.last_reg.clone() else {
+            return Err(bad(&e.name, "chunk entry without a preceding regular file"));
         };
-        b.add_node(Node::new(NodeKind::Dir, 0o755), LayerIndex::ROOT);
-        b.paths.insert(Vec::new(), LayerIndex::ROOT);
-        let mut prefetch = Prefetch::Unspecified;
-        let mut data_offsets: Vec<u64> = Vec::new();
-        let mut last_reg: Option<(u64, String)> = None;
+        let cleaned = components(&e.name)?.join("/");
+        if !e.name.is_empty() && cleaned != reg_name {
+            return Err(bad(
+                &e.name,
+                format!("chunk entry follows file {reg_name:?}, not this path"),
+            ));
+        }
+        if e.offset >= self.toc_offset {
+            return Err(bad(&e.name, "chunk offset is beyond the data area"));
+        }
+        self.data_offsets.push(e.offset);
+        self.raw_chunks.push(RawChunk {
+            ino,
+            name: reg_name,
+            offset: e.offset,
+            inner_offset: e.inner_offset,
+            file_offset: e.chunk_offset,
+            size: e.chunk_size,
+            digest: (!e.chunk_digest.is_empty()).then(|| e.chunk_digest.clone()),
+            end_offset: e.end_offset,
+        });
+        Ok(())
+    }
 
-        for e in &toc.entries {
-            if e.kind == "chunk" {
-                let Some((ino, reg_name)) = &last_reg else {
-                    return Err(bad(&e.name, "chunk entry without a preceding regular file"));
-                };
-                let cleaned = components(&e.name)?.join("/");
-                if !e.name.is_empty() && &cleaned != reg_name {
-                    return Err(bad(
-                        &e.name,
-                        format!("chunk entry follows file {reg_name:?}, not this path"),
-                    ));
-                }
-                if e.offset >= toc_offset {
-                    return Err(bad(&e.name, "chunk offset is beyond the data area"));
-                }
-                data_offsets.push(e.offset);
-                b.raw_chunks.push(RawChunk {
-                    ino: *ino,
-                    name: reg_name.clone(),
-                    offset: e.offset,
-                    inner_offset: e.inner_offset,
-                    file_offset: e.chunk_offset,
-                    size: e.chunk_size,
-                    digest: (!e.chunk_digest.is_empty()).then(|| e.chunk_digest.clone()),
-                    end_offset: e.end_offset,
-                });
-                continue;
+    /// Any entry but a chunk.
+    fn add_entry(&mut self, e: &TocEntry, opts: &IndexOptions) -> Result<()> {
+        self.last_reg = None;
+        let path = components(&e.name)?;
+        if e.kind == "reg" && e.size > 0 {
+            if e.offset >= self.toc_offset {
+                return Err(bad(&e.name, "file data offset is beyond the data area"));
             }
-            last_reg = None;
-            let path = components(&e.name)?;
-            if e.kind == "reg" && e.size > 0 {
-                if e.offset >= toc_offset {
-                    return Err(bad(&e.name, "file data offset is beyond the data area"));
-                }
-                data_offsets.push(e.offset);
+            self.data_offsets.push(e.offset);
+        }
+        let Some((&base, dir_path)) = path.split_last() else {
+            // The root itself.
+            if e.kind != "dir" {
+                return Err(bad(&e.name, "the layer root must be a directory"));
             }
-            let Some((&base, dir_path)) = path.split_last() else {
-                // The root itself.
-                if e.kind != "dir" {
-                    return Err(bad(&e.name, "the layer root must be a directory"));
-                }
-                let root = b.node_mut(LayerIndex::ROOT);
-                apply_attrs(root, e, opts)?;
-                continue;
+            return apply_attrs(self.node_mut(LayerIndex::ROOT), e, opts);
+        };
+        if dir_path.is_empty() && (base == PREFETCH_LANDMARK || base == NO_PREFETCH_LANDMARK) {
+            self.prefetch = if base == PREFETCH_LANDMARK {
+                Prefetch::Landmark { end: e.offset }
+            } else {
+                Prefetch::NoPrefetch
             };
-            if dir_path.is_empty() && (base == PREFETCH_LANDMARK || base == NO_PREFETCH_LANDMARK) {
-                prefetch = if base == PREFETCH_LANDMARK {
-                    Prefetch::Landmark { end: e.offset }
-                } else {
-                    Prefetch::NoPrefetch
-                };
-                continue;
-            }
-            let parent = b.ensure_dir(&e.name, dir_path)?;
-            if base == OPAQUE_WHITEOUT {
-                let key = opts.opaque_xattr.clone();
-                b.node_mut(parent)
-                    .xattrs
-                    .insert(OsString::from(key), b"y".to_vec());
-                continue;
-            }
-            if let Some(hidden) = base.strip_prefix(WHITEOUT_PREFIX) {
-                if hidden.is_empty() {
-                    return Err(bad(&e.name, "whiteout of an empty name"));
+            return Ok(());
+        }
+        let parent = self.ensure_dir(&e.name, dir_path)?;
+        if base == OPAQUE_WHITEOUT {
+            let key = OsString::from(opts.opaque_xattr.clone());
+            self.node_mut(parent).xattrs.insert(key, b"y".to_vec());
+            return Ok(());
+        }
+        if let Some(hidden) = base.strip_prefix(WHITEOUT_PREFIX) {
+            return self.add_whiteout(e, parent, hidden);
+        }
+        let key: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+        if let Some(&existing) = self.paths.get(&key) {
+            return self.revisit(e, existing, opts);
+        }
+        if e.kind == "hardlink" {
+            return self.add_hardlink(e, parent, base, key);
+        }
+        self.add_node_entry(e, parent, base, key, opts)
+    }
+
+    /// `.wh.NAME`: hides NAME of lower layers (applied once the whole TOC is read).
+    fn add_whiteout(&mut self, e: &TocEntry, parent: u64, hidden: &str) -> Result<()> {
+        if hidden.is_empty() {
+            return Err(bad(&e.name, "whiteout of an empty name"));
+        }
+        let mut w = Node::new(NodeKind::CharDevice, 0);
+        w.uid = e.uid;
+        w.gid = e.gid;
+        w.mtime = parse_rfc3339(&e.modtime).unwrap_or(UNIX_EPOCH);
+        self.whiteouts.push((parent, OsString::from(hidden), w));
+        Ok(())
+    }
+
+    /// A path seen before: only an implicit directory may be given its attributes now.
+    fn revisit(&mut self, e: &TocEntry, existing: u64, opts: &IndexOptions) -> Result<()> {
+        let implicit_dir =
+            !self.explicit.contains(&existing) && self.kind_of(existing) == NodeKind::Dir;
+        if implicit_dir && e.kind == "dir" {
+            apply_attrs(self.node_mut(existing), e, opts)?;
+            self.explicit.insert(existing);
+            return Ok(());
+        }
+        Err(bad(&e.name, "duplicate path in the TOC"))
+    }
+
+    /// A hardlink to an earlier non-directory entry.
+    fn add_hardlink(
+        &mut self,
+        e: &TocEntry,
+        parent: u64,
+        base: &str,
+        key: Vec<String>,
+    ) -> Result<()> {
+        let target = components(&e.link_name)?;
+        let tkey: Vec<String> = target.iter().map(|s| s.to_string()).collect();
+        let &tino = self.paths.get(&tkey).ok_or_else(|| {
+            bad(
+                &e.name,
+                format!(
+                    "hardlink target {:?} is not earlier in the layer",
+                    e.link_name
+                ),
+            )
+        })?;
+        if self.kind_of(tino) == NodeKind::Dir {
+            return Err(bad(&e.name, "hardlink to a directory"));
+        }
+        self.node_mut(tino).nlink += 1;
+        self.link(parent, base, key, tino);
+        Ok(())
+    }
+
+    /// A new directory, file, symlink, device or fifo.
+    fn add_node_entry(
+        &mut self,
+        e: &TocEntry,
+        parent: u64,
+        base: &str,
+        key: Vec<String>,
+        opts: &IndexOptions,
+    ) -> Result<()> {
+        let kind = node_kind(e)?;
+        let mut node = Node::new(kind, 0);
+        apply_attrs(&mut node, e, opts)?;
+        match kind {
+            NodeKind::Symlink => {
+                if e.link_name.is_empty() {
+                    return Err(bad(&e.name, "symlink without a target"));
                 }
-                let mut w = Node::new(NodeKind::CharDevice, 0);
-                w.uid = e.uid;
-                w.gid = e.gid;
-                w.mtime = parse_rfc3339(&e.modtime).unwrap_or(UNIX_EPOCH);
-                b.whiteouts.push((parent, OsString::from(hidden), w));
-                continue;
+                node.link_target = Some(OsString::from(&e.link_name));
             }
-            let key: Vec<String> = path.iter().map(|s| s.to_string()).collect();
-            let cleaned = key.join("/");
-            if let Some(&existing) = b.paths.get(&key) {
-                let implicit_dir = !b.explicit.contains(&existing)
-                    && b.nodes[(existing - 1) as usize].kind == NodeKind::Dir;
-                if implicit_dir && e.kind == "dir" {
-                    apply_attrs(b.node_mut(existing), e, opts)?;
-                    b.explicit.insert(existing);
-                    continue;
-                }
-                return Err(bad(&e.name, "duplicate path in the TOC"));
+            NodeKind::CharDevice | NodeKind::BlockDevice => {
+                node.dev_major = e.dev_major;
+                node.dev_minor = e.dev_minor;
             }
-            if e.kind == "hardlink" {
-                let target = components(&e.link_name)?;
-                let tkey: Vec<String> = target.iter().map(|s| s.to_string()).collect();
-                let &tino = b.paths.get(&tkey).ok_or_else(|| {
-                    bad(
-                        &e.name,
-                        format!(
-                            "hardlink target {:?} is not earlier in the layer",
-                            e.link_name
-                        ),
-                    )
-                })?;
-                if b.nodes[(tino - 1) as usize].kind == NodeKind::Dir {
-                    return Err(bad(&e.name, "hardlink to a directory"));
-                }
-                b.node_mut(tino).nlink += 1;
-                b.children[(parent - 1) as usize].insert(OsString::from(base), tino);
-                b.paths.insert(key, tino);
-                continue;
-            }
-            let kind = match e.kind.as_str() {
-                "dir" => NodeKind::Dir,
-                "reg" => NodeKind::File,
-                "symlink" => NodeKind::Symlink,
-                "char" => NodeKind::CharDevice,
-                "block" => NodeKind::BlockDevice,
-                "fifo" => NodeKind::Fifo,
-                other => return Err(bad(&e.name, format!("unknown entry type {other:?}"))),
-            };
-            let mut node = Node::new(kind, 0);
-            apply_attrs(&mut node, e, opts)?;
-            match kind {
-                NodeKind::Symlink => {
-                    if e.link_name.is_empty() {
-                        return Err(bad(&e.name, "symlink without a target"));
-                    }
-                    node.link_target = Some(OsString::from(&e.link_name));
-                }
-                NodeKind::CharDevice | NodeKind::BlockDevice => {
-                    node.dev_major = e.dev_major;
-                    node.dev_minor = e.dev_minor;
-                }
-                NodeKind::File => node.size = e.size,
-                _ => {}
-            }
-            let ino = b.add_node(node, parent);
-            b.children[(parent - 1) as usize].insert(OsString::from(base), ino);
-            b.paths.insert(key, ino);
-            b.explicit.insert(ino);
-            if kind == NodeKind::File {
-                last_reg = Some((ino, cleaned.clone()));
-                if e.size > 0 {
-                    let unchunked = e.chunk_size == 0 || e.chunk_size >= e.size;
-                    let digest = if !e.chunk_digest.is_empty() {
-                        Some(e.chunk_digest.clone())
-                    } else if unchunked && !e.digest.is_empty() {
-                        Some(e.digest.clone())
-                    } else {
-                        None
-                    };
-                    b.raw_chunks.push(RawChunk {
-                        ino,
-                        name: cleaned,
-                        offset: e.offset,
-                        inner_offset: e.inner_offset,
-                        file_offset: 0,
-                        size: e.chunk_size,
-                        digest,
-                        end_offset: e.end_offset,
-                    });
-                }
+            NodeKind::File => node.size = e.size,
+            _ => {}
+        }
+        let cleaned = key.join("/");
+        let ino = self.add_node(node, parent);
+        self.link(parent, base, key, ino);
+        self.explicit.insert(ino);
+        if kind == NodeKind::File {
+            self.last_reg = Some((ino, cleaned.clone()));
+            if e.size > 0 {
+                self.add_first_chunk(e, ino, cleaned);
             }
         }
+        Ok(())
+    }
 
-        // Whiteouts hide same-named entries of lower layers, unless this layer has one too.
-        for (parent, name, node) in std::mem::take(&mut b.whiteouts) {
-            if b.children[(parent - 1) as usize].contains_key(&name) {
+    /// A regular file's first (or only) chunk, described by the file entry itself.
+    fn add_first_chunk(&mut self, e: &TocEntry, ino: u64, name: String) {
+        let unchunked = e.chunk_size == 0 || e.chunk_size >= e.size;
+        let digest = if !e.chunk_digest.is_empty() {
+            Some(e.chunk_digest.clone())
+        } else if unchunked && !e.digest.is_empty() {
+            Some(e.digest.clone())
+        } else {
+            None
+        };
+        self.raw_chunks.push(RawChunk {
+            ino,
+            name,
+            offset: e.offset,
+            inner_offset: e.inner_offset,
+            file_offset: 0,
+            size: e.chunk_size,
+            digest,
+            end_offset: e.end_offset,
+        });
+    }
+
+    /// Whiteouts hide same-named entries of lower layers, unless this layer has one too.
+    fn apply_whiteouts(&mut self) {
+        for (parent, name, node) in std::mem::take(&mut self.whiteouts) {
+            if self.children[(parent - 1) as usize].contains_key(&name) {
                 continue;
             }
-            let ino = b.add_node(node, parent);
-            b.children[(parent - 1) as usize].insert(name, ino);
+            let ino = self.add_node(node, parent);
+            self.children[(parent - 1) as usize].insert(name, ino);
         }
+    }
 
-        // Chunk ranges: a member ends where the next distinct member starts, or at the TOC.
-        data_offsets.sort_unstable();
-        data_offsets.dedup();
-        for rc in std::mem::take(&mut b.raw_chunks) {
-            let next = match data_offsets.binary_search(&rc.offset) {
-                Ok(i) => data_offsets.get(i + 1).copied().unwrap_or(toc_offset),
+    /// Chunk ranges: a member ends where the next distinct member starts, or at the TOC.
+    fn resolve_chunks(&mut self, opts: &IndexOptions) -> Result<()> {
+        let toc_offset = self.toc_offset;
+        self.data_offsets.sort_unstable();
+        self.data_offsets.dedup();
+        for rc in std::mem::take(&mut self.raw_chunks) {
+            let next = match self.data_offsets.binary_search(&rc.offset) {
+                Ok(i) => self.data_offsets.get(i + 1).copied().unwrap_or(toc_offset),
                 Err(_) => toc_offset,
             };
             let end = if rc.end_offset > rc.offset && rc.end_offset <= toc_offset {
@@ -457,7 +514,7 @@ impl LayerIndex {
                     ))
                 }
             };
-            b.node_mut(rc.ino).chunks.push(Chunk {
+            self.node_mut(rc.ino).chunks.push(Chunk {
                 file_offset: rc.file_offset,
                 len: rc.size,
                 compressed_offset: rc.offset,
@@ -466,80 +523,118 @@ impl LayerIndex {
                 digest,
             });
         }
+        Ok(())
+    }
 
-        // Chunks must tile each file exactly; a size of 0 means "to the next chunk / the end".
+    /// Chunks must tile each file exactly; a size of 0 means "to the next chunk / the end".
+    fn check_tiling(&mut self) -> Result<IndexStats> {
         let mut stats = IndexStats::default();
-        for ino in 1..=b.nodes.len() as u64 {
-            let n = b.node_mut(ino);
-            if n.kind != NodeKind::File {
-                continue;
+        for ino in 1..=self.nodes.len() as u64 {
+            let n = self.node_mut(ino);
+            if n.kind == NodeKind::File {
+                tile(ino, n)?;
+                stats.total_file_bytes += n.size;
             }
-            let size = n.size;
-            n.chunks.sort_by_key(|c| c.file_offset);
-            let count = n.chunks.len();
-            let mut pos = 0u64;
-            for i in 0..count {
-                let next_start = if i + 1 < count {
-                    n.chunks[i + 1].file_offset
-                } else {
-                    size
-                };
-                let c = &mut n.chunks[i];
-                if c.file_offset != pos {
-                    return Err(bad(
-                        &format!("inode {ino}"),
-                        format!(
-                            "chunks do not tile the file: expected a chunk at {pos}, found {}",
-                            c.file_offset
-                        ),
-                    ));
-                }
-                if c.len == 0 || i + 1 == count {
-                    c.len = next_start.saturating_sub(c.file_offset);
-                }
-                if c.len == 0 || c.file_offset + c.len != next_start {
-                    return Err(bad(
-                        &format!("inode {ino}"),
-                        format!(
-                            "chunks do not tile the file: the chunk at {} has size {} but the next one starts at {next_start}",
-                            c.file_offset, c.len
-                        ),
-                    ));
-                }
-                pos = next_start;
-            }
-            if size > 0 && pos != size {
-                return Err(bad(
-                    &format!("inode {ino}"),
-                    "file of non-zero size has no data",
-                ));
-            }
-            stats.total_file_bytes += size;
         }
+        stats.nodes = self.nodes.len() as u64;
+        Ok(stats)
+    }
 
-        // Link counts of directories: 2 + subdirectories.
-        for ino in 1..=b.nodes.len() as u64 {
-            if b.nodes[(ino - 1) as usize].kind != NodeKind::Dir {
+    /// Link counts of directories: 2 + subdirectories.
+    fn count_dir_links(&mut self) {
+        for ino in 1..=self.nodes.len() as u64 {
+            if self.kind_of(ino) != NodeKind::Dir {
                 continue;
             }
-            let subdirs = b.children[(ino - 1) as usize]
+            let subdirs = self.children[(ino - 1) as usize]
                 .values()
-                .filter(|c| b.nodes[(**c - 1) as usize].kind == NodeKind::Dir)
+                .filter(|c| self.kind_of(**c) == NodeKind::Dir)
                 .count() as u32;
-            b.node_mut(ino).nlink = 2 + subdirs;
+            self.node_mut(ino).nlink = 2 + subdirs;
         }
-        stats.nodes = b.nodes.len() as u64;
-        Ok(LayerIndex {
-            children: b
+    }
+
+    fn finish(self, stats: IndexStats) -> LayerIndex {
+        LayerIndex {
+            children: self
                 .children
                 .into_iter()
                 .map(|m| m.into_iter().collect())
                 .collect(),
-            nodes: b.nodes,
-            parents: b.parents,
-            prefetch,
+            nodes: self.nodes,
+            parents: self.parents,
+            prefetch: self.prefetch,
             stats,
-        })
+        }
+    }
+}
+
+/// Sorts file `n`'s chunks and checks they tile `[0, size)`, filling in open-ended lengths.
+fn tile(ino: u64, n: &mut Node) -> Result<()> {
+    let size = n.size;
+    n.chunks.sort_by_key(|c| c.file_offset);
+    let count = n.chunks.len();
+    let mut pos = 0u64;
+    for i in 0..count {
+        let next_start = if i + 1 < count {
+            n.chunks[i + 1].file_offset
+        } else {
+            size
+        };
+        let c = &mut n.chunks[i];
+        if c.file_offset != pos {
+            return Err(bad(
+                &format!("inode {ino}"),
+                format!(
+                    "chunks do not tile the file: expected a chunk at {pos}, found {}",
+                    c.file_offset
+                ),
+            ));
+        }
+        if c.len == 0 || i + 1 == count {
+            c.len = next_start.saturating_sub(c.file_offset);
+        }
+        if c.len == 0 || c.file_offset + c.len != next_start {
+            return Err(bad(
+                &format!("inode {ino}"),
+                format!(
+                    "chunks do not tile the file: the chunk at {} has size {} but the next one starts at {next_start}",
+                    c.file_offset, c.len
+                ),
+            ));
+        }
+        pos = next_start;
+    }
+    if size > 0 && pos != size {
+        return Err(bad(
+            &format!("inode {ino}"),
+            "file of non-zero size has no data",
+        ));
+    }
+    Ok(())
+}
+
+impl LayerIndex {
+    /// Inode number of the root directory.
+    pub const ROOT: u64 = 1;
+
+    /// Builds and validates the tree of a layer. `toc_offset` bounds the data area. The
+    /// steps: read every entry (chunks onto their file), apply whiteouts, bound and verify
+    /// chunk ranges, check that chunks tile each file, count directory links.
+    pub fn build(toc: &Toc, toc_offset: u64, opts: &IndexOptions) -> Result<LayerIndex> {
+        let mut b = Builder::new(toc_offset);
+        for e in &toc.entries {
+            if e.kind == "chunk" {
+                b.add_chunk(e)?;
+            } else {
+                b.add_entry(e, opts)?;
+            }
+        }
+        b.apply_whiteouts();
+        b.resolve_chunks(opts)?;
+        let stats = b.check_tiling()?;
+        b.count_dir_links();
+        Ok(b.finish(stats))
     }
 
     /// A node by inode number.

@@ -204,8 +204,8 @@ fn check_url(field: &str, u: &str) -> Result<reqwest::Url, FieldError> {
     Ok(parsed)
 }
 
-/// Checks `req`; `default_timeout` applies when the job gives none.
-pub fn check(req: CreateJob, default_timeout: Duration) -> Result<NewJob, FieldError> {
+/// The preheat arguments of `req`, parsed (unknown fields are errors naming them).
+fn parse_args(req: &mut CreateJob) -> Result<RawPreheat, FieldError> {
     if req.kind != "preheat" {
         return Err(FieldError::new(
             "type",
@@ -218,7 +218,7 @@ pub fn check(req: CreateJob, default_timeout: Duration) -> Result<NewJob, FieldE
             "args must be an object with at least type and url",
         ));
     }
-    let raw: RawPreheat = serde_path_to_error::deserialize(req.args).map_err(|e| {
+    serde_path_to_error::deserialize(req.args.take()).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." {
             "args".to_owned()
@@ -226,17 +226,22 @@ pub fn check(req: CreateJob, default_timeout: Duration) -> Result<NewJob, FieldE
             format!("args.{path}")
         };
         FieldError::new(&field, format!("invalid args: {}", e.inner()))
-    })?;
-    let kind = match raw.kind.as_str() {
-        "image" => PreheatKind::Image,
-        "file" => PreheatKind::File,
-        other => {
-            return Err(FieldError::new(
-                "args.type",
-                format!("unknown preheat type {other:?}; use image or file"),
-            ))
-        }
-    };
+    })
+}
+
+fn preheat_kind(kind: &str) -> Result<PreheatKind, FieldError> {
+    match kind {
+        "image" => Ok(PreheatKind::Image),
+        "file" => Ok(PreheatKind::File),
+        other => Err(FieldError::new(
+            "args.type",
+            format!("unknown preheat type {other:?}; use image or file"),
+        )),
+    }
+}
+
+/// `url` then `urls`: http(s), and for an image exactly one manifest URL.
+fn preheat_urls(raw: &RawPreheat, kind: PreheatKind) -> Result<Vec<String>, FieldError> {
     let mut urls = raw.urls.clone();
     if !raw.url.is_empty() {
         urls.insert(0, raw.url.clone());
@@ -259,32 +264,38 @@ pub fn check(req: CreateJob, default_timeout: Duration) -> Result<NewJob, FieldE
             "an image preheat takes one manifest url",
         ));
     }
-    if let Some(pl) = raw.piece_length {
-        let (lo, hi) = PIECE_LENGTH_RANGE;
-        if !(lo..=hi).contains(&pl) || !pl.is_power_of_two() {
-            return Err(FieldError::new(
-                "args.pieceLength",
-                format!("pieceLength {pl} must be a power of two from {lo} to {hi}"),
-            ));
-        }
+    Ok(urls)
+}
+
+fn check_piece_length(piece_length: Option<u64>) -> Result<(), FieldError> {
+    let (lo, hi) = PIECE_LENGTH_RANGE;
+    match piece_length {
+        Some(pl) if !(lo..=hi).contains(&pl) || !pl.is_power_of_two() => Err(FieldError::new(
+            "args.pieceLength",
+            format!("pieceLength {pl} must be a power of two from {lo} to {hi}"),
+        )),
+        _ => Ok(()),
     }
-    let scope = match raw.scope.as_deref().unwrap_or("single_seed_peer") {
-        "single_seed_peer" | "" => Scope::SingleSeedPeer,
-        "all_seed_peers" => Scope::AllSeedPeers,
-        "all_peers" => Scope::AllPeers,
-        other => {
-            return Err(FieldError::new(
-                "args.scope",
-                format!(
-                    "unknown scope {other:?}; use single_seed_peer, all_seed_peers or all_peers"
-                ),
-            ))
-        }
-    };
-    let platform = if raw.platform.is_empty() {
+}
+
+fn preheat_scope(scope: Option<&str>) -> Result<Scope, FieldError> {
+    match scope.unwrap_or("single_seed_peer") {
+        "single_seed_peer" | "" => Ok(Scope::SingleSeedPeer),
+        "all_seed_peers" => Ok(Scope::AllSeedPeers),
+        "all_peers" => Ok(Scope::AllPeers),
+        other => Err(FieldError::new(
+            "args.scope",
+            format!("unknown scope {other:?}; use single_seed_peer, all_seed_peers or all_peers"),
+        )),
+    }
+}
+
+/// `os/arch[/variant]`, this machine's when empty.
+fn preheat_platform(platform: &str) -> Result<String, FieldError> {
+    let platform = if platform.is_empty() {
         dragonfly_registry::default_platform()
     } else {
-        raw.platform.clone()
+        platform.to_owned()
     };
     let parts: Vec<&str> = platform.split('/').collect();
     if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
@@ -293,16 +304,57 @@ pub fn check(req: CreateJob, default_timeout: Duration) -> Result<NewJob, FieldE
             format!("platform {platform:?} is not os/arch[/variant]"),
         ));
     }
-    let timeout_secs = match &raw.timeout {
-        None => default_timeout.as_secs(),
+    Ok(platform)
+}
+
+fn preheat_timeout(timeout: Option<&Value>, default: Duration) -> Result<u64, FieldError> {
+    let secs = match timeout {
+        None => default.as_secs(),
         Some(v) => parse_timeout(v).map_err(|e| FieldError::new("args.timeout", e))?,
     };
-    if !(1..=24 * 3600).contains(&timeout_secs) {
+    if !(1..=24 * 3600).contains(&secs) {
         return Err(FieldError::new(
             "args.timeout",
             "timeout must be from 1 second to 24 hours",
         ));
     }
+    Ok(secs)
+}
+
+/// The arguments as answered: everything but the secrets (header values blanked).
+fn shown_args(
+    raw: &RawPreheat,
+    urls: &[String],
+    platform: &str,
+    scope: Scope,
+    timeout_secs: u64,
+) -> Value {
+    json!({
+        "type": raw.kind,
+        "url": urls[0],
+        "urls": &urls[1..],
+        "tag": raw.tag,
+        "application": raw.application,
+        "filtered_query_params": raw.filtered_query_params,
+        "headers": raw.headers.keys().map(|k| (k.clone(), Value::String(String::new()))).collect::<serde_json::Map<_, _>>(),
+        "username": raw.username,
+        "password": "",
+        "platform": platform,
+        "piece_length": raw.piece_length,
+        "scope": serde_json::to_value(scope).expect("scope serializes"),
+        "timeout": timeout_secs,
+    })
+}
+
+/// Checks `req`; `default_timeout` applies when the job gives none.
+pub fn check(mut req: CreateJob, default_timeout: Duration) -> Result<NewJob, FieldError> {
+    let raw = parse_args(&mut req)?;
+    let kind = preheat_kind(&raw.kind)?;
+    let urls = preheat_urls(&raw, kind)?;
+    check_piece_length(raw.piece_length)?;
+    let scope = preheat_scope(raw.scope.as_deref())?;
+    let platform = preheat_platform(&raw.platform)?;
+    let timeout_secs = preheat_timeout(raw.timeout.as_ref(), default_timeout)?;
     if raw.password.is_empty() != raw.username.is_empty() {
         return Err(FieldError::new(
             "args.username",
@@ -323,21 +375,7 @@ pub fn check(req: CreateJob, default_timeout: Duration) -> Result<NewJob, FieldE
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect();
-    let shown = json!({
-        "type": raw.kind,
-        "url": urls[0],
-        "urls": &urls[1..],
-        "tag": raw.tag,
-        "application": raw.application,
-        "filtered_query_params": raw.filtered_query_params,
-        "headers": raw.headers.keys().map(|k| (k.clone(), Value::String(String::new()))).collect::<serde_json::Map<_, _>>(),
-        "username": raw.username,
-        "password": "",
-        "platform": platform,
-        "piece_length": raw.piece_length,
-        "scope": serde_json::to_value(scope).expect("scope serializes"),
-        "timeout": timeout_secs,
-    });
+    let shown = shown_args(&raw, &urls, &platform, scope, timeout_secs);
     Ok(NewJob {
         bio: req.bio,
         preheat: Preheat {

@@ -17,8 +17,8 @@ use containerd_client::services::v1::snapshots as snap;
 use containerd_client::tonic::{self, transport::Channel, Code, Request};
 use containerd_client::types::Descriptor;
 use dragonfly_proto::dfdaemon::image_client::ImageClient;
-use dragonfly_proto::dfdaemon::{OciObject, ResolveImageRequest};
-use dragonfly_registry::{ImageConfig, ImageDocument};
+use dragonfly_proto::dfdaemon::{OciObject, ResolveImageRequest, ResolveImageResponse};
+use dragonfly_registry::{Descriptor as LayerDescriptor, ImageConfig, ImageDocument};
 use sha2::{Digest, Sha256};
 
 /// What `dfctl image pull` was asked.
@@ -265,10 +265,18 @@ fn short(digest: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
-/// Runs `dfctl image pull`.
-pub async fn pull(daemon: Channel, a: PullArgs) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let resolved = ImageClient::new(daemon)
+/// What the daemon resolved, checked: the manifest's layers and their chain IDs.
+struct Resolved {
+    answer: ResolveImageResponse,
+    manifest: OciObject,
+    config: OciObject,
+    layers: ImageDocument,
+    chains: Vec<String>,
+}
+
+/// Asks the daemon for the image's index, manifest and config (through the swarm).
+async fn resolve(daemon: Channel, a: &PullArgs) -> anyhow::Result<Resolved> {
+    let answer = ImageClient::new(daemon)
         .resolve_image(ResolveImageRequest {
             reference: a.reference.clone(),
             platform: a.platform.clone(),
@@ -277,8 +285,7 @@ pub async fn pull(daemon: Channel, a: PullArgs) -> anyhow::Result<()> {
         .map_err(|s| anyhow::anyhow!("{}", s.message()))
         .with_context(|| format!("cannot resolve {}", a.reference))?
         .into_inner();
-    let (Some(manifest), Some(config)) = (resolved.manifest.clone(), resolved.config.clone())
-    else {
+    let (Some(manifest), Some(config)) = (answer.manifest.clone(), answer.config.clone()) else {
         bail!(
             "the daemon answered without a manifest or config for {}",
             a.reference
@@ -297,32 +304,23 @@ pub async fn pull(daemon: Channel, a: PullArgs) -> anyhow::Result<()> {
         );
     }
     let chains = chain_ids(&cfg.rootfs.diff_ids);
-    if !a.quiet {
-        eprintln!(
-            "{}: manifest {} ({} layers), tag resolved by {}",
-            resolved.name,
-            short(&manifest.digest),
-            layers.layers.len(),
-            resolved.resolved_by
-        );
-    }
+    Ok(Resolved {
+        answer,
+        manifest,
+        config,
+        layers,
+        chains,
+    })
+}
 
-    let channel = containerd_client::connect(&a.containerd)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to containerd at {} (--containerd)",
-                a.containerd.display()
-            )
-        })?;
-    let mut leases = cd::leases_client::LeasesClient::new(channel.clone());
-    let lease_id = format!("dfctl-pull-{}", std::process::id());
-    // Expires by itself if dfctl dies half-way.
+/// A lease on containerd that expires by itself if dfctl dies half-way.
+async fn lease(channel: &Channel, a: &PullArgs) -> anyhow::Result<String> {
+    let id = format!("dfctl-pull-{}", std::process::id());
     let expire = chrono::Utc::now() + chrono::Duration::hours(1);
-    leases
+    cd::leases_client::LeasesClient::new(channel.clone())
         .create(req(
             cd::CreateRequest {
-                id: lease_id.clone(),
+                id: id.clone(),
                 labels: HashMap::from([(
                     "containerd.io/gc.expire".to_owned(),
                     expire.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -333,98 +331,140 @@ pub async fn pull(daemon: Channel, a: PullArgs) -> anyhow::Result<()> {
         ))
         .await
         .map_err(|s| status("cannot create a containerd lease", s))?;
+    Ok(id)
+}
+
+/// Config, manifest and index (if any) into the content store, with the GC references that
+/// keep config, layers and snapshots alive; the image's target descriptor.
+async fn write_documents(
+    c: &Containerd,
+    r: &Resolved,
+    snapshotter: &str,
+) -> anyhow::Result<Descriptor> {
+    let mut config_labels = HashMap::new();
+    if let Some(top) = r.chains.last() {
+        config_labels.insert(
+            format!("containerd.io/gc.ref.snapshot.{snapshotter}"),
+            top.clone(),
+        );
+    }
+    c.write(&r.config, config_labels).await?;
+    let mut manifest_labels = HashMap::from([(
+        "containerd.io/gc.ref.content.config".to_owned(),
+        r.config.digest.clone(),
+    )]);
+    for (i, l) in r.layers.layers.iter().enumerate() {
+        manifest_labels.insert(
+            format!("containerd.io/gc.ref.content.l.{i}"),
+            l.digest.clone(),
+        );
+    }
+    c.write(&r.manifest, manifest_labels).await?;
+    let Some(index) = &r.answer.index else {
+        return Ok(descriptor(&r.manifest));
+    };
+    let labels = HashMap::from([(
+        "containerd.io/gc.ref.content.m.0".to_owned(),
+        r.manifest.digest.clone(),
+    )]);
+    c.write(index, labels).await?;
+    Ok(descriptor(index))
+}
+
+/// The labels `ctr-remote` sends for a layer, plus its size, so our snapshotter fetches it
+/// through the swarm.
+fn layer_labels(l: &LayerDescriptor, chain: &str, image: &str) -> HashMap<String, String> {
+    let mut labels = HashMap::from([
+        ("containerd.io/snapshot.ref".to_owned(), chain.to_owned()),
+        (
+            "containerd.io/snapshot/remote/stargz.reference".to_owned(),
+            image.to_owned(),
+        ),
+        (
+            "containerd.io/snapshot/remote/stargz.digest".to_owned(),
+            l.digest.clone(),
+        ),
+        (
+            "containerd.io/snapshot/dragonfly.blob-size".to_owned(),
+            l.size.to_string(),
+        ),
+    ]);
+    if let Some(toc) = l
+        .annotations
+        .get("containerd.io/snapshot/stargz/toc.digest")
+    {
+        labels.insert(
+            "containerd.io/snapshot/stargz/toc.digest".to_owned(),
+            toc.clone(),
+        );
+    }
+    labels
+}
+
+/// Every layer prepared by the snapshotter, bottom up.
+async fn unpack_layers(c: &Containerd, r: &Resolved, a: &PullArgs) -> anyhow::Result<()> {
+    let total = r.layers.layers.len();
+    let mut parent = String::new();
+    for (i, (l, chain)) in r.layers.layers.iter().zip(&r.chains).enumerate() {
+        let t = Instant::now();
+        let labels = layer_labels(l, chain, &r.answer.name);
+        let fetched = c
+            .unpack_layer(&a.snapshotter, chain, &parent, labels)
+            .await
+            .with_context(|| format!("layer {} ({})", i + 1, l.digest))?;
+        if !a.quiet {
+            let took = if fetched {
+                format!("ready in {:.1}s", t.elapsed().as_secs_f64())
+            } else {
+                "already present".to_owned()
+            };
+            eprintln!(
+                "layer {}/{total} {} {:>10} {took}",
+                i + 1,
+                short(&l.digest),
+                indicatif::HumanBytes(l.size).to_string(),
+            );
+        }
+        parent = chain.clone();
+    }
+    Ok(())
+}
+
+/// Runs `dfctl image pull`: resolve through the daemon, then, under a lease, write the
+/// documents into containerd, have the snapshotter prepare every layer, create the image.
+pub async fn pull(daemon: Channel, a: PullArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let r = resolve(daemon, &a).await?;
+    if !a.quiet {
+        eprintln!(
+            "{}: manifest {} ({} layers), tag resolved by {}",
+            r.answer.name,
+            short(&r.manifest.digest),
+            r.layers.layers.len(),
+            r.answer.resolved_by
+        );
+    }
+    let channel = containerd_client::connect(&a.containerd)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to containerd at {} (--containerd)",
+                a.containerd.display()
+            )
+        })?;
+    let lease_id = lease(&channel, &a).await?;
     let c = Containerd {
-        channel,
+        channel: channel.clone(),
         ns: a.namespace.clone(),
         lease: lease_id.clone(),
     };
     let result = async {
-        let top = chains.last().cloned().unwrap_or_default();
-        let mut config_labels = HashMap::new();
-        if !top.is_empty() {
-            config_labels.insert(
-                format!("containerd.io/gc.ref.snapshot.{}", a.snapshotter),
-                top.clone(),
-            );
-        }
-        c.write(&config, config_labels).await?;
-        let mut manifest_labels = HashMap::from([(
-            "containerd.io/gc.ref.content.config".to_owned(),
-            config.digest.clone(),
-        )]);
-        for (i, l) in layers.layers.iter().enumerate() {
-            manifest_labels.insert(
-                format!("containerd.io/gc.ref.content.l.{i}"),
-                l.digest.clone(),
-            );
-        }
-        c.write(&manifest, manifest_labels).await?;
-        let target = match &resolved.index {
-            Some(index) => {
-                c.write(
-                    index,
-                    HashMap::from([(
-                        "containerd.io/gc.ref.content.m.0".to_owned(),
-                        manifest.digest.clone(),
-                    )]),
-                )
-                .await?;
-                descriptor(index)
-            }
-            None => descriptor(&manifest),
-        };
-        let mut parent = String::new();
-        for (i, (l, chain)) in layers.layers.iter().zip(&chains).enumerate() {
-            let t = Instant::now();
-            let mut labels = HashMap::from([
-                ("containerd.io/snapshot.ref".to_owned(), chain.clone()),
-                (
-                    "containerd.io/snapshot/remote/stargz.reference".to_owned(),
-                    resolved.name.clone(),
-                ),
-                (
-                    "containerd.io/snapshot/remote/stargz.digest".to_owned(),
-                    l.digest.clone(),
-                ),
-                (
-                    "containerd.io/snapshot/dragonfly.blob-size".to_owned(),
-                    l.size.to_string(),
-                ),
-            ]);
-            if let Some(toc) = l
-                .annotations
-                .get("containerd.io/snapshot/stargz/toc.digest")
-            {
-                labels.insert(
-                    "containerd.io/snapshot/stargz/toc.digest".to_owned(),
-                    toc.clone(),
-                );
-            }
-            let fetched = c
-                .unpack_layer(&a.snapshotter, chain, &parent, labels)
-                .await
-                .with_context(|| format!("layer {} ({})", i + 1, l.digest))?;
-            if !a.quiet {
-                eprintln!(
-                    "layer {}/{} {} {:>10} {} {}",
-                    i + 1,
-                    layers.layers.len(),
-                    short(&l.digest),
-                    indicatif::HumanBytes(l.size).to_string(),
-                    if fetched { "ready" } else { "already present" },
-                    if fetched {
-                        format!("in {:.1}s", t.elapsed().as_secs_f64())
-                    } else {
-                        String::new()
-                    }
-                );
-            }
-            parent = chain.clone();
-        }
-        c.create_image(&resolved.name, target).await
+        let target = write_documents(&c, &r, &a.snapshotter).await?;
+        unpack_layers(&c, &r, &a).await?;
+        c.create_image(&r.answer.name, target).await
     }
     .await;
-    let _ = leases
+    let _ = cd::leases_client::LeasesClient::new(channel)
         .delete(req(
             cd::DeleteRequest {
                 id: lease_id,
@@ -438,11 +478,11 @@ pub async fn pull(daemon: Channel, a: PullArgs) -> anyhow::Result<()> {
     if !a.quiet {
         eprintln!(
             "{} pulled in {:.1}s",
-            resolved.name,
+            r.answer.name,
             started.elapsed().as_secs_f64()
         );
     }
-    println!("{}", resolved.name);
+    println!("{}", r.answer.name);
     Ok(())
 }
 
