@@ -277,6 +277,14 @@ impl Inner {
     }
 }
 
+fn bad_response(host: &str, what: &str, reason: String) -> Error {
+    Error::BadResponse {
+        registry: host.to_string(),
+        what: what.to_string(),
+        reason,
+    }
+}
+
 /// Turns the answer to a ranged GET into exactly the requested bytes, or an error.
 async fn range_answer(
     a: Answer,
@@ -284,114 +292,9 @@ async fn range_answer(
     range: Range<u64>,
     what: &str,
 ) -> Result<Bytes, Error> {
-    let status = a.resp.status();
-    let bad = |host: &str, reason: String| Error::BadResponse {
-        registry: host.to_string(),
-        what: what.to_string(),
-        reason,
-    };
-    let want = range.end - range.start;
-    match status {
-        StatusCode::PARTIAL_CONTENT => {
-            let content_type = a
-                .resp
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            if content_type.starts_with("multipart/") {
-                return Err(bad(
-                    &a.host,
-                    "a multipart answer to a single-range request".into(),
-                ));
-            }
-            let cr = match content_range(a.resp.headers()) {
-                Some(Ok(cr)) => cr,
-                Some(Err(reason)) => return Err(bad(&a.host, reason)),
-                None => return Err(bad(&a.host, "HTTP 206 without Content-Range".into())),
-            };
-            let Some((first, last)) = cr.range else {
-                return Err(bad(&a.host, "HTTP 206 with Content-Range `*`".into()));
-            };
-            // The server may send a larger range that covers ours; anything else would be
-            // bytes from the wrong offset.
-            if first > range.start || last < range.end - 1 {
-                return Err(bad(
-                    &a.host,
-                    format!(
-                        "asked for bytes {}-{} but got {first}-{last}; refusing bytes from the \
-                         wrong offset (a mirror or proxy mangles Range requests)",
-                        range.start,
-                        range.end - 1
-                    ),
-                ));
-            }
-            let got_len = last - first + 1;
-            if got_len - want > MAX_WHOLE_BODY_FOR_RANGE {
-                return Err(bad(
-                    &a.host,
-                    format!("answered {got_len} bytes for a {want}-byte range"),
-                ));
-            }
-            if let Some(cl) = header_u64(a.resp.headers(), http::header::CONTENT_LENGTH) {
-                if cl != got_len {
-                    return Err(bad(
-                        &a.host,
-                        format!("Content-Length {cl} disagrees with Content-Range {first}-{last}"),
-                    ));
-                }
-            }
-            let host = a.host.clone();
-            let body = read_exact_body(a, got_len, what).await?;
-            if first == 0 && cr.total == Some(got_len) {
-                verify(digest, &body, &host, what).await?;
-            }
-            let offset = (range.start - first) as usize;
-            Ok(body.slice(offset..offset + want as usize))
-        }
-        StatusCode::OK => {
-            let announced = header_u64(a.resp.headers(), http::header::CONTENT_LENGTH);
-            if announced.is_some_and(|len| len > MAX_WHOLE_BODY_FOR_RANGE) {
-                return Err(bad(
-                    &a.host,
-                    format!(
-                        "the server ignored the Range header and started sending the whole {}-byte \
-                         blob; use a registry or mirror that supports range requests",
-                        announced.unwrap_or_default()
-                    ),
-                ));
-            }
-            let host = a.host.clone();
-            let body = match announced {
-                Some(len) => read_exact_body(a, len, what).await?,
-                None => {
-                    crate::body::read_limited(a.resp, MAX_WHOLE_BODY_FOR_RANGE as usize, &a.log_url)
-                        .await
-                        .map_err(|e| match e {
-                            Error::BadResponse { .. } => bad(
-                                &host,
-                                format!(
-                                    "the server ignored the Range header and sent more than \
-                                     {MAX_WHOLE_BODY_FOR_RANGE} bytes; use a registry or mirror \
-                                     that supports range requests"
-                                ),
-                            ),
-                            other => other,
-                        })?
-                }
-            };
-            // We hold the whole blob: check it before cutting from it.
-            verify(digest, &body, &host, what).await?;
-            if (body.len() as u64) < range.end {
-                return Err(Error::RangeNotSatisfiable {
-                    registry: host,
-                    what: what.to_string(),
-                    range,
-                    size: Some(body.len() as u64),
-                });
-            }
-            Ok(body.slice(range.start as usize..range.end as usize))
-        }
+    match a.resp.status() {
+        StatusCode::PARTIAL_CONTENT => partial_answer(a, digest, range, what).await,
+        StatusCode::OK => whole_answer(a, digest, range, what).await,
         StatusCode::RANGE_NOT_SATISFIABLE => {
             let size = content_range(a.resp.headers())
                 .and_then(Result::ok)
@@ -403,11 +306,131 @@ async fn range_answer(
                 size,
             })
         }
-        other => Err(bad(
+        other => Err(bad_response(
             &a.host,
+            what,
             format!("unexpected HTTP {other} to a range request"),
         )),
     }
+}
+
+/// The `(first, last)` bytes a 206 says it carries, checked to cover `range` (a larger range
+/// is fine; bytes from another offset are not) with a plausible length.
+fn checked_content_range(
+    a: &Answer,
+    range: &Range<u64>,
+    what: &str,
+) -> Result<(u64, u64, Option<u64>), Error> {
+    let bad = |reason: String| bad_response(&a.host, what, reason);
+    let content_type = a
+        .resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_type.starts_with("multipart/") {
+        return Err(bad("a multipart answer to a single-range request".into()));
+    }
+    let cr = match content_range(a.resp.headers()) {
+        Some(Ok(cr)) => cr,
+        Some(Err(reason)) => return Err(bad(reason)),
+        None => return Err(bad("HTTP 206 without Content-Range".into())),
+    };
+    let Some((first, last)) = cr.range else {
+        return Err(bad("HTTP 206 with Content-Range `*`".into()));
+    };
+    if first > range.start || last < range.end - 1 {
+        return Err(bad(format!(
+            "asked for bytes {}-{} but got {first}-{last}; refusing bytes from the \
+             wrong offset (a mirror or proxy mangles Range requests)",
+            range.start,
+            range.end - 1
+        )));
+    }
+    let got_len = last - first + 1;
+    let want = range.end - range.start;
+    if got_len - want > MAX_WHOLE_BODY_FOR_RANGE {
+        return Err(bad(format!(
+            "answered {got_len} bytes for a {want}-byte range"
+        )));
+    }
+    if let Some(cl) = header_u64(a.resp.headers(), http::header::CONTENT_LENGTH) {
+        if cl != got_len {
+            return Err(bad(format!(
+                "Content-Length {cl} disagrees with Content-Range {first}-{last}"
+            )));
+        }
+    }
+    Ok((first, last, cr.total))
+}
+
+/// A 206: the range (or one covering it), cut to size; verified when it is the whole blob.
+async fn partial_answer(
+    a: Answer,
+    digest: &Digest,
+    range: Range<u64>,
+    what: &str,
+) -> Result<Bytes, Error> {
+    let (first, last, total) = checked_content_range(&a, &range, what)?;
+    let got_len = last - first + 1;
+    let host = a.host.clone();
+    let body = read_exact_body(a, got_len, what).await?;
+    if first == 0 && total == Some(got_len) {
+        verify(digest, &body, &host, what).await?;
+    }
+    let offset = (range.start - first) as usize;
+    Ok(body.slice(offset..offset + (range.end - range.start) as usize))
+}
+
+/// A 200 to a range request: the server ignored `Range`. A small blob is taken whole (and
+/// verified before it is cut); a large one is refused rather than downloaded again and again.
+async fn whole_answer(
+    a: Answer,
+    digest: &Digest,
+    range: Range<u64>,
+    what: &str,
+) -> Result<Bytes, Error> {
+    let announced = header_u64(a.resp.headers(), http::header::CONTENT_LENGTH);
+    if announced.is_some_and(|len| len > MAX_WHOLE_BODY_FOR_RANGE) {
+        return Err(bad_response(
+            &a.host,
+            what,
+            format!(
+                "the server ignored the Range header and started sending the whole {}-byte \
+                 blob; use a registry or mirror that supports range requests",
+                announced.unwrap_or_default()
+            ),
+        ));
+    }
+    let host = a.host.clone();
+    let body = match announced {
+        Some(len) => read_exact_body(a, len, what).await?,
+        None => crate::body::read_limited(a.resp, MAX_WHOLE_BODY_FOR_RANGE as usize, &a.log_url)
+            .await
+            .map_err(|e| match e {
+                Error::BadResponse { .. } => bad_response(
+                    &host,
+                    what,
+                    format!(
+                        "the server ignored the Range header and sent more than \
+                         {MAX_WHOLE_BODY_FOR_RANGE} bytes; use a registry or mirror \
+                         that supports range requests"
+                    ),
+                ),
+                other => other,
+            })?,
+    };
+    // We hold the whole blob: check it before cutting from it.
+    verify(digest, &body, &host, what).await?;
+    if (body.len() as u64) < range.end {
+        return Err(Error::RangeNotSatisfiable {
+            registry: host,
+            what: what.to_string(),
+            range,
+            size: Some(body.len() as u64),
+        });
+    }
+    Ok(body.slice(range.start as usize..range.end as usize))
 }
 
 /// A whole blob arriving in chunks. The stream checks the length against `Content-Length`
