@@ -139,26 +139,32 @@ func startDaemon(root string) (*process, string, error) {
 		return nil, "", fmt.Errorf("DRAGONFLY_SNAPSHOTTER_BIN is not set (the built daemon)")
 	}
 	sock := filepath.Join(root, "df.sock")
-	config := filepath.Join(root, "dragonfly.yaml")
-	if err := os.WriteFile(config, []byte(daemonConfig(root, sock)), 0o600); err != nil {
-		return nil, "", err
+	p, err := serve("dragonfly-snapshotter", root, "dragonfly.yaml", daemonConfig(root, sock), sock, bin)
+	return p, sock, err
+}
+
+// serve writes `config` as dir/name, starts `bin --config` on it with its log beside it,
+// and waits until it listens on `sock`.
+func serve(what, dir, name, config, sock, bin string) (*process, error) {
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		return nil, err
 	}
-	p, err := start("dragonfly-snapshotter", filepath.Join(root, "dragonfly.log"), bin, "--config", config)
+	p, err := start(what, filepath.Join(dir, what+".log"), bin, "--config", path)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	if err := waitSocket(p, sock); err != nil {
 		p.stop()
-		return nil, "", err
+		return nil, err
 	}
-	return p, sock, nil
+	return p, nil
 }
 
 // startContainerd starts a containerd with its root, state and sockets under dir and the
 // daemon on dfSock as its `dragonfly` proxy plugin; its socket.
 func startContainerd(dir, dfSock string) (*process, string, error) {
 	sock := filepath.Join(dir, "ctd.sock")
-	config := filepath.Join(dir, "containerd.toml")
 	toml := fmt.Sprintf(`version = 2
 root = "%s"
 state = "%s"
@@ -172,18 +178,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     type = "snapshot"
     address = "%s"
 `, filepath.Join(dir, "ctd-root"), filepath.Join(dir, "ctd-state"), sock, sock, dfSock)
-	if err := os.WriteFile(config, []byte(toml), 0o600); err != nil {
-		return nil, "", err
-	}
-	p, err := start("containerd", filepath.Join(dir, "containerd.log"), "containerd", "--config", config)
-	if err != nil {
-		return nil, "", err
-	}
-	if err := waitSocket(p, sock); err != nil {
-		p.stop()
-		return nil, "", err
-	}
-	return p, sock, nil
+	p, err := serve("containerd", dir, "containerd.toml", toml, sock, "containerd")
+	return p, sock, err
 }
 
 // viaProxy hands the suite containerd's proxy client on the daemon's own socket.
