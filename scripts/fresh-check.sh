@@ -111,6 +111,9 @@ cp /etc/apt/sources.list.d/*.sources "$ROOT/etc/apt/sources.list.d/" 2>/dev/null
   || cp /etc/apt/sources.list "$ROOT/etc/apt/sources.list"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 
+# The root must be a mount point, as / is on a real machine: runc makes the container's root
+# mount a slave of it, which fails with EINVAL on a plain directory.
+mount --bind "$ROOT" "$ROOT"
 mount -t proc proc "$ROOT/proc"
 mount --rbind /sys "$ROOT/sys"
 mount --make-rslave "$ROOT/sys"
