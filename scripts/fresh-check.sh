@@ -11,7 +11,7 @@
 #     sources, and caches it as a tarball under /var/tmp. Every run starts from that tarball.
 #  2. Copies in a clean clone of HEAD (uncommitted changes are not part of the check) and this
 #     machine's apt sources; bind-mounts the Rust toolchain (~/.rustup, ~/.cargo/bin, read-only)
-#     and the cargo registry cache (so crates are not downloaded again).
+#     and the cargo registry cache (so crates are not downloaded again); cargo-nextest too.
 #  3. Inside that root: scripts/install-deps.sh, then
 #     `cargo build --workspace --bins --locked` with a target dir of its own (fresh each run, so
 #     no build-script output from this machine is reused), then `scripts/quickstart.sh` and
@@ -125,6 +125,11 @@ bind "$RUSTUP_DIR" "$ROOT/root/.rustup" ro
 bind "$CARGO_DIR/bin" "$ROOT/root/.cargo/bin" ro
 mkdir -p "$CARGO_DIR/registry"
 bind "$CARGO_DIR/registry" "$ROOT/root/.cargo/registry"
+# cargo-nextest comes with the toolchain on our machines (wherever it is installed here).
+if nextest=$(command -v cargo-nextest); then
+  touch "$ROOT/usr/local/bin/cargo-nextest"
+  mount --bind "$nextest" "$ROOT/usr/local/bin/cargo-nextest"
+fi
 
 # The steps run inside the root: the README's two commands as a new user types them (as root,
 # no sudo), with the quickstart on its own ports so it cannot meet one running on this machine.

@@ -16,10 +16,11 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --workspace --bins --locked
-export DRAGONFLY_SNAPSHOTTER_BIN="$PWD/target/debug/dragonfly-snapshotter"
-export DRAGONFLY_SCHEDULER_BIN="$PWD/target/debug/dragonfly-scheduler"
-export DFCTL_BIN="$PWD/target/debug/dfctl"
-export DRAGONFLY_MANAGER_BIN="$PWD/target/debug/dragonfly-manager"
+bin_dir="${CARGO_TARGET_DIR:-$PWD/target}/debug"
+export DRAGONFLY_SNAPSHOTTER_BIN="$bin_dir/dragonfly-snapshotter"
+export DRAGONFLY_SCHEDULER_BIN="$bin_dir/dragonfly-scheduler"
+export DFCTL_BIN="$bin_dir/dfctl"
+export DRAGONFLY_MANAGER_BIN="$bin_dir/dragonfly-manager"
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
