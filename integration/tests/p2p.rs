@@ -208,6 +208,7 @@ mod corrupt_parent {
                     upload_slots: 64,
                     // Speaks gRPC GetPiece only, like a host of an older release.
                     tcp_pieces: false,
+                    demand_pieces: false,
                     ..Default::default()
                 }),
             })

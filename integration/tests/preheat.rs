@@ -443,7 +443,8 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
     assert_eq!(
         swarm.nodes[2].metric("dragonfly_snapshotter_p2p_bytes_total", "origin"),
         0.0,
-        "node 2 never went to the origin"
+        "node 2 never went to the origin\n{}",
+        swarm.logs()
     );
 
     // 4. Images, the registry still stopped: node 2 pulls and runs the zstd:chunked image
@@ -489,6 +490,7 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
     assert_eq!(
         node.metric("dragonfly_snapshotter_p2p_bytes_total", "origin"),
         0.0,
-        "node 2 never went to the origin"
+        "node 2 never went to the origin\n{}",
+        swarm.logs()
     );
 }

@@ -40,6 +40,7 @@ fn selections_per_sec(state: &State, cfg: &SchedulingConfig, n: usize) -> f64 {
             task_id: "sha256:bench".into(),
             pieces: (first..first + 16).collect(),
             limit: 0,
+            urgent: false,
         };
         let (r, _) = find_parents(state, cfg, &req, &mut rng).expect("selection");
         parents += r.parents.len();
@@ -76,6 +77,7 @@ fn main() {
                     location: format!("eu|r{}", i % 16),
                     upload_slots: 32,
                     tcp_pieces: true,
+                    demand_pieces: true,
                 },
             )
             .unwrap();

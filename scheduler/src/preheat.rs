@@ -162,6 +162,7 @@ impl HostFill<'_> {
             .clone()
             .trigger_download(TriggerDownloadRequest {
                 task: Some(t.clone()),
+                background: false,
             })
             .await
             .map(|_| ())

@@ -17,6 +17,10 @@ use crate::state::{HostInfo, PeerState, SeedStatus, State, StateError, TaskState
 /// At most this many pieces per FindParents.
 pub const MAX_PIECES_PER_REQUEST: usize = 4096;
 
+/// How an on-demand seed parent that has no peer of the task yet is named (`host:<host id>`),
+/// so a report that it is unreachable still finds the seed.
+pub const HOST_PARENT_PREFIX: &str = "host:";
+
 /// A seed peer to start on a task (done by the caller, outside every lock).
 #[derive(Debug)]
 pub struct SeedTrigger {
@@ -24,6 +28,9 @@ pub struct SeedTrigger {
     pub host: HostInfo,
     /// The task, with origin headers.
     pub task: pb::Task,
+    /// Fill at background priority (the seed serves demand first); preheats fill at full
+    /// speed.
+    pub background: bool,
 }
 
 /// The seed host responsible for `task`: rendezvous hashing over the seed hosts, so every
@@ -142,6 +149,7 @@ fn to_parents(
                     .collect(),
                 score: s,
                 tcp_pieces: host.tcp_pieces,
+                on_demand: false,
             })
         })
         .collect()
@@ -199,25 +207,74 @@ pub fn find_parents(
     }
     // Nobody has the pieces.
     let child_is_seed = state.host(&child_host_id).is_some_and(|h| h.seed);
-    let (mut resp, trigger) = decide_without_parents(
-        state,
-        cfg,
-        &mut t,
-        &req.peer_id,
-        &child_host_id,
-        child_is_seed,
-    );
+    let ask = Asker {
+        peer_id: &req.peer_id,
+        host: &child_host_id,
+        is_seed: child_is_seed,
+        urgent: req.urgent,
+        pieces: &req.pieces,
+    };
+    let (mut resp, trigger) = decide_without_parents(state, cfg, &mut t, &ask);
     resp.digests = digests;
     Ok((resp, trigger))
 }
 
+/// Who asks for pieces nobody has.
+struct Asker<'a> {
+    peer_id: &'a str,
+    host: &'a Arc<str>,
+    is_seed: bool,
+    /// A reader waits for the pieces.
+    urgent: bool,
+    pieces: &'a [u32],
+}
+
+/// `seed` as the parent that fetches `pieces` from the origin on demand, unless it cannot
+/// (an old peer service) or the child stopped trusting it.
+fn demand_parent(
+    t: &TaskState,
+    seed: &HostInfo,
+    ask: &Asker<'_>,
+) -> Option<pb::FindParentsResponse> {
+    let peer_id = t
+        .peers
+        .values()
+        .find(|p| p.host_id == seed.id)
+        .map(|p| p.id.to_string())
+        .unwrap_or_else(|| format!("{HOST_PARENT_PREFIX}{}", seed.id));
+    let avoided = t
+        .peers
+        .get(ask.peer_id)
+        .is_some_and(|c| c.avoid.contains(peer_id.as_str()));
+    if !ask.urgent || !seed.demand_pieces || avoided {
+        return None;
+    }
+    let mut r = response(
+        pb::Decision::Parents,
+        "the seed peer fetches the pieces from the origin now",
+    );
+    r.parents = vec![pb::Parent {
+        peer_id,
+        host_id: seed.id.to_string(),
+        ip: seed.ip.clone(),
+        upload_port: seed.upload_port,
+        pieces: ask.pieces.to_vec(),
+        score: 0.0,
+        tcp_pieces: seed.tcp_pieces,
+        on_demand: true,
+    }];
+    Some(r)
+}
+
+/// No peer holds the pieces: a waiting reader is sent to the seed, which fetches them on
+/// demand (triggering the seed first if the task has none); a background fill waits for the
+/// seed's own fill; the seed itself, a peer already at the origin, or anyone when no seed can
+/// help, fetches from the origin.
 fn decide_without_parents(
     state: &State,
     cfg: &SchedulingConfig,
-    t: &mut crate::state::TaskState,
-    peer_id: &str,
-    child_host: &Arc<str>,
-    child_is_seed: bool,
+    t: &mut TaskState,
+    ask: &Asker<'_>,
 ) -> (pb::FindParentsResponse, Option<SeedTrigger>) {
     let wait = |reason: &str| {
         let mut r = response(pb::Decision::Wait, reason);
@@ -226,63 +283,71 @@ fn decide_without_parents(
     };
     let now = Instant::now();
     let seed_wait = Duration::from_millis(cfg.seed_wait_timeout_ms);
-    let already_origin = t.peers.get(peer_id).is_some_and(|p| p.back_to_source);
-    if child_is_seed || already_origin {
-        if let Some(p) = t.peers.get_mut(peer_id) {
-            p.back_to_source = true;
-        }
-        return (
-            response(
-                pb::Decision::BackToSource,
-                "seed peers and peers already at the origin fetch from it",
-            ),
-            None,
+    let already_origin = t.peers.get(ask.peer_id).is_some_and(|p| p.back_to_source);
+    if ask.is_seed || already_origin {
+        return back_to_source(
+            t,
+            ask.peer_id,
+            "seed peers and peers already at the origin fetch from it",
         );
     }
-    let mut trigger = None;
     match t.seed.clone() {
         SeedStatus::Triggered { host, at } => {
-            let alive = state.host(&host).is_some();
             let progress = t.last_seed_piece.map_or(at, |p| p.max(at));
-            if alive && now.duration_since(progress) < seed_wait {
-                return (
-                    wait("a seed peer is fetching the task from the origin"),
-                    None,
-                );
+            if let Some(seed) = state.host(&host) {
+                if let Some(r) = demand_parent(t, &seed, ask) {
+                    return (r, None);
+                }
+                // A waiting reader that cannot use the seed goes to the origin now.
+                if now.duration_since(progress) < seed_wait && !ask.urgent {
+                    return (
+                        wait("a seed peer is fetching the task from the origin"),
+                        None,
+                    );
+                }
             }
         }
         SeedStatus::Failed { at } if now.duration_since(at) < seed_wait => {}
         SeedStatus::None | SeedStatus::Failed { .. } => {
             let seeds = state.seed_hosts();
-            if let Some(seed) = pick_seed(&t.id, seeds.iter().filter(|h| h.id != *child_host)) {
+            if let Some(seed) = pick_seed(&t.id, seeds.iter().filter(|h| h.id != *ask.host)) {
                 t.seed = SeedStatus::Triggered {
                     host: seed.id.clone(),
                     at: now,
                 };
-                trigger = Some(SeedTrigger {
+                let trigger = Some(SeedTrigger {
                     host: seed.clone(),
                     task: t.to_proto(),
+                    background: true,
                 });
-                return (wait("triggered a seed peer for the task"), trigger);
+                let answer = demand_parent(t, seed, ask)
+                    .unwrap_or_else(|| wait("triggered a seed peer for the task"));
+                return (answer, trigger);
             }
         }
     }
     if t.back_to_source_peers() >= cfg.back_to_source_limit {
         return (
             wait("too many peers of this task are fetching from the origin"),
-            trigger,
+            None,
         );
     }
+    back_to_source(
+        t,
+        ask.peer_id,
+        "no peer has the pieces and no seed peer can fetch them",
+    )
+}
+
+fn back_to_source(
+    t: &mut TaskState,
+    peer_id: &str,
+    reason: &str,
+) -> (pb::FindParentsResponse, Option<SeedTrigger>) {
     if let Some(p) = t.peers.get_mut(peer_id) {
         p.back_to_source = true;
     }
-    (
-        response(
-            pb::Decision::BackToSource,
-            "no peer has the pieces and no seed peer can fetch them",
-        ),
-        trigger,
-    )
+    (response(pb::Decision::BackToSource, reason), None)
 }
 
 #[cfg(test)]
@@ -306,6 +371,7 @@ mod tests {
             location: String::new(),
             upload_slots: 10,
             tcp_pieces: true,
+            demand_pieces: true,
         }
     }
 
@@ -344,11 +410,22 @@ mod tests {
         peer: &str,
         pieces: &[u32],
     ) -> (pb::FindParentsResponse, Option<SeedTrigger>) {
+        ask_as(state, cfg, peer, pieces, false)
+    }
+
+    fn ask_as(
+        state: &State,
+        cfg: &SchedulingConfig,
+        peer: &str,
+        pieces: &[u32],
+        urgent: bool,
+    ) -> (pb::FindParentsResponse, Option<SeedTrigger>) {
         let req = pb::FindParentsRequest {
             peer_id: peer.into(),
             task_id: "sha256:task".into(),
             pieces: pieces.to_vec(),
             limit: 0,
+            urgent,
         };
         find_parents(state, cfg, &req, &mut rand::rngs::StdRng::seed_from_u64(1)).unwrap()
     }
@@ -491,6 +568,51 @@ mod tests {
         let (r, _) = ask(&s, &cfg, "pa", &[0]);
         assert_eq!(decision(&r), pb::Decision::Parents);
         assert_eq!(r.parents[0].peer_id, "pseed");
+    }
+
+    #[test]
+    fn a_waiting_reader_is_sent_to_the_seed_on_demand_and_a_fill_waits() {
+        let s = swarm(true);
+        let cfg = SchedulingConfig::default();
+        let (r, trig) = ask_as(&s, &cfg, "pa", &[0, 1], true);
+        assert_eq!(decision(&r), pb::Decision::Parents);
+        let seed = &r.parents[0];
+        assert!(seed.on_demand && seed.pieces == [0, 1], "{r:?}");
+        assert_eq!(
+            seed.peer_id, "host:seed",
+            "the seed has no peer of the task yet"
+        );
+        let trig = trig.expect("the seed is triggered");
+        assert!(trig.background, "its fill yields to demand");
+        // Another reader shares the seed (the seed's store fetches a piece once); a background
+        // fill waits for the seed instead of adding demand.
+        let (r, trig) = ask_as(&s, &cfg, "pb", &[1], true);
+        assert!(trig.is_none() && r.parents[0].on_demand);
+        assert_eq!(decision(&ask(&s, &cfg, "pc", &[1]).0), pb::Decision::Wait);
+        // Once the seed has a peer, that peer is named.
+        s.register_peer("seed", "pseed", &task()).unwrap();
+        let (r, _) = ask_as(&s, &cfg, "pa", &[2], true);
+        assert_eq!(r.parents[0].peer_id, "pseed");
+        // A reader that found the seed failing is not sent back to it, nor made to wait: it
+        // goes to the origin; an unreachable seed sends everyone there.
+        let bad = |parent: &str, unreachable: bool| pb::ReportBadParentRequest {
+            peer_id: "pa".into(),
+            task_id: "sha256:task".into(),
+            parent_id: parent.into(),
+            corrupt: false,
+            reason: "fetch failed".into(),
+            unreachable,
+        };
+        s.bad_parent(&bad("pseed", false)).unwrap();
+        assert_eq!(
+            decision(&ask_as(&s, &cfg, "pa", &[2], true).0),
+            pb::Decision::BackToSource
+        );
+        s.bad_parent(&bad("host:seed", true)).unwrap();
+        assert_eq!(
+            decision(&ask_as(&s, &cfg, "pb", &[2], true).0),
+            pb::Decision::BackToSource
+        );
     }
 
     #[test]

@@ -28,7 +28,10 @@ pub async fn trigger(state: &State, t: SeedTrigger) {
     let res = async {
         peer_client(&t.host)
             .await?
-            .trigger_download(TriggerDownloadRequest { task: Some(t.task) })
+            .trigger_download(TriggerDownloadRequest {
+                task: Some(t.task),
+                background: t.background,
+            })
             .await
             .map(|r| r.into_inner().started)
             .map_err(|source| CallError::Status {

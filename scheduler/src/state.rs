@@ -25,6 +25,8 @@ pub struct HostInfo {
     pub upload_port: u32,
     /// Whether that port speaks the raw-TCP piece protocol.
     pub tcp_pieces: bool,
+    /// Whether its peer service fetches missing pieces of triggered tasks on demand.
+    pub demand_pieces: bool,
     /// Seed peer or normal.
     pub seed: bool,
     /// IDC.
@@ -229,6 +231,7 @@ impl State {
             ip: h.ip.clone(),
             upload_port: h.upload_port,
             tcp_pieces: h.tcp_pieces,
+            demand_pieces: h.demand_pieces,
             seed: h.r#type == pb::HostType::Seed as i32,
             idc: h.idc.clone(),
             location: h.location.clone(),
@@ -277,6 +280,7 @@ impl State {
                     location: h.location.clone(),
                     upload_slots: h.upload_slots,
                     tcp_pieces: h.tcp_pieces,
+                    demand_pieces: h.demand_pieces,
                 })
                 .collect()
         })
@@ -494,7 +498,12 @@ impl State {
             p.uploads_failed += 1;
         }
         if r.unreachable {
-            let parent_host = t.peers.get(&parent).map(|p| p.host_id.clone());
+            // An on-demand seed that had no peer of the task yet is named by its host.
+            let parent_host = t.peers.get(&parent).map(|p| p.host_id.clone()).or_else(|| {
+                r.parent_id
+                    .strip_prefix(crate::scheduling::HOST_PARENT_PREFIX)
+                    .map(Arc::from)
+            });
             if let SeedStatus::Triggered { host, .. } = &t.seed {
                 if parent_host.as_ref() == Some(host) {
                     tracing::warn!(task = %r.task_id, seed = %host, reporter = %r.peer_id, reason = %r.reason, "the seed peer fetching the task is unreachable; peers stop waiting for it");

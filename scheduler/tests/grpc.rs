@@ -79,6 +79,7 @@ fn host(id: &str, port: u32, seed: bool) -> pb::AnnounceHostRequest {
             location: String::new(),
             upload_slots: 8,
             tcp_pieces: false,
+            demand_pieces: false,
         }),
     }
 }
@@ -201,6 +202,7 @@ async fn a_swarm_conversation_with_a_seed_trigger() {
         task_id: "sha256:abc".into(),
         pieces: vec![0, 1, 2, 3],
         limit: 0,
+        urgent: false,
     };
     let r = c.find_parents(ask("p-n1")).await.unwrap().into_inner();
     assert_eq!(r.decision, pb::Decision::Wait as i32, "{r:?}");
@@ -306,6 +308,7 @@ async fn malformed_requests_get_grpc_errors_and_the_scheduler_lives_on() {
             task_id: "nope".into(),
             pieces: vec![1],
             limit: 0,
+            urgent: false,
         })
         .await
         .unwrap_err();
@@ -324,6 +327,7 @@ async fn malformed_requests_get_grpc_errors_and_the_scheduler_lives_on() {
             task_id: "sha256:abc".into(),
             pieces: vec![0; 5000],
             limit: 0,
+            urgent: false,
         })
         .await
         .unwrap_err();

@@ -119,6 +119,7 @@ async fn main() {
                     task_id: digest,
                     number: n,
                     peer_id: "bench".into(),
+                    fetch: false,
                 };
                 parents
                     .get_piece_tcp("127.0.0.1", u32::from(port), &req, pl)
@@ -129,6 +130,7 @@ async fn main() {
                     task_id: digest,
                     number: n,
                     peer_id: "bench".into(),
+                    fetch: false,
                 })
                 .await
                 .unwrap()

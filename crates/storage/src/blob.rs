@@ -369,10 +369,14 @@ impl BlobInner {
             .stats
             .source_requests
             .fetch_add(1, Ordering::Relaxed);
-        let data = source.fetch(range.clone()).await.map_err(|e| RunFailure {
-            message: e.message,
-            retryable: e.retryable,
-        })?;
+        let priority = Priority::from_u8(run.priority.load(Ordering::Relaxed));
+        let data = source
+            .fetch(range.clone(), priority)
+            .await
+            .map_err(|e| RunFailure {
+                message: e.message,
+                retryable: e.retryable,
+            })?;
         drop(permit);
         if data.len() as u64 != want {
             return Err(RunFailure {

@@ -382,8 +382,9 @@ async fn local_reads_never_fetch_and_sources_hear_about_stored_ranges() {
         fn fetch(
             &self,
             range: std::ops::Range<u64>,
+            priority: Priority,
         ) -> futures::future::BoxFuture<'static, Result<bytes::Bytes, crate::SourceError>> {
-            crate::RangeSource::fetch(&self.0, range)
+            crate::RangeSource::fetch(&self.0, range, priority)
         }
         fn stored(&self, range: std::ops::Range<u64>) {
             self.1.lock().unwrap().push(range);
@@ -565,8 +566,9 @@ async fn a_source_is_attached_once_replaced_only_by_refresh_and_released_on_remo
         fn fetch(
             &self,
             range: Range<u64>,
+            priority: Priority,
         ) -> futures::future::BoxFuture<'static, Result<bytes::Bytes, crate::SourceError>> {
-            self.inner.fetch(range)
+            self.inner.fetch(range, priority)
         }
         fn released(&self) {
             self.released.fetch_add(1, Ordering::SeqCst);

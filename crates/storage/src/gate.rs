@@ -19,6 +19,18 @@ pub enum Priority {
     OnDemand = 2,
 }
 
+impl Priority {
+    /// The priority stored as `b` (what [`Priority`] `as u8` gives); unknown values are the
+    /// most urgent, so a mistake never starves a reader.
+    pub(crate) fn from_u8(b: u8) -> Priority {
+        match b {
+            0 => Priority::Background,
+            1 => Priority::Prefetch,
+            _ => Priority::OnDemand,
+        }
+    }
+}
+
 struct Waiter {
     priority: Arc<AtomicU8>,
     seq: u64,

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
+use crate::gate::Priority;
+
 /// A failure of a [`RangeSource`]: what failed (for the user), whether trying again may help,
 /// and the typed error behind it when the source had one (an origin's, for callers that look).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -44,8 +46,14 @@ impl SourceError {
 
 /// A source of byte ranges of one blob (the registry, a parent peer, ...).
 pub trait RangeSource: Send + Sync + 'static {
-    /// Exactly the bytes of `range` (the store checks the length).
-    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, SourceError>>;
+    /// Exactly the bytes of `range` (the store checks the length), for a reader of `priority`
+    /// (a source in front of a shared origin may treat a waiting container differently from a
+    /// background fill).
+    fn fetch(
+        &self,
+        range: Range<u64>,
+        priority: Priority,
+    ) -> BoxFuture<'static, Result<Bytes, SourceError>>;
 
     /// Called once the bytes of `range` (from an earlier `fetch`) are durable in the store and
     /// readable by others, e.g. to announce the pieces to a scheduler. Must not block.

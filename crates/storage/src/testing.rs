@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
 use sha2::{Digest, Sha256};
 
+use crate::gate::Priority;
 use crate::source::{RangeSource, SourceError};
 
 /// Serves a fixed byte string.
@@ -66,7 +67,11 @@ impl MemSource {
 }
 
 impl RangeSource for Arc<MemSource> {
-    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, SourceError>> {
+    fn fetch(
+        &self,
+        range: Range<u64>,
+        _: Priority,
+    ) -> BoxFuture<'static, Result<Bytes, SourceError>> {
         let me = self.clone();
         async move {
             me.requests.lock().unwrap().push(range.clone());

@@ -54,6 +54,8 @@ pub struct PieceFetchError {
     /// The parent could not be reached (refused, reset, no route), as opposed to answering
     /// with an error or being slow.
     pub unreachable: bool,
+    /// Its upload slots were all taken: try again shortly, it is not a fault.
+    pub busy: bool,
     /// What happened.
     pub message: String,
 }
@@ -94,12 +96,14 @@ impl ParentClients {
                 Ok(Err(e)) => {
                     return Err(PieceFetchError {
                         unreachable: true,
+                        busy: false,
                         message: format!("cannot connect to {key}: {e}"),
                     })
                 }
                 Err(_) => {
                     return Err(PieceFetchError {
                         unreachable: true,
+                        busy: false,
                         message: format!("connecting to {key} timed out"),
                     })
                 }
@@ -136,12 +140,14 @@ impl ParentClients {
                 );
                 return Err(PieceFetchError {
                     unreachable,
+                    busy: false,
                     message: format!("piece {} from {key}: {e}", req.number),
                 });
             }
             Err(_) => {
                 return Err(PieceFetchError {
                     unreachable: false,
+                    busy: false,
                     message: format!("piece {} from {key} timed out", req.number),
                 })
             }
@@ -158,6 +164,7 @@ impl ParentClients {
         }
         Ok(Err(PieceFetchError {
             unreachable: false,
+            busy: status == WireStatus::Busy,
             message: format!(
                 "piece {} from {key}: {status:?}: {}",
                 req.number,

@@ -11,7 +11,7 @@ use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use super::piece_wire::{self, WireStatus, MAGIC};
+use super::piece_wire::{self, WireStatus};
 use super::upload::{PeerService, UploadError};
 
 /// How long a new connection may take to send its first bytes.
@@ -74,7 +74,7 @@ pub async fn serve(
             })
             .await;
             match peeked {
-                Ok(Ok(4)) if &first == MAGIC => serve_pieces(stream, &service).await,
+                Ok(Ok(4)) if piece_wire::is_magic(&first) => serve_pieces(stream, &service).await,
                 Ok(Ok(n)) if n > 0 => {
                     let _ = grpc.send(Ok(stream)).await;
                 }
@@ -103,7 +103,7 @@ async fn serve_pieces(stream: TcpStream, service: &PeerService) {
                 return;
             }
         };
-        let written = match service.piece(&req.task_id, req.number).await {
+        let written = match service.piece(&req.task_id, req.number, req.fetch).await {
             Ok(data) => piece_wire::write_response(&mut w, WireStatus::Ok, &data).await,
             Err(e) => {
                 let (status, message) = match e {
@@ -170,6 +170,7 @@ mod tests {
             task_id: task.into(),
             number,
             peer_id: "test".into(),
+            fetch: false,
         };
         // Raw TCP: the last (short) piece, twice over the pooled connection.
         for _ in 0..2 {
@@ -201,6 +202,7 @@ mod tests {
                 task_id: digest.clone(),
                 number: 0,
                 peer_id: "test".into(),
+                fetch: false,
             })
             .await
             .unwrap()
@@ -229,5 +231,61 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.unreachable, "{e:?}");
+    }
+
+    /// A seed asked on demand for a piece it lacks fetches it from its origin once, however
+    /// many peers ask at the same time; a plain request for it is still NOT_FOUND.
+    #[tokio::test]
+    async fn demand_for_a_missing_piece_makes_one_origin_fetch_for_every_asker() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            piece_length: 64 << 10,
+            ..StoreConfig::default()
+        };
+        let store = PieceStore::open(dir.path(), config).await.unwrap();
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+        let origin = MemSource::slow(data.clone(), std::time::Duration::from_millis(200));
+        let digest = origin.digest();
+        store
+            .blob(&digest, data.len() as u64, Arc::new(origin.clone()))
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let p2p = P2pConfig {
+            schedulers: vec!["127.0.0.1:1".into()],
+            advertise_ip: Some("127.0.0.1".parse().unwrap()),
+            ..P2pConfig::default()
+        };
+        let pool = SchedulerPool::new(&p2p, port, true).await.unwrap();
+        let service = Arc::new(PeerService::new(store, 8, pool, Metrics::new(), None, 0));
+        serve_peer_port(listener, service);
+
+        let parents = Arc::new(ParentClients::default());
+        let ask = |fetch: bool| {
+            let (parents, digest) = (parents.clone(), digest.clone());
+            async move {
+                let req = PieceRequest {
+                    task_id: digest,
+                    number: 7,
+                    peer_id: "child".into(),
+                    fetch,
+                };
+                parents
+                    .get_piece_tcp("127.0.0.1", u32::from(port), &req, 64 << 10)
+                    .await
+            }
+        };
+        let plain = ask(false).await.unwrap_err();
+        assert!(plain.message.contains("NotFound"), "{plain:?}");
+        let asks: Vec<_> = (0..3).map(|_| tokio::spawn(ask(true))).collect();
+        let piece = &data[7 * (64 << 10)..8 * (64 << 10)];
+        for a in asks {
+            assert_eq!(&a.await.unwrap().unwrap()[..], piece);
+        }
+        assert_eq!(
+            origin.requests(),
+            vec![7 * (64 << 10)..8 * (64 << 10)],
+            "one origin fetch of exactly the piece, for three askers"
+        );
     }
 }

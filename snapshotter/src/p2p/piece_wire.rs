@@ -5,18 +5,29 @@
 //!
 //! ```text
 //! request:  "DFP1" | u16 task_id length | task_id | u32 piece number | u16 peer_id length | peer_id
+//!           "DFP2" | the same | u8 flags (bit 0: fetch the piece from the origin if missing)
 //! response: u8 status | u32 length | piece bytes (status OK) or a UTF-8 message (otherwise)
 //! ```
 //! Integers are big-endian. Hosts that speak it say so in their announcement
-//! (`Host.tcp_pieces`), so a mixed fleet falls back to gRPC `GetPiece`.
+//! (`Host.tcp_pieces`), so a mixed fleet falls back to gRPC `GetPiece`; only hosts that
+//! announce `demand_pieces` are sent "DFP2" (a plain request is always "DFP1").
 
 use std::io;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// First bytes of every request.
+/// First bytes of a plain request.
 pub const MAGIC: &[u8; 4] = b"DFP1";
+/// First bytes of a request with flags.
+pub const MAGIC_FLAGS: &[u8; 4] = b"DFP2";
+/// Request flag: fetch the piece from the origin if it is not here.
+const FLAG_FETCH: u8 = 1;
+
+/// Whether `first` bytes of a connection are one of ours.
+pub fn is_magic(first: &[u8; 4]) -> bool {
+    first == MAGIC || first == MAGIC_FLAGS
+}
 /// Longest task or peer ID accepted.
 pub const MAX_ID: usize = 1024;
 
@@ -29,6 +40,8 @@ pub struct PieceRequest {
     pub number: u32,
     /// The asking peer.
     pub peer_id: String,
+    /// Fetch the piece from the origin if it is not here (a seed's demand).
+    pub fetch: bool,
 }
 
 /// Outcome of a request.
@@ -84,11 +97,14 @@ fn put_id(out: &mut Vec<u8>, id: &str, what: &str) -> io::Result<()> {
 
 /// Sends `req`.
 pub async fn write_request<W: AsyncWrite + Unpin>(w: &mut W, req: &PieceRequest) -> io::Result<()> {
-    let mut out = Vec::with_capacity(16 + req.task_id.len() + req.peer_id.len());
-    out.extend_from_slice(MAGIC);
+    let mut out = Vec::with_capacity(17 + req.task_id.len() + req.peer_id.len());
+    out.extend_from_slice(if req.fetch { MAGIC_FLAGS } else { MAGIC });
     put_id(&mut out, &req.task_id, "task id")?;
     out.extend_from_slice(&req.number.to_be_bytes());
     put_id(&mut out, &req.peer_id, "peer id")?;
+    if req.fetch {
+        out.push(FLAG_FETCH);
+    }
     w.write_all(&out).await?;
     w.flush().await
 }
@@ -101,16 +117,25 @@ pub async fn read_request<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    if &magic != MAGIC {
+    if !is_magic(&magic) {
         return Err(invalid(format!("bad request magic {magic:?}")));
     }
     let task_id = read_id(r, "task id").await?;
     let number = r.read_u32().await?;
     let peer_id = read_id(r, "peer id").await?;
+    let flags = if &magic == MAGIC_FLAGS {
+        r.read_u8().await?
+    } else {
+        0
+    };
+    if flags & !FLAG_FETCH != 0 {
+        return Err(invalid(format!("unknown request flags {flags:#x}")));
+    }
     Ok(Some(PieceRequest {
         task_id,
         number,
         peer_id,
+        fetch: flags & FLAG_FETCH != 0,
     }))
 }
 
@@ -159,14 +184,29 @@ mod tests {
             task_id: "sha256:abc".into(),
             number: 7,
             peer_id: "me".into(),
+            fetch: false,
+        };
+        let demand = PieceRequest {
+            fetch: true,
+            ..req.clone()
         };
         let mut buf = Vec::new();
         write_request(&mut buf, &req).await.unwrap();
-        write_request(&mut buf, &req).await.unwrap();
+        write_request(&mut buf, &demand).await.unwrap();
+        assert_eq!(
+            &buf[..4],
+            MAGIC,
+            "a plain request is what every peer speaks"
+        );
         let mut r = &buf[..];
         assert_eq!(read_request(&mut r).await.unwrap(), Some(req.clone()));
-        assert_eq!(read_request(&mut r).await.unwrap(), Some(req.clone()));
+        assert_eq!(read_request(&mut r).await.unwrap(), Some(demand.clone()));
         assert_eq!(read_request(&mut r).await.unwrap(), None, "clean end");
+        // Flags this build does not know are refused.
+        let mut bad = Vec::new();
+        write_request(&mut bad, &demand).await.unwrap();
+        *bad.last_mut().unwrap() = 0x80;
+        assert!(read_request(&mut &bad[..]).await.is_err());
 
         // Truncated, wrong magic, oversized ID.
         let mut r = &buf[..10];

@@ -131,6 +131,7 @@ impl SchedulerPool {
             location: config.location.clone(),
             upload_slots: config.upload_slots,
             tcp_pieces: true,
+            demand_pieces: true,
         };
         Ok(Arc::new(SchedulerPool {
             members: RwLock::new(members),

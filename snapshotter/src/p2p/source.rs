@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use dragonfly_proto::peer as peerpb;
 use dragonfly_proto::scheduler as pb;
-use dragonfly_storage::{PieceStore, RangeSource, SourceError};
+use dragonfly_storage::{PieceStore, Priority, RangeSource, SourceError};
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{self, StreamExt};
 use sha2::{Digest, Sha256};
@@ -27,6 +27,8 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 /// FindParents rounds in a row whose parents delivered nothing, before the rest of a read
 /// goes to the origin.
 const MAX_ROUNDS: usize = 4;
+/// How long to pause when every parent asked was busy.
+const BUSY_PAUSE: Duration = Duration::from_millis(20);
 
 struct Pending {
     digest: String,
@@ -40,6 +42,16 @@ struct SourceState {
     registered: Option<bool>,
     /// Pieces fetched but not yet durable in the store.
     pending: HashMap<u32, Pending>,
+}
+
+/// How asking one parent for one piece went.
+enum Fetched {
+    /// The piece, verified.
+    Piece(Bytes),
+    /// The parent's upload slots were full.
+    Busy,
+    /// It failed (and was reported).
+    Failed,
 }
 
 /// What went wrong with a parent, as reported to the scheduler.
@@ -204,11 +216,15 @@ impl PeerSource {
     }
 
     /// Fetches `pieces` from the origin in one request and splits them.
-    async fn fetch_origin(&self, pieces: Range<u32>) -> Result<Vec<(u32, Bytes)>, SourceError> {
+    async fn fetch_origin(
+        &self,
+        pieces: Range<u32>,
+        priority: Priority,
+    ) -> Result<Vec<(u32, Bytes)>, SourceError> {
         let pl = u64::from(self.task.piece_length);
         let range = u64::from(pieces.start) * pl
             ..(u64::from(pieces.end) * pl).min(self.task.content_length);
-        let data = self.origin().fetch(range.clone()).await?;
+        let data = self.origin().fetch(range.clone(), priority).await?;
         if data.len() as u64 != range.end - range.start {
             return Err(SourceError::new(
                 format!(
@@ -286,12 +302,14 @@ impl PeerSource {
     }
 
     /// Piece `n`'s bytes from `parent`: over the raw-TCP protocol if it speaks it, else gRPC.
+    /// An on-demand parent (a seed) is asked to fetch it from the origin if it lacks it.
     async fn piece_from(&self, parent: &pb::Parent, n: u32) -> Result<Bytes, PieceFetchError> {
         if parent.tcp_pieces {
             let req = PieceRequest {
                 task_id: self.task.id.clone(),
                 number: n,
                 peer_id: self.peer_id.clone(),
+                fetch: parent.on_demand,
             };
             let max = self.piece_len(n) as usize;
             return self
@@ -304,28 +322,40 @@ impl PeerSource {
             .get(&parent.ip, parent.upload_port)
             .map_err(|e| PieceFetchError {
                 unreachable: true,
+                busy: false,
                 message: e.to_string(),
             })?;
         let req = peerpb::GetPieceRequest {
             task_id: self.task.id.clone(),
             number: n,
             peer_id: self.peer_id.clone(),
+            fetch: parent.on_demand,
         };
         match client.get_piece(req).await {
             Ok(r) => Ok(r.into_inner().data),
             // Transport failures (refused, reset, host gone) surface as Unavailable.
             Err(e) => Err(PieceFetchError {
                 unreachable: e.code() == tonic::Code::Unavailable,
+                busy: e.code() == tonic::Code::ResourceExhausted,
                 message: format!("GetPiece {n}: {}", e.message()),
             }),
         }
     }
 
-    /// One piece from one parent, verified against `digest`.
-    async fn fetch_from_parent(&self, parent: &pb::Parent, n: u32, digest: &str) -> Option<Bytes> {
+    /// One piece from one parent, verified against `digest`. A piece an on-demand seed fetched
+    /// for us has no recorded digest yet (`None`): its bytes are checked by what they are
+    /// part of (chunk digests of a lazy layer, the blob's digest when it completes).
+    async fn fetch_from_parent(
+        &self,
+        parent: &pb::Parent,
+        n: u32,
+        digest: Option<&str>,
+    ) -> Fetched {
         let started = Instant::now();
         let data = match self.piece_from(parent, n).await {
             Ok(d) => d,
+            // Full upload slots are load, not a fault: ask again shortly.
+            Err(e) if e.busy => return Fetched::Busy,
             Err(e) => {
                 let fault = if e.unreachable {
                     Fault::Unreachable
@@ -333,22 +363,25 @@ impl PeerSource {
                     Fault::Failed
                 };
                 self.report_bad(&parent.peer_id, fault, e.message).await;
-                return None;
+                return Fetched::Failed;
             }
         };
         let d = data.clone();
-        let actual = tokio::task::spawn_blocking(move || sha256(&d)).await.ok()?;
-        if data.len() as u64 != self.piece_len(n) || actual != digest {
+        let Ok(actual) = tokio::task::spawn_blocking(move || sha256(&d)).await else {
+            return Fetched::Failed;
+        };
+        let expected = digest.unwrap_or(&actual);
+        if data.len() as u64 != self.piece_len(n) || actual != expected {
             self.report_bad(
                 &parent.peer_id,
                 Fault::Corrupt,
                 format!(
-                    "piece {n}: {} bytes hashing to {actual}, expected {digest}",
+                    "piece {n}: {} bytes hashing to {actual}, expected {expected}",
                     data.len()
                 ),
             )
             .await;
-            return None;
+            return Fetched::Failed;
         }
         self.state.lock().expect("state lock").pending.insert(
             n,
@@ -363,11 +396,72 @@ impl PeerSource {
             .p2p_bytes
             .with_label_values(&["peer"])
             .inc_by(data.len() as u64);
-        Some(data)
+        Fetched::Piece(data)
     }
 
-    /// Pieces from parents; returns what it got (the rest goes to the origin).
-    async fn fetch_from_parents(&self, pieces: &[u32]) -> HashMap<u32, Bytes> {
+    /// Which parent to ask for each missing piece: those that hold it with a recorded digest,
+    /// spread round-robin (best first); else an on-demand seed (no digest yet). Pieces nobody
+    /// can serve are left out (they go to the origin).
+    fn plan(
+        missing: &[u32],
+        resp: &pb::FindParentsResponse,
+    ) -> Vec<(u32, pb::Parent, Option<String>)> {
+        let digests: HashMap<u32, &str> = resp
+            .digests
+            .iter()
+            .map(|d| (d.number, d.digest.as_str()))
+            .collect();
+        let mut plan = Vec::new();
+        for (k, n) in missing.iter().enumerate() {
+            let digest = digests.get(n).copied();
+            let holders: Vec<&pb::Parent> = resp
+                .parents
+                .iter()
+                .filter(|p| p.pieces.contains(n) && (digest.is_some() || p.on_demand))
+                .collect();
+            let verified: Vec<&pb::Parent> =
+                holders.iter().copied().filter(|p| !p.on_demand).collect();
+            let pick = match (digest, verified.is_empty()) {
+                (Some(_), false) => verified.get(k % verified.len()),
+                _ => holders.iter().find(|p| p.on_demand),
+            };
+            if let Some(p) = pick {
+                plan.push((*n, (*p).clone(), digest.map(str::to_owned)));
+            }
+        }
+        plan
+    }
+
+    /// Asks the scheduler for parents of `missing`; `None` when the swarm cannot help now.
+    async fn find_parents(&self, missing: &[u32], urgent: bool) -> Option<pb::FindParentsResponse> {
+        let (i, mut c) = self.pool.for_task(&self.task.id)?;
+        let req = pb::FindParentsRequest {
+            peer_id: self.peer_id.clone(),
+            task_id: self.task.id.clone(),
+            pieces: missing.to_vec(),
+            limit: self.parallel as u32,
+            urgent,
+        };
+        match c.find_parents(req).await {
+            Ok(r) => Some(r.into_inner()),
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                // The scheduler forgot us (restarted, or expired our host): register again
+                // on the next read, and take the origin for this one.
+                tracing::info!(task = %self.task.id, "scheduler does not know this peer any more; will register again");
+                self.state.lock().expect("state lock").registered = None;
+                None
+            }
+            Err(e) => {
+                self.pool.mark_down(&i, e.message());
+                None
+            }
+        }
+    }
+
+    /// Pieces from parents; returns what it got (the rest goes to the origin). An `urgent`
+    /// read (a container waits) may be served by a seed fetching on demand; a background fill
+    /// waits for the seed's own fill instead.
+    async fn fetch_from_parents(&self, pieces: &[u32], urgent: bool) -> HashMap<u32, Bytes> {
         let mut got: HashMap<u32, Bytes> = HashMap::new();
         // Since the last piece arrived: waiting (for a seed, or for parents still fetching
         // the pieces) is bounded by MAX_WAIT, fruitless parent rounds by MAX_ROUNDS.
@@ -382,28 +476,8 @@ impl PeerSource {
             if missing.is_empty() {
                 break;
             }
-            let Some((i, mut c)) = self.pool.for_task(&self.task.id) else {
+            let Some(resp) = self.find_parents(&missing, urgent).await else {
                 break;
-            };
-            let req = pb::FindParentsRequest {
-                peer_id: self.peer_id.clone(),
-                task_id: self.task.id.clone(),
-                pieces: missing.clone(),
-                limit: self.parallel as u32,
-            };
-            let resp = match c.find_parents(req).await {
-                Ok(r) => r.into_inner(),
-                Err(e) if e.code() == tonic::Code::NotFound => {
-                    // The scheduler forgot us (restarted, or expired our host): register again
-                    // on the next read, and take the origin for this one.
-                    tracing::info!(task = %self.task.id, "scheduler does not know this peer any more; will register again");
-                    self.state.lock().expect("state lock").registered = None;
-                    break;
-                }
-                Err(e) => {
-                    self.pool.mark_down(&i, e.message());
-                    break;
-                }
             };
             match pb::Decision::try_from(resp.decision) {
                 Ok(pb::Decision::Parents) => {}
@@ -416,43 +490,30 @@ impl PeerSource {
                 }
                 _ => break,
             }
-            let digests: HashMap<u32, String> = resp
-                .digests
-                .into_iter()
-                .map(|d| (d.number, d.digest))
-                .collect();
-            // Spread the pieces over the parents that have them, best parents first.
-            let mut plan: Vec<(u32, pb::Parent, String)> = Vec::new();
-            for (k, n) in missing.iter().enumerate() {
-                let Some(digest) = digests.get(n) else {
-                    continue;
-                };
-                let holders: Vec<&pb::Parent> = resp
-                    .parents
-                    .iter()
-                    .filter(|p| p.pieces.contains(n))
-                    .collect();
-                if let Some(p) = holders.get(k % holders.len().max(1)) {
-                    plan.push((*n, (*p).clone(), digest.clone()));
-                }
-            }
+            let plan = Self::plan(&missing, &resp);
             if plan.is_empty() {
                 break;
             }
-            let results: Vec<(u32, Option<Bytes>)> = stream::iter(plan)
-                .map(|(n, p, d)| async move { (n, self.fetch_from_parent(&p, n, &d).await) })
-                .buffer_unordered(self.parallel)
-                .collect()
-                .await;
+            let results: Vec<(u32, Fetched)> =
+                stream::iter(plan)
+                    .map(|(n, p, d)| async move {
+                        (n, self.fetch_from_parent(&p, n, d.as_deref()).await)
+                    })
+                    .buffer_unordered(self.parallel)
+                    .collect()
+                    .await;
             let before = got.len();
-            for (n, data) in results {
-                if let Some(d) = data {
-                    got.insert(n, d);
-                }
-            }
+            let busy = results.iter().any(|(_, f)| matches!(f, Fetched::Busy));
+            got.extend(results.into_iter().filter_map(|(n, f)| match f {
+                Fetched::Piece(d) => Some((n, d)),
+                _ => None,
+            }));
             if got.len() > before {
                 progress_at = Instant::now();
                 rounds = 0;
+            } else if busy && progress_at.elapsed() < MAX_WAIT {
+                // Parents are busy serving others: a short pause, not a fruitless round.
+                tokio::time::sleep(BUSY_PAUSE).await;
             } else {
                 rounds += 1;
             }
@@ -460,15 +521,20 @@ impl PeerSource {
         got
     }
 
-    async fn fetch_range(self: Arc<Self>, range: Range<u64>) -> Result<Bytes, SourceError> {
+    async fn fetch_range(
+        self: Arc<Self>,
+        range: Range<u64>,
+        priority: Priority,
+    ) -> Result<Bytes, SourceError> {
         let pl = u64::from(self.task.piece_length);
         let aligned = range.start.is_multiple_of(pl)
             && (range.end.is_multiple_of(pl) || range.end == self.task.content_length);
         if !aligned || range.end > self.task.content_length || !self.registered().await {
-            return self.origin().fetch(range).await;
+            return self.origin().fetch(range, priority).await;
         }
         let pieces: Vec<u32> = ((range.start / pl) as u32..range.end.div_ceil(pl) as u32).collect();
-        let mut got = self.fetch_from_parents(&pieces).await;
+        let urgent = priority != Priority::Background;
+        let mut got = self.fetch_from_parents(&pieces, urgent).await;
         // Whatever is still missing comes from the origin, in contiguous runs.
         let mut run: Option<Range<u32>> = None;
         let mut runs = Vec::new();
@@ -488,7 +554,7 @@ impl PeerSource {
         }
         runs.extend(run);
         for r in runs {
-            for (n, data) in self.fetch_origin(r).await? {
+            for (n, data) in self.fetch_origin(r, priority).await? {
                 got.insert(n, data);
             }
         }
@@ -564,8 +630,12 @@ impl PeerSource {
 pub struct SharedPeerSource(pub Arc<PeerSource>);
 
 impl RangeSource for SharedPeerSource {
-    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, SourceError>> {
-        self.0.clone().fetch_range(range).boxed()
+    fn fetch(
+        &self,
+        range: Range<u64>,
+        priority: Priority,
+    ) -> BoxFuture<'static, Result<Bytes, SourceError>> {
+        self.0.clone().fetch_range(range, priority).boxed()
     }
 
     fn stored(&self, range: Range<u64>) {

@@ -15,10 +15,15 @@ use tonic::Status;
 
 use super::{open_status, Swarm};
 
+/// How long a peer's demand waits for a triggered task to be opened here.
+const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Starts origin downloads for the scheduler.
 pub struct TriggeredDownloads {
     swarm: Arc<Swarm>,
     running: Mutex<HashSet<String>>,
+    /// Woken whenever a triggered task has been opened (or failed to open).
+    opened: tokio::sync::Notify,
     /// Why the last triggered download of a task failed.
     failures: Mutex<HashMap<String, String>>,
 }
@@ -64,6 +69,7 @@ impl TriggeredDownloads {
         Arc::new(TriggeredDownloads {
             swarm,
             running: Mutex::new(HashSet::new()),
+            opened: tokio::sync::Notify::new(),
             failures: Mutex::new(HashMap::new()),
         })
     }
@@ -74,8 +80,39 @@ impl TriggeredDownloads {
         self.swarm.open(spec).await.map_err(|e| open_status(&e))
     }
 
-    /// Starts fetching `task`; false if it is already here or being fetched.
-    pub async fn trigger(self: &Arc<Self>, task: pb::Task) -> Result<bool, Status> {
+    /// The blob of `task_id` for a peer's demand: in the store, or about to be. The scheduler
+    /// names this peer as an on-demand parent right after it sends the trigger, so the demand
+    /// may arrive first: wait (at most `OPEN_WAIT`) for a trigger to open the task; `None` if
+    /// none does, or its open failed.
+    pub async fn blob_for_demand(&self, task_id: &str) -> Option<Blob> {
+        let deadline = tokio::time::Instant::now() + OPEN_WAIT;
+        loop {
+            let notified = self.opened.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(b) = self.swarm.store().get(task_id) {
+                return Some(b);
+            }
+            let running = self.running.lock().expect("running lock").contains(task_id);
+            let failed = self
+                .failures
+                .lock()
+                .expect("failures lock")
+                .contains_key(task_id);
+            if failed && !running {
+                return None;
+            }
+            tokio::time::timeout_at(deadline, notified).await.ok()?;
+        }
+    }
+
+    /// Starts fetching `task` (at background priority, pausing for demand, when `background`);
+    /// false if it is already here or being fetched.
+    pub async fn trigger(
+        self: &Arc<Self>,
+        task: pb::Task,
+        background: bool,
+    ) -> Result<bool, Status> {
         let digest = task.id.clone();
         if let Some(b) = self.swarm.store().get(&digest) {
             if b.is_complete() {
@@ -90,19 +127,27 @@ impl TriggeredDownloads {
         {
             return Ok(false);
         }
-        let blob = match self.open(&task).await {
-            Ok(b) => b,
-            Err(e) => {
-                self.running.lock().expect("running lock").remove(&digest);
-                return Err(e);
-            }
+        let opened = self.open(&task).await;
+        if let Err(e) = &opened {
+            self.running.lock().expect("running lock").remove(&digest);
+            self.failures
+                .lock()
+                .expect("failures lock")
+                .insert(digest.clone(), e.message().to_owned());
+        }
+        self.opened.notify_waiters();
+        let blob = opened?;
+        let priority = if background {
+            Priority::Background
+        } else {
+            Priority::Prefetch
         };
         let size = blob.size();
         let me = self.clone();
         self.failures.lock().expect("failures lock").remove(&digest);
         tokio::spawn(async move {
-            tracing::info!(task = %digest, size, "triggered download started");
-            match blob.fetch_all(Priority::Prefetch).await {
+            tracing::info!(task = %digest, size, background, "triggered download started");
+            match blob.fetch_all(priority).await {
                 Ok(()) => {
                     tracing::info!(task = %digest, "triggered download complete and verified")
                 }

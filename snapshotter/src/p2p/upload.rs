@@ -1,7 +1,9 @@
 //! The peer service: pieces of any blob in the piece store for other peers, within this host's
 //! upload slots (a full host answers RESOURCE_EXHAUSTED so the child tries another parent).
-//! It only reads what is already stored and never fetches, so serving cannot slow FUSE reads
-//! down beyond disk I/O.
+//! A plain request only reads what is already stored. A demand request (`fetch`, sent to a
+//! seed peer the scheduler named as an on-demand parent) fetches a missing piece of a task
+//! this peer opened or is opening from its origin at once, ahead of the task's fill; the
+//! store's single-flight makes every peer asking for the same piece share one origin fetch.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dragonfly_proto::peer as pb;
 use dragonfly_proto::peer::peer_server::Peer;
-use dragonfly_storage::PieceStore;
+use dragonfly_storage::{PieceStore, Priority};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
@@ -17,6 +19,9 @@ use super::ratelimit::RateLimit;
 use super::triggered::TriggeredDownloads;
 use super::SchedulerPool;
 use crate::metrics::Metrics;
+
+/// Longest a demand request waits for its piece from the origin.
+const DEMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The service.
 pub struct PeerService {
@@ -76,11 +81,54 @@ impl From<UploadError> for Status {
 }
 
 impl PeerService {
-    /// Piece `number` of `task_id` from the store, within the upload slots and rate limit;
-    /// what both transports (gRPC `GetPiece` and the raw-TCP protocol) serve.
-    pub async fn piece(&self, task_id: &str, number: u32) -> Result<Bytes, UploadError> {
+    /// The blob a request is for: in the store, or (for a demand) one a trigger is opening.
+    async fn blob(&self, task_id: &str, fetch: bool) -> Option<dragonfly_storage::Blob> {
+        match (self.store.get(task_id), &self.downloads) {
+            (Some(b), _) => Some(b),
+            (None, Some(d)) if fetch => d.blob_for_demand(task_id).await,
+            (None, _) => None,
+        }
+    }
+
+    /// A missing piece a reader waits for, fetched from the origin now (ahead of any fill),
+    /// holding no upload slot meanwhile: the store bounds origin requests itself.
+    async fn fetch_for_demand(
+        &self,
+        blob: &dragonfly_storage::Blob,
+        range: std::ops::Range<u64>,
+        task_id: &str,
+        number: u32,
+    ) -> Result<(), UploadError> {
         let outcome = |label: &str| self.metrics.p2p_uploads.with_label_values(&[label]).inc();
-        let Some(blob) = self.store.get(task_id) else {
+        match tokio::time::timeout(DEMAND_TIMEOUT, blob.ensure(range, Priority::OnDemand)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                outcome("error");
+                Err(UploadError::Internal(format!(
+                    "cannot fetch piece {number} of task {task_id} from the origin: {e}"
+                )))
+            }
+            Err(_) => {
+                outcome("timeout");
+                Err(UploadError::Internal(format!(
+                    "piece {number} of task {task_id} did not arrive from the origin within {}s",
+                    DEMAND_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    }
+
+    /// Piece `number` of `task_id` from the store (with `fetch`, from the origin if it is
+    /// missing), within the upload slots and rate limit; what both transports (gRPC
+    /// `GetPiece` and the raw-TCP protocol) serve.
+    pub async fn piece(
+        &self,
+        task_id: &str,
+        number: u32,
+        fetch: bool,
+    ) -> Result<Bytes, UploadError> {
+        let outcome = |label: &str| self.metrics.p2p_uploads.with_label_values(&[label]).inc();
+        let Some(blob) = self.blob(task_id, fetch).await else {
             outcome("not_found");
             return Err(UploadError::NotFound(format!(
                 "task {task_id} is not in this peer's store"
@@ -93,12 +141,18 @@ impl PeerService {
                 "piece {number} is past the end of task {task_id}"
             )));
         }
+        let range = start..(start + pl).min(blob.size());
+        if fetch && !blob.has_range(range.clone()) {
+            self.fetch_for_demand(&blob, range.clone(), task_id, number)
+                .await?;
+            outcome("demand");
+        }
         let Ok(_permit) = self.slots.clone().try_acquire_owned() else {
             outcome("busy");
             return Err(UploadError::Busy);
         };
         self.pool.active_uploads.fetch_add(1, Ordering::Relaxed);
-        let res = blob.read_local(start..(start + pl).min(blob.size())).await;
+        let res = blob.read_local(range).await;
         self.pool.active_uploads.fetch_sub(1, Ordering::Relaxed);
         let data = match res {
             Ok(Some(d)) => d,
@@ -131,7 +185,7 @@ impl Peer for PeerService {
         req: Request<pb::GetPieceRequest>,
     ) -> Result<Response<pb::GetPieceResponse>, Status> {
         let r = req.into_inner();
-        let data = self.piece(&r.task_id, r.number).await?;
+        let data = self.piece(&r.task_id, r.number, r.fetch).await?;
         Ok(Response::new(pb::GetPieceResponse {
             number: r.number,
             // The receiver checks the piece against the digest the scheduler recorded; hashing
@@ -150,11 +204,11 @@ impl Peer for PeerService {
                 "this peer does not take triggered downloads",
             ));
         };
-        let task = req
-            .into_inner()
+        let r = req.into_inner();
+        let task = r
             .task
             .ok_or_else(|| Status::invalid_argument("task is required"))?;
-        let started = downloads.trigger(task).await?;
+        let started = downloads.trigger(task, r.background).await?;
         Ok(Response::new(pb::TriggerDownloadResponse { started }))
     }
 

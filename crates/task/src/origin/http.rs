@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dragonfly_storage::{RangeSource, SourceError};
+use dragonfly_storage::{Priority, RangeSource, SourceError};
 use futures::future::{BoxFuture, FutureExt};
 
 use super::error::OriginError;
@@ -81,7 +81,11 @@ impl HttpOrigin {
 }
 
 impl RangeSource for HttpOrigin {
-    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, SourceError>> {
+    fn fetch(
+        &self,
+        range: Range<u64>,
+        _: Priority,
+    ) -> BoxFuture<'static, Result<Bytes, SourceError>> {
         let req = self.request(&format!("bytes={}-{}", range.start, range.end - 1));
         let url = self.url.to_string();
         async move {

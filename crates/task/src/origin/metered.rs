@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dragonfly_storage::{RangeSource, SourceError};
+use dragonfly_storage::{Priority, RangeSource, SourceError};
 use futures::future::{BoxFuture, FutureExt};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
@@ -100,8 +100,12 @@ impl Metered {
 }
 
 impl RangeSource for Metered {
-    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, SourceError>> {
-        let fetch = self.inner.fetch(range);
+    fn fetch(
+        &self,
+        range: Range<u64>,
+        priority: Priority,
+    ) -> BoxFuture<'static, Result<Bytes, SourceError>> {
+        let fetch = self.inner.fetch(range, priority);
         let (kind, metrics) = (self.kind, self.metrics.clone());
         async move {
             let started = Instant::now();
@@ -121,7 +125,11 @@ mod tests {
     struct Fixed(Result<Bytes, SourceError>);
 
     impl RangeSource for Fixed {
-        fn fetch(&self, _: Range<u64>) -> BoxFuture<'static, Result<Bytes, SourceError>> {
+        fn fetch(
+            &self,
+            _: Range<u64>,
+            _: Priority,
+        ) -> BoxFuture<'static, Result<Bytes, SourceError>> {
             let r = self.0.clone();
             async move { r }.boxed()
         }
@@ -141,9 +149,9 @@ mod tests {
             "registry",
             metrics.clone(),
         );
-        ok.fetch(0..4).await.unwrap();
-        ok.fetch(0..4).await.unwrap();
-        assert!(bad.fetch(0..4).await.is_err());
+        ok.fetch(0..4, Priority::OnDemand).await.unwrap();
+        ok.fetch(0..4, Priority::Background).await.unwrap();
+        assert!(bad.fetch(0..4, Priority::OnDemand).await.is_err());
         assert_eq!(metrics.fetches.with_label_values(&["http", "ok"]).get(), 2);
         assert_eq!(metrics.bytes.with_label_values(&["http"]).get(), 8);
         assert_eq!(

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use dragonfly_registry::{media_types, Manifest, Reference, RegistryClient};
-use dragonfly_storage::{RangeSource, SourceError};
+use dragonfly_storage::{Priority, RangeSource, SourceError};
 use futures::future::{BoxFuture, FutureExt};
 
 use super::error::OriginError;
@@ -41,7 +41,11 @@ impl RegistryBlob {
 }
 
 impl RangeSource for RegistryBlob {
-    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, SourceError>> {
+    fn fetch(
+        &self,
+        range: Range<u64>,
+        _: Priority,
+    ) -> BoxFuture<'static, Result<Bytes, SourceError>> {
         let client = self.client.clone();
         let o = self.object.clone();
         async move {
@@ -136,7 +140,11 @@ impl ManifestInner {
 }
 
 impl RangeSource for RegistryManifest {
-    fn fetch(&self, range: Range<u64>) -> BoxFuture<'static, Result<Bytes, SourceError>> {
+    fn fetch(
+        &self,
+        range: Range<u64>,
+        _: Priority,
+    ) -> BoxFuture<'static, Result<Bytes, SourceError>> {
         let inner = self.inner.clone();
         async move {
             let all = inner.bytes().await?;
