@@ -16,6 +16,11 @@
 #                                      # (SQLite; BENCH_DATABASE_URL=postgres://... for PostgreSQL)
 #   scripts/bench.sh scheduler         # parent selections/s with 10,000 simulated peers (sampled
 #                                      # vs a full scan in the same run) and the swarm's memory
+#   scripts/bench.sh swarm-lazy        # N = 1, 4, 8 nodes (network namespaces, 1 Gbit links) cold-start
+#                                      # the same eStargz python image (`python3 -V`) at once, registry
+#                                      # egress at 100 Mbit/s, without the swarm and with it (scheduler +
+#                                      # seed): each node's start, the slowest, registry and peer bytes
+#                                      # (BENCH_LAZY_NODES="1 4 8")
 #   sudo scripts/bench.sh coldstart    # cold pull + `python3 -V` of a Debian bookworm+python3 image,
 #                                      # registry egress limited to 100 Mbit/s: dragonfly (eStargz,
 #                                      # lazy) vs containerd's overlayfs; then warm sequential read of
@@ -51,6 +56,16 @@ unlimit() { tc qdisc del dev lo root 2>/dev/null || true; }
 
 cleanup() { unlimit; tb_stop_all; }
 
+# A Debian bookworm root with python3 (debootstrap, cached in $BENCH_DIR/cache).
+python_rootfs() {
+  if [ ! -x "$BENCH_DIR/cache/rootfs-python3/usr/bin/python3" ]; then
+    echo "== debootstrap bookworm + python3 (cached afterwards)"
+    rm -rf "$BENCH_DIR/cache/rootfs-python3"
+    mkdir -p "$BENCH_DIR/cache"
+    debootstrap --variant=minbase --include=python3 bookworm "$BENCH_DIR/cache/rootfs-python3" http://deb.debian.org/debian >/dev/null
+  fi
+}
+
 prepare() {
   apt_missing=()
   for p in debootstrap bc; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || apt_missing+=("$p"); done
@@ -62,11 +77,7 @@ prepare() {
   fi
   BIN=$REPO_DIR/target/release/dragonfly-snapshotter
   mkdir -p "$BENCH_DIR/cache" "$OUT_DIR"
-  if [ ! -x "$BENCH_DIR/cache/rootfs-python3/usr/bin/python3" ]; then
-    echo "== debootstrap bookworm + python3 (cached afterwards)"
-    rm -rf "$BENCH_DIR/cache/rootfs-python3"
-    debootstrap --variant=minbase --include=python3 bookworm "$BENCH_DIR/cache/rootfs-python3" http://deb.debian.org/debian >/dev/null
-  fi
+  python_rootfs
   [ -d "$TB_DIR" ] && tb_stop_all
   rm -rf "$TB_DIR"; mkdir -p "$TB_DIR"
   trap cleanup EXIT
@@ -78,7 +89,7 @@ coldstart_overlayfs() { # ref
   local c="ctr -a $TB_DIR/ctd-overlay.sock -n tb" t0 t1
   t0=$(now)
   $c image pull --plain-http --snapshotter overlayfs "$1" >/dev/null
-  $c run --rm --snapshotter overlayfs "$1" cold-ovl python3 -V >&2
+  $c run --rm --snapshotter overlayfs "$1" cold-ovl /usr/bin/python3 -V >&2
   t1=$(now)
   tb_stop ctd-overlay
   elapsed "$t0" "$t1"
@@ -90,7 +101,7 @@ coldstart_dragonfly() { # ref
   local c="ctr -a $TB_DIR/ctd-df.sock -n tb" t0 t1
   t0=$(now)
   ctr-remote -a "$TB_DIR/ctd-df.sock" -n tb image rpull --plain-http --snapshotter dragonfly "$1" >/dev/null
-  $c run --rm --snapshotter dragonfly "$1" cold-df python3 -V >&2
+  $c run --rm --snapshotter dragonfly "$1" cold-df /usr/bin/python3 -V >&2
   t1=$(now)
   tb_stop ctd-df; tb_stop df-cold; tb_unmount_all
   elapsed "$t0" "$t1"
@@ -182,14 +193,13 @@ swarm_cleanup() {
   sleep 1
   for pid in $(cat "$TB_DIR"/sw-*.pid 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
   rm -f "$TB_DIR"/sw-*.pid
-  pkill -f "containerd-shim-runc-v2 -namespace tb" 2>/dev/null || true
-  tb_unmount_all
+  tb_stop_all
   for ns in $(ip netns list 2>/dev/null | awk '/^dfsw/ {print $1}'); do ip netns del "$ns" 2>/dev/null || true; done
   ip link del dfswbr 2>/dev/null || true
 }
 
 sw_origin_bytes() { # digest
-  { grep -o "\"GET /v2/bench/[a-z]*/blobs/$1[^\"]*\" 20[06] [0-9]*" "$TB_DIR/origin.log" || true; } | awk '{s+=$NF} END {print s+0}'
+  { grep -o "\"GET /v2/bench/[a-z]*/blobs/$1[^\"]*\" 20[06] [0-9]*" "$TB_DIR/origin.log" || true; } | awk '{s+=$NF} END {printf "%.0f\n", s}'
 }
 
 sw_ns() { # name ip rate
@@ -205,38 +215,42 @@ sw_ns() { # name ip rate
   ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate "$rate" burst 256kb latency 50ms
 }
 
-sw_daemon() { # ns ip name extra-cli
-  local ns=$1 ip=$2 name=$3 extra=${4:-}
+sw_daemon() { # ns ip name extra-cli [p2p: 1|0]
+  local ns=$1 ip=$2 name=$3 extra=${4:-} p2p=${5:-1}
   mkdir -p "$TB_DIR/$name"
   cat > "$TB_DIR/$name.yaml" <<YAML
 root: $TB_DIR/$name
 address: $TB_DIR/$name.sock
 log: {level: info}
 metrics: {address: "$ip:9250"}
-p2p: {schedulers: ["$SW_NET.1:8002"], listen: "$ip:4000", advertise_ip: $ip, host_id: $name}
 registry: {plain_http: ["$SW_NET.2:5000"]}
 YAML
-  ip netns exec "$ns" "$REPO_DIR/target/release/dragonfly-snapshotter" --config "$TB_DIR/$name.yaml" $extra > "$TB_DIR/$name.log" 2>&1 &
+  [ "$p2p" = 1 ] && echo "p2p: {schedulers: [\"$SW_NET.1:8002\"], listen: \"$ip:4000\", advertise_ip: $ip, host_id: $name}" >> "$TB_DIR/$name.yaml"
+  # Extra settings for every daemon of a run (experiments), e.g. "prefetch: {background: false}".
+  [ -n "${BENCH_DAEMON_YAML:-}" ] && echo "$BENCH_DAEMON_YAML" >> "$TB_DIR/$name.yaml"
+  # nsenter, not `ip netns exec`: only the network namespace; the daemon's FUSE mounts must be
+  # in the mount namespace containerd and runc see.
+  nsenter --net="/run/netns/$ns" "$REPO_DIR/target/release/dragonfly-snapshotter" --config "$TB_DIR/$name.yaml" $extra > "$TB_DIR/$name.log" 2>&1 &
   echo $! > "$TB_DIR/sw-$name.pid"
   tb_wait_for "$TB_DIR/$name.sock" "daemon $name"
 }
 
-swarm() {
+# The bridge and the origin (a real registry) in its own namespace, egress limited to $RATE,
+# under a fresh $TB_DIR (`name`).
+sw_setup() { # name
   [ "$(id -u)" -eq 0 ] || { echo "run as root" >&2; exit 1; }
-  local nodes=${BENCH_SWARM_NODES:-8} mib=${BENCH_SWARM_MIB:-1024} link=${BENCH_LINK:-1gbit}
   scripts/install-deps.sh
   if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
     echo "== release build"
     cargo build --release --bins --quiet
   fi
   mkdir -p "$OUT_DIR"
-  export TB_DIR=$BENCH_DIR/swarm
+  export TB_DIR=$BENCH_DIR/$1
   swarm_cleanup; rm -rf "$TB_DIR"; mkdir -p "$TB_DIR"
   trap swarm_cleanup EXIT
   ip link add dfswbr type bridge
   ip addr add "$SW_NET.1/24" dev dfswbr
   ip link set dfswbr up
-  # The origin (a real registry) in its own namespace, its egress limited to $RATE.
   sw_ns dfsworigin "$SW_NET.2" "$RATE"
   cat > "$TB_DIR/origin.yml" <<YAML
 version: 0.1
@@ -247,6 +261,11 @@ YAML
   ip netns exec dfsworigin docker-registry serve "$TB_DIR/origin.yml" > "$TB_DIR/origin.log" 2>&1 &
   echo $! > "$TB_DIR/sw-origin.pid"
   for _ in $(seq 1 100); do curl -fs "http://$SW_NET.2:5000/v2/" >/dev/null && break; sleep 0.1; done
+}
+
+swarm() {
+  local nodes=${BENCH_SWARM_NODES:-8} mib=${BENCH_SWARM_MIB:-1024} link=${BENCH_LINK:-1gbit}
+  sw_setup swarm
   local mode=${BENCH_SWARM_MODE:-image} digest size url ref="$SW_NET.2:5000/bench/big:1"
   head -c $((mib << 20)) /dev/urandom > "$TB_DIR/blob"
   if [ "$mode" = image ]; then
@@ -361,6 +380,158 @@ PY
   echo "written: $OUT_DIR/swarm.json"
 }
 
+# ---- swarm-lazy: N nodes cold-start the same eStargz image's command at once ---------------
+# Each node its own network namespace (link $BENCH_LINK, 1gbit), daemon and containerd; the
+# registry's egress at $RATE. For N in $BENCH_LAZY_NODES (1 4 8): without the swarm (daemons
+# with no P2P), then with it (scheduler + seed peer). Every node runs `ctr-remote image rpull`
+# then `python3 -V`; its start time is from the common start to its command's end.
+sl_metrics() { # nodes p2p dir when: every daemon's /metrics into DIR/NAME.WHEN.metrics
+  local i
+  for i in $(seq 1 "$1"); do curl -fs "http://$SW_NET.$((10 + i)):9250/metrics" > "$3/node$i.$4.metrics" || true; done
+  [ "$2" = 1 ] && { curl -fs "http://$SW_NET.9:9250/metrics" > "$3/seed.$4.metrics" || true; }
+  return 0
+}
+
+sl_origin_rate() { # rate
+  ip netns exec dfsworigin tc qdisc change dev eth0 root tbf rate "$1" burst 256kb latency 50ms
+}
+
+sl_cpu() { # nodes: CPU seconds the node daemons had used, summed
+  local i t=0 tick
+  tick=$(getconf CLK_TCK)
+  for i in $(seq 1 "$1"); do
+    t=$(( t + $(awk '{print $14 + $15}' "/proc/$(cat "$TB_DIR/sw-node$i.pid")/stat" 2>/dev/null || echo 0) ))
+  done
+  echo "$t / $tick" | bc -l
+}
+
+sl_round() { # mode(direct|swarm|floor) nodes image digest -> writes $TB_DIR/round-MODE-N.json
+  local mode=$1 n=$2 image=$3 digest=$4 link=${BENCH_LINK:-1gbit} p2p=0 before t0 i
+  [ "$mode" = swarm ] && p2p=1
+  # floor: direct with the origin unthrottled, what N starts at once cost on this machine
+  # (CPU, disk) when bandwidth is no limit.
+  [ "$mode" = floor ] && sl_origin_rate 10gbit
+  if [ "$p2p" = 1 ]; then
+    "$REPO_DIR/target/release/dragonfly-scheduler" --address "$SW_NET.1:8002" > "$TB_DIR/scheduler.log" 2>&1 &
+    echo $! > "$TB_DIR/sw-scheduler.pid"
+    sleep 0.5
+    sw_ns dfswseed "$SW_NET.9" "$link"
+    sw_daemon dfswseed "$SW_NET.9" seed --seed-peer
+  fi
+  for i in $(seq 1 "$n"); do
+    sw_ns "dfswn$i" "$SW_NET.$((10 + i))" "$link"
+    sw_daemon "dfswn$i" "$SW_NET.$((10 + i))" "node$i" "" "$p2p"
+    tb_start_containerd "sw-ctd$i" "$TB_DIR/node$i.sock"
+  done
+  [ "$p2p" = 1 ] && sleep 2
+  before=$(sw_origin_bytes "$digest")
+  rm -f "$TB_DIR"/done-*
+  t0=$(now)
+  local pids=()
+  for i in $(seq 1 "$n"); do
+    ( ctr-remote -a "$TB_DIR/sw-ctd$i.sock" -n tb image rpull --plain-http --snapshotter dragonfly "$image" > "$TB_DIR/pull-$i.log" 2>&1 \
+        && ctr -a "$TB_DIR/sw-ctd$i.sock" -n tb run --rm --snapshotter dragonfly "$image" "py-$i" /usr/bin/python3 -V >> "$TB_DIR/pull-$i.log" 2>&1 \
+        && now > "$TB_DIR/done-$i" ) &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || { echo "node failed ($mode, $n nodes); see $TB_DIR/pull-*.log" >&2; exit 1; }; done
+  local origin total last keep=$TB_DIR/logs-$mode-$n
+  origin=$(( $(sw_origin_bytes "$digest") - before ))
+  # Kept for reading afterwards: every daemon's metrics at the starts and at the end, its log.
+  mkdir -p "$keep"
+  sl_metrics "$n" "$p2p" "$keep" start
+  sl_cpu "$n" > "$keep/cpu-at-starts"
+  # The seed's background fill goes on after the starts: registry bytes counted until they stop
+  # growing for 3 s (lazy and background fetches together), at most 120 s.
+  total=$origin; last=-1
+  for _ in $(seq 1 40); do
+    [ "$total" = "$last" ] && break
+    last=$total; sleep 3
+    total=$(( $(sw_origin_bytes "$digest") - before ))
+  done
+  sl_metrics "$n" "$p2p" "$keep" end
+  [ "$mode" = floor ] && sl_origin_rate "$RATE"
+  python3 - "$TB_DIR/round-$mode-$n.json" "$t0" "$origin" "$total" "$keep" "$n" "$TB_DIR"/done-* <<'PY'
+import json, sys
+out, t0, origin, total, keep, n, done = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6]), sys.argv[7:]
+def metric(path, name):
+    for line in open(path):
+        if line.startswith("dragonfly_snapshotter_" + name + " "):
+            return int(float(line.split()[1]))
+    return 0
+def nodes(when, name):
+    return [metric(f"{keep}/node{i}.{when}.metrics", name) for i in range(1, n + 1)]
+starts = sorted(float(open(f).read()) - t0 for f in done)
+needed = nodes("start", "chunk_needed_compressed_bytes_total")
+urgent = nodes("start", "cache_fetched_urgent_bytes")
+cpu = float(open(f"{keep}/cpu-at-starts").read())
+json.dump({"starts_seconds": starts, "slowest_seconds": max(starts), "registry_bytes_at_starts": origin,
+           "registry_bytes": total, "peer_bytes": sum(nodes("end", 'p2p_bytes_total{source="peer"}')),
+           "chunk_needed_bytes_per_node": needed, "urgent_fetched_bytes_per_node": urgent,
+           "urgent_vs_needed": max(u / c for u, c in zip(urgent, needed)) if all(needed) else None,
+           "node_daemons_cpu_seconds_at_starts": cpu},
+          open(out, "w"))
+PY
+  # Everything of this round goes, so the next starts cold.
+  for i in $(seq 1 "$n"); do tb_stop "sw-ctd$i"; done
+  for f in "$TB_DIR"/sw-*.pid; do
+    case $f in *sw-origin.pid) ;; *) [ -e "$f" ] && { kill "$(cat "$f")" 2>/dev/null || true; } ;; esac
+  done
+  sleep 1
+  for f in "$TB_DIR"/sw-*.pid; do
+    case $f in *sw-origin.pid) ;; *) [ -e "$f" ] && { kill -9 "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; } ;; esac
+  done
+  tb_stop_shims
+  tb_unmount_all
+  for ns in $(ip netns list 2>/dev/null | awk '/^dfswn|^dfswseed/ {print $1}'); do ip netns del "$ns" 2>/dev/null || true; done
+  mv "$TB_DIR"/node*.log "$TB_DIR"/pull-*.log "$keep/" 2>/dev/null || true
+  [ "$p2p" = 1 ] && mv "$TB_DIR/seed.log" "$TB_DIR/scheduler.log" "$keep/"
+  rm -rf "$TB_DIR"/node* "$TB_DIR"/seed* "$TB_DIR"/sw-ctd*
+}
+
+swarm_lazy() {
+  python_rootfs
+  sw_setup swarm-lazy
+  local ref="$SW_NET.2:5000/bench/python"
+  echo "== the python image on the origin, as gzip and as eStargz"
+  tb_push_rootfs "$BENCH_DIR/cache/rootfs-python3" "$TB_DIR/oci" python "$ref:gzip" /usr/bin/python3
+  tb_convert_estargz "$ref:gzip" "$ref:estargz"
+  rm -rf "$TB_DIR/oci"
+  local digest size
+  read -r digest size < <(skopeo inspect --raw --tls-verify=false "docker://$ref:estargz" | python3 -c 'import json,sys; l=json.load(sys.stdin)["layers"]; print(l[0]["digest"], l[0]["size"])')
+  local n mode
+  for n in ${BENCH_LAZY_NODES:-1 4 8}; do
+    for mode in direct swarm floor; do
+      echo "== $n node(s) at once, $mode"
+      sl_round "$mode" "$n" "$ref:estargz" "$digest"
+      cat "$TB_DIR/round-$mode-$n.json"; echo
+    done
+  done
+  python3 - "$OUT_DIR/swarm-lazy.json" "$TB_DIR" "$size" "$RATE" "${BENCH_LAZY_NODES:-1 4 8}" <<'PY'
+import json, sys
+out, d, size, rate, ns = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5].split()
+r = {"bench": "swarm-lazy", "layer_bytes": size, "registry_rate": rate, "rounds": {}}
+for n in ns:
+    for mode in ("direct", "swarm", "floor"):
+        r["rounds"][f"{mode}-{n}"] = json.load(open(f"{d}/round-{mode}-{n}.json"))
+one = r["rounds"].get("direct-1", {}).get("slowest_seconds")
+for k, v in r["rounds"].items():
+    if one:
+        v["slowest_vs_one_node_direct"] = v["slowest_seconds"] / one
+    v["slowest_vs_floor"] = v["slowest_seconds"] / r["rounds"]["floor-" + k.split("-")[1]]["slowest_seconds"]
+    v["registry_bytes_vs_layer"] = v["registry_bytes"] / size
+json.dump(r, open(out, "w"), indent=2)
+print(f"layer: {size} B; registry B: during the starts / with the fills finished; urgent/needed: bytes a node fetched for waiting reads over the compressed bytes of the chunks they needed (worst node); cpu s: CPU the node daemons used until the last start, summed")
+print("floor-N: direct, the origin unthrottled: what N starts at once cost this machine without a bandwidth limit")
+print(f"{'round':<10} {'slowest s':>9} {'x 1 direct':>10} {'x floor':>7} {'registry B':>21} {'x layer':>7} {'peer B':>10} {'urg/need':>8} {'cpu s':>7}  starts")
+for k, v in r["rounds"].items():
+    reg = f"{v['registry_bytes_at_starts']}/{v['registry_bytes']}"
+    print(f"{k:<10} {v['slowest_seconds']:>9.2f} {v.get('slowest_vs_one_node_direct', 0):>10.2f} {v['slowest_vs_floor']:>7.2f} {reg:>21} {v.get('registry_bytes_vs_layer', 0):>7.3f} {v['peer_bytes']:>10} {v['urgent_vs_needed'] or 0:>8.2f} {v['node_daemons_cpu_seconds_at_starts']:>7.2f}  {', '.join(f'{s:.2f}' for s in v['starts_seconds'])}")
+print("targets: swarm-1 <= 1.1x direct-1; swarm-8 slowest <= 1.3x direct-1 (and see x floor); swarm-8 registry <= 1.05x the layer; direct-1 urgent/needed <= 1.2")
+PY
+  echo "written: $OUT_DIR/swarm-lazy.json"
+}
+
 manager_bench() {
   mkdir -p "$OUT_DIR"
   cargo run --release --quiet -p dragonfly-manager --example api_bench -- "$OUT_DIR/manager.json"
@@ -381,5 +552,6 @@ case "${1:-}" in
   pieces) pieces_bench ;;
   manager) manager_bench ;;
   swarm) swarm ;;
-  *) echo "usage: scripts/bench.sh coldstart|scheduler|pieces|swarm|manager" >&2; exit 2 ;;
+  swarm-lazy) swarm_lazy ;;
+  *) echo "usage: scripts/bench.sh coldstart|scheduler|pieces|swarm|swarm-lazy|manager" >&2; exit 2 ;;
 esac

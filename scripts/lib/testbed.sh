@@ -90,7 +90,7 @@ tb_unmount_all() {
 tb_stop_shims() {
   local p
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q "containerd-shim.* -address $TB_DIR/" \
+    { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | grep -q "containerd-shim.* -address $TB_DIR/" \
       && kill -9 "${p#/proc/}" 2>/dev/null || true
   done
 }

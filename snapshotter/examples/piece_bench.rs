@@ -120,6 +120,7 @@ async fn main() {
                     number: n,
                     peer_id: "bench".into(),
                     fetch: false,
+                    fetch_until: 0,
                 };
                 parents
                     .get_piece_tcp("127.0.0.1", u32::from(port), &req, pl)
@@ -131,6 +132,7 @@ async fn main() {
                     number: n,
                     peer_id: "bench".into(),
                     fetch: false,
+                    fetch_until: 0,
                 })
                 .await
                 .unwrap()

@@ -203,6 +203,8 @@ fn export_store_metrics(metrics: &Metrics, store: PieceStore) {
         let stats = store.stats();
         m.cache_hit_bytes.set(stats.hit_bytes as i64);
         m.cache_fetched_bytes.set(stats.fetched_bytes as i64);
+        m.cache_fetched_urgent_bytes
+            .set(stats.fetched_urgent_bytes as i64);
         m.cache_usage_bytes.set(store.usage().bytes_on_disk as i64);
     }));
 }

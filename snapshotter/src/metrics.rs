@@ -25,6 +25,8 @@ pub struct Metrics {
     pub cache_hit_bytes: IntGauge,
     /// Bytes of blobs fetched into the piece store from any source.
     pub cache_fetched_bytes: IntGauge,
+    /// Of those, bytes fetched for a waiting reader (on-demand or prefetch).
+    pub cache_fetched_urgent_bytes: IntGauge,
     /// Bytes currently held by the piece store.
     pub cache_usage_bytes: IntGauge,
     /// FUSE reads answered, by result.
@@ -35,6 +37,8 @@ pub struct Metrics {
     pub fuse_read_seconds: HistogramVec,
     /// Chunks that failed verification against their chunkDigest.
     pub chunk_verify_failures: IntCounter,
+    /// Compressed bytes of the distinct chunks lazy reads needed (each counted once per mount).
+    pub chunk_needed_bytes: IntCounter,
     /// Lazy layers currently mounted.
     pub lazy_layers: IntGauge,
     /// Lazy layer mount latency by result.
@@ -108,6 +112,10 @@ impl Metrics {
                 "cache_fetched_bytes",
                 "Blob bytes fetched into the piece store from any source.",
             ),
+            cache_fetched_urgent_bytes: gauge(
+                "cache_fetched_urgent_bytes",
+                "Blob bytes fetched for a waiting reader (on-demand or prefetch), not a background fill.",
+            ),
             cache_usage_bytes: gauge(
                 "cache_usage_bytes",
                 "Bytes of blob pieces held by the piece store.",
@@ -126,6 +134,10 @@ impl Metrics {
             chunk_verify_failures: counter(
                 "chunk_verify_failures_total",
                 "Chunks whose bytes did not match their chunkDigest.",
+            ),
+            chunk_needed_bytes: counter(
+                "chunk_needed_compressed_bytes_total",
+                "Compressed bytes of the distinct chunks lazy reads needed, each counted once per mounted layer.",
             ),
             lazy_layers: gauge("lazy_layers", "Lazy layers currently mounted."),
             p2p_bytes: counter_vec(

@@ -400,10 +400,14 @@ impl BlobInner {
                     message: e.to_string(),
                     retryable: false,
                 })?;
-        self.shared
-            .stats
-            .fetched_bytes
-            .fetch_add(want, Ordering::Relaxed);
+        let stats = &self.shared.stats;
+        stats.fetched_bytes.fetch_add(want, Ordering::Relaxed);
+        // Raised while in flight counts too: someone waited for these bytes.
+        if run.priority.load(Ordering::Relaxed) != Priority::Background as u8 {
+            stats
+                .fetched_urgent_bytes
+                .fetch_add(want, Ordering::Relaxed);
+        }
         source.stored(self.piece_range(&run.pieces));
         if complete {
             let this = self.clone();

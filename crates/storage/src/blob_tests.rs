@@ -16,6 +16,7 @@ fn config() -> StoreConfig {
     StoreConfig {
         capacity_bytes: 1 << 40,
         piece_length: PL,
+        lazy_piece_length: PL,
         max_concurrent_fetches: 4,
         max_fetch_bytes: 4 * u64::from(PL),
         background_pause_ms: 0,

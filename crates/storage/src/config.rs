@@ -13,6 +13,9 @@ pub struct StoreConfig {
     /// Piece length of new blobs (a power of two, at least 64 KiB); recorded per blob. Small
     /// pieces keep lazy reads of small files cheap; requests still coalesce adjacent pieces.
     pub piece_length: u32,
+    /// Piece length of new lazily-read layers (eStargz, zstd:chunked) when the swarm has none
+    /// yet: smaller, so a container's reads fetch little more than the chunks they need.
+    pub lazy_piece_length: u32,
     /// Concurrent requests to sources, across all blobs.
     pub max_concurrent_fetches: usize,
     /// Adjacent missing pieces are coalesced into requests of at most this many bytes.
@@ -35,6 +38,7 @@ impl Default for StoreConfig {
         StoreConfig {
             capacity_bytes: 10 << 30,
             piece_length: 256 << 10,
+            lazy_piece_length: 64 << 10,
             max_concurrent_fetches: 8,
             max_fetch_bytes: 8 << 20,
             background_pause_ms: 1000,
@@ -48,11 +52,15 @@ impl StoreConfig {
     /// Checks the values; the error says which key to fix.
     pub fn validate(&self) -> Result<(), StoreError> {
         let bad = |m: String| Err(StoreError::Config(m));
-        if !self.piece_length.is_power_of_two() || self.piece_length < 64 * 1024 {
-            return bad(format!(
-                "cache.piece_length is {}; it must be a power of two of at least 65536",
-                self.piece_length
-            ));
+        for (key, v) in [
+            ("piece_length", self.piece_length),
+            ("lazy_piece_length", self.lazy_piece_length),
+        ] {
+            if !v.is_power_of_two() || v < 64 * 1024 {
+                return bad(format!(
+                    "cache.{key} is {v}; it must be a power of two of at least 65536"
+                ));
+            }
         }
         if self.max_concurrent_fetches == 0 {
             return bad("cache.max_concurrent_fetches must be at least 1".into());
@@ -60,10 +68,11 @@ impl StoreConfig {
         if self.whole_blob_requests == 0 {
             return bad("cache.whole_blob_requests must be at least 1".into());
         }
-        if self.max_fetch_bytes < u64::from(self.piece_length) {
+        let largest = self.piece_length.max(self.lazy_piece_length);
+        if self.max_fetch_bytes < u64::from(largest) {
             return bad(format!(
-                "cache.max_fetch_bytes ({}) must be at least cache.piece_length ({})",
-                self.max_fetch_bytes, self.piece_length
+                "cache.max_fetch_bytes ({}) must be at least the piece length ({largest})",
+                self.max_fetch_bytes
             ));
         }
         Ok(())

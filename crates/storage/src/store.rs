@@ -24,6 +24,7 @@ use crate::source::RangeSource;
 pub(crate) struct Counters {
     pub hit_bytes: AtomicU64,
     pub fetched_bytes: AtomicU64,
+    pub fetched_urgent_bytes: AtomicU64,
     pub source_requests: AtomicU64,
     pub digest_failures: AtomicU64,
 }
@@ -71,6 +72,9 @@ pub struct StoreStats {
     pub hit_bytes: u64,
     /// Bytes fetched from sources.
     pub fetched_bytes: u64,
+    /// Of those, bytes fetched for a reader that waited (on-demand or prefetch), not for a
+    /// background fill.
+    pub fetched_urgent_bytes: u64,
     /// Requests made to sources.
     pub source_requests: u64,
     /// Complete blobs that did not match their digest.
@@ -235,10 +239,20 @@ impl PieceStore {
 
     /// The piece length `digest` has (if stored) or will get.
     pub fn piece_length_of(&self, digest: &str) -> u32 {
+        self.piece_length_for(digest, false)
+    }
+
+    /// Like [`PieceStore::piece_length_of`], for a blob that will be read `lazy`ly (in small
+    /// ranges): a new one gets `cache.lazy_piece_length`.
+    pub fn piece_length_for(&self, digest: &str, lazy: bool) -> u32 {
         let blobs = self.inner.blobs.lock().expect("store lock");
-        blobs
-            .get(digest)
-            .map_or(self.inner.shared.config.piece_length, |b| b.piece_length)
+        let config = &self.inner.shared.config;
+        let new = if lazy {
+            config.lazy_piece_length
+        } else {
+            config.piece_length
+        };
+        blobs.get(digest).map_or(new, |b| b.piece_length)
     }
 
     /// Counters since the store was opened.
@@ -247,6 +261,7 @@ impl PieceStore {
         StoreStats {
             hit_bytes: s.hit_bytes.load(Ordering::Relaxed),
             fetched_bytes: s.fetched_bytes.load(Ordering::Relaxed),
+            fetched_urgent_bytes: s.fetched_urgent_bytes.load(Ordering::Relaxed),
             source_requests: s.source_requests.load(Ordering::Relaxed),
             digest_failures: s.digest_failures.load(Ordering::Relaxed),
         }

@@ -20,6 +20,9 @@ pub struct TaskSpec {
     pub size: Option<u64>,
     /// The piece length the caller asks for (a preheat's), if any.
     pub piece_length: Option<u32>,
+    /// The blob will be read in small ranges (a lazy layer): when neither the caller, the
+    /// store nor the swarm has a piece length for it, it gets the store's lazy one.
+    pub lazy: bool,
     /// What the request adds to the origin's settings (headers, credentials).
     pub access: Access,
     /// Whether an existing blob takes this request's origin (its own credentials or URL).
@@ -51,6 +54,7 @@ impl TaskSpec {
             url,
             size,
             piece_length: None,
+            lazy: false,
             access: Access::default(),
             refresh: false,
         }

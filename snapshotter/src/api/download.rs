@@ -198,6 +198,7 @@ impl Download for DownloadService {
             url: file_url(&r.url)?,
             size: None,
             piece_length: None,
+            lazy: false,
             access: Access {
                 headers: r.headers.clone().into_iter().collect(),
             },

@@ -5,7 +5,7 @@
 //! the blob (piece store → sources) and decoding it on the blocking pool. Concurrent readers of
 //! the same chunk share one decode. Nothing unverified is ever returned.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
@@ -80,6 +80,9 @@ pub struct ChunkReader {
     format: LayerFormat,
     cache: Arc<ChunkCache>,
     metrics: Arc<Metrics>,
+    /// Compressed offsets of the chunks read so far, so each counts once in
+    /// [`Metrics::chunk_needed_bytes`].
+    needed: Arc<Mutex<HashSet<u64>>>,
 }
 
 impl ChunkReader {
@@ -97,11 +100,13 @@ impl ChunkReader {
             format,
             cache,
             metrics,
+            needed: Arc::default(),
         }
     }
 
     /// The decompressed, verified bytes of `chunk`.
     pub async fn read(&self, chunk: &Chunk) -> Result<Bytes, ChunkError> {
+        self.note_needed(chunk);
         let key = ChunkKey {
             blob: self.digest.clone(),
             compressed_offset: chunk.compressed_offset,
@@ -132,6 +137,19 @@ impl ChunkReader {
                 .put(key, b.clone());
         }
         res
+    }
+
+    /// Counts `chunk`'s compressed bytes the first time a read needs it.
+    fn note_needed(&self, chunk: &Chunk) {
+        let first = self
+            .needed
+            .lock()
+            .expect("not poisoned")
+            .insert(chunk.compressed_offset);
+        if first {
+            let len = chunk.compressed_end.saturating_sub(chunk.compressed_offset);
+            self.metrics.chunk_needed_bytes.inc_by(len);
+        }
     }
 
     /// Fetches and decodes a chunk; bytes that fail verification are thrown out of the piece

@@ -82,7 +82,9 @@ impl LayerManager {
     async fn open_blob(&self, l: &LayerLabels) -> Result<Blob, LayerError> {
         let object = OciObject::new(l.image.repo(), &l.digest)
             .map_err(|e| LayerError::BadLabel(format!("layer {}: {e}", l.digest)))?;
-        let spec = TaskSpec::blob(object, l.blob_size);
+        let mut spec = TaskSpec::blob(object, l.blob_size);
+        // A layer with a TOC digest is (nearly always) read lazily, in chunks.
+        spec.lazy = l.toc_digest.is_some() || l.skip_verify;
         self.tasks
             .open(spec)
             .await

@@ -103,7 +103,8 @@ async fn serve_pieces(stream: TcpStream, service: &PeerService) {
                 return;
             }
         };
-        let written = match service.piece(&req.task_id, req.number, req.fetch).await {
+        let demand = req.fetch.then_some(req.fetch_until);
+        let written = match service.piece(&req.task_id, req.number, demand).await {
             Ok(data) => piece_wire::write_response(&mut w, WireStatus::Ok, &data).await,
             Err(e) => {
                 let (status, message) = match e {
@@ -171,6 +172,7 @@ mod tests {
             number,
             peer_id: "test".into(),
             fetch: false,
+            fetch_until: 0,
         };
         // Raw TCP: the last (short) piece, twice over the pooled connection.
         for _ in 0..2 {
@@ -203,6 +205,7 @@ mod tests {
                 number: 0,
                 peer_id: "test".into(),
                 fetch: false,
+                fetch_until: 0,
             })
             .await
             .unwrap()
@@ -233,16 +236,14 @@ mod tests {
         assert!(e.unreachable, "{e:?}");
     }
 
-    /// A seed asked on demand for a piece it lacks fetches it from its origin once, however
-    /// many peers ask at the same time; a plain request for it is still NOT_FOUND.
-    #[tokio::test]
-    async fn demand_for_a_missing_piece_makes_one_origin_fetch_for_every_asker() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A seed-like peer port over a 1,000,000-byte blob with 64 KiB pieces, none present, whose
+    /// origin answers after 200 ms: (port, origin, data, digest).
+    async fn demand_peer(dir: &std::path::Path) -> (u16, Arc<MemSource>, Vec<u8>, String) {
         let config = StoreConfig {
             piece_length: 64 << 10,
             ..StoreConfig::default()
         };
-        let store = PieceStore::open(dir.path(), config).await.unwrap();
+        let store = PieceStore::open(dir, config).await.unwrap();
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
         let origin = MemSource::slow(data.clone(), std::time::Duration::from_millis(200));
         let digest = origin.digest();
@@ -259,25 +260,45 @@ mod tests {
         let pool = SchedulerPool::new(&p2p, port, true).await.unwrap();
         let service = Arc::new(PeerService::new(store, 8, pool, Metrics::new(), None, 0));
         serve_peer_port(listener, service);
+        (port, origin, data, digest)
+    }
 
-        let parents = Arc::new(ParentClients::default());
-        let ask = |fetch: bool| {
-            let (parents, digest) = (parents.clone(), digest.clone());
-            async move {
-                let req = PieceRequest {
-                    task_id: digest,
-                    number: 7,
-                    peer_id: "child".into(),
-                    fetch,
-                };
-                parents
-                    .get_piece_tcp("127.0.0.1", u32::from(port), &req, 64 << 10)
-                    .await
-            }
+    /// Asks `port` for piece `number` (64 KiB pieces) of `digest`.
+    async fn ask(
+        parents: &ParentClients,
+        port: u16,
+        digest: &str,
+        number: u32,
+        fetch: bool,
+        fetch_until: u32,
+    ) -> Result<bytes::Bytes, crate::p2p::PieceFetchError> {
+        let req = PieceRequest {
+            task_id: digest.into(),
+            number,
+            peer_id: "child".into(),
+            fetch,
+            fetch_until,
         };
-        let plain = ask(false).await.unwrap_err();
+        parents
+            .get_piece_tcp("127.0.0.1", u32::from(port), &req, 64 << 10)
+            .await
+    }
+
+    /// A seed asked on demand for a piece it lacks fetches it from its origin once, however
+    /// many peers ask at the same time; a plain request for it is still NOT_FOUND.
+    #[tokio::test]
+    async fn demand_for_a_missing_piece_makes_one_origin_fetch_for_every_asker() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, origin, data, digest) = demand_peer(dir.path()).await;
+        let parents = Arc::new(ParentClients::default());
+        let plain = ask(&parents, port, &digest, 7, false, 0).await.unwrap_err();
         assert!(plain.message.contains("NotFound"), "{plain:?}");
-        let asks: Vec<_> = (0..3).map(|_| tokio::spawn(ask(true))).collect();
+        let asks: Vec<_> = (0..3)
+            .map(|_| {
+                let (parents, digest) = (parents.clone(), digest.clone());
+                tokio::spawn(async move { ask(&parents, port, &digest, 7, true, 0).await })
+            })
+            .collect();
         let piece = &data[7 * (64 << 10)..8 * (64 << 10)];
         for a in asks {
             assert_eq!(&a.await.unwrap().unwrap()[..], piece);
@@ -286,6 +307,35 @@ mod tests {
             origin.requests(),
             vec![7 * (64 << 10)..8 * (64 << 10)],
             "one origin fetch of exactly the piece, for three askers"
+        );
+    }
+
+    /// The pieces of one read asked of a seed at once, each naming the run's end, cost the
+    /// seed one origin request for the whole run; a run past the blob's end is cut at the end.
+    #[tokio::test]
+    async fn a_demand_run_is_one_origin_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, origin, data, digest) = demand_peer(dir.path()).await;
+        let parents = Arc::new(ParentClients::default());
+        let pl = 64 << 10;
+        let asks: Vec<_> = (3..7u32)
+            .map(|n| {
+                let (parents, digest) = (parents.clone(), digest.clone());
+                tokio::spawn(async move { (n, ask(&parents, port, &digest, n, true, 7).await) })
+            })
+            .collect();
+        for a in asks {
+            let (n, got) = a.await.unwrap();
+            let n = n as usize;
+            assert_eq!(&got.unwrap()[..], &data[n * pl..(n + 1) * pl]);
+        }
+        assert_eq!(origin.requests(), vec![3 * pl as u64..7 * pl as u64]);
+        // Piece 14 is the last (short) one; a run "until 1000" stops at the blob's end.
+        let got = ask(&parents, port, &digest, 13, true, 1000).await.unwrap();
+        assert_eq!(&got[..], &data[13 * pl..14 * pl]);
+        assert_eq!(
+            origin.requests().last(),
+            Some(&(13 * pl as u64..data.len() as u64))
         );
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! request:  "DFP1" | u16 task_id length | task_id | u32 piece number | u16 peer_id length | peer_id
-//!           "DFP2" | the same | u8 flags (bit 0: fetch the piece from the origin if missing)
+//!           "DFP2" | the same | u8 flags (bit 0: fetch the piece from the origin if missing;
+//!                                         bit 1: a u32 follows, the end of the run to fetch)
 //! response: u8 status | u32 length | piece bytes (status OK) or a UTF-8 message (otherwise)
 //! ```
 //! Integers are big-endian. Hosts that speak it say so in their announcement
@@ -23,6 +24,8 @@ pub const MAGIC: &[u8; 4] = b"DFP1";
 pub const MAGIC_FLAGS: &[u8; 4] = b"DFP2";
 /// Request flag: fetch the piece from the origin if it is not here.
 const FLAG_FETCH: u8 = 1;
+/// Request flag: a u32 follows, [`PieceRequest::fetch_until`].
+const FLAG_RUN: u8 = 2;
 
 /// Whether `first` bytes of a connection are one of ours.
 pub fn is_magic(first: &[u8; 4]) -> bool {
@@ -42,6 +45,16 @@ pub struct PieceRequest {
     pub peer_id: String,
     /// Fetch the piece from the origin if it is not here (a seed's demand).
     pub fetch: bool,
+    /// With `fetch`: the reader needs the pieces up to this one (exclusive) too, fetched in
+    /// the same origin request. At most `number + 1` means this piece only.
+    pub fetch_until: u32,
+}
+
+impl PieceRequest {
+    /// Whether the request names a run beyond its own piece.
+    fn has_run(&self) -> bool {
+        self.fetch && self.fetch_until > self.number.saturating_add(1)
+    }
 }
 
 /// Outcome of a request.
@@ -102,7 +115,10 @@ pub async fn write_request<W: AsyncWrite + Unpin>(w: &mut W, req: &PieceRequest)
     put_id(&mut out, &req.task_id, "task id")?;
     out.extend_from_slice(&req.number.to_be_bytes());
     put_id(&mut out, &req.peer_id, "peer id")?;
-    if req.fetch {
+    if req.has_run() {
+        out.push(FLAG_FETCH | FLAG_RUN);
+        out.extend_from_slice(&req.fetch_until.to_be_bytes());
+    } else if req.fetch {
         out.push(FLAG_FETCH);
     }
     w.write_all(&out).await?;
@@ -128,14 +144,20 @@ pub async fn read_request<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<
     } else {
         0
     };
-    if flags & !FLAG_FETCH != 0 {
+    if flags & !(FLAG_FETCH | FLAG_RUN) != 0 {
         return Err(invalid(format!("unknown request flags {flags:#x}")));
     }
+    let fetch_until = if flags & FLAG_RUN != 0 {
+        r.read_u32().await?
+    } else {
+        0
+    };
     Ok(Some(PieceRequest {
         task_id,
         number,
         peer_id,
         fetch: flags & FLAG_FETCH != 0,
+        fetch_until,
     }))
 }
 
@@ -185,14 +207,21 @@ mod tests {
             number: 7,
             peer_id: "me".into(),
             fetch: false,
+            fetch_until: 0,
         };
         let demand = PieceRequest {
             fetch: true,
             ..req.clone()
         };
+        let run = PieceRequest {
+            fetch: true,
+            fetch_until: 12,
+            ..req.clone()
+        };
         let mut buf = Vec::new();
         write_request(&mut buf, &req).await.unwrap();
         write_request(&mut buf, &demand).await.unwrap();
+        write_request(&mut buf, &run).await.unwrap();
         assert_eq!(
             &buf[..4],
             MAGIC,
@@ -201,6 +230,7 @@ mod tests {
         let mut r = &buf[..];
         assert_eq!(read_request(&mut r).await.unwrap(), Some(req.clone()));
         assert_eq!(read_request(&mut r).await.unwrap(), Some(demand.clone()));
+        assert_eq!(read_request(&mut r).await.unwrap(), Some(run));
         assert_eq!(read_request(&mut r).await.unwrap(), None, "clean end");
         // Flags this build does not know are refused.
         let mut bad = Vec::new();

@@ -54,6 +54,17 @@ enum Fetched {
     Failed,
 }
 
+/// One piece to ask one parent for.
+#[derive(Debug, Clone)]
+struct Ask {
+    piece: u32,
+    parent: pb::Parent,
+    /// The digest the scheduler recorded; `None` from an on-demand seed.
+    digest: Option<String>,
+    /// The end (exclusive) of the run of pieces asked of the same on-demand seed.
+    until: u32,
+}
+
 /// What went wrong with a parent, as reported to the scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
@@ -302,14 +313,22 @@ impl PeerSource {
     }
 
     /// Piece `n`'s bytes from `parent`: over the raw-TCP protocol if it speaks it, else gRPC.
-    /// An on-demand parent (a seed) is asked to fetch it from the origin if it lacks it.
-    async fn piece_from(&self, parent: &pb::Parent, n: u32) -> Result<Bytes, PieceFetchError> {
+    /// An on-demand parent (a seed) is asked to fetch it from the origin if it lacks it, with
+    /// the pieces up to `until` that this read wants from it too.
+    async fn piece_from(
+        &self,
+        parent: &pb::Parent,
+        n: u32,
+        until: u32,
+    ) -> Result<Bytes, PieceFetchError> {
+        let fetch_until = if parent.on_demand { until } else { 0 };
         if parent.tcp_pieces {
             let req = PieceRequest {
                 task_id: self.task.id.clone(),
                 number: n,
                 peer_id: self.peer_id.clone(),
                 fetch: parent.on_demand,
+                fetch_until,
             };
             let max = self.piece_len(n) as usize;
             return self
@@ -330,6 +349,7 @@ impl PeerSource {
             number: n,
             peer_id: self.peer_id.clone(),
             fetch: parent.on_demand,
+            fetch_until,
         };
         match client.get_piece(req).await {
             Ok(r) => Ok(r.into_inner().data),
@@ -345,14 +365,10 @@ impl PeerSource {
     /// One piece from one parent, verified against `digest`. A piece an on-demand seed fetched
     /// for us has no recorded digest yet (`None`): its bytes are checked by what they are
     /// part of (chunk digests of a lazy layer, the blob's digest when it completes).
-    async fn fetch_from_parent(
-        &self,
-        parent: &pb::Parent,
-        n: u32,
-        digest: Option<&str>,
-    ) -> Fetched {
+    async fn fetch_from_parent(&self, ask: &Ask) -> Fetched {
+        let (parent, n, digest) = (&ask.parent, ask.piece, ask.digest.as_deref());
         let started = Instant::now();
-        let data = match self.piece_from(parent, n).await {
+        let data = match self.piece_from(parent, n, ask.until).await {
             Ok(d) => d,
             // Full upload slots are load, not a fault: ask again shortly.
             Err(e) if e.busy => return Fetched::Busy,
@@ -402,10 +418,30 @@ impl PeerSource {
     /// Which parent to ask for each missing piece: those that hold it with a recorded digest,
     /// spread round-robin (best first); else an on-demand seed (no digest yet). Pieces nobody
     /// can serve are left out (they go to the origin).
-    fn plan(
-        missing: &[u32],
-        resp: &pb::FindParentsResponse,
-    ) -> Vec<(u32, pb::Parent, Option<String>)> {
+    fn plan(missing: &[u32], resp: &pb::FindParentsResponse) -> Vec<Ask> {
+        let mut plan = Self::pick_parents(missing, resp);
+        // Adjacent pieces asked of the same on-demand seed: each request names the run's end,
+        // so the seed fetches the run from the origin in one request.
+        let mut i = 0;
+        while i < plan.len() {
+            let mut j = i + 1;
+            while j < plan.len()
+                && plan[i].parent.on_demand
+                && plan[j].parent.peer_id == plan[i].parent.peer_id
+                && plan[j].piece == plan[j - 1].piece + 1
+            {
+                j += 1;
+            }
+            let until = plan[j - 1].piece + 1;
+            for a in &mut plan[i..j] {
+                a.until = until;
+            }
+            i = j;
+        }
+        plan
+    }
+
+    fn pick_parents(missing: &[u32], resp: &pb::FindParentsResponse) -> Vec<Ask> {
         let digests: HashMap<u32, &str> = resp
             .digests
             .iter()
@@ -426,7 +462,12 @@ impl PeerSource {
                 _ => holders.iter().find(|p| p.on_demand),
             };
             if let Some(p) = pick {
-                plan.push((*n, (*p).clone(), digest.map(str::to_owned)));
+                plan.push(Ask {
+                    piece: *n,
+                    parent: (*p).clone(),
+                    digest: digest.map(str::to_owned),
+                    until: n + 1,
+                });
             }
         }
         plan
@@ -494,14 +535,11 @@ impl PeerSource {
             if plan.is_empty() {
                 break;
             }
-            let results: Vec<(u32, Fetched)> =
-                stream::iter(plan)
-                    .map(|(n, p, d)| async move {
-                        (n, self.fetch_from_parent(&p, n, d.as_deref()).await)
-                    })
-                    .buffer_unordered(self.parallel)
-                    .collect()
-                    .await;
+            let results: Vec<(u32, Fetched)> = stream::iter(plan)
+                .map(|ask| async move { (ask.piece, self.fetch_from_parent(&ask).await) })
+                .buffer_unordered(self.parallel)
+                .collect()
+                .await;
             let before = got.len();
             let busy = results.iter().any(|(_, f)| matches!(f, Fetched::Busy));
             got.extend(results.into_iter().filter_map(|(n, f)| match f {
@@ -651,5 +689,61 @@ impl RangeSource for SharedPeerSource {
     fn swap_origin(&self, origin: Arc<dyn RangeSource>) -> bool {
         *self.0.origin.lock().expect("origin lock") = origin;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parent(id: &str, pieces: &[u32], on_demand: bool) -> pb::Parent {
+        pb::Parent {
+            peer_id: id.into(),
+            pieces: pieces.to_vec(),
+            on_demand,
+            ..pb::Parent::default()
+        }
+    }
+
+    /// Pieces with a recorded digest go to the peers that hold them; the rest to the on-demand
+    /// seed, each naming the end of its run of adjacent pieces asked of the seed.
+    #[test]
+    fn plan_prefers_verified_holders_and_gives_the_seed_runs() {
+        let resp = pb::FindParentsResponse {
+            parents: vec![
+                parent("peer", &[2], false),
+                parent("host:seed", &[0, 1, 2, 3, 5, 6], true),
+            ],
+            digests: vec![pb::PieceInfo {
+                number: 2,
+                digest: "sha256:two".into(),
+                length: 1,
+            }],
+            ..pb::FindParentsResponse::default()
+        };
+        let plan = PeerSource::plan(&[0, 1, 2, 3, 5, 6, 9], &resp);
+        let got: Vec<(u32, &str, u32, bool)> = plan
+            .iter()
+            .map(|a| {
+                (
+                    a.piece,
+                    a.parent.peer_id.as_str(),
+                    a.until,
+                    a.digest.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, "host:seed", 2, false),
+                (1, "host:seed", 2, false),
+                (2, "peer", 3, true),
+                (3, "host:seed", 4, false),
+                (5, "host:seed", 7, false),
+                (6, "host:seed", 7, false),
+            ],
+            "piece 9 has no parent: it goes to the origin"
+        );
     }
 }

@@ -121,7 +121,7 @@ impl Swarm {
         let piece_length = spec
             .piece_length
             .or(swarm.map(|(_, pl)| pl))
-            .unwrap_or_else(|| self.store.piece_length_of(&spec.id.to_string()));
+            .unwrap_or_else(|| self.store.piece_length_for(&spec.id.to_string(), spec.lazy));
         Ok((size, piece_length))
     }
 

@@ -56,6 +56,7 @@ fn spec_of(task: &pb::Task) -> Result<TaskSpec, Status> {
         url,
         size: (task.content_length != 0).then_some(task.content_length),
         piece_length: (task.piece_length != 0).then_some(task.piece_length),
+        lazy: false,
         access: Access {
             headers: task.origin_headers.clone().into_iter().collect(),
         },

@@ -2,7 +2,8 @@
 //! upload slots (a full host answers RESOURCE_EXHAUSTED so the child tries another parent).
 //! A plain request only reads what is already stored. A demand request (`fetch`, sent to a
 //! seed peer the scheduler named as an on-demand parent) fetches a missing piece of a task
-//! this peer opened or is opening from its origin at once, ahead of the task's fill; the
+//! this peer opened or is opening from its origin at once, ahead of the task's fill, together
+//! with the rest of the run the reader asked for (`fetch_until`), in one origin request; the
 //! store's single-flight makes every peer asking for the same piece share one origin fetch.
 
 use std::sync::atomic::Ordering;
@@ -22,6 +23,8 @@ use crate::metrics::Metrics;
 
 /// Longest a demand request waits for its piece from the origin.
 const DEMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most bytes one demand request makes this peer fetch from the origin (its run included).
+const MAX_DEMAND_RUN_BYTES: u64 = 8 << 20;
 
 /// The service.
 pub struct PeerService {
@@ -118,15 +121,17 @@ impl PeerService {
         }
     }
 
-    /// Piece `number` of `task_id` from the store (with `fetch`, from the origin if it is
-    /// missing), within the upload slots and rate limit; what both transports (gRPC
-    /// `GetPiece` and the raw-TCP protocol) serve.
+    /// Piece `number` of `task_id` from the store, within the upload slots and rate limit;
+    /// what both transports (gRPC `GetPiece` and the raw-TCP protocol) serve. A `demand`
+    /// (`Some(until)`) fetches it from the origin if it is missing, together with the missing
+    /// pieces up to `until` (exclusive; bounded) that the reader needs next.
     pub async fn piece(
         &self,
         task_id: &str,
         number: u32,
-        fetch: bool,
+        demand: Option<u32>,
     ) -> Result<Bytes, UploadError> {
+        let fetch = demand.is_some();
         let outcome = |label: &str| self.metrics.p2p_uploads.with_label_values(&[label]).inc();
         let Some(blob) = self.blob(task_id, fetch).await else {
             outcome("not_found");
@@ -142,8 +147,12 @@ impl PeerService {
             )));
         }
         let range = start..(start + pl).min(blob.size());
-        if fetch && !blob.has_range(range.clone()) {
-            self.fetch_for_demand(&blob, range.clone(), task_id, number)
+        if let Some(until) = demand.filter(|_| !blob.has_range(range.clone())) {
+            let run_end = (u64::from(until) * pl)
+                .min(start + MAX_DEMAND_RUN_BYTES)
+                .min(blob.size())
+                .max(range.end);
+            self.fetch_for_demand(&blob, start..run_end, task_id, number)
                 .await?;
             outcome("demand");
         }
@@ -185,7 +194,9 @@ impl Peer for PeerService {
         req: Request<pb::GetPieceRequest>,
     ) -> Result<Response<pb::GetPieceResponse>, Status> {
         let r = req.into_inner();
-        let data = self.piece(&r.task_id, r.number, r.fetch).await?;
+        let data = self
+            .piece(&r.task_id, r.number, r.fetch.then_some(r.fetch_until))
+            .await?;
         Ok(Response::new(pb::GetPieceResponse {
             number: r.number,
             // The receiver checks the piece against the digest the scheduler recorded; hashing
