@@ -315,10 +315,12 @@ fn decide_without_parents(
                     host: seed.id.clone(),
                     at: now,
                 };
+                // Triggered by a reader blocked on chunks, the seed's fill yields to demand;
+                // by a whole-blob download, the fill is what everyone waits for: full speed.
                 let trigger = Some(SeedTrigger {
                     host: seed.clone(),
                     task: t.to_proto(),
-                    background: true,
+                    background: ask.urgent,
                 });
                 let answer = demand_parent(t, seed, ask)
                     .unwrap_or_else(|| wait("triggered a seed peer for the task"));
@@ -556,6 +558,10 @@ mod tests {
         assert_eq!(decision(&r), pb::Decision::Wait);
         let trig = trig.expect("a seed trigger");
         assert_eq!(&*trig.host.id, "seed");
+        assert!(
+            !trig.background,
+            "a whole-blob download waits for the fill: it runs at full speed"
+        );
         assert_eq!(trig.task.origin_headers["authorization"], "Bearer secret");
         let (r, trig) = ask(&s, &cfg, "pb", &[0]);
         assert_eq!(decision(&r), pb::Decision::Wait);

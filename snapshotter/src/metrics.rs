@@ -25,7 +25,7 @@ pub struct Metrics {
     pub cache_hit_bytes: IntGauge,
     /// Bytes of blobs fetched into the piece store from any source.
     pub cache_fetched_bytes: IntGauge,
-    /// Of those, bytes fetched for a waiting reader (on-demand or prefetch).
+    /// Of those, bytes fetched for a waiting reader (on-demand, prefetch, bulk).
     pub cache_fetched_urgent_bytes: IntGauge,
     /// Bytes currently held by the piece store.
     pub cache_usage_bytes: IntGauge,
@@ -114,7 +114,7 @@ impl Metrics {
             ),
             cache_fetched_urgent_bytes: gauge(
                 "cache_fetched_urgent_bytes",
-                "Blob bytes fetched for a waiting reader (on-demand or prefetch), not a background fill.",
+                "Blob bytes fetched for a waiting reader (on-demand, prefetch, whole-blob), not a background fill.",
             ),
             cache_usage_bytes: gauge(
                 "cache_usage_bytes",

@@ -13,10 +13,13 @@ use tokio::sync::oneshot;
 pub enum Priority {
     /// Filling in the rest of a blob when nothing else is waiting.
     Background = 0,
+    /// A whole blob someone waits for as a whole (unpacking a layer, `dfctl get`): read
+    /// front to back, in large requests; the swarm serves it from fills, not piece by piece.
+    Bulk = 1,
     /// Files a layer's landmark says containers will read first.
-    Prefetch = 1,
+    Prefetch = 2,
     /// A container is blocked on this read.
-    OnDemand = 2,
+    OnDemand = 3,
 }
 
 impl Priority {
@@ -25,7 +28,8 @@ impl Priority {
     pub(crate) fn from_u8(b: u8) -> Priority {
         match b {
             0 => Priority::Background,
-            1 => Priority::Prefetch,
+            1 => Priority::Bulk,
+            2 => Priority::Prefetch,
             _ => Priority::OnDemand,
         }
     }

@@ -37,7 +37,7 @@ pub(crate) struct Shared {
     pub bytes_on_disk: AtomicU64,
     pub evict: Notify,
     clock: AtomicU64,
-    /// When the last on-demand or prefetch fetch started.
+    /// When the last fetch someone waits for (anything but background) started.
     last_urgent: Mutex<Option<std::time::Instant>>,
 }
 
@@ -72,7 +72,7 @@ pub struct StoreStats {
     pub hit_bytes: u64,
     /// Bytes fetched from sources.
     pub fetched_bytes: u64,
-    /// Of those, bytes fetched for a reader that waited (on-demand or prefetch), not for a
+    /// Of those, bytes fetched for a reader that waited (on-demand, prefetch, bulk), not for a
     /// background fill.
     pub fetched_urgent_bytes: u64,
     /// Requests made to sources.

@@ -141,7 +141,7 @@ async fn download_to(
     digest: String,
     mut progress: impl FnMut(),
 ) -> Result<(), Status> {
-    let mut reader = blob.read_in_order(Priority::OnDemand);
+    let mut reader = blob.read_in_order(Priority::Bulk);
     let out = output.clone();
     let copy = tokio::task::spawn_blocking(move || -> Result<PartFile, Status> {
         let mut part =
@@ -166,7 +166,7 @@ async fn download_to(
         }
     };
     // Verifies the whole blob's digest where it is content-addressed (nothing is fetched).
-    blob.fetch_all(Priority::OnDemand)
+    blob.fetch_all(Priority::Bulk)
         .await
         .map_err(|e| Status::unavailable(format!("download failed: {e}")))?;
     tokio::task::spawn_blocking(move || part.finish(&output, &digest))

@@ -183,7 +183,7 @@ impl LayerManager {
     ) -> Result<BTreeMap<String, String>, LayerError> {
         let started = Instant::now();
         let _pin = blob.pin();
-        let reader = blob.read_in_order(Priority::OnDemand);
+        let reader = blob.read_in_order(Priority::Bulk);
         let (mp, opaque) = (mountpoint.to_owned(), self.settings.opaque_xattr.clone());
         let unpacked = tokio::task::spawn_blocking(move || unpack(reader, &mp, &opaque))
             .await
@@ -192,7 +192,7 @@ impl LayerManager {
                 source,
             });
         // Whatever the unpacker left unread is fetched here; then the digest is checked.
-        let verified = blob.fetch_all(Priority::OnDemand).await;
+        let verified = blob.fetch_all(Priority::Bulk).await;
         let clear = || {
             let mp = mountpoint.to_owned();
             async move {

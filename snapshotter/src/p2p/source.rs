@@ -571,7 +571,8 @@ impl PeerSource {
             return self.origin().fetch(range, priority).await;
         }
         let pieces: Vec<u32> = ((range.start / pl) as u32..range.end.div_ceil(pl) as u32).collect();
-        let urgent = priority != Priority::Background;
+        // A reader blocked on a few chunks; bulk reads and fills take what fills provide.
+        let urgent = priority >= Priority::Prefetch;
         let mut got = self.fetch_from_parents(&pieces, urgent).await;
         // Whatever is still missing comes from the origin, in contiguous runs.
         let mut run: Option<Range<u32>> = None;
