@@ -35,6 +35,8 @@ pub struct Config {
     pub fuse: FuseConfig,
     /// Snapshot behaviour.
     pub snapshot: SnapshotConfig,
+    /// Bounds on what one ordinary layer may unpack to (a tar bomb stops there).
+    pub unpack: UnpackLimits,
     /// Piece exchange with other peers through the scheduler.
     pub p2p: P2pConfig,
 }
@@ -106,7 +108,27 @@ impl Default for Config {
             prefetch: PrefetchConfig::default(),
             fuse: FuseConfig::default(),
             snapshot: SnapshotConfig::default(),
+            unpack: UnpackLimits::default(),
             p2p: P2pConfig::default(),
+        }
+    }
+}
+
+/// Bounds on what one layer may unpack to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UnpackLimits {
+    /// Bytes of file data.
+    pub max_bytes: u64,
+    /// Entries (files, directories, links, devices, whiteouts).
+    pub max_entries: u64,
+}
+
+impl Default for UnpackLimits {
+    fn default() -> UnpackLimits {
+        UnpackLimits {
+            max_bytes: 256 << 30,
+            max_entries: 10_000_000,
         }
     }
 }

@@ -28,8 +28,13 @@ use dragonfly_proto::dfdaemon::image_server::ImageServer;
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.root)
-        .with_context(|| format!("cannot create the root directory {}", config.root.display()))?;
+    for dir in [
+        config.root.clone(),
+        config.snapshots_dir(),
+        config.cache_dir(),
+    ] {
+        private_dir(&dir)?;
+    }
     let metrics = Metrics::new();
     let mut download = None;
     let mut image = None;
@@ -59,6 +64,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 fuse: config.fuse.clone(),
                 allow_unverified_toc: config.snapshot.allow_unverified_toc,
                 opaque_xattr: "trusted.overlay.opaque".into(),
+                unpack: config.unpack,
             },
         ))
     } else {
@@ -106,6 +112,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("gRPC server failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Creates `dir` if missing and makes it 0700 (also when it exists, from an older version):
+/// pulled images hold set-uid binaries and device nodes no other local user may reach, the
+/// class of containerd's CVE-2021-41103.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))
 }
 
 fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {

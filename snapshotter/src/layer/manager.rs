@@ -43,6 +43,8 @@ pub struct LayerSettings {
     pub allow_unverified_toc: bool,
     /// Overlay's opaque-directory xattr name.
     pub opaque_xattr: String,
+    /// Bounds on an unpacked ordinary layer.
+    pub unpack: super::unpack::UnpackLimits,
 }
 
 struct Mounted {
@@ -185,7 +187,8 @@ impl LayerManager {
         let _pin = blob.pin();
         let reader = blob.read_in_order(Priority::Bulk);
         let (mp, opaque) = (mountpoint.to_owned(), self.settings.opaque_xattr.clone());
-        let unpacked = tokio::task::spawn_blocking(move || unpack(reader, &mp, &opaque))
+        let limits = self.settings.unpack;
+        let unpacked = tokio::task::spawn_blocking(move || unpack(reader, &mp, &opaque, &limits))
             .await
             .map_err(|source| LayerError::Task {
                 what: "unpack",

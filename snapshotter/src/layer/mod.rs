@@ -1,6 +1,7 @@
 //! Lazy layers: which Prepare labels describe one, the manager that mounts it (through the
 //! swarm) and drives its prefetch and background fetch, and the unpacker of ordinary layers.
 
+pub mod confined;
 pub mod error;
 pub mod labels;
 pub mod manager;

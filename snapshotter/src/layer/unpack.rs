@@ -4,19 +4,33 @@
 //!
 //! OCI whiteouts become overlayfs ones (`.wh.NAME` → a 0/0 character device, `.wh..wh..opq` →
 //! the opaque xattr); hardlinks, symlinks, devices, fifos, ownership, set-id bits, xattrs
-//! (except `trusted.*`, which containerd refuses too) and times are kept. Entries that would
-//! land outside the directory — `..` components, hardlinks to outside, paths through a symlink
-//! — are refused, and the whole layer with them (containerd then unpacks it itself).
+//! (except `trusted.*`, which containerd refuses too) and times are kept.
+//!
+//! The archive is hostile until its digest is checked, and it is unpacked while it streams, so
+//! the unpacker is confined ([`super::confined`]): paths resolve inside the snapshot directory
+//! (a symlink in a path resolves against it, as in containerd), the last component is never
+//! followed, attributes are set through descriptors of the inode the entry made, directory
+//! attributes at the end are applied only if the very directory is still at its path, names
+//! with `..` and empty or dot whiteouts are refused, hardlinks must name an entry already in
+//! the directory, and bytes and entries are bounded ([`UnpackLimits`]).
 
 use std::ffi::{CString, OsStr};
+use std::fs::File;
 use std::io::{BufReader, Read};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{
+    fchmod, fchmodat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag,
+    UtimensatFlags,
+};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{mkfifo, Gid, Uid};
+use nix::unistd::{fchown, fchownat, linkat, symlinkat, Gid, Uid};
+
+use super::confined::{c_name, clear_at, kind_at, relative, Root, Slot};
+pub use crate::config::UnpackLimits;
 
 /// Why a layer could not be unpacked; each names the tar entry when there is one.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +55,16 @@ pub enum UnpackError {
     /// An entry would escape the snapshot directory.
     #[error("layer entry {0:?} escapes the layer root (refused)")]
     Escapes(String),
+    /// The layer unpacks to more than a limit allows.
+    #[error("layer exceeds unpack.{limit} ({max}) at entry {entry:?}; raise it in the daemon config if the image is trusted")]
+    Limit {
+        /// The config key.
+        limit: &'static str,
+        /// Its value.
+        max: u64,
+        /// The entry that went over.
+        entry: String,
+    },
     /// Disk I/O failed.
     #[error("cannot unpack {path}: {source}")]
     Io {
@@ -96,64 +120,16 @@ fn decompress<'a, R: std::io::BufRead + 'a>(
     }
 }
 
-/// A path inside the layer, with `.` and leading `/` removed; `..` is refused.
-fn clean(path: &Path) -> Result<PathBuf, UnpackError> {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir | Component::RootDir => {}
-            Component::ParentDir | Component::Prefix(_) => {
-                return Err(UnpackError::Escapes(path.display().to_string()))
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Creates the parents of `rel` under `root`, refusing to go through a symlink.
-fn parents(root: &Path, rel: &Path) -> Result<(), UnpackError> {
-    let mut cur = root.to_path_buf();
-    if let Some(parent) = rel.parent() {
-        for c in parent.components() {
-            cur.push(c);
-            match std::fs::symlink_metadata(&cur) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(UnpackError::Escapes(rel.display().to_string()))
-                }
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => std::fs::remove_file(&cur).map_err(io(&cur))?,
-                Err(_) => {}
-            }
-            if !cur.exists() {
-                std::fs::create_dir(&cur).map_err(io(&cur))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Removes whatever is at `p` (not following symlinks), unless it is a directory and `keep_dir`.
-fn clear(p: &Path, keep_dir: bool) -> Result<(), UnpackError> {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() && keep_dir => Ok(()),
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p).map_err(io(p)),
-        Ok(_) => std::fs::remove_file(p).map_err(io(p)),
-        Err(_) => Ok(()),
-    }
-}
-
-fn set_xattr(p: &Path, name: &str, value: &[u8]) -> Result<(), UnpackError> {
-    let bad = |reason| UnpackError::BadEntry {
-        entry: p.display().to_string(),
-        reason,
-    };
-    let cp = CString::new(p.as_os_str().as_bytes()).map_err(|_| bad("NUL in its path"))?;
-    let cn = CString::new(name).map_err(|_| bad("NUL in an xattr name"))?;
-    // SAFETY: valid C strings and a buffer of the length passed.
+/// Sets xattr `name` on the inode `fd` refers to.
+fn set_xattr(fd: &OwnedFd, entry: &Path, name: &str, value: &[u8]) -> Result<(), UnpackError> {
+    let cn = CString::new(name).map_err(|_| UnpackError::BadEntry {
+        entry: entry.display().to_string(),
+        reason: "NUL in an xattr name",
+    })?;
+    // SAFETY: an open descriptor, a valid C string and a buffer of the length passed.
     let r = unsafe {
-        libc::lsetxattr(
-            cp.as_ptr(),
+        libc::fsetxattr(
+            super::confined::raw(fd),
             cn.as_ptr(),
             value.as_ptr().cast(),
             value.len(),
@@ -162,7 +138,7 @@ fn set_xattr(p: &Path, name: &str, value: &[u8]) -> Result<(), UnpackError> {
     };
     if r != 0 {
         return Err(UnpackError::Io {
-            path: format!("{} (xattr {name})", p.display()),
+            path: format!("{} (xattr {name})", entry.display()),
             source: std::io::Error::last_os_error(),
         });
     }
@@ -177,29 +153,35 @@ struct Attrs {
     mtime: i64,
 }
 
-fn apply_attrs(p: &Path, a: &Attrs, symlink: bool) -> Result<(), UnpackError> {
-    nix::unistd::fchownat(
-        nix::fcntl::AT_FDCWD,
-        p,
-        Some(Uid::from_raw(a.uid)),
-        Some(Gid::from_raw(a.gid)),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .map_err(nix_io(p))?;
+/// Owner, mode (after chown, which clears set-id bits) and times, through the inode's own
+/// descriptor.
+fn apply_attrs_fd(fd: &OwnedFd, entry: &Path, a: &Attrs) -> Result<(), UnpackError> {
+    fchown(fd, Some(Uid::from_raw(a.uid)), Some(Gid::from_raw(a.gid))).map_err(nix_io(entry))?;
+    fchmod(fd, Mode::from_bits_truncate(a.mode & 0o7777)).map_err(nix_io(entry))?;
+    let t = TimeSpec::new(a.mtime, 0);
+    futimens(fd, &t, &t).map_err(nix_io(entry))
+}
+
+/// The same for a symlink or device node just made at `slot` (no descriptor can be opened
+/// on them without side effects); nothing else can have replaced it since.
+fn apply_attrs_at(slot: &Slot, entry: &Path, a: &Attrs, symlink: bool) -> Result<(), UnpackError> {
+    let (dir, name) = (slot.dir.as_fd(), slot.name.as_c_str());
+    let owner = (Some(Uid::from_raw(a.uid)), Some(Gid::from_raw(a.gid)));
+    fchownat(dir, name, owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(nix_io(entry))?;
     if !symlink {
-        // After chown, which clears set-id bits.
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(a.mode & 0o7777))
-            .map_err(io(p))?;
+        let mode = Mode::from_bits_truncate(a.mode & 0o7777);
+        fchmodat(dir, name, mode, FchmodatFlags::NoFollowSymlink)
+            .or_else(|e| match e {
+                // Older kernels lack fchmodat2; the node is not a symlink, so following is moot.
+                nix::Error::EOPNOTSUPP | nix::Error::ENOSYS => {
+                    fchmodat(dir, name, mode, FchmodatFlags::FollowSymlink)
+                }
+                e => Err(e),
+            })
+            .map_err(nix_io(entry))?;
     }
     let t = TimeSpec::new(a.mtime, 0);
-    utimensat(
-        nix::fcntl::AT_FDCWD,
-        p,
-        &t,
-        &t,
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(nix_io(p))
+    utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(nix_io(entry))
 }
 
 /// What an entry says about itself, read before its data.
@@ -215,7 +197,7 @@ struct Entry {
 /// The entry's cleaned path, kind, attributes, xattrs (not `trusted.*`) and link target.
 fn read_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Entry, UnpackError> {
     let raw = entry.path().map_err(corrupt(None))?.into_owned();
-    let rel = clean(&raw)?;
+    let rel = relative(&raw).ok_or_else(|| UnpackError::Escapes(raw.display().to_string()))?;
     let header = entry.header().clone();
     let attrs = Attrs {
         mode: header.mode().map_err(corrupt(Some(&rel)))?,
@@ -249,23 +231,40 @@ fn read_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Entry, UnpackErr
 }
 
 /// Applies `.wh..wh..opq` (opaque directory) and `.wh.NAME` (deleted file); false if the
-/// entry is not a whiteout.
-fn whiteout(root: &Path, rel: &Path, opaque_xattr: &str) -> Result<bool, UnpackError> {
+/// entry is not a whiteout. Other `.wh..wh.` names are metadata and skipped, as containerd
+/// does; a whiteout of nothing, `.` or `..` is refused.
+fn whiteout(root: &Root, rel: &Path, opaque_xattr: &str) -> Result<bool, UnpackError> {
     let name = rel.file_name().unwrap_or_default().as_bytes();
-    let dir_of = rel
-        .parent()
-        .map(|p| root.join(p))
-        .unwrap_or_else(|| root.to_path_buf());
+    let parent = rel.parent().unwrap_or(Path::new(""));
     if name == b".wh..wh..opq" {
-        set_xattr(&dir_of, opaque_xattr, b"y")?;
+        let dir = root.dir(parent).map_err(io(rel))?;
+        set_xattr(&dir, rel, opaque_xattr, b"y")?;
+        return Ok(true);
+    }
+    if name.starts_with(b".wh..wh.") {
         return Ok(true);
     }
     let Some(hidden) = name.strip_prefix(b".wh.") else {
         return Ok(false);
     };
-    let target = dir_of.join(OsStr::from_bytes(hidden));
-    clear(&target, false)?;
-    mknod(&target, SFlag::S_IFCHR, Mode::empty(), 0).map_err(nix_io(&target))?;
+    if hidden.is_empty() || hidden == b"." || hidden == b".." {
+        return Err(UnpackError::BadEntry {
+            entry: rel.display().to_string(),
+            reason: "a whiteout must name a file",
+        });
+    }
+    let slot = root
+        .slot(&parent.join(OsStr::from_bytes(hidden)))
+        .map_err(io(rel))?;
+    clear_at(slot.dir.as_fd(), &slot.name, false).map_err(io(rel))?;
+    mknodat(
+        slot.dir.as_fd(),
+        slot.name.as_c_str(),
+        SFlag::S_IFCHR,
+        Mode::empty(),
+        0,
+    )
+    .map_err(nix_io(rel))?;
     Ok(true)
 }
 
@@ -278,85 +277,214 @@ fn link_target<'a>(e: &'a Entry, what: &'static str) -> Result<&'a Path, UnpackE
 }
 
 /// A hardlink to an earlier entry of this layer (never a directory, never outside).
-fn hard_link(root: &Path, dest: &Path, e: &Entry) -> Result<(), UnpackError> {
-    let target = clean(link_target(e, "a hardlink without a target")?)?;
-    let src = root.join(&target);
-    match std::fs::symlink_metadata(&src) {
-        Ok(m) if !m.is_dir() => {}
-        _ => {
-            return Err(UnpackError::Escapes(format!(
-                "{} (hardlink to {} outside this layer)",
-                e.rel.display(),
-                target.display()
-            )))
-        }
+fn hard_link(root: &Root, slot: &Slot, e: &Entry) -> Result<(), UnpackError> {
+    let raw = link_target(e, "a hardlink without a target")?;
+    let outside = || {
+        UnpackError::Escapes(format!(
+            "{} (hardlink to {}, which this layer does not hold)",
+            e.rel.display(),
+            raw.display()
+        ))
+    };
+    let target = relative(raw).ok_or_else(outside)?;
+    let tname = c_name(target.file_name().ok_or_else(outside)?).map_err(io(&e.rel))?;
+    let tdir = root
+        .open_in(
+            target.parent().unwrap_or(Path::new("")),
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+        )
+        .map_err(|_| outside())?;
+    match kind_at(tdir.as_fd(), &tname).map_err(io(&e.rel))? {
+        Some(k) if k != SFlag::S_IFDIR => {}
+        _ => return Err(outside()),
     }
-    clear(dest, false)?;
-    std::fs::hard_link(&src, dest).map_err(io(dest))
+    clear_at(slot.dir.as_fd(), &slot.name, false).map_err(io(&e.rel))?;
+    linkat(
+        tdir.as_fd(),
+        tname.as_c_str(),
+        slot.dir.as_fd(),
+        slot.name.as_c_str(),
+        AtFlags::empty(),
+    )
+    .map_err(nix_io(&e.rel))
 }
 
 /// A character or block device, or a fifo.
-fn special(dest: &Path, e: &Entry) -> Result<(), UnpackError> {
-    clear(dest, false)?;
+fn special(slot: &Slot, e: &Entry) -> Result<(), UnpackError> {
+    clear_at(slot.dir.as_fd(), &slot.name, false).map_err(io(&e.rel))?;
     let perms = Mode::from_bits_truncate(e.attrs.mode & 0o777);
-    if e.kind == tar::EntryType::Fifo {
-        mkfifo(dest, perms).map_err(nix_io(dest))?;
-    } else {
-        let major = e.header.device_major().ok().flatten().unwrap_or(0);
-        let minor = e.header.device_minor().ok().flatten().unwrap_or(0);
-        let t = if e.kind == tar::EntryType::Char {
-            SFlag::S_IFCHR
-        } else {
-            SFlag::S_IFBLK
-        };
-        let dev = nix::sys::stat::makedev(u64::from(major), u64::from(minor));
-        mknod(dest, t, perms, dev).map_err(nix_io(dest))?;
-    }
-    apply_attrs(dest, &e.attrs, false)
+    let (kind, dev) = match e.kind {
+        tar::EntryType::Fifo => (SFlag::S_IFIFO, 0),
+        kind => {
+            let major = e.header.device_major().ok().flatten().unwrap_or(0);
+            let minor = e.header.device_minor().ok().flatten().unwrap_or(0);
+            let t = if kind == tar::EntryType::Char {
+                SFlag::S_IFCHR
+            } else {
+                SFlag::S_IFBLK
+            };
+            (
+                t,
+                nix::sys::stat::makedev(u64::from(major), u64::from(minor)),
+            )
+        }
+    };
+    mknodat(slot.dir.as_fd(), slot.name.as_c_str(), kind, perms, dev).map_err(nix_io(&e.rel))?;
+    apply_attrs_at(slot, &e.rel, &e.attrs, false)
 }
 
-/// Writes one (non-whiteout) entry at `dest`; false if its kind is skipped.
+/// Creates a regular file exclusively (never through a symlink) and writes its data.
+fn regular<R: Read>(
+    slot: &Slot,
+    e: &Entry,
+    data: &mut tar::Entry<'_, R>,
+) -> Result<(), UnpackError> {
+    clear_at(slot.dir.as_fd(), &slot.name, false).map_err(io(&e.rel))?;
+    let fd = nix::fcntl::openat(
+        slot.dir.as_fd(),
+        slot.name.as_c_str(),
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(nix_io(&e.rel))?;
+    let mut f = File::from(fd);
+    std::io::copy(data, &mut f).map_err(corrupt(Some(&e.rel)))?;
+    let fd = OwnedFd::from(f);
+    apply_attrs_fd(&fd, &e.rel, &e.attrs)?;
+    apply_xattrs(&fd, e);
+    Ok(())
+}
+
+/// The entry's xattrs on `fd`; ones the filesystem refuses are logged and skipped.
+fn apply_xattrs(fd: &OwnedFd, e: &Entry) {
+    for (k, v) in &e.xattrs {
+        if let Err(err) = set_xattr(fd, &e.rel, k, v) {
+            tracing::warn!(error = %err, "ignored an xattr the filesystem refuses");
+        }
+    }
+}
+
+/// A directory (kept if one is there); its attributes are applied at the end.
+fn directory(root: &Root, slot: &Slot, e: &Entry) -> Result<(), UnpackError> {
+    clear_at(slot.dir.as_fd(), &slot.name, true).map_err(io(&e.rel))?;
+    if kind_at(slot.dir.as_fd(), &slot.name)
+        .map_err(io(&e.rel))?
+        .is_none()
+    {
+        mkdirat(
+            slot.dir.as_fd(),
+            slot.name.as_c_str(),
+            Mode::from_bits_truncate(0o700),
+        )
+        .map_err(nix_io(&e.rel))?;
+    }
+    let fd = root.dir(&e.rel).map_err(io(&e.rel))?;
+    apply_xattrs(&fd, e);
+    Ok(())
+}
+
+/// Writes one (non-whiteout) entry; false if its kind is skipped.
 fn write_entry<R: Read>(
-    root: &Path,
-    dest: &Path,
+    root: &Root,
     e: &Entry,
     data: &mut tar::Entry<'_, R>,
     dirs: &mut Vec<(PathBuf, Attrs)>,
 ) -> Result<bool, UnpackError> {
-    match e.kind {
-        tar::EntryType::Directory => {
-            clear(dest, true)?;
-            if !dest.exists() {
-                std::fs::create_dir(dest).map_err(io(dest))?;
-            }
-            dirs.push((dest.to_owned(), e.attrs.clone()));
-        }
-        tar::EntryType::Regular | tar::EntryType::Continuous => {
-            clear(dest, false)?;
-            let mut f = std::fs::File::create(dest).map_err(io(dest))?;
-            std::io::copy(data, &mut f).map_err(corrupt(Some(&e.rel)))?;
-            apply_attrs(dest, &e.attrs, false)?;
-        }
-        tar::EntryType::Symlink => {
-            let target = link_target(e, "a symlink without a target")?;
-            clear(dest, false)?;
-            symlink(target, dest).map_err(io(dest))?;
-            apply_attrs(dest, &e.attrs, true)?;
-        }
-        tar::EntryType::Link => hard_link(root, dest, e)?,
-        tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => special(dest, e)?,
+    use tar::EntryType as T;
+    if !matches!(
+        e.kind,
+        T::Directory
+            | T::Regular
+            | T::Continuous
+            | T::Symlink
+            | T::Link
+            | T::Char
+            | T::Block
+            | T::Fifo
+    ) {
         // PAX/GNU headers are consumed by the tar crate; anything else is skipped like
         // containerd does.
-        _ => return Ok(false),
+        return Ok(false);
+    }
+    let slot = root.slot(&e.rel).map_err(io(&e.rel))?;
+    match e.kind {
+        T::Directory => {
+            directory(root, &slot, e)?;
+            dirs.push((e.rel.clone(), e.attrs.clone()));
+        }
+        T::Regular | T::Continuous => regular(&slot, e, data)?,
+        T::Symlink => {
+            let target = link_target(e, "a symlink without a target")?;
+            clear_at(slot.dir.as_fd(), &slot.name, false).map_err(io(&e.rel))?;
+            symlinkat(target, slot.dir.as_fd(), slot.name.as_c_str()).map_err(nix_io(&e.rel))?;
+            apply_attrs_at(&slot, &e.rel, &e.attrs, true)?;
+        }
+        T::Link => hard_link(root, &slot, e)?,
+        _ => special(&slot, e)?,
     }
     Ok(true)
 }
 
+/// Counts what an entry adds against the limits.
+struct Budget {
+    limits: UnpackLimits,
+    bytes: u64,
+    entries: u64,
+}
+
+impl Budget {
+    fn take(&mut self, e: &Entry) -> Result<(), UnpackError> {
+        let over = |limit, max| UnpackError::Limit {
+            limit,
+            max,
+            entry: e.rel.display().to_string(),
+        };
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(over("max_entries", self.limits.max_entries));
+        }
+        if matches!(e.kind, tar::EntryType::Regular | tar::EntryType::Continuous) {
+            self.bytes = self
+                .bytes
+                .saturating_add(e.header.size().unwrap_or(u64::MAX));
+            if self.bytes > self.limits.max_bytes {
+                return Err(over("max_bytes", self.limits.max_bytes));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Directory attributes last, deepest first, so creating children does not change them; a
+/// directory a later entry replaced (its path now a symlink or a file) is left alone.
+fn finish_dirs(root: &Root, dirs: &[(PathBuf, Attrs)]) -> Result<(), UnpackError> {
+    for (rel, a) in dirs.iter().rev() {
+        match root.open_exact_dir(rel) {
+            Ok(fd) => apply_attrs_fd(&fd, rel, a)?,
+            Err(e) => {
+                tracing::debug!(dir = %rel.display(), error = %e, "directory replaced by a later entry")
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Unpacks `blob` (a gzip, zstd or plain layer tar) into `root`, which must exist and be
-/// empty. Blocking; run it off the async workers.
-pub fn unpack(blob: impl Read, root: &Path, opaque_xattr: &str) -> Result<u64, UnpackError> {
+/// empty, within `limits`. Blocking; run it off the async workers.
+pub fn unpack(
+    blob: impl Read,
+    root: &Path,
+    opaque_xattr: &str,
+    limits: &UnpackLimits,
+) -> Result<u64, UnpackError> {
+    let root = Root::open(root).map_err(io(root))?;
     let mut archive = tar::Archive::new(decompress(BufReader::with_capacity(1 << 20, blob))?);
     let mut dirs: Vec<(PathBuf, Attrs)> = Vec::new();
+    let mut budget = Budget {
+        limits: *limits,
+        bytes: 0,
+        entries: 0,
+    };
     let mut entries_done = 0u64;
     for entry in archive.entries().map_err(corrupt(None))? {
         let mut entry = entry.map_err(corrupt(None))?;
@@ -364,25 +492,15 @@ pub fn unpack(blob: impl Read, root: &Path, opaque_xattr: &str) -> Result<u64, U
         if e.rel.as_os_str().is_empty() {
             continue;
         }
-        parents(root, &e.rel)?;
-        if whiteout(root, &e.rel, opaque_xattr)? {
+        budget.take(&e)?;
+        if whiteout(&root, &e.rel, opaque_xattr)? {
             continue;
         }
-        let dest = root.join(&e.rel);
-        if !write_entry(root, &dest, &e, &mut entry, &mut dirs)? {
-            continue;
+        if write_entry(&root, &e, &mut entry, &mut dirs)? {
+            entries_done += 1;
         }
-        for (k, v) in &e.xattrs {
-            if let Err(err) = set_xattr(&dest, k, v) {
-                tracing::warn!(error = %err, "ignored an xattr the filesystem refuses");
-            }
-        }
-        entries_done += 1;
     }
-    // Directory attributes last, deepest first, so creating children does not change them.
-    for (d, a) in dirs.iter().rev() {
-        apply_attrs(d, a, false)?;
-    }
+    finish_dirs(&root, &dirs)?;
     Ok(entries_done)
 }
 
@@ -390,7 +508,7 @@ pub fn unpack(blob: impl Read, root: &Path, opaque_xattr: &str) -> Result<u64, U
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
     fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
         let mut h = tar::Header::new_gnu();
@@ -412,7 +530,7 @@ mod tests {
         gz.finish().unwrap()
     }
 
-    fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) {
+    fn file_entry(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) {
         let mut h = header(tar::EntryType::Regular, mode, data.len() as u64);
         b.append_data(&mut h, path, data).unwrap();
     }
@@ -426,7 +544,7 @@ mod tests {
         let blob = layer(|b| {
             let mut h = header(tar::EntryType::Directory, 0o1777, 0);
             b.append_data(&mut h, "tmp/", std::io::empty()).unwrap();
-            file(b, "bin/suid", b"x", 0o4755);
+            file_entry(b, "bin/suid", b"x", 0o4755);
             let mut h = header(tar::EntryType::Regular, 0o640, 3);
             h.set_uid(1234);
             h.set_gid(5678);
@@ -446,13 +564,19 @@ mod tests {
                 ("SCHILY.xattr.trusted.x", &b"no"[..]),
             ])
             .unwrap();
-            file(b, "x", b"x", 0o644);
-            file(b, "gone/.wh.old", b"", 0o644);
-            file(b, "opq/.wh..wh..opq", b"", 0o644);
-            file(b, &format!("{}/long", "d".repeat(120)), b"long", 0o644);
+            file_entry(b, "x", b"x", 0o644);
+            file_entry(b, "gone/.wh.old", b"", 0o644);
+            file_entry(b, "opq/.wh..wh..opq", b"", 0o644);
+            file_entry(b, &format!("{}/long", "d".repeat(120)), b"long", 0o644);
         });
         let dir = tempfile::Builder::new().tempdir_in("/var/tmp").unwrap();
-        let n = unpack(&blob[..], dir.path(), "trusted.overlay.opaque").unwrap();
+        let n = unpack(
+            &blob[..],
+            dir.path(),
+            "trusted.overlay.opaque",
+            &UnpackLimits::default(),
+        )
+        .unwrap();
         assert!(n >= 8);
         let md = |p: &str| std::fs::symlink_metadata(dir.path().join(p)).unwrap();
         assert_eq!(md("tmp").mode() & 0o7777, 0o1777);
@@ -500,49 +624,241 @@ mod tests {
         );
     }
 
+    /// A file and a directory outside the root that hostile layers aim at, and what they were.
+    struct Victims {
+        file: PathBuf,
+        dir: PathBuf,
+        before: Vec<(u32, u32, u64, Vec<u8>, usize)>,
+    }
+
+    impl Victims {
+        fn new(base: &Path) -> Victims {
+            let dir = base.join("host");
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = dir.join("secret");
+            std::fs::write(&file, b"host secret").unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let mut v = Victims {
+                file,
+                dir,
+                before: Vec::new(),
+            };
+            v.before = v.state();
+            v
+        }
+
+        /// Mode, owner, link count, bytes and number of xattrs of both.
+        fn state(&self) -> Vec<(u32, u32, u64, Vec<u8>, usize)> {
+            [&self.file, &self.dir]
+                .iter()
+                .map(|p| {
+                    let m = std::fs::symlink_metadata(p).unwrap();
+                    let bytes = if m.is_file() {
+                        std::fs::read(p).unwrap()
+                    } else {
+                        Vec::new()
+                    };
+                    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+                    // SAFETY: a valid C string; a null buffer asks for the size only.
+                    let xattrs = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+                    (m.mode(), m.uid(), m.nlink(), bytes, xattrs.max(0) as usize)
+                })
+                .collect()
+        }
+    }
+
+    fn symlink_entry(b: &mut tar::Builder<Vec<u8>>, path: &str, target: &str) {
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+        b.append_link(&mut h, path, target).unwrap();
+    }
+
+    fn hardlink_entry(b: &mut tar::Builder<Vec<u8>>, path: &str, target: &str) {
+        let mut h = header(tar::EntryType::Link, 0o644, 0);
+        b.append_link(&mut h, path, target).unwrap();
+    }
+
+    /// Every way a layer has been seen to reach outside its directory: each is refused with an
+    /// error naming the entry, or confined to the root; either way the victims outside keep
+    /// their mode, owner, link count, bytes and xattrs.
     #[test]
-    fn escaping_entries_are_refused() {
-        let dir = tempfile::Builder::new().tempdir_in("/var/tmp").unwrap();
-        let outside = dir.path().join("outside");
-        std::fs::create_dir(&outside).unwrap();
-        let root = dir.path().join("root");
-        for (what, blob) in [
+    fn hostile_layers_change_nothing_outside_the_root() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root (chown, mknod)"
+        );
+        let base = tempfile::Builder::new().tempdir_in("/var/tmp").unwrap();
+        let v = Victims::new(base.path());
+        let (file, dir) = (v.file.to_str().unwrap(), v.dir.to_str().unwrap());
+        let suid_dir_then_symlink = layer(|b| {
+            let mut h = header(tar::EntryType::Directory, 0o4777, 0);
+            b.append_data(&mut h, "d/", std::io::empty()).unwrap();
+            symlink_entry(b, "d", file);
+        });
+        let hardlink_through_symlink = layer(|b| {
+            symlink_entry(b, "s", dir);
+            b.append_pax_extensions([("SCHILY.xattr.user.pwn", &b"1"[..])])
+                .unwrap();
+            hardlink_entry(b, "h", "s/secret");
+        });
+        // (name, layer, Some(error text) if refused, None if confined)
+        let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
             (
-                "dot-dot",
+                "dot-dot name",
                 layer(|b| {
                     let mut h = header(tar::EntryType::Regular, 0o644, 1);
-                    h.as_gnu_mut().unwrap().name[..12].copy_from_slice(b"../outside/x");
+                    h.as_gnu_mut().unwrap().name[..12].copy_from_slice(b"../host/pwn!");
                     h.set_cksum();
                     b.append(&h, &b"x"[..]).unwrap();
                 }),
+                Some("../host/pwn!"),
             ),
             (
-                "through a symlink",
-                layer(|b| {
-                    let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-                    b.append_link(&mut h, "evil", outside.to_str().unwrap())
-                        .unwrap();
-                    file(b, "evil/x", b"x", 0o644);
-                }),
+                "set-uid directory replaced by a symlink to a host file",
+                suid_dir_then_symlink,
+                None,
             ),
             (
-                "hardlink outside",
+                "write through a symlink to a host directory",
                 layer(|b| {
-                    let mut h = header(tar::EntryType::Link, 0o644, 0);
-                    b.append_link(&mut h, "h", "missing/elsewhere").unwrap();
+                    symlink_entry(b, "s", dir);
+                    file_entry(b, "s/secret", b"pwned", 0o4777);
                 }),
+                Some("s/secret"),
             ),
-        ] {
+            (
+                "hardlink through a symlink, with an xattr",
+                hardlink_through_symlink,
+                Some("h (hardlink"),
+            ),
+            (
+                "hardlink to an absolute host path",
+                layer(|b| hardlink_entry(b, "h", file)),
+                Some("h (hardlink"),
+            ),
+            (
+                "hardlink climbing out",
+                layer(|b| hardlink_entry(b, "h", "../host/secret")),
+                Some("h (hardlink"),
+            ),
+            (
+                "file over a symlink to a host file",
+                layer(|b| {
+                    symlink_entry(b, "f", file);
+                    file_entry(b, "f", b"pwned", 0o4777);
+                }),
+                None,
+            ),
+            (
+                "device over a symlink to a host file",
+                layer(|b| {
+                    symlink_entry(b, "n", file);
+                    let mut h = header(tar::EntryType::Char, 0o4777, 0);
+                    b.append_data(&mut h, "n", std::io::empty()).unwrap();
+                }),
+                None,
+            ),
+            (
+                "climbing symlink as a parent",
+                layer(|b| {
+                    symlink_entry(b, "up", "../../../../../../..");
+                    file_entry(b, &format!("up{file}"), b"pwned", 0o644);
+                }),
+                None,
+            ),
+            (
+                "opaque marker through a symlinked directory",
+                layer(|b| {
+                    symlink_entry(b, "o", dir);
+                    file_entry(b, "o/.wh..wh..opq", b"", 0o644);
+                }),
+                Some("o/.wh..wh..opq"),
+            ),
+            (
+                "whiteout of a host file through a symlink",
+                layer(|b| {
+                    symlink_entry(b, "w", dir);
+                    file_entry(b, "w/.wh.secret", b"", 0o644);
+                }),
+                Some("w/.wh.secret"),
+            ),
+            (
+                "whiteout of ..",
+                layer(|b| file_entry(b, ".wh...", b"", 0o644)),
+                Some(".wh..."),
+            ),
+            (
+                "whiteout of .",
+                layer(|b| file_entry(b, "sub/.wh..", b"", 0o644)),
+                Some("sub/.wh.."),
+            ),
+            (
+                "whiteout of nothing",
+                layer(|b| file_entry(b, ".wh.", b"", 0o644)),
+                Some(".wh."),
+            ),
+        ];
+        for (what, blob, refused) in cases {
+            let root = base.path().join("root");
             let _ = std::fs::remove_dir_all(&root);
             std::fs::create_dir(&root).unwrap();
-            let e = unpack(&blob[..], &root, "trusted.overlay.opaque").unwrap_err();
-            assert!(matches!(e, UnpackError::Escapes(_)), "{what}: {e}");
-            assert!(!outside.join("x").exists(), "{what} wrote outside");
+            let got = unpack(
+                &blob[..],
+                &root,
+                "trusted.overlay.opaque",
+                &UnpackLimits::default(),
+            );
+            match (refused, &got) {
+                (Some(entry), Err(e)) => {
+                    assert!(
+                        e.to_string().contains(entry),
+                        "{what}: {e} does not name {entry}"
+                    )
+                }
+                (None, Ok(_)) => {}
+                (want, got) => panic!("{what}: expected refused={want:?}, got {got:?}"),
+            }
+            assert_eq!(v.state(), v.before, "{what} changed a host file");
+            assert_eq!(
+                std::fs::read_dir(&v.dir).unwrap().count(),
+                1,
+                "{what} added a host file"
+            );
         }
-        // Truncated archives are an error, not a partial success.
-        let good = layer(|b| file(b, "f", &vec![7u8; 100_000], 0o644));
-        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Limits stop a tar bomb (bytes) and an inode flood (entries), naming the entry.
+    #[test]
+    fn limits_stop_bombs() {
+        let dir = tempfile::Builder::new().tempdir_in("/var/tmp").unwrap();
+        let limits = UnpackLimits {
+            max_bytes: 1 << 20,
+            max_entries: 100,
+        };
+        let bomb = layer(|b| file_entry(b, "zeros", &vec![0u8; 2 << 20], 0o644));
+        assert!(bomb.len() < 64 << 10, "it compresses well");
+        let e = unpack(&bomb[..], dir.path(), "trusted.overlay.opaque", &limits).unwrap_err();
+        assert!(
+            matches!(&e, UnpackError::Limit { limit: "max_bytes", entry, .. } if entry == "zeros"),
+            "{e}"
+        );
+        let flood = layer(|b| (0..200).for_each(|i| file_entry(b, &format!("f{i}"), b"", 0o644)));
+        let root = dir.path().join("flood");
         std::fs::create_dir(&root).unwrap();
-        assert!(unpack(&good[..good.len() / 2], &root, "trusted.overlay.opaque").is_err());
+        let e = unpack(&flood[..], &root, "trusted.overlay.opaque", &limits).unwrap_err();
+        assert!(
+            e.to_string().contains("max_entries") && e.to_string().contains("f100"),
+            "{e}"
+        );
+        // Truncated archives are an error, not a partial success.
+        let good = layer(|b| file_entry(b, "f", &vec![7u8; 100_000], 0o644));
+        let root = dir.path().join("trunc");
+        std::fs::create_dir(&root).unwrap();
+        assert!(unpack(
+            &good[..good.len() / 2],
+            &root,
+            "trusted.overlay.opaque",
+            &UnpackLimits::default()
+        )
+        .is_err());
     }
 }
