@@ -5,7 +5,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use dragonfly_integration::daemon::Daemon;
 use dragonfly_integration::procs::TestDir;
 
-/// The daemon's root, snapshot and cache directories are 0700, also when an older version
+/// The daemon's root, snapshot and cache directories are 0700 and its socket 0660, also when an older version
 /// left them 0755: pulled images hold set-uid binaries and device nodes no other user may
 /// reach (the class of containerd's CVE-2021-41103).
 #[test]

@@ -19,8 +19,10 @@ pub use dragonfly_storage::StoreConfig;
 pub struct Config {
     /// Root directory of the daemon's state: `metadata.redb`, `snapshots/`, `cache/`.
     pub root: PathBuf,
-    /// Unix socket containerd connects to (`[proxy_plugins.dragonfly] address`).
+    /// Unix socket containerd connects to (`[proxy_plugins.dragonfly] address`); mode 0660.
     pub address: PathBuf,
+    /// Group that may use the socket besides root (e.g. one for `dfctl` users); none: root only.
+    pub address_group: Option<String>,
     /// Logging.
     pub log: LogConfig,
     /// Prometheus metrics endpoint.
@@ -101,6 +103,7 @@ impl Default for Config {
         Config {
             root: PathBuf::from("/var/lib/dragonfly-snapshotter"),
             address: PathBuf::from("/run/dragonfly/snapshotter.sock"),
+            address_group: None,
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             registry: RegistryConfig::default(),

@@ -95,7 +95,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dragonfly_runtime::metrics::spawn(addr, move || m.render());
     }
 
-    let listener = bind_socket(&config.address)?;
+    let listener = bind_socket(&config.address, config.address_group.as_deref())?;
     tracing::info!(address = %config.address.display(), root = %config.root.display(), "serving containerd snapshots API");
     tonic::transport::Server::builder()
         .add_service(SnapshotsServer::new(SnapshotService::new(
@@ -125,7 +125,25 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))
 }
 
-fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+/// Listens on `path`, mode 0660, owned by root and `group` (if given): whoever can connect
+/// can pull images and write files as this daemon.
+fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
+    let listener = bind_unix(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(name) = group {
+        let gid = nix::unistd::Group::from_name(name)
+            .with_context(|| format!("cannot look up address_group {name:?}"))?
+            .with_context(|| format!("address_group {name:?} does not exist on this host"))?
+            .gid;
+        nix::unistd::chown(path, None, Some(gid))
+            .with_context(|| format!("cannot give {} to group {name}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create socket directory {}", dir.display()))?;

@@ -9,6 +9,10 @@ use crate::error::{Error, Result};
 use crate::footer::LayerFormat;
 use crate::index::Chunk;
 
+/// Largest decoded chunk accepted: the buffer is sized from the TOC, which the image's author
+/// wrote (eStargz chunks are 4 MiB by default).
+pub const MAX_CHUNK_BYTES: u64 = 64 << 20;
+
 /// Decodes `chunk` from exactly the compressed bytes `[compressed_offset, compressed_end)`
 /// and checks them against the chunk's digest.
 pub fn decode_chunk(format: LayerFormat, compressed: &[u8], chunk: &Chunk) -> Result<Vec<u8>> {
@@ -17,6 +21,12 @@ pub fn decode_chunk(format: LayerFormat, compressed: &[u8], chunk: &Chunk) -> Re
         offset: chunk.compressed_offset,
         reason,
     };
+    if chunk.len > MAX_CHUNK_BYTES {
+        return Err(bad(format!(
+            "the TOC gives it {} bytes, more than the {MAX_CHUNK_BYTES} accepted",
+            chunk.len
+        )));
+    }
     if compressed.len() as u64 != want {
         return Err(bad(format!(
             "expected {want} compressed bytes, got {}",
@@ -51,4 +61,24 @@ pub fn decode_chunk(format: LayerFormat, compressed: &[u8], chunk: &Chunk) -> Re
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TOC that claims a huge chunk gets an error, not a huge allocation.
+    #[test]
+    fn a_chunk_larger_than_the_limit_is_refused_before_allocating() {
+        let chunk = Chunk {
+            file_offset: 0,
+            len: 1 << 40,
+            compressed_offset: 0,
+            compressed_end: 4,
+            inner_offset: 0,
+            digest: [0; 32],
+        };
+        let e = decode_chunk(LayerFormat::Estargz, &[0; 4], &chunk).unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+    }
 }

@@ -548,7 +548,7 @@ async fn a_blob_can_take_the_swarms_piece_length_and_keeps_it() {
         .unwrap();
     assert_eq!(again.piece_length(), 1 << 20);
     assert_eq!(s.piece_length_of(&src.digest()), 1 << 20);
-    for bad in [1000, 32 << 10, 128 << 20] {
+    for bad in [1000, 8 << 10, 128 << 20] {
         let other = MemSource::new(bytes(1000, 15));
         assert!(matches!(
             s.blob_with_piece_length(&other.digest(), 1000, Arc::new(other.clone()), bad),

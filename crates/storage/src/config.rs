@@ -14,7 +14,8 @@ pub struct StoreConfig {
     /// pieces keep lazy reads of small files cheap; requests still coalesce adjacent pieces.
     pub piece_length: u32,
     /// Piece length of new lazily-read layers (eStargz, zstd:chunked) when the swarm has none
-    /// yet: smaller, so a container's reads fetch little more than the chunks they need.
+    /// yet (a power of two, at least 16 KiB): smaller, so a container's reads fetch little more
+    /// than the chunks they need.
     pub lazy_piece_length: u32,
     /// Concurrent requests to sources, across all blobs.
     pub max_concurrent_fetches: usize,
@@ -52,13 +53,13 @@ impl StoreConfig {
     /// Checks the values; the error says which key to fix.
     pub fn validate(&self) -> Result<(), StoreError> {
         let bad = |m: String| Err(StoreError::Config(m));
-        for (key, v) in [
-            ("piece_length", self.piece_length),
-            ("lazy_piece_length", self.lazy_piece_length),
+        for (key, v, min) in [
+            ("piece_length", self.piece_length, 64 << 10),
+            ("lazy_piece_length", self.lazy_piece_length, 16 << 10),
         ] {
-            if !v.is_power_of_two() || v < 64 * 1024 {
+            if !v.is_power_of_two() || v < min {
                 return bad(format!(
-                    "cache.{key} is {v}; it must be a power of two of at least 65536"
+                    "cache.{key} is {v}; it must be a power of two of at least {min}"
                 ));
             }
         }

@@ -178,7 +178,7 @@ impl PieceStore {
     }
 
     /// Like [`PieceStore::blob`], cutting a new blob into `piece_length` pieces (a power of
-    /// two from 64 KiB to 64 MiB; e.g. the length the swarm already uses for the task). An
+    /// two from 16 KiB to 64 MiB; e.g. the length the swarm already uses for the task). An
     /// existing blob keeps the length it has.
     pub fn blob_with_piece_length(
         &self,
@@ -200,9 +200,9 @@ impl PieceStore {
         piece_length: u32,
         make: impl FnOnce() -> Arc<dyn RangeSource>,
     ) -> Result<Blob, StoreError> {
-        if !piece_length.is_power_of_two() || !(64 << 10..=64 << 20).contains(&piece_length) {
+        if !piece_length.is_power_of_two() || !(16 << 10..=64 << 20).contains(&piece_length) {
             return Err(StoreError::Config(format!(
-                "piece length {piece_length} of {digest} is not a power of two from 64 KiB to 64 MiB"
+                "piece length {piece_length} of {digest} is not a power of two from 16 KiB to 64 MiB"
             )));
         }
         let dir = blob_dir(&self.inner.dir, digest)?;

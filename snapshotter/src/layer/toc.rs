@@ -32,6 +32,17 @@ pub async fn load_index(
     let Ok(loc) = locate_toc(size, &tail) else {
         return Ok(None);
     };
+    // The footer is the blob's word: its TOC length is bounded before a byte of it is read.
+    let limits = Limits::default();
+    if loc.toc_len > limits.max_toc_compressed {
+        return Err(LayerError::BadToc {
+            digest,
+            source: dragonfly_estargz::Error::TocTooLarge {
+                what: "compressed TOC (as the footer gives it)",
+                limit: limits.max_toc_compressed,
+            },
+        });
+    }
     let toc_bytes = blob
         .read(
             loc.toc_offset..loc.toc_offset + loc.toc_len,
@@ -49,7 +60,7 @@ pub async fn load_index(
             digest: digest.clone(),
             source,
         };
-        let decoded = decode_toc(&loc, &toc_bytes, &Limits::default()).map_err(bad)?;
+        let decoded = decode_toc(&loc, &toc_bytes, &limits).map_err(bad)?;
         if let Some(expected) = &expected_toc {
             verify_toc_digest(&decoded, expected).map_err(|source| LayerError::TocMismatch {
                 digest: digest.clone(),
