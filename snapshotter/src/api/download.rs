@@ -74,9 +74,23 @@ struct PartFile {
 }
 
 impl PartFile {
+    /// A new part file beside `output`. Whatever is at the part path (a stale part, or a
+    /// symlink someone planted there) is removed, never followed, and the file is created
+    /// exclusively (`O_CREAT|O_EXCL`, which refuses a symlink too).
     fn create(output: &Path) -> Result<PartFile, PartFileError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let tmp = output.with_extension("dfctl-part");
-        let file = std::fs::File::create(&tmp).map_err(io_error("create", &tmp))?;
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("remove the stale part file", &tmp)(e)),
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(io_error("create", &tmp))?;
         Ok(PartFile {
             tmp,
             file,
@@ -233,6 +247,27 @@ impl Download for DownloadService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A symlink planted at the part path is replaced, not written through; the finished file
+    /// is renamed over whatever is at the output path (a symlink there is replaced too).
+    #[test]
+    fn the_part_and_output_paths_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let output = dir.path().join("out.bin");
+        std::os::unix::fs::symlink(&victim, output.with_extension("dfctl-part")).unwrap();
+        std::os::unix::fs::symlink(&victim, &output).unwrap();
+        let mut part = PartFile::create(&output).unwrap();
+        part.append(b"new bytes").unwrap();
+        part.finish(&output, "").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert!(!std::fs::symlink_metadata(&output)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(&output).unwrap(), b"new bytes");
+    }
 
     #[test]
     fn only_http_origins_are_accepted() {
