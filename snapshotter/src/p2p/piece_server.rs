@@ -237,8 +237,11 @@ mod tests {
     }
 
     /// A seed-like peer port over a 1,000,000-byte blob with 64 KiB pieces, none present, whose
-    /// origin answers after 200 ms: (port, origin, data, digest).
-    async fn demand_peer(dir: &std::path::Path) -> (u16, Arc<MemSource>, Vec<u8>, String) {
+    /// origin answers after 200 ms, triggered here if `triggered`: (port, origin, data, digest).
+    async fn demand_peer(
+        dir: &std::path::Path,
+        triggered: bool,
+    ) -> (u16, Arc<MemSource>, Vec<u8>, String) {
         let config = StoreConfig {
             piece_length: 64 << 10,
             ..StoreConfig::default()
@@ -258,8 +261,19 @@ mod tests {
             ..P2pConfig::default()
         };
         let pool = SchedulerPool::new(&p2p, port, true).await.unwrap();
-        let service = Arc::new(PeerService::new(store, 8, pool, Metrics::new(), None, 0));
-        serve_peer_port(listener, service);
+        let metrics = Metrics::new();
+        let origins = dragonfly_task::origin::Origins::new(
+            crate::config::RegistryConfig::default(),
+            metrics.origins.clone(),
+        )
+        .unwrap();
+        let swarm = crate::p2p::Swarm::new(store.clone(), None, origins, metrics.clone());
+        let downloads = crate::p2p::triggered::TriggeredDownloads::new(swarm);
+        if triggered {
+            downloads.mark_running(&digest);
+        }
+        let service = PeerService::new(store, 8, pool, metrics, Some(downloads), 0);
+        serve_peer_port(listener, Arc::new(service));
         (port, origin, data, digest)
     }
 
@@ -289,7 +303,7 @@ mod tests {
     #[tokio::test]
     async fn demand_for_a_missing_piece_makes_one_origin_fetch_for_every_asker() {
         let dir = tempfile::tempdir().unwrap();
-        let (port, origin, data, digest) = demand_peer(dir.path()).await;
+        let (port, origin, data, digest) = demand_peer(dir.path(), true).await;
         let parents = Arc::new(ParentClients::default());
         let plain = ask(&parents, port, &digest, 7, false, 0).await.unwrap_err();
         assert!(plain.message.contains("NotFound"), "{plain:?}");
@@ -310,12 +324,25 @@ mod tests {
         );
     }
 
+    /// A demand for a blob this peer holds but was not triggered for is a plain read: a peer
+    /// cannot make another fetch from an origin.
+    #[tokio::test]
+    async fn a_demand_for_a_task_not_triggered_here_does_not_reach_the_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, origin, _, digest) = demand_peer(dir.path(), false).await;
+        let e = ask(&ParentClients::default(), port, &digest, 7, true, 9)
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("NotFound"), "{e:?}");
+        assert!(origin.requests().is_empty());
+    }
+
     /// The pieces of one read asked of a seed at once, each naming the run's end, cost the
     /// seed one origin request for the whole run; a run past the blob's end is cut at the end.
     #[tokio::test]
     async fn a_demand_run_is_one_origin_request() {
         let dir = tempfile::tempdir().unwrap();
-        let (port, origin, data, digest) = demand_peer(dir.path()).await;
+        let (port, origin, data, digest) = demand_peer(dir.path(), true).await;
         let parents = Arc::new(ParentClients::default());
         let pl = 64 << 10;
         let asks: Vec<_> = (3..7u32)

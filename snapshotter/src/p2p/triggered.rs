@@ -167,6 +167,22 @@ impl TriggeredDownloads {
 }
 
 impl TriggeredDownloads {
+    /// Whether a triggered download of `task_id` is running here: only then may a peer's
+    /// demand make this peer fetch from the task's origin.
+    pub fn is_running(&self, task_id: &str) -> bool {
+        self.running.lock().expect("running lock").contains(task_id)
+    }
+
+    /// Marks `task_id` as triggered here (tests of the peer port, whose blobs have no origin
+    /// URL to trigger).
+    #[cfg(test)]
+    pub(crate) fn mark_running(&self, task_id: &str) {
+        self.running
+            .lock()
+            .expect("running lock")
+            .insert(task_id.to_owned());
+    }
+
     /// What this peer holds of `task_id` and how its triggered download is going.
     pub fn stat(&self, task_id: &str) -> dragonfly_proto::peer::StatTaskResponse {
         let running = self.running.lock().expect("running lock").contains(task_id);

@@ -131,14 +131,20 @@ impl PeerService {
         number: u32,
         demand: Option<u32>,
     ) -> Result<Bytes, UploadError> {
-        let fetch = demand.is_some();
         let outcome = |label: &str| self.metrics.p2p_uploads.with_label_values(&[label]).inc();
-        let Some(blob) = self.blob(task_id, fetch).await else {
+        let Some(blob) = self.blob(task_id, demand.is_some()).await else {
             outcome("not_found");
             return Err(UploadError::NotFound(format!(
                 "task {task_id} is not in this peer's store"
             )));
         };
+        // A demand reaches the origin only for a task this peer was triggered to fetch; for any
+        // other blob in its store it is a plain read (a peer cannot make another pull blobs).
+        let demand = demand.filter(|_| {
+            self.downloads
+                .as_ref()
+                .is_some_and(|d| d.is_running(task_id))
+        });
         let pl = u64::from(blob.piece_length());
         let start = u64::from(number) * pl;
         if start >= blob.size() {
