@@ -235,6 +235,15 @@ YAML
   tb_wait_for "$TB_DIR/$name.sock" "daemon $name"
 }
 
+# The scheduler on the bridge and a seed peer in its own namespace with a `link` link.
+sw_scheduler_and_seed() { # link
+  "$REPO_DIR/target/release/dragonfly-scheduler" --address "$SW_NET.1:8002" > "$TB_DIR/scheduler.log" 2>&1 &
+  echo $! > "$TB_DIR/sw-scheduler.pid"
+  sleep 0.5
+  sw_ns dfswseed "$SW_NET.9" "$1"
+  sw_daemon dfswseed "$SW_NET.9" seed --seed-peer
+}
+
 # The bridge and the origin (a real registry) in its own namespace, egress limited to $RATE,
 # under a fresh $TB_DIR (`name`).
 sw_setup() { # name
@@ -291,11 +300,7 @@ swarm() {
     url="http://$SW_NET.2:5000/v2/bench/blob/blobs/$digest"
   fi
   # Scheduler on the bridge; seed peer and nodes in their own namespaces with $link links.
-  "$REPO_DIR/target/release/dragonfly-scheduler" --address "$SW_NET.1:8002" > "$TB_DIR/scheduler.log" 2>&1 &
-  echo $! > "$TB_DIR/sw-scheduler.pid"
-  sleep 0.5
-  sw_ns dfswseed "$SW_NET.9" "$link"
-  sw_daemon dfswseed "$SW_NET.9" seed --seed-peer
+  sw_scheduler_and_seed "$link"
   for i in $(seq 1 "$nodes"); do
     sw_ns "dfswn$i" "$SW_NET.$((10 + i))" "$link"
     sw_daemon "dfswn$i" "$SW_NET.$((10 + i))" "node$i"
@@ -411,13 +416,7 @@ sl_round() { # mode(direct|swarm|floor) nodes image digest -> writes $TB_DIR/rou
   # floor: direct with the origin unthrottled, what N starts at once cost on this machine
   # (CPU, disk) when bandwidth is no limit.
   [ "$mode" = floor ] && sl_origin_rate 10gbit
-  if [ "$p2p" = 1 ]; then
-    "$REPO_DIR/target/release/dragonfly-scheduler" --address "$SW_NET.1:8002" > "$TB_DIR/scheduler.log" 2>&1 &
-    echo $! > "$TB_DIR/sw-scheduler.pid"
-    sleep 0.5
-    sw_ns dfswseed "$SW_NET.9" "$link"
-    sw_daemon dfswseed "$SW_NET.9" seed --seed-peer
-  fi
+  [ "$p2p" = 1 ] && sw_scheduler_and_seed "$link"
   for i in $(seq 1 "$n"); do
     sw_ns "dfswn$i" "$SW_NET.$((10 + i))" "$link"
     sw_daemon "dfswn$i" "$SW_NET.$((10 + i))" "node$i" "" "$p2p"
