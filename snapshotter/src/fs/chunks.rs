@@ -106,7 +106,6 @@ impl ChunkReader {
 
     /// The decompressed, verified bytes of `chunk`.
     pub async fn read(&self, chunk: &Chunk) -> Result<Bytes, ChunkError> {
-        self.note_needed(chunk);
         let key = ChunkKey {
             blob: self.digest.clone(),
             compressed_offset: chunk.compressed_offset,
@@ -155,6 +154,8 @@ impl ChunkReader {
     /// Fetches and decodes a chunk; bytes that fail verification are thrown out of the piece
     /// store and fetched once more (a source may have served a bad range) before giving up.
     fn fetch_and_decode(self, chunk: Chunk) -> BoxFuture<'static, Result<Bytes, ChunkError>> {
+        // Counted on the miss path only, so a cache hit takes no extra lock.
+        self.note_needed(&chunk);
         async move {
             match self.fetch_and_decode_once(&chunk).await {
                 Err(ChunkError::Invalid { .. }) => {
