@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use ipnet::IpNet;
+
 use serde::Deserialize;
 
 pub use dragonfly_runtime::log::LogConfig;
@@ -43,6 +45,18 @@ pub struct DatabaseConfig {
 pub struct HttpConfig {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate and key (PEM files); plain HTTP without.
+    pub tls: Option<TlsFiles>,
+}
+
+/// `http.tls:` a certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// `grpc:`
@@ -64,6 +78,15 @@ pub struct AuthConfig {
     pub root_password: Option<String>,
     /// How long a console session lasts.
     pub session_ttl_hours: u32,
+    /// Failed sign-ins allowed per user name within `signin_window_secs`; then that name is
+    /// refused (429) until the window ends, even with the right password.
+    pub signin_failures_per_user: u32,
+    /// Sign-in attempts allowed per source address (IPv6: per /64) within the window.
+    pub signin_failures_per_source: u32,
+    /// The window of both sign-in limits.
+    pub signin_window_secs: u64,
+    /// Password hashes or checks (Argon2, about 19 MiB each) run at once.
+    pub max_concurrent_hashes: usize,
 }
 
 /// `jobs:`
@@ -79,6 +102,12 @@ pub struct JobsConfig {
     pub stale_after_secs: u64,
     /// How long an image's manifest resolution may take.
     pub resolve_timeout_secs: u64,
+    /// Runs of one job at most; a job whose manager died this many times ends as FAILURE.
+    pub max_attempts: u32,
+    /// Networks preheat URLs may point at besides public addresses (CIDRs such as
+    /// `10.0.0.0/8`); loopback, link-local, private, CGNAT, multicast and unspecified
+    /// addresses are refused otherwise.
+    pub allowed_networks: Vec<IpNet>,
 }
 
 impl Default for Config {
@@ -99,6 +128,7 @@ impl Default for HttpConfig {
     fn default() -> HttpConfig {
         HttpConfig {
             listen: "0.0.0.0:8080".parse().expect("valid"),
+            tls: None,
         }
     }
 }
@@ -117,6 +147,10 @@ impl Default for AuthConfig {
         AuthConfig {
             root_password: None,
             session_ttl_hours: 24,
+            signin_failures_per_user: 5,
+            signin_failures_per_source: 20,
+            signin_window_secs: 300,
+            max_concurrent_hashes: 2,
         }
     }
 }
@@ -128,6 +162,8 @@ impl Default for JobsConfig {
             timeout_secs: 3600,
             stale_after_secs: 30,
             resolve_timeout_secs: 60,
+            max_attempts: 3,
+            allowed_networks: Vec::new(),
         }
     }
 }
@@ -180,6 +216,25 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "jobs.concurrency must be at least 1".into(),
             ));
+        }
+        let positive = [
+            (
+                "auth.signin_failures_per_user",
+                self.auth.signin_failures_per_user as u64,
+            ),
+            (
+                "auth.signin_failures_per_source",
+                self.auth.signin_failures_per_source as u64,
+            ),
+            ("auth.signin_window_secs", self.auth.signin_window_secs),
+            (
+                "auth.max_concurrent_hashes",
+                self.auth.max_concurrent_hashes as u64,
+            ),
+            ("jobs.max_attempts", u64::from(self.jobs.max_attempts)),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
         }
         if let Some(p) = &self.auth.root_password {
             if p.len() < crate::auth::MIN_PASSWORD {

@@ -8,7 +8,6 @@ use dragonfly_proto::manager::manager_server::ManagerServer;
 
 use crate::api::{router, AppState};
 use crate::config::Config;
-use crate::jobs::ratelimit::JobLimiter;
 use crate::jobs::runner::Runner;
 use crate::metrics::Metrics;
 use crate::store::Db;
@@ -70,14 +69,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on http.listen {}", config.http.listen))?;
     let http_addr = http.local_addr()?;
-    let app = router(AppState {
-        db: db.clone(),
-        config: config.clone(),
-        limiter: Arc::new(JobLimiter::default()),
-        metrics: metrics.clone(),
+    let app = router(AppState::new(
+        db.clone(),
+        config.clone(),
+        metrics.clone(),
         job_created,
-    });
+    ));
     tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(http, app).await {
             tracing::error!(error = %e, "HTTP server failed");
         }

@@ -18,6 +18,8 @@ pub struct ApiError {
     pub message: String,
     /// The offending request field, for 400s.
     pub field: Option<String>,
+    /// Seconds to send as `Retry-After` (429 and 503 answers).
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -35,6 +37,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
             field: Some(field.to_owned()),
+            retry_after: None,
         }
     }
 
@@ -44,6 +47,20 @@ impl ApiError {
             status,
             message: message.into(),
             field: None,
+            retry_after: None,
+        }
+    }
+
+    /// `status` with a `Retry-After` of `after` (rounded up to whole seconds).
+    pub fn retry(
+        status: StatusCode,
+        message: impl Into<String>,
+        after: std::time::Duration,
+    ) -> ApiError {
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        ApiError {
+            retry_after: Some(secs.max(1)),
+            ..ApiError::status(status, message)
         }
     }
 
@@ -87,7 +104,12 @@ impl IntoResponse for ApiError {
             message: &self.message,
             field: self.field.as_deref(),
         };
-        (self.status, Json(body)).into_response()
+        let mut res = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        res
     }
 }
 

@@ -17,6 +17,8 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::auth::hashing::HashPool;
+use crate::auth::limiter::SignInLimiter;
 use crate::config::Config;
 use crate::jobs::ratelimit::JobLimiter;
 use crate::metrics::Metrics;
@@ -35,6 +37,35 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Wakes the job runner when a job is created.
     pub job_created: Arc<tokio::sync::Notify>,
+    /// Sign-in attempts per source and per user.
+    pub signin_limiter: Arc<SignInLimiter>,
+    /// The bounded password hashing slots.
+    pub hashes: HashPool,
+}
+
+impl AppState {
+    /// The state of a manager with `config` over `db`.
+    pub fn new(
+        db: Db,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        job_created: Arc<tokio::sync::Notify>,
+    ) -> AppState {
+        let a = &config.auth;
+        AppState {
+            signin_limiter: Arc::new(SignInLimiter::new(
+                a.signin_failures_per_source,
+                a.signin_failures_per_user,
+                std::time::Duration::from_secs(a.signin_window_secs),
+            )),
+            hashes: HashPool::new(a.max_concurrent_hashes),
+            db,
+            config,
+            limiter: Arc::new(JobLimiter::default()),
+            metrics,
+            job_created,
+        }
+    }
 }
 
 /// Every route. Routes reached both ways (clusters, jobs) have one handler each; the auth kind

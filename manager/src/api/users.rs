@@ -1,7 +1,12 @@
-//! Sign-in, sign-out and the signed-in user.
+//! Sign-in, sign-out and the signed-in user. Sign-in is limited per source address and per
+//! user name (429 with `Retry-After` beyond the limits, whatever the password) and its
+//! password check takes one of the bounded hashing slots.
 
-use axum::extract::State;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::header::SET_COOKIE;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -10,7 +15,8 @@ use serde_json::json;
 use super::auth::{Session, SESSION_COOKIE};
 use super::error::{ApiError, JsonBody};
 use super::AppState;
-use crate::auth::{new_token, token_hash, verify_password, SESSION_PREFIX};
+use crate::auth::hashing::HashError;
+use crate::auth::{new_token, token_hash, SESSION_PREFIX};
 use crate::store::rfc3339;
 
 /// `POST /api/v1/users/signin` body.
@@ -21,26 +27,74 @@ pub struct SignIn {
     password: String,
 }
 
-/// Checks the password and opens a session: `{"token", "expire"}` and a cookie.
-pub async fn signin(
-    State(s): State<AppState>,
-    JsonBody(b): JsonBody<SignIn>,
-) -> Result<Response, ApiError> {
+/// The connection's peer address; unspecified when the server gives none (tests calling the
+/// router directly).
+fn source(info: Option<axum::Extension<ConnectInfo<SocketAddr>>>) -> IpAddr {
+    info.map(|i| i.0 .0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// Whether `b`'s password is right, within the sign-in limits; the user if it is.
+async fn check_password(
+    s: &AppState,
+    ip: IpAddr,
+    b: SignIn,
+) -> Result<Option<crate::store::users::User>, ApiError> {
+    s.signin_limiter
+        .attempt(ip, &b.name, std::time::Instant::now())
+        .map_err(|locked| {
+            tracing::warn!(source = %ip, reason = %locked, "sign-in refused by the rate limit");
+            ApiError::retry(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{locked} (auth.signin_* in the manager config set the limits)"),
+                locked.retry_after(),
+            )
+        })?;
     let found = s.db.user_by_name(&b.name).await?;
     // Verify against a real hash even for unknown users, so timing does not tell which
     // names exist.
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let hash = match &found {
-        Some((_, h)) => h.clone(),
-        None => DUMMY
-            .get_or_init(|| crate::auth::hash_password("no such user"))
-            .clone(),
-    };
-    let password = b.password.clone();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+    let hash = found.as_ref().map(|(_, h)| h.clone());
+    let ok = s
+        .hashes
+        .verify(b.password, hash)
         .await
-        .unwrap_or(false);
-    let Some((user, _)) = found.filter(|_| ok) else {
+        .map_err(|e| match e {
+            HashError::Busy => ApiError::retry(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+                std::time::Duration::from_secs(2),
+            ),
+            HashError::Task(_) => {
+                ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        })?;
+    if ok {
+        s.signin_limiter.succeeded(ip, &b.name);
+    }
+    Ok(found.filter(|_| ok).map(|(u, _)| u))
+}
+
+/// The session cookie: `HttpOnly; SameSite=Strict`, and `Secure` when served over TLS.
+pub fn session_cookie(s: &AppState, value: &str, max_age: u64) -> String {
+    let secure = if s.config.http.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!(
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+    )
+}
+
+/// Checks the password and opens a session: `{"token", "expire"}` and a cookie.
+pub async fn signin(
+    State(s): State<AppState>,
+    info: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    JsonBody(b): JsonBody<SignIn>,
+) -> Result<Response, ApiError> {
+    let ip = source(info);
+    let Some(user) = check_password(&s, ip, b).await? else {
+        tracing::info!(source = %ip, "sign-in with a wrong user name or password");
         return Err(ApiError::unauthorized("wrong user name or password"));
     };
     let token = new_token(SESSION_PREFIX);
@@ -49,10 +103,11 @@ pub async fn signin(
     let expire = rfc3339(expire);
     s.db.create_session(&token_hash(&token), user.id, &expire)
         .await?;
-    tracing::info!(user = %user.name, "signed in");
-    let cookie = format!(
-        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-        u64::from(s.config.auth.session_ttl_hours) * 3600
+    tracing::info!(user = %user.name, source = %ip, "signed in");
+    let cookie = session_cookie(
+        &s,
+        &token,
+        u64::from(s.config.auth.session_ttl_hours) * 3600,
     );
     Ok((
         [(SET_COOKIE, cookie)],
@@ -64,7 +119,7 @@ pub async fn signin(
 /// Ends the session.
 pub async fn signout(State(s): State<AppState>, session: Session) -> Result<Response, ApiError> {
     s.db.delete_session(&session.token_hash).await?;
-    let cookie = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; Max-Age=0");
+    let cookie = session_cookie(&s, "", 0);
     Ok(([(SET_COOKIE, cookie)], Json(json!({}))).into_response())
 }
 

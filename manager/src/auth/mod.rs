@@ -1,6 +1,11 @@
 //! Identity: argon2 password hashes, random session and personal-access tokens (stored only
 //! as SHA-256 hashes: they carry 256 random bits, so a fast hash is enough), and the root
 //! user created on first start with a configured password or a random one printed once.
+//! [`limiter`] bounds sign-in attempts per source and per user; [`hashing`] bounds how many
+//! Argon2 hashes run at once.
+
+pub mod hashing;
+pub mod limiter;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};

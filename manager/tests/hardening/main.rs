@@ -1,0 +1,7 @@
+//! Manager hardening (issue 11, item 6), each against a manager started in this process on
+//! loopback ports: sign-in limits, the preheat destination policy, secrets, the job attempt
+//! cap, security headers and TLS.
+
+mod harness;
+
+mod signin;
