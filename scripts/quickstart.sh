@@ -84,6 +84,8 @@ data_dir: $TB_DIR/manager
 http: {listen: "127.0.0.1:$MGR_HTTP"}
 grpc: {listen: "127.0.0.1:$MGR_GRPC", keepalive_interval_secs: 2}
 auth: {root_password: "$ROOT_PASSWORD"}
+# The registry runs on loopback; preheat URLs may point there only when allow-listed.
+jobs: {allowed_networks: ["127.0.0.0/8"]}
 YAML
   "$BIN_DIR/dragonfly-manager" --config "$TB_DIR/manager.yaml" > "$TB_DIR/manager.log" 2>&1 &
   echo $! > "$TB_DIR/manager.pid"

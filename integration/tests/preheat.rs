@@ -127,7 +127,8 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
     let mut manager = Manager::start_at(
         &swarm.path().join("manager"),
         "",
-        "jobs: {stale_after_secs: 2}\n",
+        // The registry is on loopback: allow-listed for preheat URLs.
+        "jobs: {stale_after_secs: 2, allowed_networks: ['127.0.0.0/8']}\n",
         http_port,
         grpc_port,
     )

@@ -20,6 +20,7 @@ pub mod config;
 pub mod grpc;
 pub mod jobs;
 pub mod metrics;
+pub mod redact;
 pub mod scopes;
 pub mod server;
 pub mod store;

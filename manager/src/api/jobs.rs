@@ -1,6 +1,7 @@
 //! Jobs over `/api/v1/jobs` (console session) and `/oapi/v1/jobs` (token with the `job`
 //! scope): create (PENDING, answered at once; 429 beyond the clusters' rate limits), list,
-//! get. Secrets never appear in answers.
+//! get. Secrets never appear in answers. A URL whose host resolves to a refused address
+//! (see [`crate::jobs::destination`]) is a 400 naming the URL and the address.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -48,6 +49,14 @@ pub async fn create(
             ));
         }
     }
+    for u in &new.preheat.urls {
+        let parsed = reqwest::Url::parse(u)
+            .map_err(|e| ApiError::bad("args.url", format!("{}: {e}", crate::redact::url(u))))?;
+        s.destinations
+            .check_url(&parsed)
+            .await
+            .map_err(|e| ApiError::bad("args.url", e.to_string()))?;
+    }
     let limits: Vec<(i64, u32)> = clusters
         .iter()
         .filter(|c| new.clusters.is_empty() || new.clusters.contains(&c.id))
@@ -74,7 +83,7 @@ pub async fn create(
         })
         .await?;
     s.metrics.jobs.with_label_values(&["created"]).inc();
-    tracing::info!(job = job.id, task_id = %job.task_id, url = %new.preheat.urls[0], kind = ?new.preheat.kind, "preheat job created");
+    tracing::info!(job = job.id, task_id = %job.task_id, url = %crate::redact::url(&new.preheat.urls[0]), kind = ?new.preheat.kind, "preheat job created");
     s.job_created.notify_one();
     Ok((StatusCode::CREATED, Json(shown(&clusters, job))))
 }

@@ -20,6 +20,7 @@ use axum::Router;
 use crate::auth::hashing::HashPool;
 use crate::auth::limiter::SignInLimiter;
 use crate::config::Config;
+use crate::jobs::destination::DestinationPolicy;
 use crate::jobs::ratelimit::JobLimiter;
 use crate::metrics::Metrics;
 use crate::store::Db;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub signin_limiter: Arc<SignInLimiter>,
     /// The bounded password hashing slots.
     pub hashes: HashPool,
+    /// Where preheat URLs may point.
+    pub destinations: Arc<DestinationPolicy>,
 }
 
 impl AppState {
@@ -59,6 +62,7 @@ impl AppState {
                 std::time::Duration::from_secs(a.signin_window_secs),
             )),
             hashes: HashPool::new(a.max_concurrent_hashes),
+            destinations: Arc::new(DestinationPolicy::new(config.jobs.allowed_networks.clone())),
             db,
             config,
             limiter: Arc::new(JobLimiter::default()),

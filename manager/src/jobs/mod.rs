@@ -3,7 +3,9 @@
 //! ([`runner`]).
 
 pub mod args;
+pub mod destination;
 pub mod image;
 pub mod model;
+pub mod preflight;
 pub mod ratelimit;
 pub mod runner;

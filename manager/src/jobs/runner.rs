@@ -18,6 +18,7 @@ use dragonfly_task::{TaskId, TaskRole};
 use tokio::sync::{Notify, Semaphore};
 
 use super::args::{Preheat, PreheatKind, Scope, Secrets};
+use super::destination::{DestinationPolicy, Refused};
 use super::image::{self, ManifestUrl};
 use super::model::{ClusterOutcome, HostTask, JobResult, JobState, TaskProgress};
 use crate::config::Config;
@@ -56,6 +57,8 @@ enum PlanError {
     Resolve(#[from] image::ResolveError),
     #[error(transparent)]
     FileId(#[from] dragonfly_task::TaskError),
+    #[error(transparent)]
+    Refused(#[from] Refused),
 }
 
 /// The runner.
@@ -64,6 +67,8 @@ pub struct Runner {
     config: Arc<Config>,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// Where preheat URLs may point.
+    destinations: Arc<DestinationPolicy>,
 }
 
 /// A job's growing log and result.
@@ -139,11 +144,13 @@ impl Runner {
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
     ) -> Arc<Runner> {
+        let destinations = Arc::new(DestinationPolicy::new(config.jobs.allowed_networks.clone()));
         Arc::new(Runner {
             db,
             config,
             wake,
             metrics,
+            destinations,
         })
     }
 
@@ -267,12 +274,24 @@ impl Runner {
         );
     }
 
+    /// Checks where every URL of `plan` leads (addresses, redirects, token realms) now,
+    /// when it is about to be fetched.
+    async fn check_destinations(&self, plan: &Preheat) -> Result<(), Refused> {
+        for u in &plan.urls {
+            let parsed =
+                reqwest::Url::parse(u).map_err(|_| Refused::NotHttp(crate::redact::url(u)))?;
+            super::preflight::walk(&self.destinations, plan.kind, &parsed).await?;
+        }
+        Ok(())
+    }
+
     /// The tasks of a preheat, and for an image by tag what the tag names.
     async fn tasks(
         &self,
         plan: &Preheat,
         secrets: &Secrets,
     ) -> Result<(Vec<(pb::Task, TaskRole)>, Option<ImageTag>), PlanError> {
+        self.check_destinations(plan).await?;
         let mut headers: std::collections::HashMap<String, String> = secrets
             .headers
             .iter()

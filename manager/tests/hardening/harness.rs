@@ -118,3 +118,13 @@ impl TestManager {
             .unwrap()
     }
 }
+
+/// Serves `app` on `ip` (a loopback address) at a free port; its address.
+pub async fn serve(ip: &str, app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind((ip.parse::<IpAddr>().unwrap(), 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
