@@ -142,8 +142,9 @@ pub struct Preheat {
     pub timeout_secs: u64,
 }
 
-/// Secrets of a job: never returned, never logged.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// Secrets of a job: never returned, never logged, deleted when the job ends.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Secrets {
     /// Registry user.
     pub username: String,
@@ -151,6 +152,16 @@ pub struct Secrets {
     pub password: String,
     /// Headers for the registry / origin.
     pub headers: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("username", &"…")
+            .field("password", &"…")
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// A checked creation request.
@@ -321,7 +332,8 @@ fn preheat_timeout(timeout: Option<&Value>, default: Duration) -> Result<u64, Fi
     Ok(secs)
 }
 
-/// The arguments as answered: everything but the secrets (header values blanked).
+/// The arguments as answered: everything but the secrets (user name, password and header
+/// values blanked; URLs without their query values and user info).
 fn shown_args(
     raw: &RawPreheat,
     urls: &[String],
@@ -331,13 +343,13 @@ fn shown_args(
 ) -> Value {
     json!({
         "type": raw.kind,
-        "url": urls[0],
-        "urls": &urls[1..],
+        "url": crate::redact::url(&urls[0]),
+        "urls": urls[1..].iter().map(|u| crate::redact::url(u)).collect::<Vec<_>>(),
         "tag": raw.tag,
         "application": raw.application,
         "filtered_query_params": raw.filtered_query_params,
         "headers": raw.headers.keys().map(|k| (k.clone(), Value::String(String::new()))).collect::<serde_json::Map<_, _>>(),
-        "username": raw.username,
+        "username": "",
         "password": "",
         "platform": platform,
         "piece_length": raw.piece_length,

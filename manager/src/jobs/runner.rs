@@ -94,7 +94,7 @@ impl LiveTask {
     fn progress(&self) -> TaskProgress {
         TaskProgress {
             task_id: self.task_id.clone(),
-            url: self.url.clone(),
+            url: crate::redact::url(&self.url),
             role: self.role,
             content_length: self.content_length,
             hosts: self.hosts.len(),
@@ -130,9 +130,11 @@ impl Progress {
         }
     }
 
+    /// Appends a log line; URLs in it lose their query values and user info.
     fn line(&mut self, s: impl AsRef<str>) {
         let t = chrono::Utc::now().format("%H:%M:%S");
-        self.log.push_str(&format!("{t} {}\n", s.as_ref()));
+        let s = crate::redact::text(s.as_ref());
+        self.log.push_str(&format!("{t} {s}\n"));
     }
 }
 
@@ -159,14 +161,7 @@ impl Runner {
         let slots = Arc::new(Semaphore::new(self.config.jobs.concurrency.max(1)));
         let stale = Duration::from_secs(self.config.jobs.stale_after_secs.max(1));
         loop {
-            match self.db.requeue_stale_jobs(stale).await {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(
-                    jobs = n,
-                    "requeued RUNNING jobs whose manager stopped reporting"
-                ),
-                Err(e) => tracing::error!(error = %e, "cannot requeue stale jobs"),
-            }
+            self.requeue_stale(stale).await;
             // Claim while there are free slots and pending jobs.
             loop {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -194,6 +189,30 @@ impl Runner {
         }
     }
 
+    /// Requeues RUNNING jobs whose manager stopped reporting, or fails them at the cap.
+    async fn requeue_stale(&self, stale: Duration) {
+        let max = self.config.jobs.max_attempts;
+        match self.db.requeue_stale_jobs(stale, max).await {
+            Ok((requeued, failed)) => {
+                for job in requeued {
+                    tracing::warn!(
+                        job,
+                        "requeued a RUNNING job whose manager stopped reporting"
+                    );
+                }
+                for job in failed {
+                    self.metrics.jobs.with_label_values(&["failure"]).inc();
+                    tracing::warn!(
+                        job,
+                        max_attempts = max,
+                        "job FAILURE: its manager stopped while running it jobs.max_attempts times"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot requeue stale jobs"),
+        }
+    }
+
     async fn run_job(&self, c: Claimed) {
         let id = c.job.id;
         let started = Instant::now();
@@ -209,7 +228,16 @@ impl Runner {
             ));
         }
         tracing::info!(job = id, task_id = %c.job.task_id, attempt = c.job.attempts, "job started");
+        let max = self.config.jobs.max_attempts;
         let (success, progress) = match JobPlan::of(&c) {
+            // Requeued by a manager with a higher cap, or before there was one.
+            _ if c.job.attempts > i64::from(max) => {
+                progress.line(format!(
+                    "run {} is over jobs.max_attempts ({max}); not running it again",
+                    c.job.attempts
+                ));
+                (false, progress)
+            }
             Err(e) => {
                 progress.line(format!("the stored job cannot be read: {e}"));
                 (false, progress)
@@ -466,7 +494,10 @@ impl Runner {
         timeout_secs: u64,
         progress: &tokio::sync::Mutex<Progress>,
     ) -> (bool, ClusterOutcome) {
-        let fail = |e: String| (false, ClusterOutcome::failed(cluster_id, e));
+        let fail = |e: String| {
+            let e = crate::redact::text(&e).into_owned();
+            (false, ClusterOutcome::failed(cluster_id, e))
+        };
         let schedulers = match self
             .db
             .members(Kind::Scheduler, Some(cluster_id), true)
@@ -553,13 +584,13 @@ impl Runner {
     ) -> (bool, ClusterOutcome) {
         let host_task = |r: &pb::PreheatResult| HostTask {
             task_id: r.task_id.clone(),
-            url: r.url.clone(),
+            url: crate::redact::url(&r.url),
             hostname: r.hostname.clone(),
             ip: r.ip.clone(),
             description: if r.ok {
                 String::new()
             } else {
-                r.description.clone()
+                crate::redact::text(&r.description).into_owned()
             },
         };
         let (ok, failed): (Vec<&pb::PreheatResult>, Vec<&pb::PreheatResult>) =

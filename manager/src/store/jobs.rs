@@ -225,7 +225,8 @@ impl Db {
         Ok(())
     }
 
-    /// Ends a RUNNING job as `state` (SUCCESS or FAILURE).
+    /// Ends a RUNNING job as `state` (SUCCESS or FAILURE). Its secrets and plan (which holds
+    /// the URLs as given, signatures included) are deleted: only the runner needed them.
     pub async fn finish_job(
         &self,
         id: i64,
@@ -235,7 +236,8 @@ impl Db {
     ) -> Result<(), StoreError> {
         let t = now();
         sqlx::query(
-            "UPDATE jobs SET state = $1, result = $2, log = $3, updated_at = $4, finished_at = $4 WHERE id = $5 AND state = 'RUNNING'",
+            "UPDATE jobs SET state = $1, result = $2, log = $3, updated_at = $4, finished_at = $4, \
+             secrets = '{}', plan = '{}' WHERE id = $5 AND state = 'RUNNING'",
         )
         .bind(state.as_str())
         .bind(serde_json::to_string(result).expect("results serialize"))
@@ -248,24 +250,126 @@ impl Db {
     }
 
     /// Puts RUNNING jobs without a heartbeat for `stale` back to PENDING (their runner
-    /// died); returns how many.
-    pub async fn requeue_stale_jobs(&self, stale: std::time::Duration) -> Result<u64, StoreError> {
+    /// died), except those that ran `max_attempts` times already: they end as FAILURE with a
+    /// log line saying why, their secrets deleted. Returns the IDs requeued and failed.
+    pub async fn requeue_stale_jobs(
+        &self,
+        stale: std::time::Duration,
+        max_attempts: u32,
+    ) -> Result<(Vec<i64>, Vec<i64>), StoreError> {
         let cutoff =
             rfc3339(chrono::Utc::now() - chrono::Duration::from_std(stale).unwrap_or_default());
-        let done = sqlx::query(
-            "UPDATE jobs SET state = 'PENDING', updated_at = $1 WHERE state = 'RUNNING' AND updated_at < $2",
+        let t = now();
+        let stamp = chrono::Utc::now().format("%H:%M:%S");
+        let line = format!(
+            "{stamp} the manager running this job stopped {max_attempts} times \
+             (jobs.max_attempts); not running it again\n{stamp} FAILURE\n"
+        );
+        let failed = sqlx::query(
+            "UPDATE jobs SET state = 'FAILURE', log = log || $1, updated_at = $2, finished_at = $2, \
+             secrets = '{}', plan = '{}' \
+             WHERE state = 'RUNNING' AND updated_at < $3 AND attempts >= $4 RETURNING id",
         )
-        .bind(now())
-        .bind(cutoff)
-        .execute(&self.pool)
+        .bind(line)
+        .bind(&t)
+        .bind(&cutoff)
+        .bind(i64::from(max_attempts))
+        .fetch_all(&self.pool)
         .await?;
-        Ok(done.rows_affected())
+        let requeued = sqlx::query(
+            "UPDATE jobs SET state = 'PENDING', updated_at = $1 WHERE state = 'RUNNING' AND updated_at < $2 RETURNING id",
+        )
+        .bind(&t)
+        .bind(&cutoff)
+        .fetch_all(&self.pool)
+        .await?;
+        let ids = |rows: Vec<AnyRow>| -> Result<Vec<i64>, StoreError> {
+            rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+        };
+        Ok((ids(requeued)?, ids(failed)?))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&format!("sqlite://{}", dir.path().join("m.db").display()))
+            .await
+            .unwrap();
+        (dir, db)
+    }
+
+    async fn new_job(db: &Db) -> i64 {
+        let secrets = serde_json::json!({"username": "u", "password": "hunter22", "headers": {}});
+        db.create_job(&NewJobRow {
+            kind: "preheat",
+            bio: "",
+            args: &serde_json::json!({}),
+            plan: &serde_json::json!({"urls": ["https://h/f?sig=abc"]}),
+            secrets: &secrets,
+            clusters: &[],
+            user_id: None,
+        })
+        .await
+        .unwrap()
+        .id
+    }
+
+    async fn raw(db: &Db, id: i64) -> (String, String) {
+        let row = sqlx::query("SELECT secrets, plan FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        (
+            row.try_get("secrets").unwrap(),
+            row.try_get("plan").unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_finished_job_keeps_no_secrets() {
+        let (_dir, db) = db().await;
+        let id = new_job(&db).await;
+        assert!(raw(&db, id).await.0.contains("hunter22"));
+        db.claim_job().await.unwrap().unwrap();
+        db.finish_job(id, JobState::Failure, &JobResult::default(), "")
+            .await
+            .unwrap();
+        assert_eq!(raw(&db, id).await, ("{}".to_owned(), "{}".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_manager_dies_max_attempts_times_fails() {
+        let (_dir, db) = db().await;
+        let id = new_job(&db).await;
+        let stale = std::time::Duration::ZERO;
+        for attempt in 1..=3 {
+            let c = db.claim_job().await.unwrap().expect("pending again");
+            assert_eq!(c.job.attempts, attempt);
+            // The runner dies here; its heartbeat gets old.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            let (requeued, failed) = db.requeue_stale_jobs(stale, 3).await.unwrap();
+            if attempt < 3 {
+                assert_eq!((requeued, failed), (vec![id], vec![]));
+            } else {
+                assert_eq!((requeued, failed), (vec![], vec![id]));
+            }
+        }
+        let job = db.job(id).await.unwrap();
+        assert_eq!(job.state, JobState::Failure);
+        assert!(
+            job.log.contains("stopped 3 times (jobs.max_attempts)"),
+            "{}",
+            job.log
+        );
+        assert!(job.finished_at.is_some());
+        assert!(db.claim_job().await.unwrap().is_none(), "not run again");
+        assert_eq!(raw(&db, id).await.0, "{}");
+    }
 
     /// A job stored before migration 0003 (plan and secrets together in `secrets`) is split
     /// when the manager starts on that database.

@@ -15,13 +15,24 @@ pub struct TestManager {
     pub url: String,
     /// Its config.
     pub config: Config,
-    /// Holds the database.
-    pub dir: tempfile::TempDir,
+    /// Holds the database (removed when dropped).
+    _dir: tempfile::TempDir,
 }
 
 /// Starts a manager whose config `edit` adjusts.
 pub async fn start(edit: impl FnOnce(&mut Config)) -> TestManager {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(tempfile::tempdir().unwrap(), edit).await
+}
+
+/// The SQLite URL of a manager in `dir`.
+pub fn database_url(dir: &std::path::Path) -> String {
+    let mut config = Config::default();
+    config.data_dir = dir.to_owned();
+    config.database_url()
+}
+
+/// Like [`start`] with its database in `dir`.
+pub async fn start_in(dir: tempfile::TempDir, edit: impl FnOnce(&mut Config)) -> TestManager {
     let mut config = Config::default();
     config.data_dir = dir.path().to_owned();
     config.http.listen = "127.0.0.1:0".parse().unwrap();
@@ -40,7 +51,7 @@ pub async fn start(edit: impl FnOnce(&mut Config)) -> TestManager {
     TestManager {
         url: format!("{scheme}://{}", running.http),
         config,
-        dir,
+        _dir: dir,
     }
 }
 
@@ -111,11 +122,9 @@ impl TestManager {
         panic!("job {id} did not finish in 30 s");
     }
 
-    /// The database, opened beside the manager.
-    pub async fn db(&self) -> dragonfly_manager::store::Db {
-        dragonfly_manager::store::Db::open(&self.config.database_url())
-            .await
-            .unwrap()
+    /// Its database URL.
+    pub fn db_url(&self) -> String {
+        self.config.database_url()
     }
 }
 

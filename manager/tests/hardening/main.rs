@@ -5,4 +5,5 @@
 mod harness;
 
 mod destinations;
+mod secrets;
 mod signin;
