@@ -12,6 +12,8 @@
 //! * [`jobs`] — the preheat contract, image resolution, rate limits, the durable runner.
 //! * [`grpc`] — registration and keepalive of schedulers and seed peers; scheduler lists.
 //! * [`scopes`] — which cluster serves a peer.
+//! * [`listener`] — the HTTP listener, plain or TLS.
+//! * [`redact`] — URLs as shown and logged (no query values, no user info).
 //! * [`server`] — wiring it all together.
 
 pub mod api;
@@ -19,6 +21,7 @@ pub mod auth;
 pub mod config;
 pub mod grpc;
 pub mod jobs;
+pub mod listener;
 pub mod metrics;
 pub mod redact;
 pub mod scopes;

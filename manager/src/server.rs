@@ -9,6 +9,7 @@ use dragonfly_proto::manager::manager_server::ManagerServer;
 use crate::api::{router, AppState};
 use crate::config::Config;
 use crate::jobs::runner::Runner;
+use crate::listener::{Peer, TlsListener};
 use crate::metrics::Metrics;
 use crate::store::Db;
 
@@ -75,12 +76,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics.clone(),
         job_created,
     ));
-    tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(http, app).await {
-            tracing::error!(error = %e, "HTTP server failed");
+    let app = app.into_make_service_with_connect_info::<Peer>();
+    match &config.http.tls {
+        None => tokio::spawn(async move {
+            if let Err(e) = axum::serve(http, app).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }),
+        Some(files) => {
+            let https = TlsListener::new(http, crate::listener::acceptor(files)?)?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(https, app).await {
+                    tracing::error!(error = %e, "HTTPS server failed");
+                }
+            })
         }
-    });
+    };
 
     let grpc = tokio::net::TcpListener::bind(config.grpc.listen)
         .await
@@ -96,7 +107,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tracing::error!(error = %e, "gRPC server failed");
         }
     });
-    tracing::info!(http = %http_addr, grpc = %grpc_addr, database = ?url.split("://").next(), "manager ready");
+    tracing::info!(http = %http_addr, tls = config.http.tls.is_some(), grpc = %grpc_addr, database = ?url.split("://").next(), "manager ready");
     Ok(Running {
         http: http_addr,
         grpc: grpc_addr,

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod clusters;
 pub mod console;
 pub mod error;
+pub mod headers;
 pub mod hosts;
 pub mod jobs;
 pub mod openapi;
@@ -76,6 +77,7 @@ impl AppState {
 /// is a route layer: a console session on `/api/v1`, a personal access token with the
 /// route's scope on `/oapi/v1`.
 pub fn router(state: AppState) -> Router {
+    let tls = state.config.http.tls.is_some();
     let clusters = Router::new()
         .route("/clusters", post(clusters::create).get(clusters::list))
         .route(
@@ -114,7 +116,7 @@ pub fn router(state: AppState) -> Router {
     let oapi = Router::new()
         .merge(clusters.route_layer(token("cluster")))
         .merge(jobs.route_layer(token("job")));
-    Router::new()
+    let routes = Router::new()
         .nest("/api/v1", api)
         .nest("/oapi/v1", oapi)
         .route("/healthy", get(|| async { "OK" }))
@@ -130,8 +132,8 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,
-        ))
-        .with_state(state)
+        ));
+    headers::with_security_headers(routes, tls).with_state(state)
 }
 
 async fn metrics_text(axum::extract::State(s): axum::extract::State<AppState>) -> String {

@@ -2,7 +2,7 @@
 //! user name (429 with `Retry-After` beyond the limits, whatever the password) and its
 //! password check takes one of the bounded hashing slots.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::header::SET_COOKIE;
@@ -17,6 +17,7 @@ use super::error::{ApiError, JsonBody};
 use super::AppState;
 use crate::auth::hashing::HashError;
 use crate::auth::{new_token, token_hash, SESSION_PREFIX};
+use crate::listener::Peer;
 use crate::store::rfc3339;
 
 /// `POST /api/v1/users/signin` body.
@@ -29,8 +30,8 @@ pub struct SignIn {
 
 /// The connection's peer address; unspecified when the server gives none (tests calling the
 /// router directly).
-fn source(info: Option<axum::Extension<ConnectInfo<SocketAddr>>>) -> IpAddr {
-    info.map(|i| i.0 .0.ip())
+fn source(info: Option<axum::Extension<ConnectInfo<Peer>>>) -> IpAddr {
+    info.map(|i| i.0 .0 .0.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
@@ -89,7 +90,7 @@ pub fn session_cookie(s: &AppState, value: &str, max_age: u64) -> String {
 /// Checks the password and opens a session: `{"token", "expire"}` and a cookie.
 pub async fn signin(
     State(s): State<AppState>,
-    info: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    info: Option<axum::Extension<ConnectInfo<Peer>>>,
     JsonBody(b): JsonBody<SignIn>,
 ) -> Result<Response, ApiError> {
     let ip = source(info);

@@ -26,15 +26,19 @@ pub async fn start(edit: impl FnOnce(&mut Config)) -> TestManager {
 
 /// The SQLite URL of a manager in `dir`.
 pub fn database_url(dir: &std::path::Path) -> String {
-    let mut config = Config::default();
-    config.data_dir = dir.to_owned();
-    config.database_url()
+    Config {
+        data_dir: dir.to_owned(),
+        ..Default::default()
+    }
+    .database_url()
 }
 
 /// Like [`start`] with its database in `dir`.
 pub async fn start_in(dir: tempfile::TempDir, edit: impl FnOnce(&mut Config)) -> TestManager {
-    let mut config = Config::default();
-    config.data_dir = dir.path().to_owned();
+    let mut config = Config {
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    };
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.grpc.listen = "127.0.0.1:0".parse().unwrap();
     config.auth.root_password = Some(ROOT_PASSWORD.into());

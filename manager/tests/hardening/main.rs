@@ -7,3 +7,4 @@ mod harness;
 mod destinations;
 mod secrets;
 mod signin;
+mod web;
