@@ -184,16 +184,38 @@ mod corrupt_parent {
         }
     }
 
+    /// The liar's claims to every piece of `layers` (digests of bytes it does not have).
+    fn liar_reports(d: &str, blob: &[u8]) -> Vec<pb::PieceFinished> {
+        blob.chunks(PIECE)
+            .enumerate()
+            .map(|(n, p)| pb::PieceFinished {
+                peer_id: format!("liar-{d}"),
+                task_id: d.to_owned(),
+                piece: Some(pb::PieceInfo {
+                    number: n as u32,
+                    digest: format!("sha256:{}", hex::encode(Sha256::digest([p, b"x"].concat()))),
+                    length: p.len() as u32,
+                }),
+                parent_id: String::new(),
+                cost_ms: 1,
+            })
+            .collect()
+    }
+
+    /// A rogue member claims every piece of every layer with false digests, before anyone
+    /// fetched them: its claims record nothing, so it is offered to nobody until a peer sent
+    /// to the origin recorded the true digests; then the node it serves finds its bytes wrong
+    /// and it is blocklisted; its false reports after that are refused; no bad byte reaches a
+    /// container.
     #[test]
-    fn a_parent_serving_corrupt_pieces_is_blocklisted_and_no_bad_byte_is_served() {
-        let swarm = Swarm::start(1, "prefetch: {background: false}").expect("swarm");
+    fn a_rogue_member_reporting_false_digests_and_serving_bad_bytes_is_refused_and_blocklisted() {
+        let swarm = Swarm::start(2, "prefetch: {background: false}").expect("swarm");
         let img = fixtures::large().expect("fixture");
         let [_, esgz, _] = swarm.publish("large", &img).expect("publish").refs();
         let layers = layer_digests(&esgz);
         let rt = tokio::runtime::Runtime::new().unwrap();
         let liar_port = dragonfly_integration::procs::free_port();
-        // The liar announces itself and claims every piece of every layer, with true digests.
-        rt.block_on(async {
+        let mut c = rt.block_on(async {
             let mut c = SchedulerClient::connect(format!("http://{}", swarm.scheduler.addr))
                 .await
                 .unwrap();
@@ -229,22 +251,12 @@ mod corrupt_parent {
                 })
                 .await
                 .unwrap();
-                let reports: Vec<pb::PieceFinished> = blob
-                    .chunks(PIECE)
-                    .enumerate()
-                    .map(|(n, p)| pb::PieceFinished {
-                        peer_id: format!("liar-{d}"),
-                        task_id: d.clone(),
-                        piece: Some(pb::PieceInfo {
-                            number: n as u32,
-                            digest: format!("sha256:{}", hex::encode(Sha256::digest(p))),
-                            length: p.len() as u32,
-                        }),
-                        parent_id: String::new(),
-                        cost_ms: 1,
-                    })
-                    .collect();
-                c.report_pieces(tokio_stream::iter(reports)).await.unwrap();
+                let ack = c
+                    .report_pieces(tokio_stream::iter(liar_reports(d, &blob)))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(ack.refused, 0, "nothing recorded yet to contradict");
             }
             let huge = std::fs::read(swarm.registry.blob_path(&layers[1])).unwrap();
             tokio::spawn(
@@ -252,25 +264,48 @@ mod corrupt_parent {
                     .add_service(PeerServer::new(Liar { blob: huge }))
                     .serve(format!("127.0.0.1:{liar_port}").parse().unwrap()),
             );
+            // A member in good standing keeps its host alive.
+            let mut alive = c.clone();
+            tokio::spawn(async move {
+                loop {
+                    let _ = alive
+                        .keep_alive(pb::KeepAliveRequest {
+                            host_id: "liar".into(),
+                            active_uploads: 0,
+                        })
+                        .await;
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+            });
+            c
         });
-        let node = &swarm.nodes[0];
-        node.containerd.rpull(&esgz).expect("rpull");
         let want = fixtures::large_huge_sha256();
-        let (ok, out) = node.containerd.run_once(
-            "dragonfly",
-            &esgz,
-            "read",
-            &["/bin/sha256sum", "/data/huge.bin"],
-        );
-        assert!(
-            ok && out.contains(&want),
-            "corrupt pieces reached the container: {out}\n{}",
+        let run = |i: usize| {
+            let node = &swarm.nodes[i];
+            node.containerd.rpull(&esgz).expect("rpull");
+            let (ok, out) = node.containerd.run_once(
+                "dragonfly",
+                &esgz,
+                "read",
+                &["/bin/sha256sum", "/data/huge.bin"],
+            );
+            assert!(
+                ok && out.contains(&want),
+                "corrupt pieces reached the container of node {i}: {out}\n{}",
+                swarm.logs()
+            );
+            node.metric("dragonfly_snapshotter_p2p_bad_parents_total", "corrupt")
+        };
+        assert_eq!(
+            run(0),
+            0.0,
+            "an unrecorded claim was offered\n{}",
             swarm.logs()
         );
-        let corrupt = node.metric("dragonfly_snapshotter_p2p_bad_parents_total", "corrupt");
+        let corrupt = run(1);
         assert!(
             corrupt >= 1.0,
-            "the liar was not reported\n{}",
+            "the liar was not offered once digests were recorded\n{}",
             swarm.logs()
         );
         assert!(
@@ -278,10 +313,22 @@ mod corrupt_parent {
             "{}",
             swarm.logs()
         );
-        // Once blocklisted it is never offered again: everything else came from the origin.
+        // Once blocklisted it is never offered again: everything else came from elsewhere.
         assert!(
             corrupt <= 8.0,
             "reported {corrupt} times: it kept being offered"
+        );
+        // Its false reports now contradict the recorded digests of what node 0 read.
+        let d = &layers[1];
+        let blob = std::fs::read(swarm.registry.blob_path(d)).unwrap();
+        let ack = rt
+            .block_on(c.report_pieces(tokio_stream::iter(liar_reports(d, &blob))))
+            .unwrap()
+            .into_inner();
+        assert!(
+            ack.refused >= 1,
+            "false digests accepted: {ack:?}\n{}",
+            swarm.logs()
         );
         drop(rt);
     }
@@ -443,12 +490,14 @@ fn a_parent_killed_mid_transfer_does_not_stop_the_pull() {
 
 #[test]
 fn after_a_scheduler_restart_peers_announce_what_they_hold_again() {
-    let mut swarm = Swarm::start(2, "prefetch: {background: false}").expect("swarm");
+    // Node 0 is the seed: after the restart its announcement records the piece digests
+    // again (a plain peer's cannot), so node 2 can take node 1's pieces.
+    let mut swarm = Swarm::start_with_seeds(1, 3, "prefetch: {background: false}").expect("swarm");
     let img = fixtures::large().expect("fixture");
     let [_, esgz, _] = swarm.publish("large", &img).expect("publish").refs();
     let layers = layer_digests(&esgz);
     let want = fixtures::large_huge_sha256();
-    let a = &swarm.nodes[0];
+    let a = &swarm.nodes[1];
     a.containerd.rpull(&esgz).expect("rpull");
     let (ok, out) = a.containerd.run_once(
         "dragonfly",
@@ -457,26 +506,44 @@ fn after_a_scheduler_restart_peers_announce_what_they_hold_again() {
         &["/bin/sha256sum", "/data/huge.bin"],
     );
     assert!(ok && out.contains(&want), "{out}");
-    swarm.scheduler.restart().expect("scheduler restart");
-    // Node 0 notices at its next keepalive (1 s), announces again and re-reports its pieces,
-    // once per layer it holds pieces of.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    // The seed's fills end, so the registry's count below is node 2's alone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while swarm.nodes[0]
         .daemon
         .log()
-        .matches("announced pieces already held")
+        .matches("triggered download complete and verified")
         .count()
         < layers.len()
     {
         assert!(
             std::time::Instant::now() < deadline,
-            "node 0 did not re-announce\n{}",
+            "the seed did not finish its fills\n{}",
             swarm.logs()
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    swarm.scheduler.restart().expect("scheduler restart");
+    // The seed and node 1 notice at their next keepalive (1 s), announce again and re-report
+    // their pieces, once per layer they hold pieces of.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    for i in [0, 1] {
+        while swarm.nodes[i]
+            .daemon
+            .log()
+            .matches("announced pieces already held")
+            .count()
+            < layers.len()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {i} did not re-announce\n{}",
+                swarm.logs()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
     let before: u64 = layers.iter().map(|d| swarm.registry.bytes_sent(d)).sum();
-    let b = &swarm.nodes[1];
+    let b = &swarm.nodes[2];
     b.containerd.rpull(&esgz).expect("rpull");
     let (ok, out) = b.containerd.run_once(
         "dragonfly",
@@ -489,7 +556,7 @@ fn after_a_scheduler_restart_peers_announce_what_they_hold_again() {
     assert_eq!(
         after - before,
         0,
-        "node 1 went to the registry after the scheduler restart\n{}",
+        "node 2 went to the registry after the scheduler restart\n{}",
         swarm.logs()
     );
 }

@@ -57,14 +57,14 @@ fn response(decision: pb::Decision, reason: &str) -> pb::FindParentsResponse {
     }
 }
 
-/// The best `limit` parents for `req` among the task's holders: a random sample of at most
+/// The best `limit` parents for `child` among the task's holders: a random sample of at most
 /// `scan_limit` holders, skipping the child itself, its own host, blocklisted and avoided
-/// peers and peers with none of the pieces, scored until `filter_parent_limit` candidates.
+/// peers and peers with none of `pieces`, scored until `filter_parent_limit` candidates.
 fn scan_candidates<'t>(
     t: &'t TaskState,
     hosts: &HashMap<Arc<str>, HostInfo>,
     child: &PeerState,
-    req: &pb::FindParentsRequest,
+    pieces: &[u32],
     cfg: &SchedulingConfig,
     limit: usize,
     rng: &mut impl Rng,
@@ -78,13 +78,13 @@ fn scan_candidates<'t>(
     };
     let mut scored: Vec<(f64, &Arc<str>)> = Vec::with_capacity(cfg.filter_parent_limit.min(64));
     let n = t.holders.len();
-    if n == 0 || req.pieces.is_empty() {
+    if n == 0 || pieces.is_empty() {
         return Ok(Vec::new());
     }
     let start = rng.random_range(0..n);
     for i in 0..n.min(cfg.scan_limit) {
         let id = &t.holders[(start + i) % n];
-        if **id == *req.peer_id || t.blocklist.contains(id) || child.avoid.contains(id) {
+        if *id == child.id || t.blocklist.contains(id) || child.avoid.contains(id) {
             continue;
         }
         let Some(p) = t.peers.get(id) else { continue };
@@ -94,7 +94,7 @@ fn scan_candidates<'t>(
         let Some(host) = hosts.get(&p.host_id) else {
             continue;
         };
-        let has = req.pieces.iter().filter(|n| p.pieces.contains(**n)).count();
+        let has = pieces.iter().filter(|n| p.pieces.contains(**n)).count();
         if has == 0 {
             continue;
         }
@@ -102,7 +102,7 @@ fn scan_candidates<'t>(
             child_place,
             Candidate {
                 has,
-                asked: req.pieces.len(),
+                asked: pieces.len(),
                 active_uploads: host.active_uploads,
                 upload_slots: host.upload_slots,
                 uploads_ok: p.uploads_ok,
@@ -124,11 +124,11 @@ fn scan_candidates<'t>(
     Ok(scored)
 }
 
-/// The answer entries of the chosen parents: address and which of the asked pieces each has.
+/// The answer entries of the chosen parents: address and which of `pieces` each has.
 fn to_parents(
     t: &TaskState,
     hosts: &HashMap<Arc<str>, HostInfo>,
-    req: &pb::FindParentsRequest,
+    pieces: &[u32],
     chosen: Vec<(f64, &Arc<str>)>,
 ) -> Vec<pb::Parent> {
     chosen
@@ -141,8 +141,7 @@ fn to_parents(
                 host_id: host.id.to_string(),
                 ip: host.ip.clone(),
                 upload_port: host.upload_port,
-                pieces: req
-                    .pieces
+                pieces: pieces
                     .iter()
                     .copied()
                     .filter(|n| p.pieces.contains(*n))
@@ -191,10 +190,13 @@ pub fn find_parents(
             })
         })
         .collect();
+    // Holders are offered only for pieces whose digest is recorded (by the seed or a peer
+    // sent to the origin): what they send can be checked on arrival, and blamed on them.
+    let recorded: Vec<u32> = digests.iter().map(|d| d.number).collect();
     // Score candidates without allocating; build the answer for the winners only.
     let parents = state.with_hosts(|hosts| -> Result<_, StateError> {
-        let chosen = scan_candidates(&t, hosts, child, req, cfg, limit, rng)?;
-        Ok(to_parents(&t, hosts, req, chosen))
+        let chosen = scan_candidates(&t, hosts, child, &recorded, cfg, limit, rng)?;
+        Ok(to_parents(&t, hosts, &recorded, chosen))
     })?;
     if !parents.is_empty() {
         if let Some(c) = t.peers.get_mut(req.peer_id.as_str()) {
@@ -450,10 +452,22 @@ mod tests {
         s
     }
 
+    /// Marks `peer` as sent to the origin by the scheduler (what a BackToSource answer does).
+    fn sent_to_origin(s: &State, peer: &str) {
+        let task = s.task("sha256:task").unwrap();
+        task.lock()
+            .unwrap()
+            .peers
+            .get_mut(peer)
+            .unwrap()
+            .back_to_source = true;
+    }
+
     #[test]
     fn parents_are_ranked_and_filtered() {
         let s = swarm(false);
         let cfg = SchedulingConfig::default();
+        sent_to_origin(&s, "pc");
         // pb has 1 piece, pc has 3 (origin), pd has 3 but is avoided later.
         for n in 0..3 {
             s.piece_finished(&piece("pc", n, "")).unwrap();
@@ -511,6 +525,7 @@ mod tests {
     #[test]
     fn contradicting_digests_are_refused_and_bad_input_is_an_error() {
         let s = swarm(false);
+        sent_to_origin(&s, "pc");
         assert!(s.piece_finished(&piece("pc", 1, "")).unwrap());
         let mut liar = piece("pd", 1, "");
         liar.piece.as_mut().unwrap().digest = digest(99);
@@ -692,10 +707,49 @@ mod tests {
         );
     }
 
+    /// A piece's digest is what the seed or a peer the scheduler sent to the origin reported;
+    /// any other peer claiming a piece with no parent becomes a holder but records nothing.
+    #[test]
+    fn only_origin_facing_peers_record_piece_digests() {
+        let cfg = SchedulingConfig::default();
+        let recorded = |s: &State, n: u32| {
+            let (r, _) = ask(s, &cfg, "pa", &[n]);
+            r.digests
+                .iter()
+                .find(|d| d.number == n)
+                .map(|d| d.digest.clone())
+        };
+        let s = swarm(true);
+        s.register_peer("seed", "pseed", &task()).unwrap();
+        let mut forged = piece("pd", 2, "");
+        forged.piece.as_mut().unwrap().digest = digest(99);
+        assert!(s.piece_finished(&forged).unwrap(), "a holder, but...");
+        assert_eq!(recorded(&s, 2), None, "...its digest is not the piece's");
+        assert!(s.piece_finished(&piece("pseed", 2, "")).unwrap());
+        assert_eq!(recorded(&s, 2), Some(digest(2)), "the seed's report is");
+        assert!(
+            !s.piece_finished(&forged).unwrap(),
+            "and now pd contradicts it"
+        );
+        // A child of a parent never records.
+        assert!(s.piece_finished(&piece("pb", 3, "pseed")).unwrap());
+        assert_eq!(recorded(&s, 3), None);
+
+        // Without a seed, the peer the scheduler sends to the origin records.
+        let s = swarm(false);
+        let (r, _) = ask(&s, &cfg, "pe", &[4]);
+        assert_eq!(decision(&r), pb::Decision::BackToSource, "{r:?}");
+        assert!(s.piece_finished(&piece("pe", 4, "")).unwrap());
+        assert_eq!(recorded(&s, 4), Some(digest(4)));
+    }
+
     #[test]
     fn silent_hosts_expire_with_their_peers() {
         let s = swarm(false);
+        sent_to_origin(&s, "pc");
         s.piece_finished(&piece("pc", 0, "")).unwrap();
+        let (r, _) = ask(&s, &SchedulingConfig::default(), "pa", &[0]);
+        assert_eq!(r.parents.len(), 1, "{r:?}");
         std::thread::sleep(Duration::from_millis(20));
         for h in ["a", "b", "d", "e"] {
             assert!(s.keepalive(h, 0));

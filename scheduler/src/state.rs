@@ -203,14 +203,14 @@ fn check_id(what: &str, id: &str) -> Result<(), StateError> {
     Ok(())
 }
 
-fn check_digest(d: &str) -> Result<(), StateError> {
+fn check_digest(what: &str, d: &str) -> Result<(), StateError> {
     let ok = dragonfly_task::Digest::parse(d)
         .is_ok_and(|d| d.algorithm() == dragonfly_task::DigestAlgorithm::Sha256);
     if ok {
         Ok(())
     } else {
         Err(StateError::Invalid(format!(
-            "piece digest {d:?} is not sha256:<64 hex>"
+            "{what} {d:?} is not sha256:<64 hex>"
         )))
     }
 }
@@ -359,6 +359,15 @@ impl State {
                 task.piece_length
             )));
         }
+        if !task.digest.is_empty() {
+            check_digest("task.digest", &task.digest)?;
+            if task.id.starts_with("sha256:") && task.digest != task.id {
+                return Err(StateError::Invalid(format!(
+                    "task.digest {} of a blob must be its ID {}",
+                    task.digest, task.id
+                )));
+            }
+        }
         if self.host(host_id).is_none() {
             return Err(StateError::UnknownHost(host_id.to_owned()));
         }
@@ -424,7 +433,7 @@ impl State {
             .piece
             .as_ref()
             .ok_or_else(|| StateError::Invalid("piece is required".into()))?;
-        check_digest(&piece.digest)?;
+        check_digest("piece digest", &piece.digest)?;
         let task = self
             .task(&r.task_id)
             .ok_or_else(|| StateError::UnknownTask(r.task_id.clone()))?;
@@ -442,13 +451,21 @@ impl State {
                 r.task_id.clone(),
             ));
         }
+        let reporter = &t.peers[r.peer_id.as_str()];
+        // Only a peer that fetched the piece from the origin on the scheduler's word (or a
+        // seed peer) says what its digest is; anyone else's hash is its own business.
+        let origin_facing = r.parent_id.is_empty()
+            && (reporter.back_to_source || self.host(&reporter.host_id).is_some_and(|h| h.seed));
         match t.piece_digests.get(&piece.number) {
             Some(d) if *d != piece.digest => {
                 tracing::warn!(task = %r.task_id, peer = %r.peer_id, piece = piece.number, "piece report contradicts the recorded digest; refused");
                 return Ok(false);
             }
-            None if r.parent_id.is_empty() => {
+            None if origin_facing => {
                 t.piece_digests.insert(piece.number, piece.digest.clone());
+            }
+            None if r.parent_id.is_empty() => {
+                tracing::debug!(task = %r.task_id, peer = %r.peer_id, piece = piece.number, "piece held by a peer not sent to the origin: holder recorded, digest not");
             }
             _ => {}
         }

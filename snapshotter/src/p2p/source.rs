@@ -5,7 +5,7 @@
 //! everything, when the scheduler says so or cannot be reached. Pieces are reported to the
 //! scheduler once the store has them on disk, so nobody is sent to us for a piece we lack.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,7 +42,13 @@ struct SourceState {
     registered: Option<bool>,
     /// Pieces fetched but not yet durable in the store.
     pending: HashMap<u32, Pending>,
+    /// Parents that sent this peer a corrupt piece of the task: never asked again, whatever
+    /// the scheduler still offers (asks already in flight to them are dropped too).
+    corrupt: HashSet<String>,
 }
+
+/// Most corrupt parents remembered per task (they are blocklisted by the scheduler as well).
+const MAX_CORRUPT_PARENTS: usize = 256;
 
 /// How asking one parent for one piece went.
 enum Fetched {
@@ -367,6 +373,9 @@ impl PeerSource {
     /// part of (chunk digests of a lazy layer, the blob's digest when it completes).
     async fn fetch_from_parent(&self, ask: &Ask) -> Fetched {
         let (parent, n, digest) = (&ask.parent, ask.piece, ask.digest.as_deref());
+        if self.is_corrupt(&parent.peer_id) {
+            return Fetched::Failed;
+        }
         let started = Instant::now();
         let data = match self.piece_from(parent, n, ask.until).await {
             Ok(d) => d,
@@ -388,6 +397,12 @@ impl PeerSource {
         };
         let expected = digest.unwrap_or(&actual);
         if data.len() as u64 != self.piece_len(n) || actual != expected {
+            {
+                let mut st = self.state.lock().expect("state lock");
+                if st.corrupt.len() < MAX_CORRUPT_PARENTS {
+                    st.corrupt.insert(parent.peer_id.clone());
+                }
+            }
             self.report_bad(
                 &parent.peer_id,
                 Fault::Corrupt,
@@ -413,6 +428,14 @@ impl PeerSource {
             .with_label_values(&["peer"])
             .inc_by(data.len() as u64);
         Fetched::Piece(data)
+    }
+
+    fn is_corrupt(&self, parent: &str) -> bool {
+        self.state
+            .lock()
+            .expect("state lock")
+            .corrupt
+            .contains(parent)
     }
 
     /// Which parent to ask for each missing piece: those that hold it with a recorded digest,
@@ -531,6 +554,8 @@ impl PeerSource {
                 }
                 _ => break,
             }
+            let mut resp = resp;
+            resp.parents.retain(|p| !self.is_corrupt(&p.peer_id));
             let plan = Self::plan(&missing, &resp);
             if plan.is_empty() {
                 break;
