@@ -21,6 +21,7 @@ use crate::error::StoreError;
 use crate::files::{BlobFiles, Meta};
 use crate::gate::Priority;
 use crate::source::{RangeSource, SourceError};
+use crate::store::is_sha256;
 use crate::store::Shared;
 
 /// Why a run failed, as handed to everyone waiting on it.
@@ -474,7 +475,18 @@ impl BlobInner {
         self.files.save_bitmap(&bitmap, &meta)
     }
 
-    /// Hashes a complete blob once; on a mismatch every piece is thrown away.
+    /// What the complete blob must hash to: its name when content-addressed, else the content
+    /// digest a request gave; `None`: complete is as good as it gets (every piece came from
+    /// the origin or matched the digest its origin-facing peer recorded).
+    fn expected_digest(&self) -> Option<String> {
+        if self.digest.starts_with("sha256:") {
+            return Some(self.digest.clone());
+        }
+        self.meta.lock().expect("meta lock").content_digest.clone()
+    }
+
+    /// Hashes a complete blob once; on a mismatch every piece is thrown away (and a file's
+    /// content digest forgotten: it may be the request that was wrong).
     async fn verify(self: &Arc<Self>) -> Result<(), StoreError> {
         let _one = self.verify.lock().await;
         if self.meta.lock().expect("meta lock").verified {
@@ -483,16 +495,15 @@ impl BlobInner {
         if !self.lock().have.is_complete() {
             return Ok(());
         }
-        if !self.digest.starts_with("sha256:") {
-            // Not content-addressed: nothing to hash against; complete is as good as it gets.
+        let Some(expected) = self.expected_digest() else {
             let mut meta = self.meta.lock().expect("meta lock");
             meta.verified = true;
             return self.files.save_meta(&meta);
-        }
+        };
         let this = self.clone();
         let join = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             let actual = this.files.hash()?;
-            if actual == this.digest {
+            if actual == expected {
                 *this.last_mismatch.lock().expect("mismatch lock") = None;
                 let mut meta = this.meta.lock().expect("meta lock");
                 meta.verified = true;
@@ -503,11 +514,12 @@ impl BlobInner {
                 .digest_failures
                 .fetch_add(1, Ordering::Relaxed);
             *this.last_mismatch.lock().expect("mismatch lock") = Some(actual.clone());
+            this.meta.lock().expect("meta lock").content_digest = None;
             // Only the bitmap is cleared: refetched pieces overwrite the bytes in place, and
             // truncating the file here could wipe a piece fetched meanwhile.
             this.discard(0..u32::MAX)?;
             Err(StoreError::DigestMismatch {
-                digest: this.digest.clone(),
+                digest: expected,
                 actual,
             })
         });
@@ -547,6 +559,36 @@ impl Blob {
     /// Whether every piece is present.
     pub fn is_complete(&self) -> bool {
         self.inner.lock().have.is_complete()
+    }
+
+    /// Pins what this file (a blob that is not content-addressed) must hash to, as a request
+    /// that knows it says; the next verification checks it. A content-addressed blob only
+    /// checks that `digest` is its name.
+    pub fn expect_digest(&self, digest: &str) -> Result<(), StoreError> {
+        if !is_sha256(digest) {
+            return Err(StoreError::InvalidDigest(digest.to_owned()));
+        }
+        let conflict = |recorded: &str| StoreError::DigestConflict {
+            blob: self.inner.digest.clone(),
+            recorded: recorded.to_owned(),
+            requested: digest.to_owned(),
+        };
+        if self.inner.digest.starts_with("sha256:") {
+            return match self.inner.digest == digest {
+                true => Ok(()),
+                false => Err(conflict(&self.inner.digest)),
+            };
+        }
+        let mut meta = self.inner.meta.lock().expect("meta lock");
+        match meta.content_digest.as_deref() {
+            Some(d) if d == digest => Ok(()),
+            Some(d) => Err(conflict(d)),
+            None => {
+                meta.content_digest = Some(digest.to_owned());
+                meta.verified = false;
+                self.inner.files.save_meta(&meta)
+            }
+        }
     }
 
     /// Whether the complete blob was hashed and matched its digest.

@@ -622,3 +622,54 @@ async fn a_source_is_attached_once_replaced_only_by_refresh_and_released_on_remo
     assert!(s.remove(&other.digest()).unwrap());
     assert_eq!(released.load(Ordering::SeqCst), 1);
 }
+
+/// A file (not content-addressed) is checked against the content digest a request gives: a
+/// match verifies it, a mismatch throws its pieces away (and forgets the digest, which may be
+/// the request's mistake), another request's different digest is refused meanwhile, and the
+/// digest survives a reopen of the store.
+#[tokio::test]
+async fn a_file_is_checked_against_the_content_digest_a_request_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = bytes(3 * PL as usize + 5, 8);
+    let src = MemSource::new(data.clone());
+    let good = src.digest();
+    let wrong = MemSource::new(bytes(10, 9)).digest();
+    let name = format!("task:{}", "c".repeat(64));
+    {
+        let s = store(dir.path()).await;
+        let blob = s
+            .blob(&name, data.len() as u64, Arc::new(src.clone()))
+            .unwrap();
+        assert!(matches!(
+            blob.expect_digest("sha256:short"),
+            Err(StoreError::InvalidDigest(_))
+        ));
+        blob.expect_digest(&wrong).unwrap();
+        let e = blob.expect_digest(&good).unwrap_err();
+        assert!(matches!(e, StoreError::DigestConflict { .. }), "{e}");
+        let e = blob.fetch_all(Priority::Background).await.unwrap_err();
+        assert!(matches!(e, StoreError::DigestMismatch { .. }), "{e}");
+        assert!(!blob.is_verified() && blob.fetched_bytes() < data.len() as u64);
+
+        blob.expect_digest(&good).unwrap();
+    }
+    let s = store(dir.path()).await;
+    let blob = s
+        .blob(&name, data.len() as u64, Arc::new(src.clone()))
+        .unwrap();
+    let e = blob.expect_digest(&wrong).unwrap_err();
+    assert!(matches!(e, StoreError::DigestConflict { .. }), "kept: {e}");
+    blob.fetch_all(Priority::Background).await.unwrap();
+    assert!(blob.is_verified());
+    assert_eq!(
+        blob.read(0..data.len() as u64, Priority::OnDemand)
+            .await
+            .unwrap(),
+        data
+    );
+    // A content-addressed blob's digest is its name.
+    let oci = s
+        .blob(&good, data.len() as u64, Arc::new(src.clone()))
+        .unwrap();
+    assert!(oci.expect_digest(&good).is_ok() && oci.expect_digest(&wrong).is_err());
+}

@@ -56,6 +56,16 @@ pub enum StoreError {
         /// What the bytes hash to.
         actual: String,
     },
+    /// A request expects a file to hash to something other than what an earlier one said.
+    #[error("blob {blob} is being fetched as content with digest {recorded}, not {requested}; wait for that download, or check the digest")]
+    DigestConflict {
+        /// The blob.
+        blob: String,
+        /// What the earlier request said.
+        recorded: String,
+        /// What this one says.
+        requested: String,
+    },
     /// The blob was evicted or removed while in use.
     #[error("blob {0} was removed from the piece store while in use; open it again")]
     Removed(String),

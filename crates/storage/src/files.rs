@@ -22,6 +22,10 @@ pub(crate) struct Meta {
     pub piece_length: u32,
     #[serde(default)]
     pub verified: bool,
+    /// What a blob that is not content-addressed (a file by URL) must hash to, when a request
+    /// said so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_digest: Option<String>,
 }
 
 /// Open files of one blob.

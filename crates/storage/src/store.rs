@@ -113,19 +113,27 @@ pub struct PieceStore {
 
 /// Blob names: `sha256:<hex>` for content-addressed blobs (verified against the name when
 /// complete) and `task:<hex>` for tasks that are not (files fetched by URL; their pieces are
-/// verified by whoever fetches them).
+/// verified by whoever fetches them, and against a content digest when a request gives one).
 const KINDS: [&str; 2] = ["sha256", "task"];
 
+/// `kind` and hex of a blob name `<kind>:<64 lowercase hex>`, if it is one.
+fn name_parts(digest: &str) -> Option<(&str, &str)> {
+    digest.split_once(':').filter(|(k, h)| {
+        KINDS.contains(k)
+            && h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Whether `digest` is `sha256:<64 lowercase hex>`.
+pub(crate) fn is_sha256(digest: &str) -> bool {
+    name_parts(digest).is_some_and(|(k, _)| k == "sha256")
+}
+
 fn blob_dir(root: &Path, digest: &str) -> Result<PathBuf, StoreError> {
-    let (kind, hex) = digest
-        .split_once(':')
-        .filter(|(k, h)| {
-            KINDS.contains(k)
-                && h.len() == 64
-                && h.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        })
-        .ok_or_else(|| StoreError::InvalidDigest(digest.to_owned()))?;
+    let (kind, hex) =
+        name_parts(digest).ok_or_else(|| StoreError::InvalidDigest(digest.to_owned()))?;
     Ok(root.join(kind).join(hex))
 }
 
@@ -223,6 +231,7 @@ impl PieceStore {
             size,
             piece_length,
             verified: false,
+            content_digest: None,
         };
         let files = BlobFiles::create(&dir, &meta)?;
         let have = Bitmap::empty(piece_count(size, meta.piece_length));

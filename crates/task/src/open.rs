@@ -27,6 +27,8 @@ pub struct TaskSpec {
     pub access: Access,
     /// Whether an existing blob takes this request's origin (its own credentials or URL).
     pub refresh: bool,
+    /// What a file's content must hash to (`sha256:<hex>`), when the request says.
+    pub digest: Option<String>,
 }
 
 impl TaskSpec {
@@ -57,6 +59,7 @@ impl TaskSpec {
             lazy: false,
             access: Access::default(),
             refresh: false,
+            digest: None,
         }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use dragonfly_storage::{Blob, PieceStore, RangeSource};
 use dragonfly_task::origin::{Origin, Origins};
-use dragonfly_task::{OpenError, TaskOpener, TaskSpec};
+use dragonfly_task::{OpenError, TaskId, TaskOpener, TaskSpec};
 use futures::future::{BoxFuture, FutureExt};
 
 use super::source::{PeerSource, SharedPeerSource};
@@ -92,6 +92,12 @@ impl Swarm {
                 id: spec.id.clone(),
                 source,
             })?;
+        if let Some(d) = &spec.digest {
+            blob.expect_digest(d).map_err(|source| OpenError::Store {
+                id: spec.id.clone(),
+                source,
+            })?;
+        }
         if existed && spec.refresh {
             blob.refresh_origin(origin.source());
         }
@@ -142,7 +148,11 @@ impl Swarm {
             content_length: size,
             piece_length,
             url: spec.url.to_string(),
-            digest: id,
+            // Known for a blob (its ID), and for a file when the request gave it.
+            digest: match &spec.id {
+                TaskId::Oci(_) => id,
+                TaskId::File(_) => spec.digest.clone().unwrap_or_default(),
+            },
             origin_headers: Default::default(),
         };
         Arc::new(SharedPeerSource(PeerSource::new(

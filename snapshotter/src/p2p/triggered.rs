@@ -49,6 +49,9 @@ fn spec_of(task: &pb::Task) -> Result<TaskSpec, Status> {
             )));
         }
     }
+    // A file's content digest, when its first requester gave one.
+    let digest = (matches!(id, TaskId::File(_)) && task.digest.starts_with("sha256:"))
+        .then(|| task.digest.clone());
     // The trigger's own credentials or freshly signed URL replace what an earlier open had.
     let refresh = !task.origin_headers.is_empty() || matches!(url, TaskUrl::Http(_));
     Ok(TaskSpec {
@@ -61,6 +64,7 @@ fn spec_of(task: &pb::Task) -> Result<TaskSpec, Status> {
             headers: task.origin_headers.clone().into_iter().collect(),
         },
         refresh,
+        digest,
     })
 }
 
