@@ -98,3 +98,69 @@ fn a_hostile_image_pulled_with_layer_labels_changes_nothing_on_the_host() {
         daemon.log_tail(40)
     );
 }
+
+/// `dfctl get` run as uid 65534 (`setpriv`; the socket's group is `nogroup`): the daemon writes
+/// the file as that user — refused in a directory only root may write, the user's own there;
+/// a symlink the user planted at the output name is replaced, its target untouched.
+#[test]
+fn a_local_user_downloads_only_where_they_may_write() {
+    use dragonfly_integration::oci::{build_image, push, Entry};
+    use dragonfly_integration::procs::{built_binary, run};
+    use dragonfly_integration::registry::Registry;
+    use std::process::Command;
+
+    let dir = TestDir::new("dfly-caller-").expect("temp dir");
+    let layer = vec![Entry::file("f", vec![7u8; 300_000], 0o644)];
+    let img = build_image(&dir.path().join("layout"), &[layer], &["/f"]).expect("image");
+    let registry = Registry::start(dir.path()).expect("registry");
+    push(&img, &format!("{}/caller/img:1", registry.addr)).expect("push");
+    let digest = img.layers[0].clone();
+    let url = format!("http://{}/v2/caller/img/blobs/{digest}", registry.addr);
+    let want = std::fs::read(registry.blob_path(&digest)).unwrap();
+    let daemon =
+        Daemon::start(&dir.path().join("daemon"), "address_group: nogroup").expect("daemon");
+    // The user can reach the socket (0660, group nogroup) through the test's directories.
+    for d in [dir.path().to_owned(), dir.path().join("daemon")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    let root_only = dir.path().join("root-only");
+    let home = dir.path().join("home");
+    for d in [&root_only, &home] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    nix::unistd::chown(&home, Some(65534.into()), Some(65534.into())).unwrap();
+    let victim = root_only.join("victim");
+    std::fs::write(&victim, b"root's").unwrap();
+    std::os::unix::fs::symlink(&victim, home.join("out")).unwrap();
+    std::os::unix::fs::lchown(home.join("out"), Some(65534), Some(65534)).unwrap();
+
+    let dfctl = built_binary("DFCTL_BIN", "dfctl").expect("dfctl");
+    let get_as_nobody = |out: &std::path::Path| {
+        run(Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&dfctl)
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args(["get", "--quiet", &url, "-O"])
+            .arg(out)
+            .args(["--digest", &digest]))
+    };
+    let refused = get_as_nobody(&root_only.join("out"));
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| format!("{e:#}").contains("Permission denied")),
+        "{refused:?}\n{}",
+        daemon.log_tail(30)
+    );
+    assert_eq!(std::fs::read_dir(&root_only).unwrap().count(), 1);
+
+    let out = home.join("out");
+    let r = get_as_nobody(&out);
+    assert!(r.is_ok(), "{r:?}\n{}", daemon.log_tail(30));
+    let meta = std::fs::symlink_metadata(&out).unwrap();
+    assert!(meta.is_file() && (meta.uid(), meta.gid()) == (65534, 65534));
+    assert_eq!(std::fs::read(&out).unwrap(), want);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root's");
+}

@@ -126,36 +126,35 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Listens on `path`, mode 0660, owned by root and `group` (if given): whoever can connect
-/// can pull images and write files as this daemon.
+/// can pull images and download files (as themselves). The socket is bound in a private
+/// directory beside `path`, given its mode and group there, then renamed into place, so
+/// nobody can connect while it still has the umask's mode.
 fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
-    let listener = bind_unix(path)?;
     use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".dragonfly-socket-")
+        .tempdir_in(dir)
+        .with_context(|| format!("cannot create a private directory in {}", dir.display()))?;
+    let tmp = staging.path().join("socket");
+    let listener =
+        UnixListener::bind(&tmp).with_context(|| format!("cannot listen on {}", tmp.display()))?;
     if let Some(name) = group {
         let gid = nix::unistd::Group::from_name(name)
             .with_context(|| format!("cannot look up address_group {name:?}"))?
             .with_context(|| format!("address_group {name:?} does not exist on this host"))?
             .gid;
-        nix::unistd::chown(path, None, Some(gid))
+        nix::unistd::chown(&tmp, None, Some(gid))
             .with_context(|| format!("cannot give {} to group {name}", path.display()))?;
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    // Over a stale socket from an earlier run, if any.
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move the socket to {}", path.display()))?;
     Ok(listener)
-}
-
-fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot remove stale socket {}", path.display()))
-        }
-    }
-    UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))
 }
 
 /// The swarm every task is opened through; with schedulers (or a manager) configured, P2P
