@@ -740,8 +740,7 @@ mod tests {
         let tail = &b.blob[(size - FOOTER_READ_SIZE.min(size)) as usize..];
         let loc = locate_toc(size, tail)?;
         let toc_bytes = &b.blob[loc.toc_offset as usize..(loc.toc_offset + loc.toc_len) as usize];
-        let decoded = decode_toc(&loc, toc_bytes, &Limits::default())?;
-        verify_toc_digest(&decoded, &b.toc_digest)?;
+        let decoded = decode_toc(&loc, toc_bytes, &Limits::default(), Some(&b.toc_digest))?;
         let idx = LayerIndex::build(&decoded.toc, loc.toc_offset, &IndexOptions::default())?;
         Ok((idx, loc.format))
     }
@@ -1038,24 +1037,24 @@ mod tests {
         let size = b.blob.len() as u64;
         let loc = locate_toc(size, &b.blob[(size - FOOTER_READ_SIZE) as usize..]).unwrap();
         let toc = &b.blob[loc.toc_offset as usize..(loc.toc_offset + loc.toc_len) as usize];
-        let d = decode_toc(&loc, toc, &Limits::default()).unwrap();
+        let d = decode_toc(&loc, toc, &Limits::default(), None).unwrap();
         let wrong = format!("sha256:{}", "0".repeat(64));
         assert!(matches!(
             verify_toc_digest(&d, &wrong),
             Err(Error::TocDigestMismatch { .. })
         ));
         // Truncated or corrupted TOC bytes.
-        assert!(decode_toc(&loc, &toc[..toc.len() - 5], &Limits::default()).is_err());
+        assert!(decode_toc(&loc, &toc[..toc.len() - 5], &Limits::default(), None).is_err());
         let mut garbled = toc.to_vec();
         garbled[20] ^= 0xff;
-        assert!(decode_toc(&loc, &garbled, &Limits::default()).is_err());
+        assert!(decode_toc(&loc, &garbled, &Limits::default(), None).is_err());
         // Limits.
         let tiny = Limits {
             max_toc_json: 10,
             ..Limits::default()
         };
         assert!(matches!(
-            decode_toc(&loc, toc, &tiny),
+            decode_toc(&loc, toc, &tiny, None),
             Err(Error::TocTooLarge { .. })
         ));
         let few = Limits {
@@ -1063,9 +1062,15 @@ mod tests {
             ..Limits::default()
         };
         assert!(matches!(
-            decode_toc(&loc, toc, &few),
+            decode_toc(&loc, toc, &few, None),
             Err(Error::TocTooLarge { .. })
         ));
+        // The digest is checked before the JSON is parsed (so before the entry limit).
+        assert!(matches!(
+            decode_toc(&loc, toc, &few, Some(&wrong)),
+            Err(Error::TocDigestMismatch { .. })
+        ));
+        assert!(decode_toc(&loc, toc, &Limits::default(), Some(&d.json_digest)).is_ok());
     }
 
     #[test]

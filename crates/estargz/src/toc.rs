@@ -174,10 +174,22 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// Decompresses and parses the TOC read at `loc`.
-pub fn decode_toc(loc: &TocLocation, compressed: &[u8], limits: &Limits) -> Result<DecodedToc> {
+/// Decompresses the TOC read at `loc` (within `limits`), checks it against the digest the
+/// manifest gave for it (`expected`, if any) before a byte of it is parsed, and parses it.
+pub fn decode_toc(
+    loc: &TocLocation,
+    compressed: &[u8],
+    limits: &Limits,
+    expected: Option<&str>,
+) -> Result<DecodedToc> {
     let json = toc_json(loc, compressed, limits)?;
     let json_digest = sha256_digest(&json);
+    if let Some(expected) = expected.filter(|e| *e != json_digest) {
+        return Err(Error::TocDigestMismatch {
+            expected: expected.to_owned(),
+            actual: json_digest,
+        });
+    }
     let toc: Toc =
         serde_json::from_slice(&json).map_err(|e| Error::BadToc(format!("invalid JSON: {e}")))?;
     if toc.version != 1 {

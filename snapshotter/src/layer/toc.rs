@@ -3,8 +3,7 @@
 //! pieces, so after the first mount they come from the local store.
 
 use dragonfly_estargz::{
-    decode_toc, locate_toc, verify_toc_digest, IndexOptions, LayerFormat, LayerIndex, Limits,
-    FOOTER_READ_SIZE,
+    decode_toc, locate_toc, IndexOptions, LayerFormat, LayerIndex, Limits, FOOTER_READ_SIZE,
 };
 use dragonfly_storage::{Blob, Priority};
 
@@ -60,13 +59,19 @@ pub async fn load_index(
             digest: digest.clone(),
             source,
         };
-        let decoded = decode_toc(&loc, &toc_bytes, &limits).map_err(bad)?;
-        if let Some(expected) = &expected_toc {
-            verify_toc_digest(&decoded, expected).map_err(|source| LayerError::TocMismatch {
-                digest: digest.clone(),
-                source,
+        // Checked against the manifest's digest before it is parsed.
+        let decoded =
+            decode_toc(&loc, &toc_bytes, &limits, expected_toc.as_deref()).map_err(|source| {
+                match source {
+                    e @ dragonfly_estargz::Error::TocDigestMismatch { .. } => {
+                        LayerError::TocMismatch {
+                            digest: digest.clone(),
+                            source: e,
+                        }
+                    }
+                    e => bad(e),
+                }
             })?;
-        }
         LayerIndex::build(&decoded.toc, loc.toc_offset, &opts).map_err(bad)
     })
     .await
