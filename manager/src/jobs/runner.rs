@@ -1,7 +1,9 @@
 //! The durable job runner. It claims PENDING jobs from the database (so several managers on
 //! one PostgreSQL share the work), runs up to `jobs.concurrency` at once, heartbeats each
 //! RUNNING job with its progress, and puts jobs whose heartbeat stopped (their manager died)
-//! back to PENDING, so every job ends as SUCCESS or FAILURE even across restarts.
+//! back to PENDING — up to `jobs.max_attempts` runs, then FAILURE with a log line — so every
+//! job ends as SUCCESS or FAILURE even across restarts. Before a job hands its URLs on, they
+//! are checked against the destination policy once more (addresses, redirects, token realms).
 //!
 //! A preheat resolves its tasks (an image's config and layers, or file URLs), then asks one
 //! active scheduler of each target cluster to fill the scope's hosts (`Scheduler.Preheat`) and

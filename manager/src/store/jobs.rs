@@ -1,9 +1,10 @@
 //! Jobs (preheat): stored when created (PENDING), claimed by a runner (RUNNING, with a
 //! heartbeat), finished as SUCCESS or FAILURE with per-task results and a readable log.
 //! A RUNNING job whose heartbeat stops (its manager died) is put back to PENDING, so jobs
-//! survive restarts. The checked arguments the runner works from (`plan`) and the secrets
-//! (registry passwords, auth headers) live in columns of their own; secrets never leave the
-//! store except to the runner.
+//! survive restarts, until it has run `jobs.max_attempts` times: then it ends as FAILURE.
+//! The checked arguments the runner works from (`plan`) and the secrets (registry
+//! passwords, auth headers) live in columns of their own; secrets never leave the store
+//! except to the runner, and both are deleted when the job ends.
 
 use serde::Serialize;
 use serde_json::Value;
