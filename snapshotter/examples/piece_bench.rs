@@ -105,7 +105,7 @@ async fn main() {
         0,
     ));
     // The daemon's peer port: raw-TCP piece connections served directly, the rest to gRPC.
-    piece_server::serve_peer_port(listener, service);
+    piece_server::serve_peer_port(listener, service, 1024);
     // The clients the P2P source uses.
     let parents = Arc::new(ParentClients::default());
     let client = parents.get("127.0.0.1", u32::from(port)).unwrap();

@@ -62,6 +62,8 @@ pub struct P2pConfig {
     pub location: String,
     /// Concurrent piece uploads served to other peers.
     pub upload_slots: u32,
+    /// Connections open at once on the peer port; more are closed as they arrive.
+    pub max_connections: std::num::NonZeroUsize,
     /// Upload bandwidth to other peers in bytes per second; 0 is unlimited.
     pub upload_rate_bytes_per_sec: u64,
     /// Parents fetched from at once for one request.
@@ -88,6 +90,7 @@ impl Default for P2pConfig {
             idc: String::new(),
             location: String::new(),
             upload_slots: 32,
+            max_connections: std::num::NonZeroUsize::new(1024).expect("not zero"),
             upload_rate_bytes_per_sec: 0,
             parallel_parents: 4,
             seed_peer: false,

@@ -202,7 +202,11 @@ async fn start_swarm(
         downloader,
         config.p2p.upload_rate_bytes_per_sec,
     );
-    crate::p2p::piece_server::serve_peer_port(listener, Arc::new(service));
+    crate::p2p::piece_server::serve_peer_port(
+        listener,
+        Arc::new(service),
+        config.p2p.max_connections.get(),
+    );
     if seed && !config.p2p.manager.is_empty() {
         let host = pool.host().clone();
         let who = dragonfly_runtime::registration::Registrant {

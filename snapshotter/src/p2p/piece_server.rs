@@ -1,15 +1,20 @@
 //! The peer port: accepts connections, hands those that start with the raw-TCP piece
 //! protocol's magic to the piece loop and everything else (gRPC: GetPiece, TriggerDownload)
 //! to tonic. Each connection is sorted on its own task, so a silent client never holds up
-//! the accept loop.
+//! the accept loop. Connections are capped (`p2p.max_connections`; those over the cap are
+//! closed at once) and timed: first bytes, idle piece connections, gRPC keepalive and
+//! request deadlines.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use dragonfly_proto::peer::peer_server::PeerServer;
-use tokio::io::BufReader;
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::piece_wire::{self, WireStatus};
 use super::upload::{PeerService, UploadError};
@@ -18,17 +23,69 @@ use super::upload::{PeerService, UploadError};
 const FIRST_BYTES: Duration = Duration::from_secs(10);
 /// How long a piece connection may sit idle between requests.
 const IDLE: Duration = Duration::from_secs(120);
+/// Longest a gRPC request may take (a demand waits for the origin up to 30 s).
+const REQUEST_DEADLINE: Duration = Duration::from_secs(60);
+/// gRPC streams at once on one connection.
+const STREAMS_PER_CONNECTION: u32 = 256;
 
-/// Serves the peer port on `listener`: raw-TCP piece connections here, the rest to the gRPC
-/// `Peer` service (pieces, triggers, task stats). Both run as background tasks.
-pub fn serve_peer_port(listener: TcpListener, service: Arc<PeerService>) {
+/// A connection holding one of the port's connection slots until it closes.
+pub struct Counted {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl Connected for Counted {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+/// Serves the peer port on `listener` with at most `max_connections` open: raw-TCP piece
+/// connections here, the rest to the gRPC `Peer` service (pieces, triggers, task stats).
+/// Both run as background tasks.
+pub fn serve_peer_port(listener: TcpListener, service: Arc<PeerService>, max_connections: usize) {
     let (grpc_tx, grpc_rx) = mpsc::channel(64);
-    tokio::spawn(serve(listener, service.clone(), grpc_tx));
+    let slots = Arc::new(Semaphore::new(max_connections));
+    tokio::spawn(serve(listener, service.clone(), grpc_tx, slots));
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .initial_stream_window_size(super::WINDOW)
             .initial_connection_window_size(super::WINDOW)
             .tcp_nodelay(true)
+            .timeout(REQUEST_DEADLINE)
+            .max_concurrent_streams(STREAMS_PER_CONNECTION)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(
                 PeerServer::from_arc(service)
                     .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
@@ -42,11 +99,13 @@ pub fn serve_peer_port(listener: TcpListener, service: Arc<PeerService>) {
     });
 }
 
-/// Accepts on `listener` until it fails; gRPC connections go to `grpc`.
+/// Accepts on `listener` until it fails, each connection taking one of `slots` (none left:
+/// closed at once); gRPC connections go to `grpc`.
 pub async fn serve(
     listener: TcpListener,
     service: Arc<PeerService>,
-    grpc: mpsc::Sender<std::io::Result<TcpStream>>,
+    grpc: mpsc::Sender<std::io::Result<Counted>>,
+    slots: Arc<Semaphore>,
 ) {
     loop {
         let stream = match listener.accept().await {
@@ -57,6 +116,11 @@ pub async fn serve(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(peer = ?stream.peer_addr().ok(), "peer port at its connection cap; connection closed");
+            service.connection_refused();
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let (service, grpc) = (service.clone(), grpc.clone());
@@ -76,7 +140,12 @@ pub async fn serve(
             match peeked {
                 Ok(Ok(4)) if piece_wire::is_magic(&first) => serve_pieces(stream, &service).await,
                 Ok(Ok(n)) if n > 0 => {
-                    let _ = grpc.send(Ok(stream)).await;
+                    let _ = grpc
+                        .send(Ok(Counted {
+                            stream,
+                            _slot: slot,
+                        }))
+                        .await;
                 }
                 _ => {}
             }
@@ -164,7 +233,7 @@ mod tests {
         };
         let pool = SchedulerPool::new(&config, port, false).await.unwrap();
         let service = Arc::new(PeerService::new(store, 4, pool, Metrics::new(), None, 0));
-        serve_peer_port(listener, service);
+        serve_peer_port(listener, service, 1024);
 
         let parents = ParentClients::default();
         let req = |number: u32, task: &str| PieceRequest {
@@ -236,6 +305,74 @@ mod tests {
         assert!(e.unreachable, "{e:?}");
     }
 
+    /// Connections over the cap are closed as they arrive; a freed slot serves again.
+    #[tokio::test]
+    async fn connections_over_the_cap_are_closed_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PieceStore::open(dir.path(), StoreConfig::default())
+            .await
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config = P2pConfig {
+            schedulers: vec!["127.0.0.1:1".into()],
+            advertise_ip: Some("127.0.0.1".parse().unwrap()),
+            ..P2pConfig::default()
+        };
+        let pool = SchedulerPool::new(&config, port, false).await.unwrap();
+        let metrics = Metrics::new();
+        let service = Arc::new(PeerService::new(store, 4, pool, metrics.clone(), None, 0));
+        serve_peer_port(listener, service, 2);
+        // Two silent connections take both slots (they wait for their first bytes).
+        let held: Vec<TcpStream> =
+            futures::future::join_all((0..2).map(|_| TcpStream::connect(("127.0.0.1", port))))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        let refused = |metrics: &Metrics| {
+            metrics
+                .p2p_uploads
+                .with_label_values(&["connection_refused"])
+                .get()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut third = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+            .await
+            .expect("the third connection is closed at once, not left waiting");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        while refused(&metrics) < 1 {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(held);
+        // The freed slots serve a real request again.
+        let parents = ParentClients::default();
+        let req = PieceRequest {
+            task_id: "sha256:nope".into(),
+            number: 0,
+            peer_id: "test".into(),
+            fetch: false,
+            fetch_until: 0,
+        };
+        let mut answered = false;
+        for _ in 0..100 {
+            match parents
+                .get_piece_tcp("127.0.0.1", u32::from(port), &req, 1 << 20)
+                .await
+            {
+                Err(e) if e.message.contains("NotFound") => {
+                    answered = true;
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        assert!(answered, "the port did not serve after slots were freed");
+    }
+
     /// A seed-like peer port over a 1,000,000-byte blob with 64 KiB pieces, none present, whose
     /// origin answers after 200 ms, triggered here if `triggered`: (port, origin, data, digest).
     async fn demand_peer(
@@ -273,7 +410,7 @@ mod tests {
             downloads.mark_running(&digest);
         }
         let service = PeerService::new(store, 8, pool, metrics, Some(downloads), 0);
-        serve_peer_port(listener, Arc::new(service));
+        serve_peer_port(listener, Arc::new(service), 1024);
         (port, origin, data, digest)
     }
 

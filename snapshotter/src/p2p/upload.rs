@@ -55,6 +55,14 @@ impl PeerService {
             rate: (rate_bytes_per_sec > 0).then(|| RateLimit::new(rate_bytes_per_sec)),
         }
     }
+
+    /// Counts a connection closed because the peer port was at its cap.
+    pub fn connection_refused(&self) {
+        self.metrics
+            .p2p_uploads
+            .with_label_values(&["connection_refused"])
+            .inc();
+    }
 }
 
 /// Why a piece was not served.
