@@ -4,8 +4,11 @@
 //! Registry credentials that come with the trigger are used for that download only: never
 //! logged, never stored.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
 
 use dragonfly_proto::scheduler as pb;
 use dragonfly_storage::{Blob, Priority};
@@ -17,6 +20,10 @@ use super::{open_status, Swarm};
 
 /// How long a peer's demand waits for a triggered task to be opened here.
 const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most triggered downloads running at once (triggers come from the network).
+const MAX_RUNNING: usize = 256;
+/// Most recent failures remembered.
+const MAX_FAILURES: usize = 1024;
 
 /// Starts origin downloads for the scheduler.
 pub struct TriggeredDownloads {
@@ -24,8 +31,8 @@ pub struct TriggeredDownloads {
     running: Mutex<HashSet<String>>,
     /// Woken whenever a triggered task has been opened (or failed to open).
     opened: tokio::sync::Notify,
-    /// Why the last triggered download of a task failed.
-    failures: Mutex<HashMap<String, String>>,
+    /// Why the last triggered download of a task failed (the latest tasks only).
+    failures: Mutex<LruCache<String, String>>,
 }
 
 /// What to open for a trigger: its ID must be its URL's (an OCI object's digest), or a file's.
@@ -75,7 +82,9 @@ impl TriggeredDownloads {
             swarm,
             running: Mutex::new(HashSet::new()),
             opened: tokio::sync::Notify::new(),
-            failures: Mutex::new(HashMap::new()),
+            failures: Mutex::new(LruCache::new(
+                NonZeroUsize::new(MAX_FAILURES).expect("not zero"),
+            )),
         })
     }
 
@@ -103,7 +112,7 @@ impl TriggeredDownloads {
                 .failures
                 .lock()
                 .expect("failures lock")
-                .contains_key(task_id);
+                .contains(task_id);
             if failed && !running {
                 return None;
             }
@@ -124,13 +133,17 @@ impl TriggeredDownloads {
                 return Ok(false);
             }
         }
-        if !self
-            .running
-            .lock()
-            .expect("running lock")
-            .insert(digest.clone())
         {
-            return Ok(false);
+            let mut running = self.running.lock().expect("running lock");
+            if running.contains(&digest) {
+                return Ok(false);
+            }
+            if running.len() >= MAX_RUNNING {
+                return Err(Status::resource_exhausted(format!(
+                    "this peer already runs {MAX_RUNNING} triggered downloads; trigger another peer or retry later"
+                )));
+            }
+            running.insert(digest.clone());
         }
         let opened = self.open(&task).await;
         if let Err(e) = &opened {
@@ -138,7 +151,7 @@ impl TriggeredDownloads {
             self.failures
                 .lock()
                 .expect("failures lock")
-                .insert(digest.clone(), e.message().to_owned());
+                .put(digest.clone(), e.message().to_owned());
         }
         self.opened.notify_waiters();
         let blob = opened?;
@@ -149,7 +162,7 @@ impl TriggeredDownloads {
         };
         let size = blob.size();
         let me = self.clone();
-        self.failures.lock().expect("failures lock").remove(&digest);
+        self.failures.lock().expect("failures lock").pop(&digest);
         tokio::spawn(async move {
             tracing::info!(task = %digest, size, background, "triggered download started");
             match blob.fetch_all(priority).await {
@@ -161,7 +174,7 @@ impl TriggeredDownloads {
                     me.failures
                         .lock()
                         .expect("failures lock")
-                        .insert(digest.clone(), e.to_string());
+                        .put(digest.clone(), e.to_string());
                 }
             }
             me.running.lock().expect("running lock").remove(&digest);
