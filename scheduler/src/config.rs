@@ -70,6 +70,23 @@ pub struct SchedulingConfig {
     pub back_to_source_limit: usize,
     /// Tasks without peers are forgotten after this long.
     pub task_ttl_secs: u64,
+    /// Hosts announced at once; more are refused (RESOURCE_EXHAUSTED).
+    pub max_hosts: usize,
+    /// Tasks known at once; more are refused.
+    pub max_tasks: usize,
+    /// Peers registered on one task; more are refused.
+    pub max_peers_per_task: usize,
+}
+
+impl SchedulingConfig {
+    /// The bounds on what remote callers can make the scheduler keep.
+    pub fn limits(&self) -> crate::state::Limits {
+        crate::state::Limits {
+            max_hosts: self.max_hosts,
+            max_tasks: self.max_tasks,
+            max_peers_per_task: self.max_peers_per_task,
+        }
+    }
 }
 
 impl Default for Config {
@@ -103,6 +120,9 @@ impl Default for SchedulingConfig {
             seed_wait_timeout_ms: 15_000,
             back_to_source_limit: 200,
             task_ttl_secs: 600,
+            max_hosts: crate::state::Limits::default().max_hosts,
+            max_tasks: crate::state::Limits::default().max_tasks,
+            max_peers_per_task: crate::state::Limits::default().max_peers_per_task,
         }
     }
 }

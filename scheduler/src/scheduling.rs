@@ -743,6 +743,64 @@ mod tests {
         assert_eq!(recorded(&s, 4), Some(digest(4)));
     }
 
+    /// Hosts, tasks and peers per task stop at their limits; fields are bounded; unknown
+    /// parents in reports record nothing.
+    #[test]
+    fn what_callers_make_the_scheduler_keep_is_bounded() {
+        let s = State::with_limits(crate::state::Limits {
+            max_hosts: 2,
+            max_tasks: 1,
+            max_peers_per_task: 2,
+        });
+        s.announce_host(1000, &host("a", false, "")).unwrap();
+        s.announce_host(1000, &host("b", false, "")).unwrap();
+        s.announce_host(1000, &host("a", false, "")).unwrap();
+        let full = |e: Option<StateError>| matches!(e, Some(StateError::Full(_)));
+        assert!(full(s.announce_host(1000, &host("c", false, "")).err()));
+        s.register_peer("a", "pa", &task()).unwrap();
+        s.register_peer("b", "pb", &task()).unwrap();
+        assert!(full(s.register_peer("b", "pb2", &task()).err()));
+        let mut other = task();
+        other.id = "sha256:other".into();
+        assert!(full(s.register_peer("a", "pa", &other).err()));
+
+        let mut bad = host("d", false, "");
+        bad.ip = "not-an-ip".into();
+        assert!(matches!(
+            s.announce_host(1000, &bad),
+            Err(StateError::Invalid(_))
+        ));
+        bad.ip = "127.0.0.1".into();
+        bad.location = "x".repeat(10_000);
+        assert!(matches!(
+            s.announce_host(1000, &bad),
+            Err(StateError::Invalid(_))
+        ));
+        let mut huge = task();
+        huge.id = "sha256:huge".into();
+        huge.content_length = u64::MAX / 2;
+        huge.piece_length = 16384;
+        let s2 = State::default();
+        s2.announce_host(1000, &host("a", false, "")).unwrap();
+        assert!(matches!(
+            s2.register_peer("a", "p", &huge),
+            Err(StateError::Invalid(_))
+        ));
+        // A report about a parent nobody named is accepted and records nothing.
+        s.bad_parent(&pb::ReportBadParentRequest {
+            peer_id: "pa".into(),
+            task_id: "sha256:task".into(),
+            parent_id: "made-up".into(),
+            corrupt: true,
+            reason: "x".repeat(100_000),
+            unreachable: false,
+        })
+        .unwrap();
+        let t = s.task("sha256:task").unwrap();
+        let t = t.lock().unwrap();
+        assert!(t.blocklist.is_empty() && t.peers["pa"].avoid.is_empty());
+    }
+
     #[test]
     fn silent_hosts_expire_with_their_peers() {
         let s = swarm(false);

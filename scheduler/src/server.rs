@@ -16,7 +16,7 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let state = Arc::new(State::default());
+    let state = Arc::new(State::with_limits(config.scheduling.limits()));
     let metrics = Metrics::new();
     if let Some(addr) = config.metrics.address {
         let (m, s) = (metrics.clone(), state.clone());

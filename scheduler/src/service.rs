@@ -41,6 +41,7 @@ fn status(e: StateError) -> Status {
             Status::not_found(e.to_string())
         }
         StateError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        StateError::Full(_) => Status::resource_exhausted(e.to_string()),
     }
 }
 

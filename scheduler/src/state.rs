@@ -187,6 +187,30 @@ pub enum StateError {
     /// A field is missing or malformed.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A bound on what the scheduler keeps is reached.
+    #[error("{0}; raise it in the scheduler's config or wait for idle entries to expire")]
+    Full(String),
+}
+
+/// Bounds on what remote callers can make the scheduler keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Hosts announced at once.
+    pub max_hosts: usize,
+    /// Tasks known at once.
+    pub max_tasks: usize,
+    /// Peers registered on one task.
+    pub max_peers_per_task: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_hosts: 50_000,
+            max_tasks: 200_000,
+            max_peers_per_task: 50_000,
+        }
+    }
 }
 
 /// Hosts and tasks.
@@ -194,6 +218,36 @@ pub enum StateError {
 pub struct State {
     hosts: RwLock<HashMap<Arc<str>, HostInfo>>,
     tasks: RwLock<HashMap<Arc<str>, Arc<Mutex<TaskState>>>>,
+    limits: Limits,
+}
+
+/// Longest free-text field (hostname, IDC, location) and URL accepted.
+const MAX_TEXT: usize = 512;
+const MAX_URL: usize = 8192;
+/// Most origin headers, and their total size, kept for a task.
+const MAX_HEADERS: usize = 64;
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most pieces of one task (a piece set of a peer holding all of them is 512 KiB).
+const MAX_PIECES: u64 = 1 << 22;
+
+fn check_len(what: &str, text: &str, max: usize) -> Result<(), StateError> {
+    if text.len() > max {
+        return Err(StateError::Invalid(format!(
+            "{what} is {} bytes; at most {max}",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_headers(h: &HashMap<String, String>) -> Result<(), StateError> {
+    let bytes: usize = h.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if h.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return Err(StateError::Invalid(format!(
+            "task.origin_headers: at most {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes"
+        )));
+    }
+    Ok(())
 }
 
 fn check_id(what: &str, id: &str) -> Result<(), StateError> {
@@ -216,14 +270,26 @@ fn check_digest(what: &str, d: &str) -> Result<(), StateError> {
 }
 
 impl State {
+    /// An empty state within `limits`.
+    pub fn with_limits(limits: Limits) -> State {
+        State {
+            limits,
+            ..State::default()
+        }
+    }
+
     /// Adds or refreshes a host.
     pub fn announce_host(&self, protocol: u32, h: &pb::Host) -> Result<(), StateError> {
         check_id("host.id", &h.id)?;
-        if h.ip.is_empty() || h.upload_port == 0 || h.upload_port > 65535 {
+        if h.ip.parse::<std::net::IpAddr>().is_err() || h.upload_port == 0 || h.upload_port > 65535
+        {
             return Err(StateError::Invalid(
-                "host.ip and host.upload_port (1..=65535) are required".into(),
+                "host.ip (an IP address) and host.upload_port (1..=65535) are required".into(),
             ));
         }
+        check_len("host.hostname", &h.hostname, MAX_TEXT)?;
+        check_len("host.idc", &h.idc, MAX_TEXT)?;
+        check_len("host.location", &h.location, MAX_TEXT)?;
         let id: Arc<str> = Arc::from(h.id.as_str());
         let info = HostInfo {
             id: id.clone(),
@@ -240,7 +306,14 @@ impl State {
             last_seen: Instant::now(),
             protocol,
         };
-        self.hosts.write().expect("hosts lock").insert(id, info);
+        let mut hosts = self.hosts.write().expect("hosts lock");
+        if !hosts.contains_key(&id) && hosts.len() >= self.limits.max_hosts {
+            return Err(StateError::Full(format!(
+                "{} hosts are announced (scheduling.max_hosts)",
+                hosts.len()
+            )));
+        }
+        hosts.insert(id, info);
         Ok(())
     }
 
@@ -351,6 +424,8 @@ impl State {
     ) -> Result<(u64, u32), StateError> {
         check_id("peer_id", peer_id)?;
         check_id("task.id", &task.id)?;
+        check_len("task.url", &task.url, MAX_URL)?;
+        check_headers(&task.origin_headers)?;
         if task.piece_length != 0
             && (!task.piece_length.is_power_of_two() || task.piece_length < 16 * 1024)
         {
@@ -373,6 +448,12 @@ impl State {
         }
         let entry = {
             let mut tasks = self.tasks.write().expect("tasks lock");
+            if !tasks.contains_key(task.id.as_str()) && tasks.len() >= self.limits.max_tasks {
+                return Err(StateError::Full(format!(
+                    "{} tasks are known (scheduling.max_tasks)",
+                    tasks.len()
+                )));
+            }
             tasks
                 .entry(Arc::from(task.id.as_str()))
                 .or_insert_with(|| {
@@ -395,12 +476,25 @@ impl State {
                 .clone()
         };
         let mut t = entry.lock().expect("task lock");
-        if t.content_length == 0 {
-            t.content_length = task.content_length;
+        let (length, piece_length) = (
+            if t.content_length == 0 {
+                task.content_length
+            } else {
+                t.content_length
+            },
+            if t.piece_length == 0 {
+                task.piece_length
+            } else {
+                t.piece_length
+            },
+        );
+        if piece_length != 0 && length.div_ceil(u64::from(piece_length)) > MAX_PIECES {
+            return Err(StateError::Invalid(format!(
+                "task {} would have more than {MAX_PIECES} pieces of {piece_length} bytes",
+                task.id
+            )));
         }
-        if t.piece_length == 0 {
-            t.piece_length = task.piece_length;
-        }
+        (t.content_length, t.piece_length) = (length, piece_length);
         if t.url.is_empty() {
             t.url = task.url.clone();
         }
@@ -412,6 +506,13 @@ impl State {
         }
         t.last_active = Instant::now();
         let id: Arc<str> = Arc::from(peer_id);
+        if !t.peers.contains_key(&id) && t.peers.len() >= self.limits.max_peers_per_task {
+            return Err(StateError::Full(format!(
+                "task {} has {} peers (scheduling.max_peers_per_task)",
+                task.id,
+                t.peers.len()
+            )));
+        }
         t.peers.entry(id.clone()).or_insert_with(|| PeerState {
             id,
             host_id: Arc::from(host_id),
@@ -439,9 +540,9 @@ impl State {
             .ok_or_else(|| StateError::UnknownTask(r.task_id.clone()))?;
         let mut t = task.lock().expect("task lock");
         let count = t.piece_count();
-        if count > 0 && piece.number >= count {
+        if piece.number >= count {
             return Err(StateError::Invalid(format!(
-                "piece {} is past the end of task {} ({count} pieces)",
+                "piece {} is past the end of task {} ({count} pieces; a task's size and piece length come with RegisterPeer)",
                 piece.number, r.task_id
             )));
         }
@@ -503,8 +604,18 @@ impl State {
             .ok_or_else(|| StateError::UnknownTask(r.task_id.clone()))?;
         let mut t = task.lock().expect("task lock");
         let parent: Arc<str> = Arc::from(r.parent_id.as_str());
+        // Only a parent the scheduler can have named is recorded (the sets stay bounded).
+        let named = t.peers.contains_key(&parent)
+            || r.parent_id
+                .strip_prefix(crate::scheduling::HOST_PARENT_PREFIX)
+                .is_some_and(|h| self.host(h).is_some());
+        if !named {
+            tracing::debug!(task = %r.task_id, parent = %r.parent_id, "report about a parent that is not (or no longer) on the task; nothing to record");
+            return Ok(());
+        }
+        let reason: String = r.reason.chars().take(MAX_TEXT).collect();
         if r.corrupt {
-            tracing::warn!(task = %r.task_id, parent = %r.parent_id, reporter = %r.peer_id, reason = %r.reason, "parent served corrupt data; blocklisted for the task");
+            tracing::warn!(task = %r.task_id, parent = %r.parent_id, reporter = %r.peer_id, %reason, "parent served corrupt data; blocklisted for the task");
             t.blocklist.insert(parent.clone());
             if let Some(p) = t.peers.get_mut(&parent) {
                 p.pieces.clear();
@@ -523,7 +634,7 @@ impl State {
             });
             if let SeedStatus::Triggered { host, .. } = &t.seed {
                 if parent_host.as_ref() == Some(host) {
-                    tracing::warn!(task = %r.task_id, seed = %host, reporter = %r.peer_id, reason = %r.reason, "the seed peer fetching the task is unreachable; peers stop waiting for it");
+                    tracing::warn!(task = %r.task_id, seed = %host, reporter = %r.peer_id, %reason, "the seed peer fetching the task is unreachable; peers stop waiting for it");
                     t.seed = SeedStatus::Failed { at: Instant::now() };
                 }
             }
