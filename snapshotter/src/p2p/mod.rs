@@ -12,11 +12,12 @@ pub mod swarm;
 pub mod triggered;
 pub mod upload;
 
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use lru::LruCache;
 use dragonfly_proto::peer::peer_client::PeerClient;
 use dragonfly_runtime::grpc::{endpoint, BadAddress, Timeouts};
 use tokio::net::TcpStream;
@@ -40,12 +41,25 @@ const IDLE_PER_PARENT: usize = 16;
 /// Longest a raw-TCP piece exchange may take.
 const PIECE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Parents whose clients and idle connections are kept (the least recently used go first):
+/// their addresses come from the network.
+const MAX_PARENTS: usize = 512;
+
 /// Lazily connected clients of parents' peer services, shared by all blobs: gRPC channels,
-/// and pooled connections for the raw-TCP piece protocol.
-#[derive(Default)]
+/// and pooled connections for the raw-TCP piece protocol, for the latest parents only.
 pub struct ParentClients {
-    clients: Mutex<HashMap<String, PeerClient<Channel>>>,
-    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+    clients: Mutex<LruCache<String, PeerClient<Channel>>>,
+    idle: Mutex<LruCache<String, Vec<TcpStream>>>,
+}
+
+impl Default for ParentClients {
+    fn default() -> ParentClients {
+        let cap = NonZeroUsize::new(MAX_PARENTS).expect("not zero");
+        ParentClients {
+            clients: Mutex::new(LruCache::new(cap)),
+            idle: Mutex::new(LruCache::new(cap)),
+        }
+    }
 }
 
 /// A piece a parent did not deliver.
@@ -154,7 +168,7 @@ impl ParentClients {
         };
         {
             let mut idle = self.idle.lock().expect("idle lock");
-            let conns = idle.entry(key.to_owned()).or_default();
+            let conns = idle.get_or_insert_mut(key.to_owned(), Vec::new);
             if conns.len() < IDLE_PER_PARENT {
                 conns.push(conn);
             }
@@ -187,7 +201,7 @@ impl ParentClients {
         let client = PeerClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        clients.insert(key, client.clone());
+        clients.put(key, client.clone());
         Ok(client)
     }
 }
