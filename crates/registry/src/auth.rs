@@ -51,6 +51,8 @@ pub(crate) struct AuthState {
     /// Time limit of one token request.
     timeout: Duration,
     creds: CredentialStore,
+    /// The owner's restriction on where requests go (token realms included).
+    destinations: Option<Arc<dyn crate::DestinationCheck>>,
     hosts: Mutex<HashMap<String, HostAuth>>,
     tokens: Mutex<HashMap<(String, String), TokenSlot>>,
 }
@@ -74,11 +76,13 @@ impl AuthState {
         http: reqwest::Client,
         timeout: Duration,
         creds: CredentialStore,
+        destinations: Option<Arc<dyn crate::DestinationCheck>>,
     ) -> AuthState {
         AuthState {
             http,
             timeout,
             creds,
+            destinations,
             hosts: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
         }
@@ -121,6 +125,7 @@ impl AuthState {
                 let creds = self.creds.lookup(host).await?;
                 let fresh = fetch_token(
                     &self.http,
+                    self.destinations.as_deref(),
                     self.timeout,
                     &realm,
                     service.as_deref(),
@@ -189,6 +194,7 @@ impl AuthState {
             let creds = self.creds.lookup(host).await?;
             let fresh = fetch_token(
                 &self.http,
+                self.destinations.as_deref(),
                 self.timeout,
                 realm,
                 service.as_deref(),
@@ -251,8 +257,10 @@ fn bearer_header(token: &str) -> Result<HeaderValue, Error> {
 }
 
 /// Gets a token for `scope` from the token service at `realm`.
+#[allow(clippy::too_many_arguments)]
 async fn fetch_token(
     http: &reqwest::Client,
+    destinations: Option<&dyn crate::DestinationCheck>,
     timeout: Duration,
     realm: &str,
     service: Option<&str>,
@@ -271,6 +279,7 @@ async fn fetch_token(
             reason: format!("realm scheme {:?} is not http or https", url.scheme()),
         });
     }
+    crate::destination::check(destinations, &url)?;
     let realm_host = url.host_str().unwrap_or_default().to_string();
     let what = format!("a token for {scope}");
 

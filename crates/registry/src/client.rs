@@ -31,8 +31,29 @@ impl std::fmt::Debug for RegistryClient {
 impl RegistryClient {
     /// Builds a client; fails on an unusable configuration.
     pub fn new(config: RegistryConfig) -> Result<Self, Error> {
+        Self::build(config, None)
+    }
+
+    /// Like [`RegistryClient::new`], sending requests only where `destinations` allows:
+    /// names resolved with its resolver, every URL (redirects and token realms included)
+    /// checked before it is requested.
+    pub fn with_destinations(
+        config: RegistryConfig,
+        destinations: Arc<dyn crate::DestinationCheck>,
+    ) -> Result<Self, Error> {
+        Self::build(config, Some(destinations))
+    }
+
+    fn build(
+        config: RegistryConfig,
+        destinations: Option<Arc<dyn crate::DestinationCheck>>,
+    ) -> Result<Self, Error> {
         config.validate()?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(d) = &destinations {
+            builder = builder.dns_resolver(d.resolver()).no_proxy();
+        }
+        let http = builder
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout())
             .read_timeout(config.request_timeout())
@@ -45,9 +66,19 @@ impl RegistryClient {
                 ))
             })?;
         let creds = CredentialStore::new(&config.credentials, config.docker_config.clone());
-        let auth = AuthState::new(http.clone(), config.request_timeout(), creds);
+        let auth = AuthState::new(
+            http.clone(),
+            config.request_timeout(),
+            creds,
+            destinations.clone(),
+        );
         Ok(RegistryClient {
-            inner: Arc::new(Inner { http, auth, config }),
+            inner: Arc::new(Inner {
+                http,
+                auth,
+                config,
+                destinations,
+            }),
         })
     }
 

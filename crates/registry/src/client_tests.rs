@@ -10,7 +10,7 @@ use futures::StreamExt;
 use super::*;
 use crate::config::{Credential, Mirror};
 use crate::testutil::*;
-use crate::{media_types, MAX_WHOLE_BODY_FOR_RANGE};
+use crate::{media_types, DestinationCheck, MAX_WHOLE_BODY_FOR_RANGE};
 
 /// A client with small, test-friendly retry delays.
 fn client_with(f: impl FnOnce(&mut RegistryConfig)) -> RegistryClient {
@@ -797,4 +797,106 @@ async fn debug_log_names_requests_but_never_secrets() {
     for secret in ["s3cret-pw", basic.as_str(), "eyJ", "Bearer ", "Basic "] {
         assert!(!text.contains(secret), "log holds {secret:?}:\n{text}");
     }
+}
+
+/// A test owner's rules: refuse one port (checked per URL) and one name (by the resolver).
+struct Refusing {
+    port: u16,
+    name: &'static str,
+}
+
+struct RefusingResolver(&'static str);
+
+impl reqwest::dns::Resolve for RefusingResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let refused = name.as_str() == self.0;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            if refused {
+                return Err(format!("{host} is refused in this test").into());
+            }
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+impl DestinationCheck for Refusing {
+    fn check_url(&self, url: &reqwest::Url) -> Result<(), String> {
+        match url.port() == Some(self.port) {
+            true => Err(format!("port {} is refused in this test", self.port)),
+            false => Ok(()),
+        }
+    }
+
+    fn resolver(&self) -> std::sync::Arc<dyn reqwest::dns::Resolve> {
+        std::sync::Arc::new(RefusingResolver(self.name))
+    }
+}
+
+/// With its owner's destination rules, the client sends nothing where they refuse: a token
+/// realm on a refused port, a storage redirect to a refused name; the rest goes through.
+#[tokio::test]
+async fn destination_rules_apply_to_token_realms_and_redirects() {
+    let config = || RegistryConfig {
+        max_retries: 0,
+        request_timeout_secs: 10,
+        connect_timeout_secs: 2,
+        docker_config: Some("/nonexistent/dragonfly-test/config.json".into()),
+        ..Default::default()
+    };
+    let (issuer, reg) = token_registry(vec![("bob".into(), "builder".into())], vec![], 300).await;
+    let data = test_bytes(4096, 3);
+    let digest = reg
+        .push_blob("org/app", &data, Some(&issuer.push_auth("org/app")))
+        .await;
+    let mut with_creds = config();
+    with_creds
+        .credentials
+        .insert(reg.host(), basic_creds("bob", "builder"));
+    let refusing = |port| {
+        std::sync::Arc::new(Refusing {
+            port,
+            name: "localhost",
+        })
+    };
+    let c = RegistryClient::with_destinations(with_creds.clone(), refusing(issuer.port)).unwrap();
+    let err = c
+        .get_blob_range(&repo(&reg, "org/app"), &digest, 0..4)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Refused { .. }), "{err}");
+    assert_eq!(
+        issuer.state.gets.load(Ordering::SeqCst),
+        0,
+        "no token asked"
+    );
+    // Another port refused: the same request works.
+    let c = RegistryClient::with_destinations(with_creds, refusing(1)).unwrap();
+    assert_eq!(
+        &c.get_blob_range(&repo(&reg, "org/app"), &digest, 0..4)
+            .await
+            .unwrap()[..],
+        &data[..4]
+    );
+
+    let storage = StorageServer::start().await;
+    let reg = TestRegistry::start(RegistryOptions {
+        redirect_to: Some(storage.base_url()),
+        ..Default::default()
+    })
+    .await;
+    storage.set_root(&reg.storage_root());
+    let digest = reg.push_blob("redir/app", &data, None).await;
+    let c = RegistryClient::with_destinations(config(), refusing(1)).unwrap();
+    let err = c
+        .get_blob_range(&repo(&reg, "redir/app"), &digest, 0..4)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err}").contains("localhost is refused in this test"),
+        "{err}"
+    );
+    assert_eq!(storage.state.requests.load(Ordering::SeqCst), 0);
 }

@@ -77,6 +77,14 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
+    /// The client's owner does not allow a request to this URL.
+    #[error("will not send a request to {url}: {reason}")]
+    Refused {
+        /// URL without query or credentials.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// The server answered something that does not follow the distribution protocol.
     #[error("registry {registry} sent a bad response for {what}: {reason}")]
     BadResponse {

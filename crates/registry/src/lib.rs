@@ -25,6 +25,7 @@ mod challenge;
 mod client;
 mod config;
 mod credentials;
+mod destination;
 mod digest;
 mod document;
 mod error;
@@ -40,6 +41,7 @@ mod testutil;
 pub use blob::{BlobStream, MAX_WHOLE_BODY_FOR_RANGE};
 pub use client::RegistryClient;
 pub use config::{BadAuthorization, Credential, Mirror, RegistryConfig};
+pub use destination::DestinationCheck;
 pub use digest::{Algorithm, Digest};
 pub use document::{
     default_platform, Descriptor, ImageConfig, ImageDocument, NoPlatform, Platform, RootFs,

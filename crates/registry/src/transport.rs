@@ -29,6 +29,8 @@ pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
     pub(crate) config: RegistryConfig,
     pub(crate) auth: AuthState,
+    /// The owner's restriction on where requests go, if any.
+    pub(crate) destinations: Option<std::sync::Arc<dyn crate::DestinationCheck>>,
 }
 
 /// One request to make against a repository.
@@ -250,6 +252,7 @@ impl Inner {
         let origin = ep.url(&spec.path)?;
         let mut url = origin.clone();
         for _ in 0..=MAX_REDIRECTS {
+            crate::destination::check(self.destinations.as_deref(), &url)?;
             let from_origin = same_origin(&url, &origin);
             let mut req = self
                 .http
@@ -385,7 +388,9 @@ mod tests {
                 reqwest::Client::new(),
                 Duration::from_secs(1),
                 crate::credentials::CredentialStore::new(&config.credentials, None),
+                None,
             ),
+            destinations: None,
         };
         let repo = Repository {
             registry: "docker.io".into(),

@@ -207,6 +207,21 @@ impl reqwest::dns::Resolve for Resolver {
     }
 }
 
+/// The policy for the registry client that reads an image's manifests: every request it
+/// sends (redirects and token realms included) and every name it resolves is checked.
+impl dragonfly_registry::DestinationCheck for DestinationPolicy {
+    fn check_url(&self, url: &reqwest::Url) -> Result<(), String> {
+        match literal_addr(url).map(|a| self.check_addrs(url.as_str(), &[a])) {
+            Some(Err(refused)) => Err(refused.to_string()),
+            _ => Ok(()),
+        }
+    }
+
+    fn resolver(&self) -> Arc<dyn reqwest::dns::Resolve> {
+        Arc::new(Resolver(Arc::new(self.clone())))
+    }
+}
+
 /// The policy's refusal in `e`'s chain of sources, if that is why `e` happened.
 pub fn refusal_in(e: &(dyn std::error::Error + 'static)) -> Option<Refused> {
     let mut cur = Some(e);

@@ -7,12 +7,15 @@
 //! `oci-manifest://REGISTRY/REPO@DIGEST`, and a tag's resolution is returned for the manager
 //! to remember: with both, a node can pull the image while the registry is down.
 
+use std::sync::Arc;
+
 use dragonfly_registry::{
     media_types, Credential, ImageDocument, Reference, RegistryClient, RegistryConfig, Repository,
 };
 use dragonfly_task::{OciObject, TaskId, TaskRole, TaskUrl};
 
 use super::args::Secrets;
+use super::destination::DestinationPolicy;
 
 /// A parsed manifest URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,7 +154,11 @@ impl ImageBlob {
     }
 }
 
-fn client(m: &ManifestUrl, secrets: &Secrets) -> Result<RegistryClient, ResolveError> {
+fn client(
+    m: &ManifestUrl,
+    secrets: &Secrets,
+    destinations: Arc<DestinationPolicy>,
+) -> Result<RegistryClient, ResolveError> {
     let mut config = RegistryConfig::default();
     if m.scheme == "http" {
         config.plain_http.push(m.registry.clone());
@@ -174,16 +181,18 @@ fn client(m: &ManifestUrl, secrets: &Secrets) -> Result<RegistryClient, ResolveE
     if let Some(c) = credential {
         config.credentials.insert(m.registry.clone(), c);
     }
-    RegistryClient::new(config).map_err(ResolveError::Client)
+    RegistryClient::with_destinations(config, destinations).map_err(ResolveError::Client)
 }
 
-/// The manifests, config and layers of the image at `m` for `platform`.
+/// The manifests, config and layers of the image at `m` for `platform`, read only from
+/// where `destinations` allows.
 pub async fn resolve(
     m: &ManifestUrl,
     platform: &str,
     secrets: &Secrets,
+    destinations: Arc<DestinationPolicy>,
 ) -> Result<ResolvedImage, ResolveError> {
-    let client = client(m, secrets)?;
+    let client = client(m, secrets, destinations)?;
     let mut reference = Reference {
         registry: m.registry.clone(),
         repository: m.repository.clone(),
@@ -318,7 +327,20 @@ mod tests {
             headers: [("Authorization".to_owned(), auth.to_owned())].into(),
             ..Default::default()
         };
-        let image = resolve(&m, "linux/amd64", &secrets("Bearer good"))
+        let loopback = || Arc::new(DestinationPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]));
+        let e = resolve(
+            &m,
+            "linux/amd64",
+            &secrets("Bearer good"),
+            Arc::new(DestinationPolicy::default()),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("loopback"),
+            "the registry client itself refuses a loopback registry: {e}"
+        );
+        let image = resolve(&m, "linux/amd64", &secrets("Bearer good"), loopback())
             .await
             .unwrap();
         assert_eq!(image.blobs.len(), 3, "manifest, config, layer");
@@ -330,7 +352,7 @@ mod tests {
             image.tag.as_ref().map(|t| t.0.clone()),
             Some(image.blobs[0].id().to_string())
         );
-        let e = resolve(&m, "linux/amd64", &secrets("Bearer bad"))
+        let e = resolve(&m, "linux/amd64", &secrets("Bearer bad"), loopback())
             .await
             .unwrap_err();
         assert!(
@@ -343,7 +365,7 @@ mod tests {
             ),
             "a wrong token is the registry's 401: {e:?}"
         );
-        let e = resolve(&m, "linux/amd64", &secrets("Digest x"))
+        let e = resolve(&m, "linux/amd64", &secrets("Digest x"), loopback())
             .await
             .unwrap_err();
         assert!(matches!(e, ResolveError::Credential(_)), "{e:?}");

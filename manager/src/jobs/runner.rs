@@ -342,7 +342,7 @@ impl Runner {
                     .ok_or_else(|| PlanError::NotManifestUrl(plan.urls[0].clone()))?;
                 let image = tokio::time::timeout(
                     Duration::from_secs(self.config.jobs.resolve_timeout_secs.max(1)),
-                    image::resolve(&m, &plan.platform, secrets),
+                    image::resolve(&m, &plan.platform, secrets, self.destinations.clone()),
                 )
                 .await
                 .map_err(|_| PlanError::Timeout(plan.urls[0].clone()))??;
