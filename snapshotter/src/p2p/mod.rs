@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use lru::LruCache;
 use dragonfly_proto::peer::peer_client::PeerClient;
 use dragonfly_runtime::grpc::{endpoint, BadAddress, Timeouts};
+use lru::LruCache;
 use tokio::net::TcpStream;
 use tonic::transport::Channel;
 
