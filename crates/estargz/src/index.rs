@@ -5,7 +5,7 @@
 //! hostile TOC confuse it: `..` components, duplicate paths, chunks that do not tile their file,
 //! chunk ranges outside the data area, unverifiable file data.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::ops::Range;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -127,6 +127,9 @@ pub struct IndexOptions {
     pub opaque_xattr: String,
     /// Accept file data that has no digest (it cannot be verified). Off by default.
     pub allow_unverified_data: bool,
+    /// Most inodes the layer may have, implicit parent directories included (each component
+    /// of a deep path is one, so a TOC's size alone does not bound them).
+    pub max_nodes: usize,
 }
 
 impl Default for IndexOptions {
@@ -134,6 +137,7 @@ impl Default for IndexOptions {
         IndexOptions {
             opaque_xattr: "trusted.overlay.opaque".into(),
             allow_unverified_data: false,
+            max_nodes: 4_000_000,
         }
     }
 }
@@ -192,7 +196,6 @@ struct Builder {
     nodes: Vec<Node>,
     children: Vec<BTreeMap<OsString, u64>>,
     parents: Vec<u64>,
-    paths: HashMap<Vec<String>, u64>,
     explicit: HashSet<u64>,
     whiteouts: Vec<(u64, OsString, Node)>,
     raw_chunks: Vec<RawChunk>,
@@ -202,6 +205,7 @@ struct Builder {
     /// The regular file the next `chunk` entries belong to.
     last_reg: Option<(u64, String)>,
     toc_offset: u64,
+    max_nodes: usize,
 }
 
 struct RawChunk {
@@ -229,12 +233,11 @@ fn node_kind(e: &TocEntry) -> Result<NodeKind> {
 }
 
 impl Builder {
-    fn new(toc_offset: u64) -> Builder {
+    fn new(toc_offset: u64, max_nodes: usize) -> Builder {
         let mut b = Builder {
             nodes: Vec::new(),
             children: Vec::new(),
             parents: Vec::new(),
-            paths: HashMap::new(),
             explicit: HashSet::new(),
             whiteouts: Vec::new(),
             raw_chunks: Vec::new(),
@@ -242,9 +245,9 @@ impl Builder {
             data_offsets: Vec::new(),
             last_reg: None,
             toc_offset,
+            max_nodes,
         };
         b.add_node(Node::new(NodeKind::Dir, 0o755), LayerIndex::ROOT);
-        b.paths.insert(Vec::new(), LayerIndex::ROOT);
         b
     }
 
@@ -263,28 +266,52 @@ impl Builder {
         self.nodes[(ino - 1) as usize].kind
     }
 
-    /// `name` under `parent` is `ino`, reachable by `key`.
-    fn link(&mut self, parent: u64, name: &str, key: Vec<String>, ino: u64) {
+    /// `name` under `parent` is `ino`.
+    fn link(&mut self, parent: u64, name: &str, ino: u64) {
         self.children[(parent - 1) as usize].insert(OsString::from(name), ino);
-        self.paths.insert(key, ino);
+    }
+
+    /// The entry `name` in directory `dir`, if any.
+    fn child(&self, dir: u64, name: &str) -> Option<u64> {
+        self.children[(dir - 1) as usize]
+            .get(OsStr::new(name))
+            .copied()
+    }
+
+    /// The entry at `path` (from the root), if any. Walks the tree one component at a time,
+    /// so resolving a path costs its length, not its length squared.
+    fn resolve(&self, path: &[&str]) -> Option<u64> {
+        path.iter()
+            .try_fold(LayerIndex::ROOT, |dir, c| self.child(dir, c))
+    }
+
+    /// Refuses one more inode than `max_nodes`.
+    fn room_for_node(&self, name: &str) -> Result<()> {
+        if self.nodes.len() >= self.max_nodes {
+            return Err(bad(
+                name,
+                format!("the layer has more than {} inodes", self.max_nodes),
+            ));
+        }
+        Ok(())
     }
 
     /// The directory at `path`, creating implicit parents (0755) as needed.
     fn ensure_dir(&mut self, name: &str, path: &[&str]) -> Result<u64> {
         let mut ino = LayerIndex::ROOT;
-        for i in 0..path.len() {
-            let key: Vec<String> = path[..=i].iter().map(|s| s.to_string()).collect();
-            ino = match self.paths.get(&key) {
-                Some(&d) if self.kind_of(d) == NodeKind::Dir => d,
+        for (i, c) in path.iter().enumerate() {
+            ino = match self.child(ino, c) {
+                Some(d) if self.kind_of(d) == NodeKind::Dir => d,
                 Some(_) => {
                     return Err(bad(
                         name,
-                        format!("parent {:?} is not a directory", key.join("/")),
+                        format!("parent {:?} is not a directory", path[..=i].join("/")),
                     ))
                 }
                 None => {
+                    self.room_for_node(name)?;
                     let d = self.add_node(Node::new(NodeKind::Dir, 0o755), ino);
-                    self.link(ino, path[i], key, d);
+                    self.link(ino, c, d);
                     d
                 }
             };
@@ -355,14 +382,13 @@ impl Builder {
         if let Some(hidden) = base.strip_prefix(WHITEOUT_PREFIX) {
             return self.add_whiteout(e, parent, hidden);
         }
-        let key: Vec<String> = path.iter().map(|s| s.to_string()).collect();
-        if let Some(&existing) = self.paths.get(&key) {
+        if let Some(existing) = self.child(parent, base) {
             return self.revisit(e, existing, opts);
         }
         if e.kind == "hardlink" {
-            return self.add_hardlink(e, parent, base, key);
+            return self.add_hardlink(e, parent, base);
         }
-        self.add_node_entry(e, parent, base, key, opts)
+        self.add_node_entry(e, parent, base, &path, opts)
     }
 
     /// `.wh.NAME`: hides NAME of lower layers (applied once the whole TOC is read).
@@ -391,16 +417,9 @@ impl Builder {
     }
 
     /// A hardlink to an earlier non-directory entry.
-    fn add_hardlink(
-        &mut self,
-        e: &TocEntry,
-        parent: u64,
-        base: &str,
-        key: Vec<String>,
-    ) -> Result<()> {
+    fn add_hardlink(&mut self, e: &TocEntry, parent: u64, base: &str) -> Result<()> {
         let target = components(&e.link_name)?;
-        let tkey: Vec<String> = target.iter().map(|s| s.to_string()).collect();
-        let &tino = self.paths.get(&tkey).ok_or_else(|| {
+        let tino = self.resolve(&target).ok_or_else(|| {
             bad(
                 &e.name,
                 format!(
@@ -413,7 +432,7 @@ impl Builder {
             return Err(bad(&e.name, "hardlink to a directory"));
         }
         self.node_mut(tino).nlink += 1;
-        self.link(parent, base, key, tino);
+        self.link(parent, base, tino);
         Ok(())
     }
 
@@ -423,7 +442,7 @@ impl Builder {
         e: &TocEntry,
         parent: u64,
         base: &str,
-        key: Vec<String>,
+        path: &[&str],
         opts: &IndexOptions,
     ) -> Result<()> {
         let kind = node_kind(e)?;
@@ -443,9 +462,10 @@ impl Builder {
             NodeKind::File => node.size = e.size,
             _ => {}
         }
-        let cleaned = key.join("/");
+        self.room_for_node(&e.name)?;
+        let cleaned = path.join("/");
         let ino = self.add_node(node, parent);
-        self.link(parent, base, key, ino);
+        self.link(parent, base, ino);
         self.explicit.insert(ino);
         if kind == NodeKind::File {
             self.last_reg = Some((ino, cleaned.clone()));
@@ -479,14 +499,16 @@ impl Builder {
     }
 
     /// Whiteouts hide same-named entries of lower layers, unless this layer has one too.
-    fn apply_whiteouts(&mut self) {
+    fn apply_whiteouts(&mut self) -> Result<()> {
         for (parent, name, node) in std::mem::take(&mut self.whiteouts) {
             if self.children[(parent - 1) as usize].contains_key(&name) {
                 continue;
             }
+            self.room_for_node(&name.to_string_lossy())?;
             let ino = self.add_node(node, parent);
             self.children[(parent - 1) as usize].insert(name, ino);
         }
+        Ok(())
     }
 
     /// Chunk ranges: a member ends where the next distinct member starts, or at the TOC.
@@ -622,7 +644,7 @@ impl LayerIndex {
     /// steps: read every entry (chunks onto their file), apply whiteouts, bound and verify
     /// chunk ranges, check that chunks tile each file, count directory links.
     pub fn build(toc: &Toc, toc_offset: u64, opts: &IndexOptions) -> Result<LayerIndex> {
-        let mut b = Builder::new(toc_offset);
+        let mut b = Builder::new(toc_offset, opts.max_nodes);
         for e in &toc.entries {
             if e.kind == "chunk" {
                 b.add_chunk(e)?;
@@ -630,7 +652,7 @@ impl LayerIndex {
                 b.add_entry(e, opts)?;
             }
         }
-        b.apply_whiteouts();
+        b.apply_whiteouts()?;
         b.resolve_chunks(opts)?;
         let stats = b.check_tiling()?;
         b.count_dir_links();
@@ -969,6 +991,42 @@ mod tests {
         );
         let (idx, _) = open(&b).unwrap();
         path(&idx, "abs/file");
+    }
+
+    /// Found by fuzzing: a 32 KB TOC with one 16,000-component path took over 10 s (each
+    /// parent was looked up by its whole path); now resolving costs the path's length, and the
+    /// implicit directories a deep path makes count against `max_nodes`.
+    #[test]
+    fn deep_paths_cost_their_length_and_count_as_inodes() {
+        let toc = |name: String| Toc {
+            version: 1,
+            entries: vec![
+                TocEntry {
+                    name: name.clone(),
+                    kind: "fifo".into(),
+                    ..TocEntry::default()
+                },
+                TocEntry {
+                    name: format!("{name}-link"),
+                    kind: "hardlink".into(),
+                    link_name: name,
+                    ..TocEntry::default()
+                },
+            ],
+        };
+        let deep = toc(format!("{}f", "a/".repeat(200_000)));
+        let started = std::time::Instant::now();
+        let idx = LayerIndex::build(&deep, 1, &IndexOptions::default()).unwrap();
+        assert_eq!(idx.len(), 1 + 200_000 + 1);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let opts = IndexOptions {
+            max_nodes: 1000,
+            ..IndexOptions::default()
+        };
+        let e = LayerIndex::build(&deep, 1, &opts).unwrap_err();
+        assert!(e.to_string().contains("more than 1000 inodes"), "{e}");
+        let shallow = toc(format!("{}f", "a/".repeat(998)));
+        assert_eq!(LayerIndex::build(&shallow, 1, &opts).unwrap().len(), 1000);
     }
 
     #[test]
