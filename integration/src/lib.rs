@@ -21,6 +21,7 @@ pub mod bed;
 pub mod containerd;
 pub mod daemon;
 pub mod fixtures;
+pub mod hostile;
 pub mod manager;
 pub mod mount;
 pub mod oci;
