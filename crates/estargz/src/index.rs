@@ -555,7 +555,8 @@ impl Builder {
             let n = self.node_mut(ino);
             if n.kind == NodeKind::File {
                 tile(ino, n)?;
-                stats.total_file_bytes += n.size;
+                // Sizes are the TOC's word: two near 2^64 must not overflow the total.
+                stats.total_file_bytes = stats.total_file_bytes.saturating_add(n.size);
             }
         }
         stats.nodes = self.nodes.len() as u64;
@@ -616,7 +617,7 @@ fn tile(ino: u64, n: &mut Node) -> Result<()> {
         if c.len == 0 || i + 1 == count {
             c.len = next_start.saturating_sub(c.file_offset);
         }
-        if c.len == 0 || c.file_offset + c.len != next_start {
+        if c.len == 0 || c.file_offset.checked_add(c.len) != Some(next_start) {
             return Err(bad(
                 &format!("inode {ino}"),
                 format!(
@@ -1081,6 +1082,40 @@ mod tests {
         let e = build_err(&[Ent::File("big", &big, 0o644)], |t| {
             t["entries"][1]["chunkOffset"] = json!(5 << 20)
         });
+        assert!(e.to_string().contains("tile"), "{e}");
+    }
+
+    /// Found by fuzzing: file sizes and chunk sizes near 2^64 overflowed the index's sums
+    /// (a panic in debug builds, a wrapped value in release ones).
+    #[test]
+    fn sizes_near_2_pow_64_do_not_overflow() {
+        let digest = format!("sha256:{}", "0".repeat(64));
+        let entry =
+            |name: &str, kind: &str, size: u64, chunk_offset: u64, chunk_size: u64| TocEntry {
+                name: name.into(),
+                kind: kind.into(),
+                size,
+                chunk_offset,
+                chunk_size,
+                chunk_digest: digest.clone(),
+                ..TocEntry::default()
+            };
+        let huge = u64::MAX - 1;
+        let two_huge_files = Toc {
+            version: 1,
+            entries: vec![entry("a", "reg", huge, 0, 0), entry("b", "reg", huge, 0, 0)],
+        };
+        let idx = LayerIndex::build(&two_huge_files, 10, &IndexOptions::default()).unwrap();
+        assert_eq!(idx.stats().total_file_bytes, u64::MAX);
+        let overflowing_chunk = Toc {
+            version: 1,
+            entries: vec![
+                entry("f", "reg", 100, 0, 10),
+                entry("f", "chunk", 0, 10, u64::MAX),
+                entry("f", "chunk", 0, 20, 0),
+            ],
+        };
+        let e = LayerIndex::build(&overflowing_chunk, 10, &IndexOptions::default()).unwrap_err();
         assert!(e.to_string().contains("tile"), "{e}");
     }
 

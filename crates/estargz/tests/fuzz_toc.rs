@@ -28,6 +28,26 @@ static ALLOC: MeteredAlloc = MeteredAlloc::new(dragonfly_fuzzkit::HARD_CAP_DEFAU
 const MIN_FOOTER: u64 = 47;
 const CASE_MEMORY: usize = 192 << 20;
 
+thread_local! {
+    /// How far this thread's cases got: located, decoded, indexed, chunks verified.
+    static DEPTH: std::cell::Cell<[u64; 4]> = const { std::cell::Cell::new([0; 4]) };
+}
+
+fn reached(stage: usize) {
+    DEPTH.with(|d| {
+        let mut v = d.get();
+        v[stage] += 1;
+        d.set(v);
+    });
+}
+
+fn print_depth(target: &str) {
+    let [located, decoded, indexed, chunks] = DEPTH.with(|d| d.get());
+    println!(
+        "fuzz {target}: reached: {located} TOCs located, {decoded} decoded, {indexed} indexed, {chunks} chunks verified"
+    );
+}
+
 fn limits() -> Limits {
     Limits {
         max_toc_compressed: 1 << 20,
@@ -198,6 +218,7 @@ fn check_index(idx: &LayerIndex, toc_offset: u64, blob: &[u8], format: LayerForm
             decoded += 1;
             let range = c.compressed_offset as usize..c.compressed_end as usize;
             if let Ok(data) = decode_chunk(format, &blob[range.clone()], c) {
+                reached(3);
                 assert_eq!(data.len() as u64, c.len);
                 assert_eq!(<[u8; 32]>::from(Sha256::digest(&data)), c.digest);
             }
@@ -218,11 +239,13 @@ fn exercise(blob: &[u8], allow_unverified_data: bool, deep: bool) {
         return;
     };
     check_location(&loc, size);
+    reached(0);
     let toc = &blob[loc.toc_offset as usize..(loc.toc_offset + loc.toc_len) as usize];
     let limits = limits();
     let Ok(decoded) = decode_toc(&loc, toc, &limits, None) else {
         return;
     };
+    reached(1);
     assert_eq!(decoded.toc.version, 1);
     assert!(decoded.toc.entries.len() <= limits.max_entries);
     assert!(verify_toc_digest(&decoded, &decoded.json_digest.clone()).is_ok());
@@ -232,6 +255,7 @@ fn exercise(blob: &[u8], allow_unverified_data: bool, deep: bool) {
         ..IndexOptions::default()
     };
     if let Ok(idx) = LayerIndex::build(&decoded.toc, loc.toc_offset, &opts) {
+        reached(2);
         check_index(&idx, loc.toc_offset, blob, loc.format, deep);
     }
 }
@@ -313,6 +337,7 @@ fn fuzz_footer() {
                 let Ok(loc) = locate_toc(size, tail) else {
                     return;
                 };
+                reached(0);
                 assert_eq!(tail.len() as u64, FOOTER_READ_SIZE.min(size));
                 check_location(&loc, size);
                 // The footer's word alone (no TOC bytes read yet) never makes anything allocate
@@ -324,6 +349,7 @@ fn fuzz_footer() {
                 }
             },
         );
+    print_depth("footer");
 }
 
 /// Whole layers with bytes mutated, mostly in the TOC and footer.
@@ -341,6 +367,7 @@ fn fuzz_blob() {
         },
         |blob| exercise(blob, blob.len() % 2 == 1, blob.len() % 7 == 0),
     );
+    print_depth("blob");
 }
 
 const TOC_STRINGS: &[&str] = &[
@@ -432,6 +459,7 @@ fn fuzz_toc_json() {
         },
         |blob| exercise(blob, blob.len() % 3 == 0, false),
     );
+    print_depth("toc-json");
 }
 
 /// A footer claiming a 2^60-byte TOC (or TOC JSON) is refused before anything of that size is

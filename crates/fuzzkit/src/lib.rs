@@ -138,10 +138,10 @@ fn save_crash(name: &str, seed: u64, case: u64, input: &[u8]) -> String {
     let dir = crash_dir();
     let path = dir.join(format!("{name}-{seed:016x}-{case}.bin"));
     let saved = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, input));
-    let shown = if input.len() <= 4096 {
+    let shown = if input.len() <= 1024 {
         hex::encode(input)
     } else {
-        format!("{}… ({} bytes)", hex::encode(&input[..4096]), input.len())
+        format!("{}… ({} bytes)", hex::encode(&input[..1024]), input.len())
     };
     eprintln!(
         "fuzz {name}: failing input (seed {seed:#x}, case {case}, {} bytes): {shown}",

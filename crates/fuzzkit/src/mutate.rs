@@ -285,7 +285,7 @@ fn random_value(rng: &mut Rng, strings: &[&str]) -> Value {
 /// Applies 1 to 4 structural mutations to a JSON document. `strings` are values worth
 /// trying (names, types, media types, digests), `keys` field names worth adding.
 pub fn mutate_json(rng: &mut Rng, doc: &mut Value, strings: &[&str], keys: &[&str]) {
-    let rounds = rng.between(1, 4);
+    let rounds = rng.between(1, 3);
     for _ in 0..rounds {
         let total = count_nodes(doc);
         let snapshot = if rng.chance(0.15) {
@@ -301,6 +301,25 @@ pub fn mutate_json(rng: &mut Rng, doc: &mut Value, strings: &[&str], keys: &[&st
         if let Some(sub) = snapshot {
             *node = sub;
             continue;
+        }
+        // Most mutations keep the value's type (typed parsers refuse the others at once).
+        let keep_type = rng.chance(0.6);
+        match node {
+            Value::Number(_) if keep_type => {
+                *node = Value::from(*rng.pick(INTERESTING_U64));
+                continue;
+            }
+            Value::String(s) if keep_type => {
+                if rng.chance(0.5) {
+                    *node = interesting_string(rng, strings);
+                } else {
+                    let mut bytes = s.clone().into_bytes();
+                    mutate_bytes(rng, &mut bytes, &[b"/", b"..", b".wh."], &[], None);
+                    *s = String::from_utf8_lossy(&bytes).into_owned();
+                }
+                continue;
+            }
+            _ => {}
         }
         match rng.below(10) {
             0 | 1 => *node = interesting_number(rng),
