@@ -188,6 +188,8 @@ fn apply_attrs_at(slot: &Slot, entry: &Path, a: &Attrs, symlink: bool) -> Result
 struct Entry {
     rel: PathBuf,
     kind: tar::EntryType,
+    /// Its data's length (a PAX `size` record's when there is one, as the tar crate reads).
+    size: u64,
     header: tar::Header,
     attrs: Attrs,
     xattrs: Vec<(String, Vec<u8>)>,
@@ -199,6 +201,7 @@ fn read_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Entry, UnpackErr
     let raw = entry.path().map_err(corrupt(None))?.into_owned();
     let rel = relative(&raw).ok_or_else(|| UnpackError::Escapes(raw.display().to_string()))?;
     let header = entry.header().clone();
+    let size = entry.size();
     let attrs = Attrs {
         mode: header.mode().map_err(corrupt(Some(&rel)))?,
         // Empty numeric fields read as 0, as Go's archive/tar does.
@@ -222,6 +225,7 @@ fn read_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Entry, UnpackErr
         .map(|l| l.into_owned());
     Ok(Entry {
         rel,
+        size,
         kind: header.entry_type(),
         header,
         attrs,
@@ -443,13 +447,10 @@ impl Budget {
         if self.entries > self.limits.max_entries {
             return Err(over("max_entries", self.limits.max_entries));
         }
-        if matches!(e.kind, tar::EntryType::Regular | tar::EntryType::Continuous) {
-            self.bytes = self
-                .bytes
-                .saturating_add(e.header.size().unwrap_or(u64::MAX));
-            if self.bytes > self.limits.max_bytes {
-                return Err(over("max_bytes", self.limits.max_bytes));
-            }
+        // Every entry's data counts (read or skipped), at the length the tar reader uses.
+        self.bytes = self.bytes.saturating_add(e.size);
+        if self.bytes > self.limits.max_bytes {
+            return Err(over("max_bytes", self.limits.max_bytes));
         }
         Ok(())
     }
@@ -469,6 +470,37 @@ fn finish_dirs(root: &Root, dirs: &[(PathBuf, Attrs)]) -> Result<(), UnpackError
     Ok(())
 }
 
+/// Most bytes the tar reader may take between two entries: their headers and extensions (PAX
+/// records, GNU long names), which it holds in memory whole. containerd's applier (Go's
+/// archive/tar) refuses extension headers over 1 MiB as well.
+const MAX_HEADER_BYTES: u64 = (1 << 20) + (64 << 10);
+
+/// The layer stream as the tar reader sees it: while it looks for the next entry, at most
+/// [`MAX_HEADER_BYTES`] (`budget`); while an entry's data is read, no bound here (the data
+/// is counted against `max_bytes`).
+struct HeaderGuard<R> {
+    inner: R,
+    budget: std::rc::Rc<std::cell::Cell<Option<u64>>>,
+}
+
+impl<R: Read> Read for HeaderGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(left) = self.budget.get() {
+            let left = left.checked_sub(n as u64).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "an entry's tar headers and extensions (PAX, GNU long names) exceed {MAX_HEADER_BYTES} bytes"
+                    ),
+                )
+            })?;
+            self.budget.set(Some(left));
+        }
+        Ok(n)
+    }
+}
+
 /// Unpacks `blob` (a gzip, zstd or plain layer tar) into `root`, which must exist and be
 /// empty, within `limits`. Blocking; run it off the async workers.
 pub fn unpack(
@@ -478,7 +510,11 @@ pub fn unpack(
     limits: &UnpackLimits,
 ) -> Result<u64, UnpackError> {
     let root = Root::open(root).map_err(io(root))?;
-    let mut archive = tar::Archive::new(decompress(BufReader::with_capacity(1 << 20, blob))?);
+    let budget_left = std::rc::Rc::new(std::cell::Cell::new(None));
+    let mut archive = tar::Archive::new(HeaderGuard {
+        inner: decompress(BufReader::with_capacity(1 << 20, blob))?,
+        budget: budget_left.clone(),
+    });
     let mut dirs: Vec<(PathBuf, Attrs)> = Vec::new();
     let mut budget = Budget {
         limits: *limits,
@@ -486,19 +522,24 @@ pub fn unpack(
         entries: 0,
     };
     let mut entries_done = 0u64;
-    for entry in archive.entries().map_err(corrupt(None))? {
+    let mut entries = archive.entries().map_err(corrupt(None))?;
+    loop {
+        budget_left.set(Some(MAX_HEADER_BYTES));
+        let next = entries.next();
+        budget_left.set(None);
+        let Some(entry) = next else { break };
         let mut entry = entry.map_err(corrupt(None))?;
         let e = read_entry(&mut entry)?;
-        if e.rel.as_os_str().is_empty() {
-            continue;
-        }
         budget.take(&e)?;
-        if whiteout(&root, &e.rel, opaque_xattr)? {
-            continue;
-        }
-        if write_entry(&root, &e, &mut entry, &mut dirs)? {
+        let is_root = e.rel.as_os_str().is_empty();
+        if !is_root
+            && !whiteout(&root, &e.rel, opaque_xattr)?
+            && write_entry(&root, &e, &mut entry, &mut dirs)?
+        {
             entries_done += 1;
         }
+        // Data nobody read (a whiteout's, a link's) is skipped here, not as header bytes.
+        std::io::copy(&mut entry, &mut std::io::sink()).map_err(corrupt(Some(&e.rel)))?;
     }
     finish_dirs(&root, &dirs)?;
     Ok(entries_done)
@@ -849,6 +890,33 @@ mod tests {
             e.to_string().contains("max_entries") && e.to_string().contains("f100"),
             "{e}"
         );
+        // A PAX `size` record is the length the tar reader uses: it is what counts.
+        let pax_sized = layer(|b| {
+            b.append_pax_extensions([("size", &b"2097152"[..])])
+                .unwrap();
+            let mut h = header(tar::EntryType::Regular, 0o644, 0);
+            h.set_path("paxsized").unwrap();
+            h.set_cksum();
+            b.append(&h, &vec![1u8; 2 << 20][..]).unwrap();
+        });
+        let root = dir.path().join("pax-size");
+        std::fs::create_dir(&root).unwrap();
+        let e = unpack(&pax_sized[..], &root, "trusted.overlay.opaque", &limits).unwrap_err();
+        assert!(
+            matches!(&e, UnpackError::Limit { limit: "max_bytes", entry, .. } if entry == "paxsized"),
+            "{e}"
+        );
+        // An extension header is held in memory whole by the tar reader: bounded before.
+        let huge_pax = layer(|b| {
+            b.append_pax_extensions([("comment", &vec![b'A'; 4 << 20][..])])
+                .unwrap();
+            file_entry(b, "after", b"x", 0o644);
+        });
+        let root = dir.path().join("pax-huge");
+        std::fs::create_dir(&root).unwrap();
+        let e = unpack(&huge_pax[..], &root, "trusted.overlay.opaque", &limits).unwrap_err();
+        assert!(e.to_string().contains("extensions"), "{e}");
+        assert!(!root.join("after").exists());
         // Truncated archives are an error, not a partial success.
         let good = layer(|b| file_entry(b, "f", &vec![7u8; 100_000], 0o644));
         let root = dir.path().join("trunc");
