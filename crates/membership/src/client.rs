@@ -1,0 +1,150 @@
+//! The client end: dialling a member (TLS with our credentials, checking that the server's
+//! certificate is from the cluster CA, for the address dialled, and names one of the roles we
+//! expect there), or plain TCP when we run without credentials; and tonic channels over it.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{Credentials, Identity, MembershipError, Role};
+
+/// Dials members.
+#[derive(Clone)]
+pub struct Dialer {
+    tls: Option<TlsConnector>,
+}
+
+/// A connection to a member.
+pub enum ClientConn {
+    /// In the clear.
+    Plain(TcpStream),
+    /// Over mutual TLS, with the server's identity checked.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+fn denied(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, msg)
+}
+
+impl Dialer {
+    /// Plain TCP (no credentials).
+    pub fn plain() -> Dialer {
+        Dialer { tls: None }
+    }
+
+    /// Mutual TLS with `creds`.
+    pub fn tls(creds: &Credentials) -> Result<Dialer, MembershipError> {
+        Ok(Dialer {
+            tls: Some(TlsConnector::from(creds.client_config()?)),
+        })
+    }
+
+    /// Whether connections are TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Connects to `host:port` (TCP connect bounded by the caller); over TLS the server must
+    /// be a member with one of `roles`.
+    pub async fn connect(&self, addr: &str, roles: &[Role]) -> io::Result<ClientConn> {
+        let tcp = TcpStream::connect(addr).await?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return Ok(ClientConn::Plain(tcp));
+        };
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let stream = tls.connect(name, tcp).await?;
+        let who = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| denied(format!("{addr} presented no certificate")))
+            .and_then(|c| Identity::from_cert_der(c).map_err(|e| denied(format!("{addr}: {e}"))))?;
+        if !roles.contains(&who.role) {
+            return Err(denied(format!(
+                "{addr} is {who}, not a {}",
+                roles
+                    .iter()
+                    .map(Role::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )));
+        }
+        Ok(ClientConn::Tls(Box::new(stream)))
+    }
+
+    /// A lazily connected channel to `endpoint` (built for `http://host:port`, with its
+    /// timeouts) through this dialer, to a server with one of `roles`.
+    pub fn channel(&self, endpoint: Endpoint, roles: &'static [Role]) -> Channel {
+        if self.tls.is_none() {
+            return endpoint.connect_lazy();
+        }
+        let dialer = self.clone();
+        let connector = tower::service_fn(move |uri: http::Uri| {
+            let dialer = dialer.clone();
+            async move {
+                let addr = uri
+                    .authority()
+                    .map(|a| a.to_string())
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+                dialer.connect(&addr, roles).await.map(TokioIo::new)
+            }
+        });
+        endpoint.connect_with_connector_lazy(connector)
+    }
+}
+
+impl AsyncRead for ClientConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientConn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientConn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientConn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientConn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientConn::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientConn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientConn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientConn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Cluster membership. The manager's certificate authority issues each member a certificate
+//! naming its [`Role`] and ID (a URI SAN `dragonfly://<role>/<id>`, see [`Identity`]); members
+//! talk over mutual TLS checked against that CA ([`Credentials`]); servers learn who is calling
+//! from the handshake ([`server`]), clients check that the server has the role they expect
+//! ([`client`]). Without credentials everything runs in the clear, for loopback use only.
+
+mod ca;
+pub mod client;
+mod credentials;
+mod error;
+mod identity;
+pub mod server;
+
+pub use ca::{Ca, Issued};
+pub use credentials::Credentials;
+pub use error::MembershipError;
+pub use identity::{Identity, Role};
