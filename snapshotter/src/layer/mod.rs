@@ -7,6 +7,8 @@ pub mod labels;
 pub mod manager;
 pub mod toc;
 pub mod unpack;
+#[cfg(test)]
+mod unpack_hostile;
 
 pub use error::LayerError;
 pub use manager::{LayerManager, LayerSettings};
