@@ -242,8 +242,14 @@ fn exercise(blob: &[u8], allow_unverified_data: bool, deep: bool) {
     reached(0);
     let toc = &blob[loc.toc_offset as usize..(loc.toc_offset + loc.toc_len) as usize];
     let limits = limits();
-    let Ok(decoded) = decode_toc(&loc, toc, &limits, None) else {
-        return;
+    let decoded = match decode_toc(&loc, toc, &limits, None) {
+        Ok(d) => d,
+        Err(e) => {
+            if std::env::var_os("FUZZ_DEBUG").is_some() {
+                eprintln!("ERR {e}");
+            }
+            return;
+        }
     };
     reached(1);
     assert_eq!(decoded.toc.version, 1);
@@ -284,7 +290,7 @@ const FOOTER_DICT: &[&[u8]] = &[
 fn fuzz_footer() {
     let layers = layers();
     Fuzz::new("footer")
-        .cases(3000)
+        .cases(20_000)
         .timeout(Duration::from_secs(5))
         .memory(1 << 20)
         .run(
@@ -357,7 +363,7 @@ fn fuzz_footer() {
 fn fuzz_blob() {
     let layers = layers();
     let others: Vec<&[u8]> = layers.iter().map(|l| l.blob.as_slice()).collect();
-    Fuzz::new("blob").cases(150).memory(CASE_MEMORY).run(
+    Fuzz::new("blob").cases(1500).memory(CASE_MEMORY).run(
         |rng| {
             let l = rng.pick(layers);
             let mut blob = l.blob.clone();
@@ -422,7 +428,7 @@ const TOC_KEYS: &[&str] = &[
 #[test]
 fn fuzz_toc_json() {
     let layers = layers();
-    Fuzz::new("toc-json").cases(200).memory(CASE_MEMORY).run(
+    Fuzz::new("toc-json").cases(800).memory(CASE_MEMORY).run(
         |rng| {
             let l = rng.pick(layers);
             let mut doc = l.doc.clone();

@@ -303,7 +303,7 @@ pub fn mutate_json(rng: &mut Rng, doc: &mut Value, strings: &[&str], keys: &[&st
             continue;
         }
         // Most mutations keep the value's type (typed parsers refuse the others at once).
-        let keep_type = rng.chance(0.6);
+        let keep_type = rng.chance(0.8);
         match node {
             Value::Number(_) if keep_type => {
                 *node = Value::from(*rng.pick(INTERESTING_U64));
@@ -428,7 +428,7 @@ pub fn mutate_json_text(rng: &mut Rng, doc: &Value, dict: &[&[u8]]) -> Vec<u8> {
         let s = String::from_utf8_lossy(&text).replacen(&quoted, &sp, 1);
         text = s.into_bytes();
     }
-    if rng.chance(0.25) {
+    if rng.chance(0.1) {
         mutate_bytes(rng, &mut text, dict, &[], None);
     }
     text
