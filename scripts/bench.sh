@@ -21,6 +21,9 @@
 #                                      # egress at 100 Mbit/s, without the swarm and with it (scheduler +
 #                                      # seed): each node's start, the slowest, registry and peer bytes
 #                                      # (BENCH_LAZY_NODES="1 4 8")
+#   sudo scripts/bench.sh fuzz         # the parsers' fuzz targets (footer/TOC/index, image
+#                                      # documents, references, manifest responses, the layer
+#                                      # unpacker), BENCH_FUZZ_SECS=60 each: cases run, 0 crashes
 #   sudo scripts/bench.sh coldstart    # cold pull + `python3 -V` of a Debian bookworm+python3 image,
 #                                      # registry egress limited to 100 Mbit/s: dragonfly (eStargz,
 #                                      # lazy) vs containerd's overlayfs; then warm sequential read of
@@ -545,6 +548,61 @@ pieces_bench() {
   echo "written: $OUT_DIR/pieces.json $OUT_DIR/pieces-4mib.json"
 }
 
+# Fuzz targets of the parsers, each for BENCH_FUZZ_SECS seconds (default 60), one after the
+# other, in a release build with overflow checks on in the parser crates (an overflow is then a
+# crash, as in the debug build of the test suite). A crash fails the run; its input is saved
+# under target/fuzz-crashes/ with the seed and case that reproduce it.
+fuzz_bench() {
+  mkdir -p "$OUT_DIR"
+  local secs=${BENCH_FUZZ_SECS:-60} report log failed=()
+  report=$(mktemp)
+  log=$OUT_DIR/fuzz.log
+  : >"$log"
+  local cfg=()
+  for p in dragonfly-estargz dragonfly-registry dragonfly-snapshotter dragonfly-fuzzkit; do
+    cfg+=(--config "profile.release.package.$p.overflow-checks=true")
+  done
+  # suite: cargo arguments, then the test filter
+  local suites=(
+    "-p dragonfly-estargz --test fuzz_toc|fuzz_"
+    "-p dragonfly-registry --test fuzz_manifest|fuzz_"
+    "-p dragonfly-snapshotter --lib|layer::unpack_fuzz"
+  )
+  echo "== fuzz: ${secs}s per target (release, overflow checks on)"
+  for s in "${suites[@]}"; do
+    local args=${s%%|*} filter=${s##*|}
+    # shellcheck disable=SC2086
+    cargo test --release --quiet "${cfg[@]}" $args --no-run 2>&1 | tee -a "$log" >&2
+    # shellcheck disable=SC2086
+    if ! DRAGONFLY_FUZZ_SECS=$secs DRAGONFLY_FUZZ_REPORT=$report \
+      cargo test --release --quiet "${cfg[@]}" $args -- "$filter" --nocapture --test-threads=1 2>&1 |
+      tee -a "$log" | grep -E '^fuzz |panicked|FAILED|failing input|ran longer|allocation of'; then
+      failed+=("$args")
+    fi
+  done
+  python3 - "$report" "$OUT_DIR/fuzz.json" "$secs" "${failed[@]}" <<'PY'
+import json, sys
+report, out, secs, failed = sys.argv[1], sys.argv[2], int(sys.argv[3]), sorted(set(sys.argv[4:]))
+targets = [json.loads(l) for l in open(report) if l.strip()]
+r = {
+    "seconds_per_target": secs,
+    "targets": targets,
+    "total_cases": sum(t["cases"] for t in targets),
+    "crashes": len(failed),  # suites that crashed (each stops at its first crash)
+    "failed_suites": failed,
+}
+json.dump(r, open(out, "w"), indent=2)
+print(f"{'target':<16} {'cases':>12} {'cases/s':>10} {'largest case peak':>18}")
+for t in targets:
+    peak = f"{t['max_case_peak_bytes'] >> 10} KiB" if t["max_case_peak_bytes"] else "-"
+    print(f"{t['target']:<16} {t['cases']:>12} {t['cases'] / max(t['seconds'], 0.1):>10.0f} {peak:>18}")
+print(f"total: {r['total_cases']} cases, {r['crashes']} crashes" + (f" (failed: {', '.join(failed)})" if failed else ""))
+PY
+  rm -f "$report"
+  echo "written: $OUT_DIR/fuzz.json (log: $log)"
+  [ ${#failed[@]} -eq 0 ]
+}
+
 case "${1:-}" in
   coldstart) coldstart ;;
   scheduler) scheduler_bench ;;
@@ -552,5 +610,6 @@ case "${1:-}" in
   manager) manager_bench ;;
   swarm) swarm ;;
   swarm-lazy) swarm_lazy ;;
-  *) echo "usage: scripts/bench.sh coldstart|scheduler|pieces|swarm|swarm-lazy|manager" >&2; exit 2 ;;
+  fuzz) fuzz_bench ;;
+  *) echo "usage: scripts/bench.sh coldstart|scheduler|pieces|swarm|swarm-lazy|manager|fuzz" >&2; exit 2 ;;
 esac

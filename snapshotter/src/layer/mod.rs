@@ -8,6 +8,8 @@ pub mod manager;
 pub mod toc;
 pub mod unpack;
 #[cfg(test)]
+mod unpack_fuzz;
+#[cfg(test)]
 mod unpack_hostile;
 
 pub use error::LayerError;
