@@ -21,6 +21,8 @@ pub struct Config {
     pub scheduling: SchedulingConfig,
     /// Registration with a manager (optional).
     pub manager: ManagerConfig,
+    /// Cluster credentials (mutual TLS); none: plain gRPC, for loopback use only.
+    pub security: dragonfly_membership::TlsFiles,
 }
 
 /// `manager:` — register with a manager so it can send preheat jobs here and tell peers
@@ -97,6 +99,7 @@ impl Default for Config {
             log: LogConfig::default(),
             scheduling: SchedulingConfig::default(),
             manager: ManagerConfig::default(),
+            security: Default::default(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! triggered, or to go to the origin. Nothing here touches disk: after a restart peers announce
 //! and report again.
 
+pub mod authz;
 pub mod config;
 pub mod evaluator;
 pub mod metrics;

@@ -21,6 +21,7 @@ use tonic::Status;
 use crate::scheduling::pick_seed;
 use crate::seed::peer_client;
 use crate::state::{HostInfo, State};
+use dragonfly_membership::client::Dialer;
 
 /// RPCs to targets in flight at once.
 const PARALLEL: usize = 16;
@@ -64,6 +65,7 @@ pub type ProgressSink = tokio::sync::mpsc::UnboundedSender<pb::PreheatProgress>;
 /// result saying so). Progress goes to `progress` if given.
 pub async fn preheat(
     state: Arc<State>,
+    dialer: Dialer,
     req: pb::PreheatRequest,
     progress: Option<ProgressSink>,
 ) -> Result<pb::PreheatResponse, Status> {
@@ -109,14 +111,14 @@ pub async fn preheat(
     // Every host is worked on at once; only the RPCs in flight are bounded, so waiting for
     // slow downloads never holds up the other hosts.
     let rpcs = Semaphore::new(PARALLEL);
-    let done: Vec<pb::PreheatResult> = futures::future::join_all(
-        work.iter()
-            .map(|(host, tasks)| fill_host(host, tasks, deadline, &rpcs, progress.as_ref())),
-    )
-    .await
-    .into_iter()
-    .flatten()
-    .collect();
+    let done: Vec<pb::PreheatResult> =
+        futures::future::join_all(work.iter().map(|(host, tasks)| {
+            fill_host(host, &dialer, tasks, deadline, &rpcs, progress.as_ref())
+        }))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     let failed = done.iter().filter(|r| !r.ok).count();
     tracing::info!(results = done.len(), failed, "preheat finished");
     results.extend(done);
@@ -254,6 +256,7 @@ impl HostFill<'_> {
 /// `sink`.
 async fn fill_host(
     host: &HostInfo,
+    dialer: &Dialer,
     tasks: &[pb::Task],
     deadline: Instant,
     rpcs: &Semaphore,
@@ -261,7 +264,7 @@ async fn fill_host(
 ) -> Vec<pb::PreheatResult> {
     let client = {
         let _permit = rpcs.acquire().await.expect("semaphore open");
-        peer_client(host).await
+        peer_client(host, dialer).await
     };
     let client = match client {
         Ok(c) => c,

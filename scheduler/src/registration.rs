@@ -3,10 +3,13 @@
 
 use dragonfly_proto::manager as pb;
 
+use dragonfly_membership::client::Dialer;
+
 use crate::config::ManagerConfig;
 
-/// Keeps this scheduler (gRPC on `port`) registered, forever.
-pub async fn run(config: ManagerConfig, port: u16) {
+/// Keeps this scheduler (gRPC on `port`) registered, dialling the manager through `dialer`,
+/// forever.
+pub async fn run(config: ManagerConfig, port: u16, dialer: Dialer) {
     let ip = match config.advertise_ip {
         Some(ip) => ip,
         None => match dragonfly_runtime::registration::local_ip_towards(&config.address).await {
@@ -33,9 +36,14 @@ pub async fn run(config: ManagerConfig, port: u16) {
         location: config.location.clone(),
         scheduler_cluster_id: config.scheduler_cluster_id,
     };
-    dragonfly_runtime::registration::keep_registered(config.address.clone(), who, |mut c| {
-        let req = req.clone();
-        async move { c.update_scheduler(req).await.map(|_| ()) }
-    })
+    dragonfly_runtime::registration::keep_registered(
+        config.address.clone(),
+        who,
+        dialer,
+        |mut c| {
+            let req = req.clone();
+            async move { c.update_scheduler(req).await.map(|_| ()) }
+        },
+    )
     .await;
 }

@@ -3,30 +3,42 @@
 
 use std::time::Instant;
 
+use dragonfly_membership::client::Dialer;
+use dragonfly_membership::Role;
 use dragonfly_proto::peer::peer_client::PeerClient;
 use dragonfly_proto::peer::TriggerDownloadRequest;
-use dragonfly_runtime::grpc::{connect, CallError, Timeouts};
+use dragonfly_runtime::grpc::{connect_member, CallError, Timeouts};
 use tonic::transport::Channel;
 
 use crate::scheduling::SeedTrigger;
 use crate::state::{HostInfo, SeedStatus, State};
 
-/// A connected client of `host`'s peer service.
-pub async fn peer_client(host: &HostInfo) -> Result<PeerClient<Channel>, CallError> {
+/// A connected client of `host`'s peer service (dialled through `dialer`).
+pub async fn peer_client(
+    host: &HostInfo,
+    dialer: &Dialer,
+) -> Result<PeerClient<Channel>, CallError> {
     let address = if host.ip.contains(':') {
         format!("[{}]:{}", host.ip, host.upload_port)
     } else {
         format!("{}:{}", host.ip, host.upload_port)
     };
-    let ch = connect(&format!("peer {}", host.id), &address, Timeouts::CONTROL).await?;
+    let ch = connect_member(
+        &format!("peer {}", host.id),
+        &address,
+        Timeouts::CONTROL,
+        dialer,
+        &[Role::Seed, Role::Peer],
+    )
+    .await?;
     Ok(PeerClient::new(ch))
 }
 
 /// Calls the seed; on failure marks the task's seed as failed so peers go to the origin.
-pub async fn trigger(state: &State, t: SeedTrigger) {
+pub async fn trigger(state: &State, dialer: &Dialer, t: SeedTrigger) {
     let task_id = t.task.id.clone();
     let res = async {
-        peer_client(&t.host)
+        peer_client(&t.host, dialer)
             .await?
             .trigger_download(TriggerDownloadRequest {
                 task: Some(t.task),

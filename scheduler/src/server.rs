@@ -6,6 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use dragonfly_proto::scheduler::scheduler_server::SchedulerServer;
 
+use dragonfly_membership::client::Dialer;
+use dragonfly_membership::server::Acceptor;
+
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::service::SchedulerService;
@@ -32,7 +35,8 @@ pub async fn run(
             reaper_state.expire(keepalive * 3, task_ttl);
         }
     });
-    let service = SchedulerService::new(state, config.scheduling.clone(), metrics);
+    let (acceptor, dialer) = membership(&config)?;
+    let service = SchedulerService::new(state, config.scheduling.clone(), metrics, dialer.clone());
     let listener = tokio::net::TcpListener::bind(config.address)
         .await
         .with_context(|| format!("cannot listen on {}", config.address))?;
@@ -42,9 +46,10 @@ pub async fn run(
         tokio::spawn(crate::registration::run(
             config.manager.clone(),
             local.port(),
+            dialer,
         ))
     });
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = dragonfly_membership::server::incoming(listener, acceptor);
     let served = tonic::transport::Server::builder()
         .add_service(SchedulerServer::new(service).max_decoding_message_size(16 << 20))
         .serve_with_incoming_shutdown(incoming, shutdown)
@@ -54,4 +59,23 @@ pub async fn run(
         r.abort();
     }
     served.context("gRPC server failed")
+}
+
+/// How this scheduler accepts callers and dials peers and the manager: mutual TLS with the
+/// configured credentials, or plain (said in the log: for loopback use only).
+fn membership(config: &Config) -> anyhow::Result<(Acceptor, Dialer)> {
+    match config
+        .security
+        .credentials()
+        .context("cannot load the cluster credentials (security:)")?
+    {
+        Some(creds) => {
+            tracing::info!(identity = %creds.identity(), "cluster members authenticate with mutual TLS");
+            Ok((Acceptor::tls(&creds)?, Dialer::tls(&creds)?))
+        }
+        None => {
+            tracing::warn!("no cluster credentials (security: ca, cert, key): anyone who reaches this scheduler may announce hosts, report pieces and start preheats; use it only on loopback or a network only members reach");
+            Ok((Acceptor::plain(), Dialer::plain()))
+        }
+    }
 }

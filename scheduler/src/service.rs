@@ -7,10 +7,12 @@ use dragonfly_proto::scheduler as pb;
 use dragonfly_proto::scheduler::scheduler_server::Scheduler;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::authz;
 use crate::config::SchedulingConfig;
 use crate::metrics::Metrics;
 use crate::scheduling::find_parents;
 use crate::state::{State, StateError};
+use dragonfly_membership::client::Dialer;
 
 /// The service.
 #[derive(Clone)]
@@ -18,19 +20,23 @@ pub struct SchedulerService {
     state: Arc<State>,
     config: SchedulingConfig,
     metrics: Arc<Metrics>,
+    /// How peers are dialled (triggers, preheats).
+    dialer: Dialer,
 }
 
 impl SchedulerService {
-    /// A service over `state`.
+    /// A service over `state`, dialling peers through `dialer`.
     pub fn new(
         state: Arc<State>,
         config: SchedulingConfig,
         metrics: Arc<Metrics>,
+        dialer: Dialer,
     ) -> SchedulerService {
         SchedulerService {
             state,
             config,
             metrics,
+            dialer,
         }
     }
 }
@@ -51,6 +57,9 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::AnnounceHostRequest>,
     ) -> Result<Response<pb::AnnounceHostResponse>, Status> {
+        if let Some(host) = &req.get_ref().host {
+            authz::announce(&req, host)?;
+        }
         let r = req.into_inner();
         if r.protocol / 1000 != pb::PROTOCOL / 1000 {
             return Err(Status::failed_precondition(format!(
@@ -76,6 +85,7 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::KeepAliveRequest>,
     ) -> Result<Response<pb::KeepAliveResponse>, Status> {
+        authz::as_host(&req, "KeepAlive", &req.get_ref().host_id)?;
         let r = req.into_inner();
         Ok(Response::new(pb::KeepAliveResponse {
             known: self.state.keepalive(&r.host_id, r.active_uploads),
@@ -86,6 +96,7 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::LeaveHostRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
+        authz::as_host(&req, "LeaveHost", &req.get_ref().host_id)?;
         self.state.leave_host(&req.into_inner().host_id);
         Ok(Response::new(pb::Empty {}))
     }
@@ -94,6 +105,7 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::RegisterPeerRequest>,
     ) -> Result<Response<pb::RegisterPeerResponse>, Status> {
+        authz::as_host(&req, "RegisterPeer", &req.get_ref().host_id)?;
         let r = req.into_inner();
         let task = r
             .task
@@ -112,9 +124,17 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<Streaming<pb::PieceFinished>>,
     ) -> Result<Response<pb::ReportPiecesResponse>, Status> {
+        let who = authz::host(&req, "ReportPieces")?;
         let mut stream = req.into_inner();
         let (mut accepted, mut refused) = (0, 0);
         while let Some(report) = stream.message().await? {
+            authz::owns_peer(
+                &self.state,
+                &who,
+                "ReportPieces",
+                &report.task_id,
+                &report.peer_id,
+            )?;
             match self.state.piece_finished(&report) {
                 Ok(true) => accepted += 1,
                 Ok(false) => refused += 1,
@@ -140,6 +160,13 @@ impl Scheduler for SchedulerService {
         req: Request<pb::FindParentsRequest>,
     ) -> Result<Response<pb::FindParentsResponse>, Status> {
         let started = Instant::now();
+        authz::for_peer(
+            &self.state,
+            &req,
+            "FindParents",
+            &req.get_ref().task_id,
+            &req.get_ref().peer_id,
+        )?;
         let r = req.into_inner();
         let (resp, trigger) =
             find_parents(&self.state, &self.config, &r, &mut rand::rng()).map_err(status)?;
@@ -158,8 +185,8 @@ impl Scheduler for SchedulerService {
                 .seed_triggers
                 .with_label_values(&["sent"])
                 .inc();
-            let state = self.state.clone();
-            tokio::spawn(async move { crate::seed::trigger(&state, t).await });
+            let (state, dialer) = (self.state.clone(), self.dialer.clone());
+            tokio::spawn(async move { crate::seed::trigger(&state, &dialer, t).await });
         }
         Ok(Response::new(resp))
     }
@@ -168,6 +195,13 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::ReportBadParentRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
+        authz::for_peer(
+            &self.state,
+            &req,
+            "ReportBadParent",
+            &req.get_ref().task_id,
+            &req.get_ref().peer_id,
+        )?;
         let r = req.into_inner();
         self.metrics
             .bad_parents
@@ -181,6 +215,13 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::LeavePeerRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
+        authz::for_peer(
+            &self.state,
+            &req,
+            "LeavePeer",
+            &req.get_ref().task_id,
+            &req.get_ref().peer_id,
+        )?;
         let r = req.into_inner();
         self.state.leave_peer(&r.task_id, &r.peer_id);
         Ok(Response::new(pb::Empty {}))
@@ -190,6 +231,7 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::StatTaskRequest>,
     ) -> Result<Response<pb::StatTaskResponse>, Status> {
+        dragonfly_membership::server::require(&req, "StatTask", authz::MEMBERS)?;
         let r = req.into_inner();
         let resp = match self.state.task(&r.task_id) {
             Some(t) => {
@@ -210,9 +252,15 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::PreheatRequest>,
     ) -> Result<Response<pb::PreheatResponse>, Status> {
-        crate::preheat::preheat(self.state.clone(), req.into_inner(), None)
-            .await
-            .map(Response::new)
+        dragonfly_membership::server::require(&req, "Preheat", authz::MANAGER)?;
+        crate::preheat::preheat(
+            self.state.clone(),
+            self.dialer.clone(),
+            req.into_inner(),
+            None,
+        )
+        .await
+        .map(Response::new)
     }
 
     type PreheatWithProgressStream =
@@ -222,10 +270,12 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<pb::PreheatRequest>,
     ) -> Result<Response<Self::PreheatWithProgressStream>, Status> {
+        dragonfly_membership::server::require(&req, "PreheatWithProgress", authz::MANAGER)?;
         let (progress_tx, mut progress) = tokio::sync::mpsc::unbounded_channel();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let mut work = tokio::spawn(crate::preheat::preheat(
             self.state.clone(),
+            self.dialer.clone(),
             req.into_inner(),
             Some(progress_tx),
         ));
@@ -262,8 +312,9 @@ impl Scheduler for SchedulerService {
 
     async fn list_hosts(
         &self,
-        _req: Request<pb::ListHostsRequest>,
+        req: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        dragonfly_membership::server::require(&req, "ListHosts", authz::MANAGER)?;
         Ok(Response::new(pb::ListHostsResponse {
             hosts: self.state.hosts(),
         }))

@@ -647,6 +647,13 @@ impl State {
         Ok(())
     }
 
+    /// The host peer `peer` of `task` belongs to, if both are known.
+    pub fn peer_host(&self, task: &str, peer: &str) -> Option<Arc<str>> {
+        let t = self.task(task)?;
+        let t = t.lock().expect("task lock");
+        t.peers.get(peer).map(|p| p.host_id.clone())
+    }
+
     /// Removes a peer from a task.
     pub fn leave_peer(&self, task: &str, peer: &str) {
         if let Some(t) = self.task(task) {

@@ -36,10 +36,21 @@ fn free_port() -> u16 {
 }
 
 async fn start() -> (Scheduler, SchedulerClient<Channel>) {
+    let (s, c) = start_with(|_| String::new()).await;
+    (s, c.expect("a plain client"))
+}
+
+/// A scheduler whose config ends with what `extra` writes for its directory; with a plain
+/// client unless the config gives it credentials.
+async fn start_with(
+    extra: impl FnOnce(&std::path::Path) -> String,
+) -> (Scheduler, Option<SchedulerClient<Channel>>) {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let cfg = dir.path().join("scheduler.yaml");
-    std::fs::write(&cfg, format!("address: {addr}\nmetrics: {{address: null}}\nscheduling: {{keepalive_interval_secs: 1}}\n")).unwrap();
+    let extra = extra(dir.path());
+    let tls = !extra.is_empty();
+    std::fs::write(&cfg, format!("address: {addr}\nmetrics: {{address: null}}\nscheduling: {{keepalive_interval_secs: 1}}\n{extra}")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_dragonfly-scheduler"))
         .arg("--config")
         .arg(&cfg)
@@ -54,8 +65,12 @@ async fn start() -> (Scheduler, SchedulerClient<Channel>) {
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(c) = SchedulerClient::connect(format!("http://{addr}")).await {
-            return (s, c);
+        if tls {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                return (s, None);
+            }
+        } else if let Ok(c) = SchedulerClient::connect(format!("http://{addr}")).await {
+            return (s, Some(c));
         }
         assert!(Instant::now() < deadline, "scheduler did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -479,4 +494,155 @@ async fn preheat_fills_the_scope_and_reports_per_host() {
         let e = c.preheat(bad).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     }
+}
+
+/// A client of `addr` with a `role` certificate for `id` from `ca`.
+fn member_client(
+    ca: &dragonfly_membership::Ca,
+    role: dragonfly_membership::Role,
+    id: &str,
+    addr: &str,
+) -> SchedulerClient<Channel> {
+    use dragonfly_membership::{client::Dialer, Credentials, Identity, Role};
+    let issued = ca
+        .issue(
+            &Identity::new(role, id).unwrap(),
+            &["127.0.0.1".parse().unwrap()],
+            &[],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let creds = Credentials::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
+    let ch = dragonfly_runtime::grpc::member_channel(
+        addr,
+        dragonfly_runtime::grpc::Timeouts::CONTROL,
+        &Dialer::tls(&creds).unwrap(),
+        &[Role::Scheduler],
+    )
+    .unwrap();
+    SchedulerClient::new(ch)
+}
+
+/// With credentials, the scheduler talks only to members, and each only as itself: a host
+/// announces, registers and asks only for itself, only a seed peer announces as a seed, only
+/// the manager starts preheats; a client without a certificate gets no answer at all.
+#[tokio::test]
+async fn with_credentials_only_members_steer_the_scheduler_each_as_itself() {
+    use dragonfly_membership::{Ca, Identity, Role};
+    let ca = Ca::create("test cluster").unwrap();
+    let (s, _) = start_with(|dir| {
+        let issued = ca
+            .issue(
+                &Identity::new(Role::Scheduler, "sched").unwrap(),
+                &["127.0.0.1".parse().unwrap()],
+                &[],
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        for (name, pem) in [
+            ("ca.pem", ca.cert_pem()),
+            ("cert.pem", &issued.cert_pem),
+            ("key.pem", &issued.key_pem),
+        ] {
+            std::fs::write(dir.join(name), pem).unwrap();
+        }
+        format!(
+            "security: {{ca: {d}/ca.pem, cert: {d}/cert.pem, key: {d}/key.pem}}\n",
+            d = dir.display()
+        )
+    })
+    .await;
+    fn code<T>(r: Result<tonic::Response<T>, Status>) -> Code {
+        r.map(|_| ()).map_or_else(|e| e.code(), |()| Code::Ok)
+    }
+
+    // No certificate: no TLS, no conversation.
+    let plain = SchedulerClient::connect(format!("http://{}", s.addr)).await;
+    if let Ok(mut c) = plain {
+        assert_ne!(
+            code(c.announce_host(host("n1", 4000, false)).await),
+            Code::Ok
+        );
+    }
+    let mut n1 = member_client(&ca, Role::Peer, "n1", &s.addr);
+    n1.announce_host(host("n1", 4000, false)).await.unwrap();
+    assert_eq!(
+        code(n1.announce_host(host("n2", 4000, false)).await),
+        Code::PermissionDenied,
+        "n1 cannot announce (or overwrite) another host"
+    );
+    assert_eq!(
+        code(n1.announce_host(host("n1", 4000, true)).await),
+        Code::PermissionDenied,
+        "a peer's certificate cannot announce a seed peer"
+    );
+    let mut seed = member_client(&ca, Role::Seed, "seed", &s.addr);
+    seed.announce_host(host("seed", 4001, true)).await.unwrap();
+    let register = |h: &str, p: &str| pb::RegisterPeerRequest {
+        host_id: h.into(),
+        peer_id: p.into(),
+        task: Some(task()),
+    };
+    n1.register_peer(register("n1", "p1")).await.unwrap();
+    assert_eq!(
+        code(n1.register_peer(register("seed", "p-seed")).await),
+        Code::PermissionDenied
+    );
+    seed.register_peer(register("seed", "p-seed"))
+        .await
+        .unwrap();
+    // n1 cannot report pieces for the seed's peer, nor ask, leave or blame for it.
+    assert_eq!(
+        code(
+            n1.report_pieces(tokio_stream::iter(vec![report("p-seed", 0, "")]))
+                .await
+        ),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(
+            n1.leave_peer(pb::LeavePeerRequest {
+                peer_id: "p-seed".into(),
+                task_id: "sha256:abc".into(),
+            })
+            .await
+        ),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(
+            n1.leave_host(pb::LeaveHostRequest {
+                host_id: "seed".into()
+            })
+            .await
+        ),
+        Code::PermissionDenied
+    );
+    let ack = seed
+        .report_pieces(tokio_stream::iter(vec![report("p-seed", 0, "")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.accepted, 1);
+    assert_eq!(
+        code(
+            n1.preheat(pb::PreheatRequest {
+                tasks: vec![task()],
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::PermissionDenied,
+        "only the manager starts preheats"
+    );
+    assert_eq!(
+        code(n1.list_hosts(pb::ListHostsRequest {}).await),
+        Code::PermissionDenied
+    );
+    // A certificate from another CA is no member.
+    let mut stranger = member_client(&Ca::create("other").unwrap(), Role::Peer, "n1", &s.addr);
+    assert_ne!(
+        code(stranger.announce_host(host("n1", 4000, false)).await),
+        Code::Ok
+    );
 }

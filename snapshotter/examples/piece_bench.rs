@@ -9,9 +9,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use dragonfly_membership::{Ca, Credentials, Identity, Role};
 use dragonfly_proto::peer::GetPieceRequest;
 use dragonfly_snapshotter::config::P2pConfig;
 use dragonfly_snapshotter::metrics::Metrics;
+use dragonfly_snapshotter::p2p::membership::Membership;
 use dragonfly_snapshotter::p2p::piece_server;
 use dragonfly_snapshotter::p2p::piece_wire::PieceRequest;
 use dragonfly_snapshotter::p2p::upload::PeerService;
@@ -22,6 +24,26 @@ use futures::stream::{self, StreamExt};
 use sha2::{Digest, Sha256};
 
 const SIZE: usize = 512 << 20;
+
+/// Both ends of the bench as one member of a fresh cluster (mutual TLS on loopback).
+fn tls_membership() -> Membership {
+    let ca = Ca::create("bench").unwrap();
+    let me = Identity::new(Role::Peer, "bench").unwrap();
+    let issued = ca
+        .issue(
+            &me,
+            &["127.0.0.1".parse().unwrap()],
+            &[],
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+    let creds = Credentials::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
+    Membership {
+        acceptor: dragonfly_membership::server::Acceptor::tls(&creds).unwrap(),
+        dialer: dragonfly_membership::client::Dialer::tls(&creds).unwrap(),
+        identity: Some(me),
+    }
+}
 
 fn gbps(bytes: usize, secs: f64) -> f64 {
     bytes as f64 / secs / 1e9
@@ -93,9 +115,17 @@ async fn main() {
         upload_slots: 64,
         ..P2pConfig::default()
     };
+    let tls = std::env::var("BENCH_TLS").is_ok_and(|v| v == "1");
+    let membership = if tls {
+        tls_membership()
+    } else {
+        Membership::plain()
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let pool = SchedulerPool::new(&config, port, false).await.unwrap();
+    let pool = SchedulerPool::new(&config, port, false, &membership)
+        .await
+        .unwrap();
     let service = Arc::new(PeerService::new(
         store.clone(),
         64,
@@ -105,9 +135,9 @@ async fn main() {
         0,
     ));
     // The daemon's peer port: raw-TCP piece connections served directly, the rest to gRPC.
-    piece_server::serve_peer_port(listener, service, 1024);
+    piece_server::serve_peer_port(listener, service, 1024, membership.acceptor.clone());
     // The clients the P2P source uses.
-    let parents = Arc::new(ParentClients::default());
+    let parents = Arc::new(ParentClients::new(membership.dialer.clone()));
     let client = parents.get("127.0.0.1", u32::from(port)).unwrap();
     let pl = piece_length as usize;
     // One piece over either transport.
@@ -184,7 +214,7 @@ async fn main() {
     };
     let (best, tcp_best) = (best_of(&results), best_of(&tcp_results));
     let json = format!(
-        "{{\n  \"bench\": \"piece_transfer\",\n  \"bytes\": {SIZE},\n  \"piece_length\": {piece_length},\n  \"store_read_gbps\": {local:.3},\n  \"sha256_one_core_gbps\": {sha256:.3},\n  \"grpc_transport_only_gbps\": {transport:.3},\n  \"tcp_transport_only_gbps\": {tcp_transport:.3},\n  \"grpc_verified_gbps_by_inflight\": {{{}}},\n  \"tcp_verified_gbps_by_inflight\": {{{}}},\n  \"best_grpc_verified_gbps\": {best:.3},\n  \"best_tcp_verified_gbps\": {tcp_best:.3},\n  \"tcp_vs_grpc_transport\": {:.3},\n  \"tcp_verified_vs_sha256_one_core\": {:.3}\n}}\n",
+        "{{\n  \"bench\": \"piece_transfer\",\n  \"tls\": {tls},\n  \"bytes\": {SIZE},\n  \"piece_length\": {piece_length},\n  \"store_read_gbps\": {local:.3},\n  \"sha256_one_core_gbps\": {sha256:.3},\n  \"grpc_transport_only_gbps\": {transport:.3},\n  \"tcp_transport_only_gbps\": {tcp_transport:.3},\n  \"grpc_verified_gbps_by_inflight\": {{{}}},\n  \"tcp_verified_gbps_by_inflight\": {{{}}},\n  \"best_grpc_verified_gbps\": {best:.3},\n  \"best_tcp_verified_gbps\": {tcp_best:.3},\n  \"tcp_vs_grpc_transport\": {:.3},\n  \"tcp_verified_vs_sha256_one_core\": {:.3}\n}}\n",
         per(&results),
         per(&tcp_results),
         tcp_transport / transport,

@@ -41,6 +41,9 @@ pub struct Config {
     pub unpack: UnpackLimits,
     /// Piece exchange with other peers through the scheduler.
     pub p2p: P2pConfig,
+    /// Cluster credentials (mutual TLS with schedulers, peers and the manager); none: plain,
+    /// for loopback use only.
+    pub security: dragonfly_membership::TlsFiles,
 }
 
 /// Peer-to-peer: which schedulers to use and how this host serves pieces to others.
@@ -116,6 +119,7 @@ impl Default for Config {
             snapshot: SnapshotConfig::default(),
             unpack: UnpackLimits::default(),
             p2p: P2pConfig::default(),
+            security: Default::default(),
         }
     }
 }

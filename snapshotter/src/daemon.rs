@@ -17,6 +17,7 @@ use crate::api::images::ImageService;
 use crate::config::Config;
 use crate::layer::{LayerManager, LayerSettings};
 use crate::metrics::Metrics;
+use crate::p2p::membership::Membership;
 use crate::p2p::triggered::TriggeredDownloads;
 use crate::p2p::upload::PeerService;
 use crate::p2p::{P2p, ParentClients, SchedulerPool, Swarm};
@@ -174,7 +175,13 @@ async fn start_swarm(
         .with_context(|| format!("cannot listen on p2p.listen {}", config.p2p.listen))?;
     let port = listener.local_addr()?.port();
     let seed = config.p2p.seed_peer;
-    let pool = SchedulerPool::new(&config.p2p, port, seed)
+    let membership = Membership::from_files(&config.security, seed)
+        .context("cannot load the cluster credentials (security:)")?;
+    match &membership.identity {
+        Some(me) => tracing::info!(identity = %me, "cluster members authenticate with mutual TLS"),
+        None => tracing::warn!("no cluster credentials (security: ca, cert, key): anyone who reaches the peer port may read pieces and trigger downloads; use it only on loopback or a network only members reach"),
+    }
+    let pool = SchedulerPool::new(&config.p2p, port, seed, &membership)
         .await
         .map_err(|e| anyhow::anyhow!("cannot set up P2P: {e}"))?;
     tokio::spawn(pool.clone().keepalive_loop());
@@ -188,7 +195,7 @@ async fn start_swarm(
     }
     let p2p = Arc::new(P2p {
         pool: pool.clone(),
-        parents: Arc::new(ParentClients::default()),
+        parents: Arc::new(ParentClients::new(membership.dialer.clone())),
         parallel: config.p2p.parallel_parents,
     });
     let swarm = Swarm::new(store.clone(), Some(p2p), origins, metrics.clone());
@@ -206,6 +213,7 @@ async fn start_swarm(
         listener,
         Arc::new(service),
         config.p2p.max_connections.get(),
+        membership.acceptor.clone(),
     );
     if seed && !config.p2p.manager.is_empty() {
         let host = pool.host().clone();
@@ -225,6 +233,7 @@ async fn start_swarm(
         tokio::spawn(dragonfly_runtime::registration::keep_registered(
             config.p2p.manager.clone(),
             who,
+            membership.dialer.clone(),
             move |mut c| {
                 let req = req.clone();
                 async move { c.update_seed_peer(req).await.map(|_| ()) }

@@ -91,11 +91,38 @@ impl Dialer {
     /// A lazily connected channel to `endpoint` (built for `http://host:port`, with its
     /// timeouts) through this dialer, to a server with one of `roles`.
     pub fn channel(&self, endpoint: Endpoint, roles: &'static [Role]) -> Channel {
-        if self.tls.is_none() {
-            return endpoint.connect_lazy();
+        match self.tls {
+            None => endpoint.connect_lazy(),
+            Some(_) => endpoint.connect_with_connector_lazy(self.connector(roles)),
         }
+    }
+
+    /// Like [`Dialer::channel`], connected now.
+    pub async fn connect_channel(
+        &self,
+        endpoint: Endpoint,
+        roles: &'static [Role],
+    ) -> Result<Channel, tonic::transport::Error> {
+        match self.tls {
+            None => endpoint.connect().await,
+            Some(_) => endpoint.connect_with_connector(self.connector(roles)).await,
+        }
+    }
+
+    /// The connector tonic dials through.
+    fn connector(
+        &self,
+        roles: &'static [Role],
+    ) -> impl tower::Service<
+        http::Uri,
+        Response = TokioIo<ClientConn>,
+        Error = io::Error,
+        Future = impl std::future::Future<Output = io::Result<TokioIo<ClientConn>>> + Send,
+    > + Clone
+           + Send
+           + 'static {
         let dialer = self.clone();
-        let connector = tower::service_fn(move |uri: http::Uri| {
+        tower::service_fn(move |uri: http::Uri| {
             let dialer = dialer.clone();
             async move {
                 let addr = uri
@@ -104,8 +131,7 @@ impl Dialer {
                     .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
                 dialer.connect(&addr, roles).await.map(TokioIo::new)
             }
-        });
-        endpoint.connect_with_connector_lazy(connector)
+        })
     }
 }
 

@@ -8,10 +8,12 @@ mod ca;
 pub mod client;
 mod credentials;
 mod error;
+mod files;
 mod identity;
 pub mod server;
 
 pub use ca::{Ca, Issued};
 pub use credentials::Credentials;
 pub use error::MembershipError;
+pub use files::TlsFiles;
 pub use identity::{Identity, Role};

@@ -72,7 +72,10 @@ async fn members_meet_over_mutual_tls_and_strangers_do_not() {
     plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let mut answer = Vec::new();
     let _ = plain.read_to_end(&mut answer).await;
-    assert!(!String::from_utf8_lossy(&answer).contains("node"), "{answer:?}");
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("node"),
+        "{answer:?}"
+    );
     let stranger = member(&Ca::create("other").unwrap(), Role::Peer, "node-1");
     assert!(
         hello(&Dialer::tls(&stranger).unwrap(), &addr, &[Role::Scheduler])

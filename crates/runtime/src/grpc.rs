@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use dragonfly_membership::client::Dialer;
+use dragonfly_membership::Role;
 use tonic::transport::Endpoint;
 
 /// How long a connection attempt and a whole call may take.
@@ -84,6 +86,35 @@ pub async fn connect(
 ) -> Result<tonic::transport::Channel, CallError> {
     endpoint(address, timeouts)?
         .connect()
+        .await
+        .map_err(|source| CallError::Connect {
+            who: who.to_owned(),
+            address: address.to_owned(),
+            source,
+        })
+}
+
+/// A lazily connected channel to the member at `address` through `dialer` (TLS with our
+/// credentials, or plain), whose server must have one of `roles`.
+pub fn member_channel(
+    address: &str,
+    timeouts: Timeouts,
+    dialer: &Dialer,
+    roles: &'static [Role],
+) -> Result<tonic::transport::Channel, BadAddress> {
+    Ok(dialer.channel(endpoint(address, timeouts)?, roles))
+}
+
+/// Like [`connect`], to a member through `dialer` (see [`member_channel`]).
+pub async fn connect_member(
+    who: &str,
+    address: &str,
+    timeouts: Timeouts,
+    dialer: &Dialer,
+    roles: &'static [Role],
+) -> Result<tonic::transport::Channel, CallError> {
+    dialer
+        .connect_channel(endpoint(address, timeouts)?, roles)
         .await
         .map_err(|source| CallError::Connect {
             who: who.to_owned(),

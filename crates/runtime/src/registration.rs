@@ -9,6 +9,9 @@ use std::time::Duration;
 use dragonfly_proto::manager::manager_client::ManagerClient;
 use dragonfly_proto::manager::{KeepAliveRequest, SourceType};
 
+use dragonfly_membership::client::Dialer;
+use dragonfly_membership::Role;
+
 use crate::grpc::{endpoint, Timeouts};
 
 /// The local address that routes to `target` (`host:port`): what to advertise when no address
@@ -36,9 +39,9 @@ pub struct Registrant {
     pub port: u32,
 }
 
-/// Keeps `who` registered with the manager at `address` (`host:port`); `register` performs the
-/// type-specific registration call. Runs forever.
-pub async fn keep_registered<F, Fut>(address: String, who: Registrant, register: F)
+/// Keeps `who` registered with the manager at `address` (`host:port`), dialled through
+/// `dialer`; `register` performs the type-specific registration call. Runs forever.
+pub async fn keep_registered<F, Fut>(address: String, who: Registrant, dialer: Dialer, register: F)
 where
     F: Fn(ManagerClient<tonic::transport::Channel>) -> Fut,
     Fut: Future<Output = Result<(), tonic::Status>>,
@@ -48,8 +51,9 @@ where
     loop {
         let step = async {
             let ch = endpoint(&address, Timeouts::CONTROL)
-                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-                .connect()
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            let ch = dialer
+                .connect_channel(ch, &[Role::Manager])
                 .await
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             let mut c = ManagerClient::new(ch);

@@ -8,12 +8,14 @@
 
 use std::sync::Arc;
 
+use dragonfly_membership::client::Dialer;
+use dragonfly_membership::Role;
 use dragonfly_proto::dfdaemon as pb;
 use dragonfly_proto::dfdaemon::image_server::Image;
 use dragonfly_proto::manager::manager_client::ManagerClient;
 use dragonfly_proto::manager::ResolveImageTagRequest;
 use dragonfly_registry::{default_platform, media_types, ImageDocument, Reference};
-use dragonfly_runtime::grpc::{connect, CallError, Timeouts};
+use dragonfly_runtime::grpc::{connect_member, CallError, Timeouts};
 use dragonfly_storage::Priority;
 use dragonfly_task::OciObject;
 use tonic::{Request, Response, Status};
@@ -114,7 +116,19 @@ impl ImageService {
         if self.manager.is_empty() {
             return Err(TagError::NoManager);
         }
-        let channel = connect("the manager", &self.manager, Timeouts::CONTROL).await?;
+        let dialer = self
+            .swarm
+            .p2p()
+            .map(|p| p.pool.dialer().clone())
+            .unwrap_or_else(Dialer::plain);
+        let channel = connect_member(
+            "the manager",
+            &self.manager,
+            Timeouts::CONTROL,
+            &dialer,
+            &[Role::Manager],
+        )
+        .await?;
         let answer = ManagerClient::new(channel)
             .resolve_image_tag(ResolveImageTagRequest {
                 registry: r.registry.clone(),

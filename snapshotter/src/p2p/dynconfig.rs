@@ -7,14 +7,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dragonfly_membership::Role;
 use dragonfly_proto::manager as pb;
 use dragonfly_proto::manager::manager_client::ManagerClient;
-use dragonfly_runtime::grpc::{connect, CallError, Timeouts};
+use dragonfly_runtime::grpc::{connect_member, CallError, Timeouts};
 
 use super::SchedulerPool;
 
 async fn ask(manager: &str, pool: &SchedulerPool) -> Result<Vec<String>, CallError> {
-    let ch = connect("the manager", manager, Timeouts::CONTROL).await?;
+    let ch = connect_member(
+        "the manager",
+        manager,
+        Timeouts::CONTROL,
+        pool.dialer(),
+        &[Role::Manager],
+    )
+    .await?;
     let host = pool.host();
     let r = ManagerClient::new(ch)
         .list_schedulers(pb::ListSchedulersRequest {

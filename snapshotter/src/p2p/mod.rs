@@ -3,6 +3,7 @@
 //! upload service other peers fetch pieces from, and triggered downloads.
 
 pub mod dynconfig;
+pub mod membership;
 pub mod piece_server;
 pub mod piece_wire;
 pub mod ratelimit;
@@ -17,10 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use dragonfly_membership::client::{ClientConn, Dialer};
+use dragonfly_membership::Role;
 use dragonfly_proto::peer::peer_client::PeerClient;
 use dragonfly_runtime::grpc::{endpoint, BadAddress, Timeouts};
 use lru::LruCache;
-use tokio::net::TcpStream;
 use tonic::transport::Channel;
 
 use piece_wire::{PieceRequest, WireStatus};
@@ -49,15 +51,27 @@ const MAX_PARENTS: usize = 512;
 /// and pooled connections for the raw-TCP piece protocol, for the latest parents only.
 pub struct ParentClients {
     clients: Mutex<LruCache<String, PeerClient<Channel>>>,
-    idle: Mutex<LruCache<String, Vec<TcpStream>>>,
+    idle: Mutex<LruCache<String, Vec<ClientConn>>>,
+    dialer: Dialer,
 }
+
+/// Who may be a parent.
+const PARENT_ROLES: &[Role] = &[Role::Seed, Role::Peer];
 
 impl Default for ParentClients {
     fn default() -> ParentClients {
+        ParentClients::new(Dialer::plain())
+    }
+}
+
+impl ParentClients {
+    /// Clients dialling parents through `dialer`.
+    pub fn new(dialer: Dialer) -> ParentClients {
         let cap = NonZeroUsize::new(MAX_PARENTS).expect("not zero");
         ParentClients {
             clients: Mutex::new(LruCache::new(cap)),
             idle: Mutex::new(LruCache::new(cap)),
+            dialer,
         }
     }
 }
@@ -104,25 +118,28 @@ impl ParentClients {
                 return r;
             }
         }
-        let conn =
-            match tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(&key)).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    return Err(PieceFetchError {
-                        unreachable: true,
-                        busy: false,
-                        message: format!("cannot connect to {key}: {e}"),
-                    })
-                }
-                Err(_) => {
-                    return Err(PieceFetchError {
-                        unreachable: true,
-                        busy: false,
-                        message: format!("connecting to {key} timed out"),
-                    })
-                }
-            };
-        let _ = conn.set_nodelay(true);
+        let conn = match tokio::time::timeout(
+            Duration::from_secs(3),
+            self.dialer.connect(&key, PARENT_ROLES),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(PieceFetchError {
+                    unreachable: true,
+                    busy: false,
+                    message: format!("cannot connect to {key}: {e}"),
+                })
+            }
+            Err(_) => {
+                return Err(PieceFetchError {
+                    unreachable: true,
+                    busy: false,
+                    message: format!("connecting to {key} timed out"),
+                })
+            }
+        };
         self.exchange(&key, conn, req, max)
             .await
             .unwrap_or_else(Err)
@@ -133,7 +150,7 @@ impl ParentClients {
     async fn exchange(
         &self,
         key: &str,
-        mut conn: TcpStream,
+        mut conn: ClientConn,
         req: &PieceRequest,
         max: usize,
     ) -> Result<Result<Bytes, PieceFetchError>, PieceFetchError> {
@@ -194,10 +211,10 @@ impl ParentClients {
         if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
         }
-        let channel = endpoint(&key, Timeouts::PIECES)?
+        let endpoint = endpoint(&key, Timeouts::PIECES)?
             .initial_stream_window_size(WINDOW)
-            .initial_connection_window_size(WINDOW)
-            .connect_lazy();
+            .initial_connection_window_size(WINDOW);
+        let channel = self.dialer.channel(endpoint, PARENT_ROLES);
         let client = PeerClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -10,11 +10,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use dragonfly_membership::server::{Acceptor, Conn, ConnPeer};
+use dragonfly_membership::Role;
 use dragonfly_proto::peer::peer_server::PeerServer;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 use super::piece_wire::{self, WireStatus};
 use super::upload::{PeerService, UploadError};
@@ -30,7 +32,7 @@ const STREAMS_PER_CONNECTION: u32 = 256;
 
 /// A connection holding one of the port's connection slots until it closes.
 pub struct Counted {
-    stream: TcpStream,
+    stream: Conn,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -63,20 +65,25 @@ impl AsyncWrite for Counted {
 }
 
 impl Connected for Counted {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnPeer;
 
-    fn connect_info(&self) -> TcpConnectInfo {
+    fn connect_info(&self) -> ConnPeer {
         self.stream.connect_info()
     }
 }
 
-/// Serves the peer port on `listener` with at most `max_connections` open: raw-TCP piece
-/// connections here, the rest to the gRPC `Peer` service (pieces, triggers, task stats).
-/// Both run as background tasks.
-pub fn serve_peer_port(listener: TcpListener, service: Arc<PeerService>, max_connections: usize) {
+/// Serves the peer port on `listener` with at most `max_connections` open, each accepted by
+/// `acceptor` (mutual TLS, or plain): raw-TCP piece connections here, the rest to the gRPC
+/// `Peer` service (pieces, triggers, task stats). Both run as background tasks.
+pub fn serve_peer_port(
+    listener: TcpListener,
+    service: Arc<PeerService>,
+    max_connections: usize,
+    acceptor: Acceptor,
+) {
     let (grpc_tx, grpc_rx) = mpsc::channel(64);
     let slots = Arc::new(Semaphore::new(max_connections));
-    tokio::spawn(serve(listener, service.clone(), grpc_tx, slots));
+    tokio::spawn(serve(listener, service.clone(), grpc_tx, slots, acceptor));
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .initial_stream_window_size(super::WINDOW)
@@ -106,6 +113,7 @@ pub async fn serve(
     service: Arc<PeerService>,
     grpc: mpsc::Sender<std::io::Result<Counted>>,
     slots: Arc<Semaphore>,
+    acceptor: Acceptor,
 ) {
     loop {
         let stream = match listener.accept().await {
@@ -123,39 +131,52 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (service, grpc) = (service.clone(), grpc.clone());
+        let (service, grpc, acceptor) = (service.clone(), grpc.clone(), acceptor.clone());
         tokio::spawn(async move {
-            let mut first = [0u8; 4];
-            let peeked = tokio::time::timeout(FIRST_BYTES, async {
-                // peek returns what has arrived so far; wait for all four bytes.
-                loop {
-                    let n = stream.peek(&mut first).await?;
-                    if n == 0 || n == first.len() {
-                        return Ok::<_, std::io::Error>(n);
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+            let mut conn = match acceptor.accept(stream).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "peer connection refused at the handshake");
+                    return;
                 }
-            })
-            .await;
-            match peeked {
-                Ok(Ok(4)) if piece_wire::is_magic(&first) => serve_pieces(stream, &service).await,
-                Ok(Ok(n)) if n > 0 => {
-                    let _ = grpc
-                        .send(Ok(Counted {
-                            stream,
-                            _slot: slot,
-                        }))
-                        .await;
+            };
+            let first = match tokio::time::timeout(FIRST_BYTES, conn.peek(4)).await {
+                Ok(Ok(b)) => b.to_vec(),
+                _ => return,
+            };
+            if <[u8; 4]>::try_from(&first[..]).is_ok_and(|m| piece_wire::is_magic(&m)) {
+                if may_read_pieces(conn.peer()) {
+                    serve_pieces(conn, &service).await;
                 }
-                _ => {}
+            } else if !first.is_empty() {
+                let _ = grpc
+                    .send(Ok(Counted {
+                        stream: conn,
+                        _slot: slot,
+                    }))
+                    .await;
             }
         });
     }
 }
 
+/// Whether the raw-TCP piece protocol serves this connection: on TLS, only peers and seed
+/// peers read pieces.
+fn may_read_pieces(peer: &ConnPeer) -> bool {
+    let ok = !peer.tls
+        || peer
+            .identity
+            .as_ref()
+            .is_some_and(|id| matches!(id.role, Role::Peer | Role::Seed));
+    if !ok {
+        tracing::warn!(identity = ?peer.identity, remote = ?peer.remote, "piece request from a member that is not a peer; connection closed");
+    }
+    ok
+}
+
 /// Answers piece requests on one connection until the client closes it.
-async fn serve_pieces(stream: TcpStream, service: &PeerService) {
-    let (r, mut w) = stream.into_split();
+async fn serve_pieces(stream: Conn, service: &PeerService) {
+    let (r, mut w) = tokio::io::split(stream);
     let mut r = BufReader::new(r);
     loop {
         let req = match tokio::time::timeout(IDLE, piece_wire::read_request(&mut r)).await {
@@ -206,6 +227,7 @@ mod tests {
     use dragonfly_storage::{PieceStore, Priority, StoreConfig};
     use sha2::{Digest, Sha256};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     #[tokio::test]
     async fn one_port_serves_raw_tcp_pieces_and_grpc_and_survives_garbage() {
@@ -231,9 +253,16 @@ mod tests {
             advertise_ip: Some("127.0.0.1".parse().unwrap()),
             ..P2pConfig::default()
         };
-        let pool = SchedulerPool::new(&config, port, false).await.unwrap();
+        let pool = SchedulerPool::new(
+            &config,
+            port,
+            false,
+            &crate::p2p::membership::Membership::plain(),
+        )
+        .await
+        .unwrap();
         let service = Arc::new(PeerService::new(store, 4, pool, Metrics::new(), None, 0));
-        serve_peer_port(listener, service, 1024);
+        serve_peer_port(listener, service, 1024, Acceptor::plain());
 
         let parents = ParentClients::default();
         let req = |number: u32, task: &str| PieceRequest {
@@ -319,10 +348,17 @@ mod tests {
             advertise_ip: Some("127.0.0.1".parse().unwrap()),
             ..P2pConfig::default()
         };
-        let pool = SchedulerPool::new(&config, port, false).await.unwrap();
+        let pool = SchedulerPool::new(
+            &config,
+            port,
+            false,
+            &crate::p2p::membership::Membership::plain(),
+        )
+        .await
+        .unwrap();
         let metrics = Metrics::new();
         let service = Arc::new(PeerService::new(store, 4, pool, metrics.clone(), None, 0));
-        serve_peer_port(listener, service, 2);
+        serve_peer_port(listener, service, 2, Acceptor::plain());
         // Two silent connections take both slots (they wait for their first bytes).
         let held: Vec<TcpStream> =
             futures::future::join_all((0..2).map(|_| TcpStream::connect(("127.0.0.1", port))))
@@ -397,7 +433,14 @@ mod tests {
             advertise_ip: Some("127.0.0.1".parse().unwrap()),
             ..P2pConfig::default()
         };
-        let pool = SchedulerPool::new(&p2p, port, true).await.unwrap();
+        let pool = SchedulerPool::new(
+            &p2p,
+            port,
+            true,
+            &crate::p2p::membership::Membership::plain(),
+        )
+        .await
+        .unwrap();
         let metrics = Metrics::new();
         let origins = dragonfly_task::origin::Origins::new(
             crate::config::RegistryConfig::default(),
@@ -410,7 +453,7 @@ mod tests {
             downloads.mark_running(&digest);
         }
         let service = PeerService::new(store, 8, pool, metrics, Some(downloads), 0);
-        serve_peer_port(listener, Arc::new(service), 1024);
+        serve_peer_port(listener, Arc::new(service), 1024, Acceptor::plain());
         (port, origin, data, digest)
     }
 

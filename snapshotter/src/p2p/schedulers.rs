@@ -8,12 +8,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use dragonfly_membership::client::Dialer;
+use dragonfly_membership::Role;
 use dragonfly_proto::scheduler as pb;
 use dragonfly_proto::scheduler::scheduler_client::SchedulerClient;
-use dragonfly_runtime::grpc::{endpoint, BadAddress, Timeouts};
+use dragonfly_runtime::grpc::{member_channel, BadAddress, Timeouts};
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
+use super::membership::Membership;
 use super::PeerSource;
 use crate::config::P2pConfig;
 
@@ -49,6 +52,9 @@ pub enum PoolError {
     /// Neither schedulers nor a manager are configured.
     #[error("p2p.schedulers and p2p.manager are both empty")]
     NothingToAsk,
+    /// `p2p.host_id` is not the ID the certificate gives this host.
+    #[error("p2p.host_id {0} is not {1}, the ID this host's certificate names; leave host_id out")]
+    HostId(String, String),
     /// No local address reaches the scheduler or manager.
     #[error("cannot tell which local address reaches {0}; set p2p.advertise_ip")]
     NoRoute(String),
@@ -63,10 +69,9 @@ pub enum PoolError {
     },
 }
 
-fn member(addr: &str, what: &'static str) -> Result<Arc<Member>, PoolError> {
-    let channel = endpoint(addr, Timeouts::CONTROL)
-        .map_err(|source| PoolError::BadAddress { what, source })?
-        .connect_lazy();
+fn member(addr: &str, what: &'static str, dialer: &Dialer) -> Result<Arc<Member>, PoolError> {
+    let channel = member_channel(addr, Timeouts::CONTROL, dialer, &[Role::Scheduler])
+        .map_err(|source| PoolError::BadAddress { what, source })?;
     Ok(Arc::new(Member {
         addr: addr.to_owned(),
         client: SchedulerClient::new(channel),
@@ -80,6 +85,8 @@ fn member(addr: &str, what: &'static str) -> Result<Arc<Member>, PoolError> {
 pub struct SchedulerPool {
     members: RwLock<Vec<Arc<Member>>>,
     host: pb::Host,
+    /// How schedulers (and parents, and the manager) are dialled.
+    dialer: Dialer,
     /// Piece uploads running now (reported in keepalives).
     pub active_uploads: Arc<AtomicU32>,
     /// Blob sources to register again when a scheduler forgets this host.
@@ -88,12 +95,14 @@ pub struct SchedulerPool {
 
 impl SchedulerPool {
     /// A pool for `config.schedulers`, announcing this host with the peer service on
-    /// `upload_port`.
+    /// `upload_port`, as `membership` makes it (its certificate's ID is the host ID).
     pub async fn new(
         config: &P2pConfig,
         upload_port: u16,
         seed: bool,
+        membership: &Membership,
     ) -> Result<Arc<SchedulerPool>, PoolError> {
+        let dialer = &membership.dialer;
         let towards = match (config.schedulers.first(), config.manager.is_empty()) {
             (Some(s), _) => s.clone(),
             (None, false) => config.manager.clone(),
@@ -102,7 +111,7 @@ impl SchedulerPool {
         let members = config
             .schedulers
             .iter()
-            .map(|a| member(a, "p2p.schedulers"))
+            .map(|a| member(a, "p2p.schedulers", dialer))
             .collect::<Result<Vec<_>, _>>()?;
         let ip = match config.advertise_ip {
             Some(ip) => ip,
@@ -113,10 +122,14 @@ impl SchedulerPool {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "localhost".into());
-        let id = config
-            .host_id
-            .clone()
-            .unwrap_or_else(|| format!("{ip}-{hostname}{}", if seed { "-seed" } else { "" }));
+        let id = match (&membership.identity, &config.host_id) {
+            (Some(me), Some(id)) if *id != me.id => {
+                return Err(PoolError::HostId(id.clone(), me.id.clone()))
+            }
+            (Some(me), _) => me.id.clone(),
+            (None, Some(id)) => id.clone(),
+            (None, None) => format!("{ip}-{hostname}{}", if seed { "-seed" } else { "" }),
+        };
         let host = pb::Host {
             id,
             hostname,
@@ -136,6 +149,7 @@ impl SchedulerPool {
         Ok(Arc::new(SchedulerPool {
             members: RwLock::new(members),
             host,
+            dialer: dialer.clone(),
             active_uploads: Arc::new(AtomicU32::new(0)),
             sources: Mutex::new(Vec::new()),
         }))
@@ -189,6 +203,11 @@ impl SchedulerPool {
         }
     }
 
+    /// How members are dialled.
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
+
     /// This host's ID.
     pub fn host_id(&self) -> &str {
         &self.host.id
@@ -215,7 +234,7 @@ impl SchedulerPool {
             .iter()
             .map(|a| match members.iter().find(|m| &m.addr == a) {
                 Some(m) => Ok(m.clone()),
-                None => member(a, "the manager's scheduler list"),
+                None => member(a, "the manager's scheduler list", &self.dialer),
             })
             .collect::<Result<Vec<_>, _>>()?;
         tracing::info!(schedulers = ?wanted, "scheduler list changed");

@@ -6,6 +6,8 @@
 //! with the rest of the run the reader asked for (`fetch_until`), in one origin request; the
 //! store's single-flight makes every peer asking for the same piece share one origin fetch.
 
+use dragonfly_membership::server::require;
+use dragonfly_membership::Role;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -207,6 +209,7 @@ impl Peer for PeerService {
         &self,
         req: Request<pb::GetPieceRequest>,
     ) -> Result<Response<pb::GetPieceResponse>, Status> {
+        require(&req, "GetPiece", &[Role::Peer, Role::Seed])?;
         let r = req.into_inner();
         let data = self
             .piece(&r.task_id, r.number, r.fetch.then_some(r.fetch_until))
@@ -224,6 +227,7 @@ impl Peer for PeerService {
         &self,
         req: Request<pb::TriggerDownloadRequest>,
     ) -> Result<Response<pb::TriggerDownloadResponse>, Status> {
+        require(&req, "TriggerDownload", &[Role::Scheduler])?;
         let Some(downloads) = &self.downloads else {
             return Err(Status::unimplemented(
                 "this peer does not take triggered downloads",
@@ -241,6 +245,11 @@ impl Peer for PeerService {
         &self,
         req: Request<pb::StatTaskRequest>,
     ) -> Result<Response<pb::StatTaskResponse>, Status> {
+        require(
+            &req,
+            "StatTask",
+            &[Role::Scheduler, Role::Manager, Role::Seed, Role::Peer],
+        )?;
         let Some(downloads) = &self.downloads else {
             return Err(Status::unimplemented(
                 "this peer does not take triggered downloads",
