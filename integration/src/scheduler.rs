@@ -23,12 +23,17 @@ fn binary() -> Result<PathBuf> {
 impl Scheduler {
     /// Starts a scheduler with its config and log in `dir`.
     pub fn start(dir: &Path) -> Result<Scheduler> {
+        Scheduler::start_with(dir, "")
+    }
+
+    /// Like [`Scheduler::start`], `extra_yaml` ending its config.
+    pub fn start_with(dir: &Path, extra_yaml: &str) -> Result<Scheduler> {
         std::fs::create_dir_all(dir)?;
         let addr = format!("127.0.0.1:{}", free_port());
         let config = dir.join("scheduler.yaml");
         std::fs::write(
             &config,
-            format!("address: {addr}\nmetrics: {{address: null}}\nlog: {{level: 'dragonfly_scheduler=debug,info'}}\nscheduling: {{keepalive_interval_secs: 1}}\n"),
+            format!("address: {addr}\nmetrics: {{address: null}}\nlog: {{level: 'dragonfly_scheduler=debug,info'}}\nscheduling: {{keepalive_interval_secs: 1}}\n{extra_yaml}\n"),
         )?;
         let proc = Scheduler::spawn(dir, &addr)?;
         Ok(Scheduler {

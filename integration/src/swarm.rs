@@ -1,6 +1,7 @@
 //! A swarm on one machine: a registry, a scheduler and several nodes, each with its own daemon
 //! (P2P enabled, its own host ID and upload port) and its own containerd.
 
+use dragonfly_membership::{Ca, Identity, Role};
 use std::path::Path;
 
 use anyhow::Result;
@@ -55,6 +56,33 @@ pub struct Swarm {
     /// The registry.
     pub registry: Registry,
     dir: TestDir,
+    /// The cluster CA, when the swarm runs with mutual TLS.
+    pub ca: Option<Ca>,
+}
+
+/// Writes `id`'s credentials (a `role` certificate for `ip` from `ca`) into `dir` and returns
+/// the `security:` config naming them.
+pub fn member_files(ca: &Ca, dir: &Path, role: Role, id: &str, ip: &str) -> Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let issued = ca
+        .issue(
+            &Identity::new(role, id).map_err(|e| anyhow::anyhow!("{e}"))?,
+            &[ip.parse()?],
+            &[],
+            std::time::Duration::from_secs(24 * 3600),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (name, pem) in [
+        ("ca.pem", ca.cert_pem()),
+        ("cert.pem", &issued.cert_pem),
+        ("key.pem", &issued.key_pem),
+    ] {
+        std::fs::write(dir.join(name), pem)?;
+    }
+    Ok(format!(
+        "security: {{ca: '{d}/ca.pem', cert: '{d}/cert.pem', key: '{d}/key.pem'}}",
+        d = dir.display()
+    ))
 }
 
 impl Swarm {
@@ -71,20 +99,48 @@ impl Swarm {
     /// Like [`Swarm::start_with_seeds`]; `p2p_extra` adds keys to every daemon's `p2p` map
     /// (e.g. `upload_rate_bytes_per_sec: 8000000`).
     pub fn start_with(seeds: usize, n: usize, daemon_yaml: &str, p2p_extra: &str) -> Result<Swarm> {
+        Swarm::start_inner(seeds, n, daemon_yaml, p2p_extra, None)
+    }
+
+    /// Like [`Swarm::start_with_seeds`], the scheduler and every daemon members of a new
+    /// cluster CA (mutual TLS), each node's certificate naming its host ID `node-<i>`.
+    pub fn start_tls(seeds: usize, n: usize, daemon_yaml: &str) -> Result<Swarm> {
+        let ca = Ca::create("test cluster").map_err(|e| anyhow::anyhow!("{e}"))?;
+        Swarm::start_inner(seeds, n, daemon_yaml, "", Some(ca))
+    }
+
+    fn start_inner(
+        seeds: usize,
+        n: usize,
+        daemon_yaml: &str,
+        p2p_extra: &str,
+        ca: Option<Ca>,
+    ) -> Result<Swarm> {
         require_root()?;
         let dir = TestDir::new("dfly-swarm-")?;
         let registry = Registry::start(dir.path())?;
-        let scheduler = Scheduler::start(&dir.path().join("scheduler"))?;
+        let security = |name: &str, role: Role, ip: &str| -> Result<String> {
+            match &ca {
+                Some(ca) => member_files(ca, &dir.path().join(name).join("tls"), role, name, ip),
+                None => Ok(String::new()),
+            }
+        };
+        let scheduler = Scheduler::start_with(
+            &dir.path().join("scheduler"),
+            &security("scheduler", Role::Scheduler, "127.0.0.1")?,
+        )?;
         let mut nodes = Vec::new();
         for i in 0..n {
             let metrics = format!("127.0.0.1:{}", free_port());
             // Each node has its own loopback address.
             let ip = 10 + i;
+            let role = if i < seeds { Role::Seed } else { Role::Peer };
             let yaml = format!(
-                "metrics: {{address: '{metrics}'}}\np2p: {{schedulers: ['{}'], listen: '127.0.0.{ip}:0', advertise_ip: 127.0.0.{ip}, host_id: node-{i}, seed_peer: {}{}}}\n{daemon_yaml}",
+                "metrics: {{address: '{metrics}'}}\np2p: {{schedulers: ['{}'], listen: '127.0.0.{ip}:0', advertise_ip: 127.0.0.{ip}, host_id: node-{i}, seed_peer: {}{}}}\n{}\n{daemon_yaml}",
                 scheduler.addr,
                 i < seeds,
-                if p2p_extra.is_empty() { String::new() } else { format!(", {p2p_extra}") }
+                if p2p_extra.is_empty() { String::new() } else { format!(", {p2p_extra}") },
+                security(&format!("node-{i}"), role, &format!("127.0.0.{ip}"))?
             );
             let node_dir = dir.path().join(format!("node-{i}"));
             let daemon = Daemon::start(&node_dir.join("daemon"), &yaml)?;
@@ -100,6 +156,7 @@ impl Swarm {
             scheduler,
             registry,
             dir,
+            ca,
         })
     }
 

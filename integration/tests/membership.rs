@@ -1,0 +1,190 @@
+//! A cluster whose scheduler, seed peer and nodes authenticate each other (mutual TLS with
+//! certificates from one CA): pulls work through it, and neither a process without a
+//! certificate nor a member acting out of its role changes anything.
+
+use dragonfly_integration::fixtures;
+use dragonfly_integration::swarm::Swarm;
+use dragonfly_membership::client::Dialer;
+use dragonfly_membership::{Credentials, Identity, Role};
+use dragonfly_proto::peer::peer_client::PeerClient;
+use dragonfly_proto::peer::{GetPieceRequest, TriggerDownloadRequest};
+use dragonfly_proto::scheduler as pb;
+use dragonfly_proto::scheduler::scheduler_client::SchedulerClient;
+use dragonfly_runtime::grpc::{member_channel, Timeouts};
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// A `role` member `id` of the swarm's cluster.
+fn credentials(swarm: &Swarm, role: Role, id: &str) -> Credentials {
+    let ca = swarm.ca.as_ref().expect("a TLS swarm");
+    let issued = ca
+        .issue(
+            &Identity::new(role, id).unwrap(),
+            &["127.0.0.1".parse().unwrap()],
+            &[],
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+    Credentials::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap()
+}
+
+fn channel(dialer: &Dialer, addr: &str, roles: &'static [Role]) -> Channel {
+    member_channel(addr, Timeouts::CONTROL, dialer, roles).unwrap()
+}
+
+fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
+    r.map_or_else(|e| e.code(), |_| Code::Ok)
+}
+
+/// Where each announced host serves pieces, as the manager would read it.
+async fn hosts(swarm: &Swarm) -> Vec<pb::Host> {
+    let manager = Dialer::tls(&credentials(swarm, Role::Manager, "manager")).unwrap();
+    let mut c = SchedulerClient::new(channel(&manager, &swarm.scheduler.addr, &[Role::Scheduler]));
+    c.list_hosts(pb::ListHostsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts
+}
+
+#[test]
+fn a_cluster_of_members_pulls_and_strangers_and_rogue_members_change_nothing() {
+    let swarm = Swarm::start_tls(1, 3, "prefetch: {background: false}").expect("swarm");
+    let img = fixtures::large().expect("fixture");
+    let [_, esgz, _] = swarm.publish("large", &img).expect("publish").refs();
+    let want = fixtures::large_huge_sha256();
+    for i in [1, 2] {
+        let node = &swarm.nodes[i];
+        node.containerd.rpull(&esgz).expect("rpull");
+        let (ok, out) = node.containerd.run_once(
+            "dragonfly",
+            &esgz,
+            &format!("read-{i}"),
+            &["/bin/sha256sum", "/data/huge.bin"],
+        );
+        assert!(
+            ok && out.contains(&want),
+            "node {i}: {out}\n{}",
+            swarm.logs()
+        );
+    }
+    for n in &swarm.nodes {
+        assert!(n.daemon.log().contains("authenticate with mutual TLS"));
+    }
+    assert!(swarm
+        .scheduler
+        .log()
+        .contains("authenticate with mutual TLS"));
+    let from_peers = swarm.nodes[2].metric("dragonfly_snapshotter_p2p_bytes_total", "peer");
+    assert!(
+        from_peers > 0.0,
+        "no piece travelled over TLS\n{}",
+        swarm.logs()
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let before = hosts(&swarm).await;
+        let node1 = before
+            .iter()
+            .find(|h| h.id == "node-1")
+            .expect("node-1")
+            .clone();
+        let node1_addr = format!("{}:{}", node1.ip, node1.upload_port);
+        let task = pb::Task {
+            id: format!("task:{}", "a".repeat(64)),
+            url: "http://127.0.0.1:1/metadata".into(),
+            ..Default::default()
+        };
+
+        // No certificate: neither the scheduler nor a peer port answers.
+        let plain = Dialer::plain();
+        let mut s = SchedulerClient::new(channel(&plain, &swarm.scheduler.addr, &[]));
+        assert_ne!(
+            code(
+                s.leave_host(pb::LeaveHostRequest {
+                    host_id: "node-1".into()
+                })
+                .await
+            ),
+            Code::Ok
+        );
+        let mut p = PeerClient::new(channel(&plain, &node1_addr, &[]));
+        assert_ne!(
+            code(
+                p.trigger_download(TriggerDownloadRequest {
+                    task: Some(task.clone()),
+                    background: false,
+                })
+                .await
+            ),
+            Code::Ok
+        );
+
+        // A member out of its role: a peer cannot trigger downloads, speak for another host,
+        // announce itself as a seed, or make another host leave.
+        let rogue = Dialer::tls(&credentials(&swarm, Role::Peer, "rogue")).unwrap();
+        let mut p = PeerClient::new(channel(&rogue, &node1_addr, &[Role::Peer]));
+        assert_eq!(
+            code(
+                p.trigger_download(TriggerDownloadRequest {
+                    task: Some(task.clone()),
+                    background: false,
+                })
+                .await
+            ),
+            Code::PermissionDenied
+        );
+        let mut s =
+            SchedulerClient::new(channel(&rogue, &swarm.scheduler.addr, &[Role::Scheduler]));
+        let mut fake = node1.clone();
+        fake.upload_port = 1;
+        for host in [fake.clone(), {
+            let mut seed = fake.clone();
+            seed.id = "rogue".into();
+            seed.r#type = pb::HostType::Seed as i32;
+            seed
+        }] {
+            assert_eq!(
+                code(
+                    s.announce_host(pb::AnnounceHostRequest {
+                        protocol: pb::PROTOCOL,
+                        host: Some(host),
+                    })
+                    .await
+                ),
+                Code::PermissionDenied
+            );
+        }
+        assert_eq!(
+            code(
+                s.leave_host(pb::LeaveHostRequest {
+                    host_id: "node-1".into()
+                })
+                .await
+            ),
+            Code::PermissionDenied
+        );
+        // A member may read pieces (it is one of the swarm).
+        let digest = fixtures::layers(&esgz).unwrap()[1].0.clone();
+        let piece = p
+            .get_piece(GetPieceRequest {
+                task_id: digest,
+                number: 0,
+                peer_id: "rogue".into(),
+                fetch: false,
+                fetch_until: 0,
+            })
+            .await;
+        assert!(piece.is_ok(), "{piece:?}");
+
+        // Nothing changed: the same hosts, node-1 where it was.
+        let after = hosts(&swarm).await;
+        let ids = |h: &[pb::Host]| {
+            let mut v: Vec<_> = h.iter().map(|h| (h.id.clone(), h.upload_port)).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids(&before), ids(&after), "{}", swarm.logs());
+    });
+}
