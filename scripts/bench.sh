@@ -576,7 +576,7 @@ fuzz_bench() {
     # shellcheck disable=SC2086
     if ! DRAGONFLY_FUZZ_SECS=$secs DRAGONFLY_FUZZ_REPORT=$report \
       cargo test --release --quiet "${cfg[@]}" $args -- "$filter" --nocapture --test-threads=1 2>&1 |
-      tee -a "$log" | grep -E '^fuzz |panicked|FAILED|failing input|ran longer|allocation of'; then
+      tee -a "$log" | grep -E 'fuzz [a-z-]+: |panicked|FAILED|allocation of'; then
       failed+=("$args")
     fi
   done
