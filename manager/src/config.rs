@@ -26,6 +26,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Preheat jobs.
     pub jobs: JobsConfig,
+    /// Cluster credentials for gRPC (a manager's certificate from the cluster CA): mutual TLS
+    /// with schedulers, seed peers and peers. None: plain gRPC, for loopback use only.
+    pub security: dragonfly_membership::TlsFiles,
     /// Logging.
     pub log: LogConfig,
 }
@@ -119,6 +122,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             auth: AuthConfig::default(),
             jobs: JobsConfig::default(),
+            security: Default::default(),
             log: LogConfig::default(),
         }
     }

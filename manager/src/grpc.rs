@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dragonfly_membership::server::require;
+use dragonfly_membership::Role;
 use dragonfly_proto::manager as pb;
 use dragonfly_proto::manager::manager_server::Manager;
 use tonic::{Request, Response, Status};
@@ -132,6 +134,7 @@ impl Manager for ManagerService {
         &self,
         req: Request<pb::UpdateSchedulerRequest>,
     ) -> Result<Response<pb::Scheduler>, Status> {
+        require(&req, "UpdateScheduler", &[Role::Scheduler])?;
         let r = req.into_inner();
         let reg = registration(r.hostname, r.ip, r.port, r.idc, r.location);
         let m = self
@@ -144,6 +147,7 @@ impl Manager for ManagerService {
         &self,
         req: Request<pb::UpdateSeedPeerRequest>,
     ) -> Result<Response<pb::SeedPeer>, Status> {
+        require(&req, "UpdateSeedPeer", &[Role::Seed])?;
         let r = req.into_inner();
         let reg = registration(r.hostname, r.ip, r.port, r.idc, r.location);
         let m = self
@@ -156,6 +160,7 @@ impl Manager for ManagerService {
         &self,
         req: Request<pb::KeepAliveRequest>,
     ) -> Result<Response<pb::KeepAliveResponse>, Status> {
+        let who = require(&req, "KeepAlive", &[Role::Scheduler, Role::Seed])?;
         let r = req.into_inner();
         check_addr(&r.ip, r.port)?;
         let kind = match pb::SourceType::try_from(r.source_type) {
@@ -163,6 +168,16 @@ impl Manager for ManagerService {
             Ok(pb::SourceType::SeedPeer) => Kind::SeedPeer,
             Err(_) => return Err(Status::invalid_argument("unknown source_type")),
         };
+        let role = if kind == Kind::Scheduler {
+            Role::Scheduler
+        } else {
+            Role::Seed
+        };
+        if who.is_some_and(|id| id.role != role) {
+            return Err(Status::permission_denied(
+                "a member keeps alive only what its certificate makes it",
+            ));
+        }
         if !self
             .db
             .keepalive(kind, &r.ip, i64::from(r.port))
@@ -183,6 +198,7 @@ impl Manager for ManagerService {
         &self,
         req: Request<pb::ListSchedulersRequest>,
     ) -> Result<Response<pb::ListSchedulersResponse>, Status> {
+        require(&req, "ListSchedulers", &[Role::Peer, Role::Seed])?;
         let r = req.into_inner();
         let clusters = self.db.clusters().await.map_err(status)?;
         let peer = PeerInfo {
@@ -209,6 +225,7 @@ impl Manager for ManagerService {
         &self,
         req: Request<pb::ResolveImageTagRequest>,
     ) -> Result<Response<pb::ResolveImageTagResponse>, Status> {
+        require(&req, "ResolveImageTag", &[Role::Peer, Role::Seed])?;
         let r = req.into_inner();
         if r.registry.is_empty() || r.repository.is_empty() || r.tag.is_empty() {
             return Err(Status::invalid_argument(

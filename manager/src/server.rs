@@ -50,6 +50,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     crate::auth::ensure_root(&db, root_password.as_deref()).await?;
     db.default_cluster().await?;
     let metrics = Metrics::new();
+    let (acceptor, dialer) = membership(&config)?;
     let job_created = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(
         Runner::new(
@@ -57,6 +58,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.clone(),
             job_created.clone(),
             metrics.clone(),
+            dialer,
         )
         .run(),
     );
@@ -101,7 +103,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tokio::spawn(async move {
         if let Err(e) = tonic::transport::Server::builder()
             .add_service(ManagerServer::new(service))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc))
+            .serve_with_incoming(dragonfly_membership::server::incoming(grpc, acceptor))
             .await
         {
             tracing::error!(error = %e, "gRPC server failed");
@@ -112,4 +114,36 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         http: http_addr,
         grpc: grpc_addr,
     })
+}
+
+/// How the manager's gRPC accepts schedulers, seed peers and peers, and how it dials
+/// schedulers: mutual TLS with `security:` (a manager's certificate), or plain (said in the
+/// log: for loopback use only).
+fn membership(
+    config: &Config,
+) -> anyhow::Result<(
+    dragonfly_membership::server::Acceptor,
+    dragonfly_membership::client::Dialer,
+)> {
+    use anyhow::Context;
+    use dragonfly_membership::{client::Dialer, server::Acceptor, Role};
+    let creds = config
+        .security
+        .credentials()
+        .context("cannot load the cluster credentials (security:)")?;
+    match creds {
+        Some(c) => {
+            anyhow::ensure!(
+                c.identity().role == Role::Manager,
+                "security.cert is the certificate of a {}, not of a manager",
+                c.identity().role.as_str()
+            );
+            tracing::info!(identity = %c.identity(), "cluster members authenticate with mutual TLS");
+            Ok((Acceptor::tls(&c)?, Dialer::tls(&c)?))
+        }
+        None => {
+            tracing::warn!("no cluster credentials (security: ca, cert, key): anyone who reaches the gRPC port may register as a scheduler or seed peer and receive preheats' registry credentials; use it only on loopback or a network only members reach");
+            Ok((Acceptor::plain(), Dialer::plain()))
+        }
+    }
 }

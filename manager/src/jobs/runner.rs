@@ -29,6 +29,8 @@ use crate::store::hosts::Kind;
 use crate::store::image_tags::ImageTag;
 use crate::store::jobs::Claimed;
 use crate::store::Db;
+use dragonfly_membership::client::Dialer;
+use dragonfly_membership::Role;
 
 /// How often a RUNNING job's heartbeat (with its live progress) is written.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -71,6 +73,8 @@ pub struct Runner {
     metrics: Arc<Metrics>,
     /// Where preheat URLs may point.
     destinations: Arc<DestinationPolicy>,
+    /// How schedulers are dialled (mutual TLS with the manager's certificate, or plain).
+    dialer: Dialer,
 }
 
 /// A job's growing log and result.
@@ -141,12 +145,13 @@ impl Progress {
 }
 
 impl Runner {
-    /// A runner over `db`, woken early by `wake`.
+    /// A runner over `db`, woken early by `wake`, dialling schedulers through `dialer`.
     pub fn new(
         db: Db,
         config: Arc<Config>,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
+        dialer: Dialer,
     ) -> Arc<Runner> {
         let destinations = Arc::new(DestinationPolicy::new(config.jobs.allowed_networks.clone()));
         Arc::new(Runner {
@@ -155,6 +160,7 @@ impl Runner {
             wake,
             metrics,
             destinations,
+            dialer,
         })
     }
 
@@ -528,9 +534,10 @@ impl Runner {
                     request: Duration::from_secs(timeout_secs + 10),
                     ..Timeouts::CONTROL
                 };
-                let ch = endpoint(&addr, timeouts)
-                    .map_err(|e| e.to_string())?
-                    .connect()
+                let ch = endpoint(&addr, timeouts).map_err(|e| e.to_string())?;
+                let ch = self
+                    .dialer
+                    .connect_channel(ch, &[Role::Scheduler])
                     .await
                     .map_err(|e| format!("cannot connect to scheduler {addr}: {e}"))?;
                 let mut events = pb::scheduler_client::SchedulerClient::new(ch)
