@@ -545,7 +545,17 @@ pieces_bench() {
   # The daemon's default piece length, then 4 MiB pieces.
   cargo run --release --quiet -p dragonfly-snapshotter --example piece_bench -- "$OUT_DIR/pieces.json"
   BENCH_PIECE_LENGTH=4194304 cargo run --release --quiet -p dragonfly-snapshotter --example piece_bench -- "$OUT_DIR/pieces-4mib.json"
-  echo "written: $OUT_DIR/pieces.json $OUT_DIR/pieces-4mib.json"
+  # The same over mutual TLS (cluster credentials), in the same run: the ratios are the cost.
+  BENCH_TLS=1 cargo run --release --quiet -p dragonfly-snapshotter --example piece_bench -- "$OUT_DIR/pieces-tls.json"
+  python3 - "$OUT_DIR/pieces.json" "$OUT_DIR/pieces-tls.json" "$OUT_DIR/pieces-tls-ratio.json" <<'PY'
+import json, sys
+plain, tls = (json.load(open(p)) for p in sys.argv[1:3])
+keys = ["tcp_transport_only_gbps", "grpc_transport_only_gbps", "best_tcp_verified_gbps", "best_grpc_verified_gbps"]
+ratios = {k: round(tls[k] / plain[k], 3) for k in keys}
+json.dump({"bench": "piece_transfer_tls_vs_plain", "tls_over_plain": ratios}, open(sys.argv[3], "w"), indent=2)
+print("mutual TLS vs plain, same run: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+PY
+  echo "written: $OUT_DIR/pieces.json $OUT_DIR/pieces-4mib.json $OUT_DIR/pieces-tls.json $OUT_DIR/pieces-tls-ratio.json"
 }
 
 # Fuzz targets of the parsers, each for BENCH_FUZZ_SECS seconds (default 60), one after the
