@@ -14,10 +14,12 @@
 //! * [`scopes`] — which cluster serves a peer.
 //! * [`listener`] — the HTTP listener, plain or TLS.
 //! * [`redact`] — URLs as shown and logged (no query values, no user info).
+//! * [`certs`] — the cluster CA and member certificates (`dragonfly-manager certs`).
 //! * [`server`] — wiring it all together.
 
 pub mod api;
 pub mod auth;
+pub mod certs;
 pub mod config;
 pub mod grpc;
 pub mod jobs;

@@ -28,11 +28,94 @@ struct Cli {
     /// Overrides database.url.
     #[arg(long, env = "DRAGONFLY_DATABASE_URL")]
     database: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Commands besides serving.
+#[derive(clap::Subcommand)]
+enum Command {
+    /// The cluster CA and member certificates (mutual TLS between components).
+    #[command(subcommand)]
+    Certs(Certs),
+}
+
+#[derive(clap::Subcommand)]
+enum Certs {
+    /// Creates the cluster CA in DIR (ca.pem, ca-key.pem) and prints its fingerprint.
+    Init {
+        /// Where the CA lives (created 0700; keep ca-key.pem private).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issues a member certificate: OUT gets ca.pem, cert.pem and key.pem for its
+    /// `security: {ca, cert, key}`.
+    Issue {
+        /// The CA's directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// manager, scheduler, seed or peer.
+        #[arg(long)]
+        role: dragonfly_membership::Role,
+        /// Its ID: a peer's or seed peer's host ID (p2p.host_id), a scheduler's name.
+        #[arg(long)]
+        id: String,
+        /// An address other components dial it at (repeat for several).
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
+        /// A DNS name other components dial it by (repeat for several).
+        #[arg(long = "dns")]
+        names: Vec<String>,
+        /// Days it is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// Where the three files go (created 0700).
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace files already there (renewal).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn certs(c: Certs) -> anyhow::Result<()> {
+    match c {
+        Certs::Init { dir } => {
+            let fp = dragonfly_manager::certs::init(&dir)?;
+            println!("cluster CA created in {}: {fp}", dir.display());
+        }
+        Certs::Issue {
+            ca,
+            role,
+            id,
+            ips,
+            names,
+            days,
+            out,
+            force,
+        } => {
+            let who = dragonfly_manager::certs::issue(&dragonfly_manager::certs::IssueArgs {
+                ca_dir: &ca,
+                role,
+                id: &id,
+                ips: &ips,
+                names: &names,
+                days,
+                out: &out,
+                force,
+            })?;
+            println!("{who}: {}/{{ca,cert,key}}.pem", out.display());
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Certs(c)) = cli.command {
+        return certs(c);
+    }
     let mut config = match &cli.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),

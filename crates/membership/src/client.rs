@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -26,8 +26,8 @@ pub struct Dialer {
 pub enum ClientConn {
     /// In the clear.
     Plain(TcpStream),
-    /// Over mutual TLS, with the server's identity checked.
-    Tls(Box<TlsStream<TcpStream>>),
+    /// Over mutual TLS, with the server's identity checked (reads buffered below TLS).
+    Tls(Box<TlsStream<BufReader<TcpStream>>>),
 }
 
 fn denied(msg: String) -> io::Error {
@@ -67,6 +67,7 @@ impl Dialer {
             .trim_end_matches(']');
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tcp = BufReader::with_capacity(crate::server::TLS_READ_BUFFER, tcp);
         let stream = tls.connect(name, tcp).await?;
         let who = stream
             .get_ref()

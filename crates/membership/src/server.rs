@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -34,8 +34,12 @@ pub struct ConnPeer {
 
 enum Io {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    /// rustls reads 4 KiB at a time; the buffer below it turns most of those into copies.
+    Tls(Box<TlsStream<BufReader<TcpStream>>>),
 }
+
+/// Bytes read from the socket at once under TLS.
+pub(crate) const TLS_READ_BUFFER: usize = 64 << 10;
 
 /// An accepted connection: TLS or plain, with bytes read ahead (to tell protocols apart)
 /// given back first.
@@ -77,6 +81,7 @@ impl Acceptor {
         let Some(tls) = &self.tls else {
             return Ok(Conn::new(Io::Plain(stream), None, false, remote));
         };
+        let stream = BufReader::with_capacity(TLS_READ_BUFFER, stream);
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
