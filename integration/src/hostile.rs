@@ -4,14 +4,11 @@
 //! count, times, xattrs, bytes), so a test can tell that nothing outside a snapshot changed.
 
 use std::ffi::CString;
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use flate2::write::GzEncoder;
-use sha2::{Digest, Sha256};
 
 use crate::oci::BuiltImage;
 
@@ -193,73 +190,7 @@ pub fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     r
 }
 
-fn sha256(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(b)))
-}
-
-fn put_blob(layout: &Path, data: &[u8]) -> Result<(String, u64)> {
-    let digest = sha256(data);
-    let dir = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join(digest.trim_start_matches("sha256:")), data)?;
-    Ok((digest, data.len() as u64))
-}
-
-/// Writes an OCI image layout (tag `latest`) with one gzip layer per tar, bottom first; the
-/// tars go in as they are.
-pub fn build_image_from_tars(layout: &Path, tars: &[Vec<u8>], cmd: &[&str]) -> Result<BuiltImage> {
-    let _ = std::fs::remove_dir_all(layout);
-    std::fs::create_dir_all(layout)?;
-    let (mut descs, mut diff_ids, mut layers, mut total) = (Vec::new(), Vec::new(), Vec::new(), 0);
-    for tar in tars {
-        diff_ids.push(sha256(tar));
-        let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(tar)?;
-        let (digest, size) = put_blob(layout, &gz.finish()?)?;
-        total += size;
-        layers.push(digest.clone());
-        descs.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": digest, "size": size,
-        }));
-    }
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    let config = serde_json::json!({
-        "architecture": arch, "os": "linux",
-        "config": {"Cmd": cmd, "Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    });
-    let (cd, cs) = put_blob(layout, &serde_json::to_vec(&config)?)?;
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
-        "layers": descs,
-    });
-    let (md, ms) = put_blob(layout, &serde_json::to_vec(&manifest)?)?;
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
-            "annotations": {"org.opencontainers.image.ref.name": "latest"},
-        }],
-    });
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
-    std::fs::write(
-        layout.join("oci-layout"),
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-    )?;
-    Ok(BuiltImage {
-        layout: layout.to_owned(),
-        manifest: md,
-        layers,
-        layer_bytes: total,
-    })
-}
+pub use crate::oci::build_image_from_tars;
 
 /// Pushes every `(image, reference)` with [`crate::oci::push`], `parallel` at a time.
 pub fn push_all(images: &[(BuiltImage, String)], parallel: usize) -> Result<()> {

@@ -177,17 +177,26 @@ pub struct BuiltImage {
 
 /// Writes an OCI image layout with one gzip layer per entry list.
 pub fn build_image(layout: &Path, layers: &[Vec<Entry>], cmd: &[&str]) -> Result<BuiltImage> {
+    let tars = layers
+        .iter()
+        .map(|e| layer_tar(e))
+        .collect::<Result<Vec<_>>>()?;
+    build_image_from_tars(layout, &tars, cmd)
+}
+
+/// Writes an OCI image layout (tag `latest`) with one gzip layer per tar, bottom first; the
+/// tars go in as they are.
+pub fn build_image_from_tars(layout: &Path, tars: &[Vec<u8>], cmd: &[&str]) -> Result<BuiltImage> {
     let _ = std::fs::remove_dir_all(layout);
     std::fs::create_dir_all(layout)?;
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
     let mut digests = Vec::new();
     let mut total = 0;
-    for entries in layers {
-        let tar = layer_tar(entries)?;
-        diff_ids.push(sha256(&tar));
+    for tar in tars {
+        diff_ids.push(sha256(tar));
         let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&tar)?;
+        gz.write_all(tar)?;
         let (digest, size) = put_blob(layout, &gz.finish()?)?;
         total += size;
         digests.push(digest.clone());
