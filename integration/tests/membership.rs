@@ -17,15 +17,12 @@ use tonic::Code;
 /// A `role` member `id` of the swarm's cluster.
 fn credentials(swarm: &Swarm, role: Role, id: &str) -> Credentials {
     let ca = swarm.ca.as_ref().expect("a TLS swarm");
-    let issued = ca
-        .issue(
-            &Identity::new(role, id).unwrap(),
-            &["127.0.0.1".parse().unwrap()],
-            &[],
-            std::time::Duration::from_secs(3600),
-        )
-        .unwrap();
-    Credentials::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap()
+    ca.credentials(
+        &Identity::new(role, id).unwrap(),
+        &["127.0.0.1".parse().unwrap()],
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap()
 }
 
 fn channel(dialer: &Dialer, addr: &str, roles: &'static [Role]) -> Channel {

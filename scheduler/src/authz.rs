@@ -17,22 +17,22 @@ pub const MEMBERS: &[Role] = &[Role::Peer, Role::Seed, Role::Scheduler, Role::Ma
 /// The manager.
 pub const MANAGER: &[Role] = &[Role::Manager];
 
-/// The caller, who must be host `host_id` itself.
-pub fn as_host<T>(req: &Request<T>, what: &str, host_id: &str) -> Result<(), Status> {
+/// The caller, who must be host `host_id` itself (`None` on a server without credentials).
+pub fn as_host<T>(req: &Request<T>, what: &str, host_id: &str) -> Result<Option<Identity>, Status> {
     match require(req, what, HOSTS)? {
         Some(id) if id.id != host_id => Err(Status::permission_denied(format!(
             "{id} may call {what} only as host {}, not {host_id}",
             id.id
         ))),
-        _ => Ok(()),
+        who => Ok(who),
     }
 }
 
 /// The caller of `AnnounceHost` for `host`: that host, and a seed peer if it says it is one.
 pub fn announce<T>(req: &Request<T>, host: &pb::Host) -> Result<(), Status> {
-    as_host(req, "AnnounceHost", &host.id)?;
+    let who = as_host(req, "AnnounceHost", &host.id)?;
     let seed = host.r#type == pb::HostType::Seed as i32;
-    match require(req, "AnnounceHost", HOSTS)? {
+    match who {
         Some(id) if seed && id.role != Role::Seed => Err(Status::permission_denied(format!(
             "{id} may not announce itself as a seed peer; its certificate is a peer's"
         ))),

@@ -503,16 +503,14 @@ fn member_client(
     id: &str,
     addr: &str,
 ) -> SchedulerClient<Channel> {
-    use dragonfly_membership::{client::Dialer, Credentials, Identity, Role};
-    let issued = ca
-        .issue(
+    use dragonfly_membership::{client::Dialer, Identity, Role};
+    let creds = ca
+        .credentials(
             &Identity::new(role, id).unwrap(),
             &["127.0.0.1".parse().unwrap()],
-            &[],
             Duration::from_secs(3600),
         )
         .unwrap();
-    let creds = Credentials::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
     let ch = dragonfly_runtime::grpc::member_channel(
         addr,
         dragonfly_runtime::grpc::Timeouts::CONTROL,

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use dragonfly_membership::{Ca, Credentials, Identity, Role};
+use dragonfly_membership::{Ca, Identity, Role};
 use dragonfly_proto::peer::GetPieceRequest;
 use dragonfly_snapshotter::config::P2pConfig;
 use dragonfly_snapshotter::metrics::Metrics;
@@ -29,15 +29,13 @@ const SIZE: usize = 512 << 20;
 fn tls_membership() -> Membership {
     let ca = Ca::create("bench").unwrap();
     let me = Identity::new(Role::Peer, "bench").unwrap();
-    let issued = ca
-        .issue(
+    let creds = ca
+        .credentials(
             &me,
             &["127.0.0.1".parse().unwrap()],
-            &[],
             std::time::Duration::from_secs(3600),
         )
         .unwrap();
-    let creds = Credentials::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
     Membership {
         acceptor: dragonfly_membership::server::Acceptor::tls(&creds).unwrap(),
         dialer: dragonfly_membership::client::Dialer::tls(&creds).unwrap(),

@@ -137,6 +137,20 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// Credentials for `who` issued here, in memory: for a member run in the same process as
+    /// its CA (tests, benches).
+    pub fn credentials(
+        &self,
+        who: &Identity,
+        ips: &[IpAddr],
+        valid: Duration,
+    ) -> Result<crate::Credentials, MembershipError> {
+        let issued = self.issue(who, ips, &[], valid)?;
+        crate::Credentials::from_pem(&self.cert_pem, &issued.cert_pem, &issued.key_pem)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,15 +11,12 @@ use tokio::net::TcpListener;
 const HOUR: Duration = Duration::from_secs(3600);
 
 fn member(ca: &Ca, role: Role, id: &str) -> Credentials {
-    let issued = ca
-        .issue(
-            &Identity::new(role, id).unwrap(),
-            &["127.0.0.1".parse().unwrap()],
-            &[],
-            HOUR,
-        )
-        .unwrap();
-    Credentials::from_pem(ca.cert_pem(), &issued.cert_pem, &issued.key_pem).unwrap()
+    ca.credentials(
+        &Identity::new(role, id).unwrap(),
+        &["127.0.0.1".parse().unwrap()],
+        HOUR,
+    )
+    .unwrap()
 }
 
 /// A server on loopback answering one line per connection with the caller's identity.
