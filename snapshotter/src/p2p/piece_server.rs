@@ -229,6 +229,37 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
+    /// A peer port on loopback serving `store` with `slots` uploads and at most
+    /// `max_connections` connections (its scheduler unreachable); the port.
+    async fn serve_store(
+        store: PieceStore,
+        slots: u32,
+        metrics: Arc<Metrics>,
+        downloads: Option<Arc<crate::p2p::triggered::TriggeredDownloads>>,
+        max_connections: usize,
+    ) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config = P2pConfig {
+            schedulers: vec!["127.0.0.1:1".into()],
+            advertise_ip: Some("127.0.0.1".parse().unwrap()),
+            ..P2pConfig::default()
+        };
+        let seed = downloads.is_some();
+        let membership = crate::p2p::membership::Membership::plain();
+        let pool = SchedulerPool::new(&config, port, seed, &membership)
+            .await
+            .unwrap();
+        let service = PeerService::new(store, slots, pool, metrics, downloads, 0);
+        serve_peer_port(
+            listener,
+            Arc::new(service),
+            max_connections,
+            Acceptor::plain(),
+        );
+        port
+    }
+
     #[tokio::test]
     async fn one_port_serves_raw_tcp_pieces_and_grpc_and_survives_garbage() {
         let dir = tempfile::tempdir().unwrap();
@@ -246,23 +277,7 @@ mod tests {
             .unwrap();
         blob.fetch_all(Priority::OnDemand).await.unwrap();
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let config = P2pConfig {
-            schedulers: vec!["127.0.0.1:1".into()],
-            advertise_ip: Some("127.0.0.1".parse().unwrap()),
-            ..P2pConfig::default()
-        };
-        let pool = SchedulerPool::new(
-            &config,
-            port,
-            false,
-            &crate::p2p::membership::Membership::plain(),
-        )
-        .await
-        .unwrap();
-        let service = Arc::new(PeerService::new(store, 4, pool, Metrics::new(), None, 0));
-        serve_peer_port(listener, service, 1024, Acceptor::plain());
+        let port = serve_store(store, 4, Metrics::new(), None, 1024).await;
 
         let parents = ParentClients::default();
         let req = |number: u32, task: &str| PieceRequest {
@@ -341,24 +356,8 @@ mod tests {
         let store = PieceStore::open(dir.path(), StoreConfig::default())
             .await
             .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let config = P2pConfig {
-            schedulers: vec!["127.0.0.1:1".into()],
-            advertise_ip: Some("127.0.0.1".parse().unwrap()),
-            ..P2pConfig::default()
-        };
-        let pool = SchedulerPool::new(
-            &config,
-            port,
-            false,
-            &crate::p2p::membership::Membership::plain(),
-        )
-        .await
-        .unwrap();
         let metrics = Metrics::new();
-        let service = Arc::new(PeerService::new(store, 4, pool, metrics.clone(), None, 0));
-        serve_peer_port(listener, service, 2, Acceptor::plain());
+        let port = serve_store(store, 4, metrics.clone(), None, 2).await;
         // Two silent connections take both slots (they wait for their first bytes).
         let held: Vec<TcpStream> =
             futures::future::join_all((0..2).map(|_| TcpStream::connect(("127.0.0.1", port))))
@@ -426,21 +425,6 @@ mod tests {
         store
             .blob(&digest, data.len() as u64, Arc::new(origin.clone()))
             .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let p2p = P2pConfig {
-            schedulers: vec!["127.0.0.1:1".into()],
-            advertise_ip: Some("127.0.0.1".parse().unwrap()),
-            ..P2pConfig::default()
-        };
-        let pool = SchedulerPool::new(
-            &p2p,
-            port,
-            true,
-            &crate::p2p::membership::Membership::plain(),
-        )
-        .await
-        .unwrap();
         let metrics = Metrics::new();
         let origins = dragonfly_task::origin::Origins::new(
             crate::config::RegistryConfig::default(),
@@ -452,8 +436,7 @@ mod tests {
         if triggered {
             downloads.mark_running(&digest);
         }
-        let service = PeerService::new(store, 8, pool, metrics, Some(downloads), 0);
-        serve_peer_port(listener, Arc::new(service), 1024, Acceptor::plain());
+        let port = serve_store(store, 8, metrics, Some(downloads), 1024).await;
         (port, origin, data, digest)
     }
 
