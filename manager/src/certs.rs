@@ -24,7 +24,8 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
 
 fn write(path: &Path, text: &str, mode: u32, replace: bool) -> anyhow::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).mode(mode);
+    // A symlink planted at the name is refused, never written through.
+    opts.write(true).mode(mode).custom_flags(libc::O_NOFOLLOW);
     if replace {
         opts.create(true).truncate(true);
     } else {
