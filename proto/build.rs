@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "dragonfly/dfdaemon/v1/download.proto",
                 "dragonfly/dfdaemon/v1/image.proto",
                 "dragonfly/manager/v1/manager.proto",
+                "dragonfly/manager/v1/certificate.proto",
             ],
             &["."],
         )?;

@@ -55,6 +55,31 @@ pub fn init(dir: &Path) -> anyhow::Result<String> {
     Ok(ca.fingerprint()?)
 }
 
+/// The CA in `dir`, created there first if there is none; `true` when it was created.
+pub fn load_or_create(dir: &Path) -> anyhow::Result<(Ca, bool)> {
+    let created = if dir.join(CA_KEY).exists() {
+        false
+    } else {
+        init(dir)?;
+        true
+    };
+    Ok((load(dir)?, created))
+}
+
+/// The CA in `dir`.
+pub fn load(dir: &Path) -> anyhow::Result<Ca> {
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).with_context(|| {
+            format!(
+                "cannot read {} (run `dragonfly-manager certs init` first)",
+                p.display()
+            )
+        })
+    };
+    Ok(Ca::load(&read(CA_CERT)?, &read(CA_KEY)?)?)
+}
+
 /// What to issue.
 pub struct IssueArgs<'a> {
     /// The CA's directory (from [`init`]).
@@ -77,16 +102,7 @@ pub struct IssueArgs<'a> {
 
 /// Issues a certificate into `a.out`.
 pub fn issue(a: &IssueArgs<'_>) -> anyhow::Result<Identity> {
-    let read = |name: &str| {
-        let p = a.ca_dir.join(name);
-        std::fs::read_to_string(&p).with_context(|| {
-            format!(
-                "cannot read {} (run `dragonfly-manager certs init` first)",
-                p.display()
-            )
-        })
-    };
-    let ca = Ca::load(&read(CA_CERT)?, &read(CA_KEY)?)?;
+    let ca = load(a.ca_dir)?;
     let who = Identity::new(a.role, a.id)?;
     let valid = Duration::from_secs(a.days.max(1) * 24 * 3600);
     let issued = ca.issue(&who, a.ips, a.names, valid)?;
@@ -129,6 +145,7 @@ mod tests {
             ca: Some(out.join("ca.pem")),
             cert: Some(out.join("cert.pem")),
             key: Some(out.join("key.pem")),
+            ..Default::default()
         }
         .credentials()
         .unwrap()

@@ -29,8 +29,46 @@ pub struct Config {
     /// Cluster credentials for gRPC (a manager's certificate from the cluster CA): mutual TLS
     /// with schedulers, seed peers and peers. None: plain gRPC, for loopback use only.
     pub security: dragonfly_membership::TlsFiles,
+    /// The cluster CA this manager issues members' certificates from, for join tokens.
+    pub ca: CaConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `ca:` the manager as the cluster's certificate authority: members join with a token and
+/// get certificates from it (`security.join` on their side).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaConfig {
+    /// Directory of `ca.pem` and `ca-key.pem` (what `certs init` makes; created on first
+    /// start, 0700); none: no CA, members bring certificate files.
+    pub dir: Option<PathBuf>,
+    /// Addresses members dial this manager's gRPC at (named in its own certificate, issued
+    /// at each start when `security:` gives none); loopback is always included.
+    pub ips: Vec<std::net::IpAddr>,
+    /// DNS names members dial it by (a Kubernetes Service name, say).
+    pub names: Vec<String>,
+    /// Days a joined member's certificate is valid; members renew after two thirds, and a
+    /// revoked member keeps a certificate at most this long.
+    pub validity_days: u32,
+    /// Days a join token is valid (those printed at first start and `join-token create`).
+    pub token_validity_days: u32,
+    /// Certificates may name addresses other than the one the request came from (members
+    /// behind NAT). Off: each address a member asks for must be its source address.
+    pub any_ip: bool,
+}
+
+impl Default for CaConfig {
+    fn default() -> CaConfig {
+        CaConfig {
+            dir: None,
+            ips: Vec::new(),
+            names: Vec::new(),
+            validity_days: 30,
+            token_validity_days: 365,
+            any_ip: false,
+        }
+    }
 }
 
 /// `database:`
@@ -123,6 +161,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             jobs: JobsConfig::default(),
             security: Default::default(),
+            ca: CaConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -236,6 +275,11 @@ impl Config {
                 self.auth.max_concurrent_hashes as u64,
             ),
             ("jobs.max_attempts", u64::from(self.jobs.max_attempts)),
+            ("ca.validity_days", u64::from(self.ca.validity_days)),
+            (
+                "ca.token_validity_days",
+                u64::from(self.ca.token_validity_days),
+            ),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{key} must be at least 1")));

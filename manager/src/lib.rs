@@ -19,9 +19,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod certificate;
 pub mod certs;
 pub mod config;
 pub mod grpc;
+pub mod issuer;
 pub mod jobs;
 pub mod listener;
 pub mod metrics;

@@ -38,6 +38,100 @@ enum Command {
     /// The cluster CA and member certificates (mutual TLS between components).
     #[command(subcommand)]
     Certs(Certs),
+    /// Join tokens members present to get a certificate from the manager's CA (`ca.dir`).
+    #[command(subcommand, name = "join-token")]
+    JoinToken(JoinToken),
+    /// Members the CA issued certificates to.
+    #[command(subcommand)]
+    Members(Members),
+}
+
+#[derive(clap::Subcommand)]
+enum JoinToken {
+    /// Makes a token for ROLE and prints it (only now).
+    Create {
+        /// scheduler, seed or peer.
+        #[arg(long)]
+        role: dragonfly_membership::Role,
+        /// Days it is valid (default: ca.token_validity_days).
+        #[arg(long)]
+        days: Option<u32>,
+    },
+    /// Lists tokens (never their secrets).
+    List,
+    /// Deletes token ID: nobody joins with it any more (certificates already issued stay).
+    Delete {
+        /// Its ID, from `list`.
+        id: i64,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum Members {
+    /// Lists members, their addresses, expiry and revocation.
+    List,
+    /// Revokes a member: it gets no certificate again (renewal or token) until forgotten;
+    /// the one it has stays valid until it expires (at most ca.validity_days).
+    Revoke {
+        /// scheduler, seed or peer.
+        #[arg(long)]
+        role: dragonfly_membership::Role,
+        /// Its ID.
+        #[arg(long)]
+        id: String,
+    },
+    /// Forgets a member: its ID may join again with a token, from any address.
+    Forget {
+        /// scheduler, seed or peer.
+        #[arg(long)]
+        role: dragonfly_membership::Role,
+        /// Its ID.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+async fn join_tokens(c: JoinToken, config: &Config) -> anyhow::Result<()> {
+    let db = dragonfly_manager::store::Db::open(&config.database_url()).await?;
+    match c {
+        JoinToken::Create { role, days } => {
+            let days = days.unwrap_or(config.ca.token_validity_days).max(1);
+            let token = dragonfly_manager::issuer::new_join_token(&db, role, days).await?;
+            println!("{token}");
+        }
+        JoinToken::List => {
+            for t in db.join_tokens().await? {
+                println!(
+                    "{}\t{}\tcreated {}\texpires {}",
+                    t.id, t.role, t.created_at, t.expires_at
+                );
+            }
+        }
+        JoinToken::Delete { id } => db.delete_join_token(id).await?,
+    }
+    Ok(())
+}
+
+async fn members(c: Members, config: &Config) -> anyhow::Result<()> {
+    let db = dragonfly_manager::store::Db::open(&config.database_url()).await?;
+    match c {
+        Members::List => {
+            for m in db.issued_members().await? {
+                let revoked = if m.revoked_at.is_empty() {
+                    String::new()
+                } else {
+                    format!("\trevoked {}", m.revoked_at)
+                };
+                println!(
+                    "{}\t{}\t{}\tuntil {}{revoked}",
+                    m.role, m.member_id, m.ips, m.not_after
+                );
+            }
+        }
+        Members::Revoke { role, id } => db.revoke_member(role.as_str(), &id).await?,
+        Members::Forget { role, id } => db.forget_member(role.as_str(), &id).await?,
+    }
+    Ok(())
 }
 
 #[derive(clap::Subcommand)]
@@ -133,6 +227,11 @@ async fn main() -> anyhow::Result<()> {
         config.database.url = u;
     }
     config.validate()?;
+    match cli.command {
+        Some(Command::JoinToken(c)) => return join_tokens(c, &config).await,
+        Some(Command::Members(c)) => return members(c, &config).await,
+        _ => {}
+    }
     dragonfly_runtime::log::init(&config.log)?;
     dragonfly_manager::server::start(config).await?;
     dragonfly_runtime::shutdown::signal_received().await;

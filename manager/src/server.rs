@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use dragonfly_proto::manager::certificate_server::CertificateServer;
 use dragonfly_proto::manager::manager_server::ManagerServer;
 
 use crate::api::{router, AppState};
@@ -50,7 +51,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     crate::auth::ensure_root(&db, root_password.as_deref()).await?;
     db.default_cluster().await?;
     let metrics = Metrics::new();
-    let (acceptor, dialer) = membership(&config)?;
+    let issuer = crate::issuer::Issuer::open(&config.ca)?.map(|(i, created)| {
+        if created {
+            tracing::info!(fingerprint = %i.fingerprint, "cluster CA created");
+        }
+        Arc::new(i)
+    });
+    let (acceptor, dialer) = membership(&config, issuer.as_ref())?;
     let job_created = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(
         Runner::new(
@@ -99,10 +106,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on grpc.listen {}", config.grpc.listen))?;
     let grpc_addr = grpc.local_addr()?;
-    let service = crate::grpc::ManagerService::new(db, config.grpc.keepalive_interval_secs);
+    let service = crate::grpc::ManagerService::new(db.clone(), config.grpc.keepalive_interval_secs);
+    let certificates = issuer.as_ref().map(|i| {
+        CertificateServer::new(crate::certificate::CertificateService::new(
+            db.clone(),
+            i.clone(),
+        ))
+    });
+    if let Some(i) = &issuer {
+        crate::issuer::first_start(&db, i, &config, grpc_addr).await?;
+    }
     tokio::spawn(async move {
         if let Err(e) = tonic::transport::Server::builder()
             .add_service(ManagerServer::new(service))
+            .add_optional_service(certificates)
             .serve_with_incoming(dragonfly_membership::server::incoming(grpc, acceptor))
             .await
         {
@@ -117,10 +134,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 }
 
 /// How the manager's gRPC accepts schedulers, seed peers and peers, and how it dials
-/// schedulers: mutual TLS with `security:` (a manager's certificate), or plain (said in the
-/// log: for loopback use only).
+/// schedulers: mutual TLS with `security:` (a manager's certificate) or with a certificate
+/// from its own CA (`ca:`), or plain (said in the log: for loopback use only).
 fn membership(
-    config: &Config,
+    config: &Arc<Config>,
+    issuer: Option<&Arc<crate::issuer::Issuer>>,
 ) -> anyhow::Result<(
     dragonfly_membership::server::Acceptor,
     dragonfly_membership::client::Dialer,
@@ -131,6 +149,26 @@ fn membership(
         .security
         .credentials()
         .context("cannot load the cluster credentials (security:)")?;
+    let creds = match (creds, issuer) {
+        (Some(c), Some(i)) => {
+            let same = c
+                .ca_der()
+                .iter()
+                .any(|d| dragonfly_membership::fingerprint(d) == i.fingerprint);
+            anyhow::ensure!(
+                same,
+                "security.ca is not the CA in ca.dir; members joining with a token would not be trusted"
+            );
+            Some(c)
+        }
+        (Some(c), None) => Some(c),
+        (None, Some(i)) => {
+            let c = i.own_credentials(config)?;
+            tokio::spawn(i.clone().refresh_loop(config.clone(), c.clone()));
+            Some(c)
+        }
+        (None, None) => None,
+    };
     match creds {
         Some(c) => {
             anyhow::ensure!(
@@ -142,7 +180,7 @@ fn membership(
             Ok((Acceptor::tls(&c)?, Dialer::tls(&c)?))
         }
         None => {
-            tracing::warn!("no cluster credentials (security: ca, cert, key): anyone who reaches the gRPC port may register as a scheduler or seed peer and receive preheats' registry credentials; use it only on loopback or a network only members reach");
+            tracing::warn!("no cluster credentials (security: ca, cert, key, or ca.dir): anyone who reaches the gRPC port may register as a scheduler or seed peer and receive preheats' registry credentials; use it only on loopback or a network only members reach");
             Ok((Acceptor::plain(), Dialer::plain()))
         }
     }

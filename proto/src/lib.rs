@@ -8,7 +8,8 @@
 //!   scheduler (seed triggers).
 //! - [`dfdaemon`]: `dragonfly.dfdaemon.v1.{Download,Image}`, the daemon's local API used by `dfctl`.
 //! - [`manager`]: `dragonfly.manager.v1.Manager`: registration and keepalive of schedulers and
-//!   seed peers, and the scheduler list peers ask for.
+//!   seed peers, and the scheduler list peers ask for; `dragonfly.manager.v1.Certificate`:
+//!   member certificates for a join token.
 
 /// containerd's snapshots service (`containerd.services.snapshots.v1`).
 pub mod snapshots {

@@ -35,7 +35,7 @@ pub async fn run(
             reaper_state.expire(keepalive * 3, task_ttl);
         }
     });
-    let (acceptor, dialer) = membership(&config)?;
+    let (acceptor, dialer) = membership(&config).await?;
     let service = SchedulerService::new(state, config.scheduling.clone(), metrics, dialer.clone());
     let listener = tokio::net::TcpListener::bind(config.address)
         .await
@@ -61,21 +61,65 @@ pub async fn run(
     served.context("gRPC server failed")
 }
 
+/// Where joined credentials are kept when `security.dir` is not set.
+const DEFAULT_CREDENTIALS_DIR: &str = "/var/lib/dragonfly/scheduler/credentials";
+
 /// How this scheduler accepts callers and dials peers and the manager: mutual TLS with the
-/// configured credentials, or plain (said in the log: for loopback use only).
-fn membership(config: &Config) -> anyhow::Result<(Acceptor, Dialer)> {
-    match config
-        .security
-        .credentials()
-        .context("cannot load the cluster credentials (security:)")?
-    {
-        Some(creds) => {
+/// configured credentials (files, or joined with a token and renewed), or plain (said in the
+/// log: for loopback use only).
+async fn membership(config: &Config) -> anyhow::Result<(Acceptor, Dialer)> {
+    let obtained = match &config.security.join {
+        Some(join) => {
+            let me = joining_member(config, &join.manager).await?;
+            let dir = std::path::Path::new(DEFAULT_CREDENTIALS_DIR);
+            Some(config.security.join(me, dir).await?)
+        }
+        None => config
+            .security
+            .credentials()?
+            .map(dragonfly_membership::Obtained::files),
+    };
+    match obtained {
+        Some(o) => {
+            let creds = o.credentials;
+            anyhow::ensure!(
+                creds.identity().role == dragonfly_membership::Role::Scheduler,
+                "security: the certificate is a {}'s, not a scheduler's",
+                creds.identity().role.as_str()
+            );
+            if let Some(renewal) = o.renewal {
+                tokio::spawn(renewal);
+            }
             tracing::info!(identity = %creds.identity(), "cluster members authenticate with mutual TLS");
             Ok((Acceptor::tls(&creds)?, Dialer::tls(&creds)?))
         }
         None => {
-            tracing::warn!("no cluster credentials (security: ca, cert, key): anyone who reaches this scheduler may announce hosts, report pieces and start preheats; use it only on loopback or a network only members reach");
+            tracing::warn!("no cluster credentials (security: ca, cert, key, or join): anyone who reaches this scheduler may announce hosts, report pieces and start preheats; use it only on loopback or a network only members reach");
             Ok((Acceptor::plain(), Dialer::plain()))
         }
     }
+}
+
+/// Who this scheduler joins as: its host name, at the address it advertises (or the one that
+/// routes to the manager).
+async fn joining_member(
+    config: &Config,
+    manager: &str,
+) -> anyhow::Result<dragonfly_membership::join::Member> {
+    let ip = match config.manager.advertise_ip {
+        Some(ip) => ip,
+        None => dragonfly_runtime::registration::local_ip_towards(manager)
+            .await
+            .with_context(|| format!("cannot tell which local address reaches the manager {manager}; set manager.advertise_ip"))?,
+    };
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "scheduler".into());
+    let identity =
+        dragonfly_membership::Identity::new(dragonfly_membership::Role::Scheduler, &hostname)?;
+    Ok(dragonfly_membership::join::Member {
+        identity,
+        ips: vec![ip],
+        names: Vec::new(),
+    })
 }

@@ -158,6 +158,36 @@ fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener>
     Ok(listener)
 }
 
+/// This host's membership: from certificate files, or joined through the manager with a
+/// token (kept under the root, renewed in the background), or none.
+async fn membership(config: &Config, seed: bool) -> anyhow::Result<Membership> {
+    let Some(join) = &config.security.join else {
+        return Membership::from_files(&config.security, seed)
+            .context("cannot load the cluster credentials (security:)");
+    };
+    let ip = crate::p2p::schedulers::advertised_ip(&config.p2p, &join.manager)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot join the cluster: {e}"))?;
+    use dragonfly_membership::Role;
+    let role = if seed { Role::Seed } else { Role::Peer };
+    let id = crate::p2p::schedulers::default_host_id(&config.p2p, ip, seed);
+    let me = dragonfly_membership::join::Member {
+        identity: dragonfly_membership::Identity::new(role, &id)
+            .context("p2p.host_id cannot be a member ID")?,
+        ips: vec![ip],
+        names: Vec::new(),
+    };
+    let obtained = config
+        .security
+        .join(me, &config.root.join("credentials"))
+        .await
+        .context("cannot join the cluster (security.join)")?;
+    if let Some(renewal) = obtained.renewal {
+        tokio::spawn(renewal);
+    }
+    Ok(Membership::from_credentials(&obtained.credentials, seed)?)
+}
+
 /// The swarm every task is opened through; with schedulers (or a manager) configured, P2P
 /// too: serves pieces to other peers and takes triggered downloads, announces this host and
 /// keeps it alive.
@@ -175,8 +205,7 @@ async fn start_swarm(
         .with_context(|| format!("cannot listen on p2p.listen {}", config.p2p.listen))?;
     let port = listener.local_addr()?.port();
     let seed = config.p2p.seed_peer;
-    let membership = Membership::from_files(&config.security, seed)
-        .context("cannot load the cluster credentials (security:)")?;
+    let membership = membership(config, seed).await?;
     match &membership.identity {
         Some(me) => tracing::info!(identity = %me, "cluster members authenticate with mutual TLS"),
         None => tracing::warn!("no cluster credentials (security: ca, cert, key): anyone who reaches the peer port may read pieces and trigger downloads; use it only on loopback or a network only members reach"),

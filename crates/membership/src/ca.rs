@@ -9,9 +9,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use sha2::{Digest, Sha256};
 
-use crate::{Identity, MembershipError};
+use crate::{CertRequest, Identity, MembershipError};
 
 /// How long the CA is valid.
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -90,7 +89,7 @@ impl Ca {
     /// `sha256:<hex>` of its DER certificate: what a joining member pins.
     pub fn fingerprint(&self) -> Result<String, MembershipError> {
         let der = crate::credentials::pem_certs(&self.cert_pem, "the CA certificate")?;
-        Ok(format!("sha256:{}", hex::encode(Sha256::digest(&der[0]))))
+        Ok(crate::pinned::fingerprint(&der[0]))
     }
 
     /// A certificate for `who`, dialled at `ips` and `names`, valid for `valid`, with a new
@@ -103,31 +102,7 @@ impl Ca {
         valid: Duration,
     ) -> Result<Issued, MembershipError> {
         let key = KeyPair::generate().map_err(rc("a member key"))?;
-        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(rc("a member"))?;
-        p.distinguished_name
-            .push(DnType::CommonName, who.to_string());
-        let uri = who.uri().try_into().map_err(rc("the member's URI"))?;
-        p.subject_alt_names = std::iter::once(SanType::URI(uri))
-            .chain(ips.iter().map(|ip| SanType::IpAddress(*ip)))
-            .map(Ok)
-            .chain(names.iter().map(|n| {
-                n.clone()
-                    .try_into()
-                    .map(SanType::DnsName)
-                    .map_err(rc("a member's DNS name"))
-            }))
-            .collect::<Result<_, _>>()?;
-        p.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        p.use_authority_key_identifier_extension = true;
-        validity(&mut p, valid);
-        let cert = p
+        let cert = member_params(who, ips, names, valid)?
             .signed_by(&key, &self.issuer()?)
             .map_err(rc("a member certificate"))?;
         Ok(Issued {
@@ -135,6 +110,55 @@ impl Ca {
             key_pem: key.serialize_pem(),
         })
     }
+
+    /// A certificate for the key of `req` (its signature already checked), valid for
+    /// `valid`: with the identity, addresses and names it asks for, and nothing else of it —
+    /// the usages and constraints are ours.
+    pub fn sign(&self, req: &CertRequest, valid: Duration) -> Result<String, MembershipError> {
+        let signing = rcgen::CertificateSigningRequestParams {
+            params: member_params(&req.identity, &req.ips, &req.names, valid)?,
+            public_key: req.public_key.clone(),
+        };
+        let cert = signing
+            .signed_by(&self.issuer()?)
+            .map_err(rc("a member certificate"))?;
+        Ok(cert.pem())
+    }
+}
+
+/// What a member certificate says: `who` as a URI SAN, `ips` and `names` as SANs, for TLS
+/// client and server use, valid for `valid` (backdated a little for clock skew).
+pub(crate) fn member_params(
+    who: &Identity,
+    ips: &[IpAddr],
+    names: &[String],
+    valid: Duration,
+) -> Result<CertificateParams, MembershipError> {
+    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(rc("a member"))?;
+    p.distinguished_name
+        .push(DnType::CommonName, who.to_string());
+    let uri = who.uri().try_into().map_err(rc("the member's URI"))?;
+    p.subject_alt_names = std::iter::once(SanType::URI(uri))
+        .chain(ips.iter().map(|ip| SanType::IpAddress(*ip)))
+        .map(Ok)
+        .chain(names.iter().map(|n| {
+            n.clone()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(rc("a member's DNS name"))
+        }))
+        .collect::<Result<_, _>>()?;
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    p.use_authority_key_identifier_extension = true;
+    validity(&mut p, valid);
+    Ok(p)
 }
 
 impl Ca {
@@ -146,7 +170,18 @@ impl Ca {
         ips: &[IpAddr],
         valid: Duration,
     ) -> Result<crate::Credentials, MembershipError> {
-        let issued = self.issue(who, ips, &[], valid)?;
+        self.credentials_for(who, ips, &[], valid)
+    }
+
+    /// Like [`Ca::credentials`], for DNS names too.
+    pub fn credentials_for(
+        &self,
+        who: &Identity,
+        ips: &[IpAddr],
+        names: &[String],
+        valid: Duration,
+    ) -> Result<crate::Credentials, MembershipError> {
+        let issued = self.issue(who, ips, names, valid)?;
         crate::Credentials::from_pem(&self.cert_pem, &issued.cert_pem, &issued.key_pem)
     }
 }

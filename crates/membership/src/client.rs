@@ -4,6 +4,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
@@ -44,6 +45,31 @@ impl Dialer {
     pub fn tls(creds: &Credentials) -> Result<Dialer, MembershipError> {
         Ok(Dialer {
             tls: Some(TlsConnector::from(creds.client_config()?)),
+        })
+    }
+
+    /// TLS trusting only the CA whose fingerprint is `fingerprint` (found in the server's
+    /// chain), presenting `current` when given: how a member reaches the manager before it
+    /// has the CA (see [`crate::join`]).
+    pub fn pinned(
+        fingerprint: &str,
+        current: Option<&Credentials>,
+    ) -> Result<Dialer, MembershipError> {
+        let provider = crate::credentials::provider();
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| MembershipError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(crate::pinned::PinnedCa::new(
+                fingerprint,
+                provider,
+            )));
+        let config = match current {
+            Some(c) => builder.with_client_cert_resolver(c.client_cert()),
+            None => builder.with_no_client_auth(),
+        };
+        Ok(Dialer {
+            tls: Some(TlsConnector::from(Arc::new(config))),
         })
     }
 
@@ -134,6 +160,18 @@ impl Dialer {
             }
         })
     }
+}
+
+/// `e` and every error below it, joined by ": " (tonic's own message is only the top).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
 }
 
 impl AsyncRead for ClientConn {

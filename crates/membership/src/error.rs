@@ -27,6 +27,14 @@ pub enum MembershipError {
         "the certificate names no cluster member (expected a URI SAN dragonfly://<role>/<id>): {0}"
     )]
     NoIdentity(String),
+    /// Getting a certificate from the manager failed.
+    #[error("cannot get a certificate from the manager at {manager}: {reason}")]
+    Join {
+        /// The manager's address.
+        manager: String,
+        /// Why (the manager's answer, or the connection's failure).
+        reason: String,
+    },
     /// The TLS set-up could not be built.
     #[error("cannot set up TLS: {0}")]
     Tls(String),

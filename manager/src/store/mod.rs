@@ -7,6 +7,7 @@ pub mod clusters;
 pub mod hosts;
 pub mod image_tags;
 pub mod jobs;
+pub mod membership;
 pub mod tokens;
 pub mod users;
 

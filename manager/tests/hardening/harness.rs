@@ -13,6 +13,8 @@ pub const ROOT_PASSWORD: &str = "root-password-for-tests";
 pub struct TestManager {
     /// `http://127.0.0.1:PORT`
     pub url: String,
+    /// `127.0.0.1:PORT` of its gRPC.
+    pub grpc: std::net::SocketAddr,
     /// Its config.
     pub config: Config,
     /// Holds the database (removed when dropped).
@@ -54,6 +56,7 @@ pub async fn start_in(dir: tempfile::TempDir, edit: impl FnOnce(&mut Config)) ->
     };
     TestManager {
         url: format!("{scheme}://{}", running.http),
+        grpc: running.grpc,
         config,
         _dir: dir,
     }

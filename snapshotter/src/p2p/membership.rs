@@ -1,10 +1,11 @@
 //! This host's place in the cluster: the identity its credentials give it (which is its host
 //! ID), and how it accepts callers on the peer port and dials schedulers, parents and the
-//! manager — mutual TLS with `security: {ca, cert, key}`, or plain without (loopback use).
+//! manager — mutual TLS with `security: {ca, cert, key}` or a certificate joined with a token,
+//! or plain without (loopback use).
 
 use dragonfly_membership::client::Dialer;
 use dragonfly_membership::server::Acceptor;
-use dragonfly_membership::{Identity, MembershipError, Role, TlsFiles};
+use dragonfly_membership::{Credentials, Identity, MembershipError, Role, TlsFiles};
 
 /// See the module doc.
 #[derive(Clone)]
@@ -29,9 +30,17 @@ impl Membership {
 
     /// From the configured files; a seed peer needs a seed peer's certificate.
     pub fn from_files(files: &TlsFiles, seed: bool) -> Result<Membership, MembershipError> {
-        let Some(creds) = files.credentials()? else {
-            return Ok(Membership::plain());
-        };
+        match files.credentials()? {
+            Some(creds) => Membership::from_credentials(&creds, seed),
+            None => Ok(Membership::plain()),
+        }
+    }
+
+    /// With `creds` (which must be a seed peer's for a seed peer, a peer's otherwise).
+    pub fn from_credentials(
+        creds: &Credentials,
+        seed: bool,
+    ) -> Result<Membership, MembershipError> {
         let id = creds.identity().clone();
         let want = if seed { Role::Seed } else { Role::Peer };
         if id.role != want {
@@ -45,8 +54,8 @@ impl Membership {
             });
         }
         Ok(Membership {
-            acceptor: Acceptor::tls(&creds)?,
-            dialer: Dialer::tls(&creds)?,
+            acceptor: Acceptor::tls(creds)?,
+            dialer: Dialer::tls(creds)?,
             identity: Some(id),
         })
     }

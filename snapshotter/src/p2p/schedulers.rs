@@ -4,6 +4,7 @@
 //! that fails is skipped for a while; with none left, reads go to the origin. The list is
 //! static (`p2p.schedulers`) or replaced at run time from the manager (see `dynconfig`).
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -93,6 +94,40 @@ pub struct SchedulerPool {
     sources: Mutex<Vec<Weak<PeerSource>>>,
 }
 
+/// Where this host's traffic goes first: the first scheduler, or the manager.
+pub fn towards(config: &P2pConfig) -> Result<String, PoolError> {
+    match (config.schedulers.first(), config.manager.is_empty()) {
+        (Some(s), _) => Ok(s.clone()),
+        (None, false) => Ok(config.manager.clone()),
+        (None, true) => Err(PoolError::NothingToAsk),
+    }
+}
+
+/// The address this host announces: `p2p.advertise_ip`, or the one that routes `towards`.
+pub async fn advertised_ip(config: &P2pConfig, towards: &str) -> Result<IpAddr, PoolError> {
+    match config.advertise_ip {
+        Some(ip) => Ok(ip),
+        None => dragonfly_runtime::registration::local_ip_towards(towards)
+            .await
+            .ok_or_else(|| PoolError::NoRoute(towards.to_owned())),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// The host ID without a certificate naming one: `p2p.host_id`, or `<ip>-<hostname>`
+/// (`-seed` for a seed peer).
+pub fn default_host_id(config: &P2pConfig, ip: IpAddr, seed: bool) -> String {
+    config
+        .host_id
+        .clone()
+        .unwrap_or_else(|| format!("{ip}-{}{}", hostname(), if seed { "-seed" } else { "" }))
+}
+
 impl SchedulerPool {
     /// A pool for `config.schedulers`, announcing this host with the peer service on
     /// `upload_port`, as `membership` makes it (its certificate's ID is the host ID).
@@ -103,32 +138,20 @@ impl SchedulerPool {
         membership: &Membership,
     ) -> Result<Arc<SchedulerPool>, PoolError> {
         let dialer = &membership.dialer;
-        let towards = match (config.schedulers.first(), config.manager.is_empty()) {
-            (Some(s), _) => s.clone(),
-            (None, false) => config.manager.clone(),
-            (None, true) => return Err(PoolError::NothingToAsk),
-        };
+        let towards = towards(config)?;
         let members = config
             .schedulers
             .iter()
             .map(|a| member(a, "p2p.schedulers", dialer))
             .collect::<Result<Vec<_>, _>>()?;
-        let ip = match config.advertise_ip {
-            Some(ip) => ip,
-            None => dragonfly_runtime::registration::local_ip_towards(&towards)
-                .await
-                .ok_or(PoolError::NoRoute(towards))?,
-        };
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "localhost".into());
+        let ip = advertised_ip(config, &towards).await?;
+        let hostname = hostname();
         let id = match (&membership.identity, &config.host_id) {
             (Some(me), Some(id)) if *id != me.id => {
                 return Err(PoolError::HostId(id.clone(), me.id.clone()))
             }
             (Some(me), _) => me.id.clone(),
-            (None, Some(id)) => id.clone(),
-            (None, None) => format!("{ip}-{hostname}{}", if seed { "-seed" } else { "" }),
+            (None, _) => default_host_id(config, ip, seed),
         };
         let host = pb::Host {
             id,
