@@ -9,6 +9,7 @@ use anyhow::Result;
 use crate::containerd::Containerd;
 use crate::daemon::Daemon;
 use crate::fixtures::{self, Published};
+use crate::manager::Manager;
 use crate::oci::BuiltImage;
 use crate::procs::{free_port, require_root, TestDir};
 use crate::registry::Registry;
@@ -56,8 +57,74 @@ pub struct Swarm {
     /// The registry.
     pub registry: Registry,
     dir: TestDir,
-    /// The cluster CA, when the swarm runs with mutual TLS.
+    /// The cluster CA, when the swarm runs with mutual TLS from files.
     pub ca: Option<Ca>,
+    /// The manager members joined through, when they joined with tokens.
+    pub manager: Option<Joined>,
+}
+
+/// A manager that is the cluster's CA, and what it printed at its first start.
+pub struct Joined {
+    /// The manager.
+    pub manager: Manager,
+    /// `sha256:...` of its CA.
+    pub fingerprint: String,
+    /// The join token of each role (scheduler, seed, peer).
+    pub tokens: Vec<(Role, String)>,
+}
+
+impl Joined {
+    /// Starts a manager in `dir` that is the cluster's CA (certificates may name any
+    /// address: every node dials it from 127.0.0.1) and reads the join tokens it prints.
+    pub fn start(dir: &Path) -> Result<Joined> {
+        let extra = format!(
+            "ca: {{dir: '{}', any_ip: true}}\n",
+            dir.join("ca").display()
+        );
+        let manager = Manager::start(dir, "", &extra)?;
+        let log = manager.log();
+        let field = |key: &str| {
+            log.lines()
+                .find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().to_owned()))
+                .ok_or_else(|| anyhow::anyhow!("the manager printed no {key}\n{log}"))
+        };
+        let fingerprint = field("ca_fingerprint:")?;
+        let tokens = [Role::Scheduler, Role::Seed, Role::Peer]
+            .into_iter()
+            .map(|r| Ok((r, field(r.as_str())?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Joined {
+            manager,
+            fingerprint,
+            tokens,
+        })
+    }
+
+    /// The `security:` config joining as `role`, credentials kept in `dir`.
+    pub fn security(&self, role: Role, dir: &Path) -> String {
+        let token = &self
+            .tokens
+            .iter()
+            .find(|(r, _)| *r == role)
+            .expect("a token per role")
+            .1;
+        format!(
+            "security: {{join: {{manager: '{}', token: '{token}', ca_fingerprint: '{}'}}, dir: '{}'}}",
+            self.manager.grpc,
+            self.fingerprint,
+            dir.display()
+        )
+    }
+}
+
+/// How the swarm's members authenticate.
+enum Membership {
+    /// They do not (plain connections).
+    None,
+    /// Certificate files from this CA.
+    Files(Ca),
+    /// Join tokens from a manager.
+    Join,
 }
 
 /// Writes `id`'s credentials (a `role` certificate for `ip` from `ca`) into `dir` and returns
@@ -99,14 +166,20 @@ impl Swarm {
     /// Like [`Swarm::start_with_seeds`]; `p2p_extra` adds keys to every daemon's `p2p` map
     /// (e.g. `upload_rate_bytes_per_sec: 8000000`).
     pub fn start_with(seeds: usize, n: usize, daemon_yaml: &str, p2p_extra: &str) -> Result<Swarm> {
-        Swarm::start_inner(seeds, n, daemon_yaml, p2p_extra, None)
+        Swarm::start_inner(seeds, n, daemon_yaml, p2p_extra, Membership::None)
     }
 
     /// Like [`Swarm::start_with_seeds`], the scheduler and every daemon members of a new
     /// cluster CA (mutual TLS), each node's certificate naming its host ID `node-<i>`.
     pub fn start_tls(seeds: usize, n: usize, daemon_yaml: &str) -> Result<Swarm> {
         let ca = Ca::create("test cluster").map_err(|e| anyhow::anyhow!("{e}"))?;
-        Swarm::start_inner(seeds, n, daemon_yaml, "", Some(ca))
+        Swarm::start_inner(seeds, n, daemon_yaml, "", Membership::Files(ca))
+    }
+
+    /// Like [`Swarm::start_tls`], every member joining through a manager with the join token
+    /// of its role (no certificate files given to anyone).
+    pub fn start_joined(seeds: usize, n: usize, daemon_yaml: &str) -> Result<Swarm> {
+        Swarm::start_inner(seeds, n, daemon_yaml, "", Membership::Join)
     }
 
     fn start_inner(
@@ -114,15 +187,25 @@ impl Swarm {
         n: usize,
         daemon_yaml: &str,
         p2p_extra: &str,
-        ca: Option<Ca>,
+        membership: Membership,
     ) -> Result<Swarm> {
         require_root()?;
         let dir = TestDir::new("dfly-swarm-")?;
         let registry = Registry::start(dir.path())?;
+        let joined = match membership {
+            Membership::Join => Some(Joined::start(&dir.path().join("manager"))?),
+            _ => None,
+        };
+        let ca = match membership {
+            Membership::Files(ca) => Some(ca),
+            _ => None,
+        };
         let security = |name: &str, role: Role, ip: &str| -> Result<String> {
-            match &ca {
-                Some(ca) => member_files(ca, &dir.path().join(name).join("tls"), role, name, ip),
-                None => Ok(String::new()),
+            let tls = dir.path().join(name).join("tls");
+            match (&ca, &joined) {
+                (Some(ca), _) => member_files(ca, &tls, role, name, ip),
+                (None, Some(j)) => Ok(j.security(role, &tls)),
+                (None, None) => Ok(String::new()),
             }
         };
         let scheduler = Scheduler::start_with(
@@ -157,6 +240,7 @@ impl Swarm {
             registry,
             dir,
             ca,
+            manager: joined,
         })
     }
 
@@ -188,12 +272,17 @@ impl Swarm {
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             ));
         }
-        let s = self.scheduler.log();
-        let tail: Vec<&str> = s.lines().rev().take(25).collect();
-        out.push_str(&format!(
-            "--- scheduler ---\n{}\n",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        ));
+        let mut logs = vec![("scheduler", self.scheduler.log())];
+        if let Some(j) = &self.manager {
+            logs.push(("manager", j.manager.log()));
+        }
+        for (name, log) in logs {
+            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            out.push_str(&format!(
+                "--- {name} ---\n{}\n",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
         out
     }
 }

@@ -94,7 +94,7 @@ fn a_cluster_of_members_pulls_and_strangers_and_rogue_members_change_nothing() {
             ..Default::default()
         };
 
-        // No certificate: neither the scheduler nor a peer port answers.
+        // No TLS at all: neither the scheduler nor a peer port answers.
         let plain = Dialer::plain();
         let mut s = SchedulerClient::new(channel(&plain, &swarm.scheduler.addr, &[]));
         assert_ne!(
@@ -117,6 +117,10 @@ fn a_cluster_of_members_pulls_and_strangers_and_rogue_members_change_nothing() {
             ),
             Code::Ok
         );
+
+        // A TLS client without a certificate: UNAUTHENTICATED everywhere.
+        let fingerprint = swarm.ca.as_ref().unwrap().fingerprint().unwrap();
+        strangers_are_unauthenticated(&swarm, &fingerprint, &node1_addr).await;
 
         // A member out of its role: a peer cannot trigger downloads, speak for another host,
         // announce itself as a seed, or make another host leave.
@@ -184,4 +188,92 @@ fn a_cluster_of_members_pulls_and_strangers_and_rogue_members_change_nothing() {
         };
         assert_eq!(ids(&before), ids(&after), "{}", swarm.logs());
     });
+}
+
+/// What a TLS client without a certificate gets from each member's port: UNAUTHENTICATED
+/// (the handshake completes; the call is refused).
+async fn strangers_are_unauthenticated(swarm: &Swarm, fingerprint: &str, peer_addr: &str) {
+    let stranger = Dialer::pinned(fingerprint, None).unwrap();
+    let mut s = SchedulerClient::new(channel(
+        &stranger,
+        &swarm.scheduler.addr,
+        &[Role::Scheduler],
+    ));
+    let leave = s.leave_host(pb::LeaveHostRequest {
+        host_id: "node-1".into(),
+    });
+    assert_eq!(code(leave.await), Code::Unauthenticated);
+    let mut p = PeerClient::new(channel(&stranger, peer_addr, &[Role::Peer, Role::Seed]));
+    let trigger = p.trigger_download(TriggerDownloadRequest {
+        task: Some(pb::Task {
+            id: format!("task:{}", "b".repeat(64)),
+            url: "http://127.0.0.1:1/metadata".into(),
+            ..Default::default()
+        }),
+        background: false,
+    });
+    assert_eq!(code(trigger.await), Code::Unauthenticated);
+    let piece = p.get_piece(GetPieceRequest {
+        task_id: format!("sha256:{}", "c".repeat(64)),
+        number: 0,
+        peer_id: "stranger".into(),
+        fetch: false,
+        fetch_until: 0,
+    });
+    assert_eq!(code(piece.await), Code::Unauthenticated);
+}
+
+#[test]
+fn members_that_join_with_tokens_pull_over_tls_and_keep_their_certificates() {
+    let swarm = Swarm::start_joined(1, 2, "prefetch: {background: false}").expect("swarm");
+    let joined = swarm.manager.as_ref().expect("a manager");
+    let img = fixtures::large().expect("fixture");
+    let [_, esgz, _] = swarm.publish("large", &img).expect("publish").refs();
+    let node = &swarm.nodes[1];
+    node.containerd.rpull(&esgz).expect("rpull");
+    let (ok, out) = node.containerd.run_once(
+        "dragonfly",
+        &esgz,
+        "read-joined",
+        &["/bin/sha256sum", "/data/huge.bin"],
+    );
+    assert!(
+        ok && out.contains(&fixtures::large_huge_sha256()),
+        "{out}\n{}\n{}",
+        swarm.logs(),
+        joined.manager.log()
+    );
+    assert!(
+        node.metric("dragonfly_snapshotter_p2p_bytes_total", "peer") > 0.0,
+        "no piece came from the seed peer\n{}",
+        swarm.logs()
+    );
+    for (i, n) in swarm.nodes.iter().enumerate() {
+        assert!(n.daemon.log().contains("joined the cluster"), "node-{i}");
+        let key = swarm.path().join(format!("node-{i}/tls/key.pem"));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&key).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+    }
+    assert!(swarm.scheduler.log().contains("joined the cluster"));
+    let issued = joined.manager.log().matches("certificate issued").count();
+    assert_eq!(issued, 3, "{}", joined.manager.log());
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        strangers_are_unauthenticated(&swarm, &joined.fingerprint, &peer_addr(&swarm, 0)).await;
+    });
+}
+
+/// Where node `i` of the swarm serves pieces, from its log.
+fn peer_addr(swarm: &Swarm, i: usize) -> String {
+    let log = swarm.nodes[i].daemon.log();
+    let port = log
+        .lines()
+        .find(|l| l.contains("P2P enabled"))
+        .and_then(|l| l.split("port=").nth(1))
+        .and_then(|p| p.split_whitespace().next())
+        .expect("the daemon logs its peer port");
+    format!("127.0.0.{}:{port}", 10 + i)
 }
