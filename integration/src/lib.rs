@@ -15,7 +15,8 @@
 //! * [`rootfs`] — canonical listings of a tree and their differences (the oracle comparison).
 //! * [`bed`] / [`swarm`] / [`scheduler`] — registry + daemon(s) + containerd(s) per test.
 //! * [`throttle`] — a rate-limited TCP proxy: a slow origin without touching qdiscs.
-//! * [`manager`] / [`postgres`] — our manager binary, and a PostgreSQL server per test.
+//! * [`manager`] / [`postgres`] — our manager binary, and a PostgreSQL server per test;
+//!   [`openapi`] — calling it as operators do.
 
 pub mod bed;
 pub mod containerd;
@@ -25,6 +26,7 @@ pub mod hostile;
 pub mod manager;
 pub mod mount;
 pub mod oci;
+pub mod openapi;
 pub mod postgres;
 pub mod procs;
 pub mod registry;

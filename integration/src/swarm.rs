@@ -78,10 +78,15 @@ impl Joined {
     /// address: every node dials it from 127.0.0.1) and reads the join tokens it prints.
     pub fn start(dir: &Path) -> Result<Joined> {
         let extra = format!(
-            "ca: {{dir: '{}', any_ip: true}}\n",
+            "ca: {{dir: '{}', any_ip: true}}\njobs: {{allowed_networks: ['127.0.0.0/8']}}\n",
             dir.join("ca").display()
         );
+        // The registry is on loopback: allow-listed for preheat URLs.
         let manager = Manager::start(dir, "", &extra)?;
+        // The tokens are printed once the gRPC port is up, after the HTTP port.
+        crate::procs::wait_until("join tokens", std::time::Duration::from_secs(20), || {
+            manager.log().contains("join-token create")
+        })?;
         let log = manager.log();
         let field = |key: &str| {
             log.lines()

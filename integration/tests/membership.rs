@@ -3,6 +3,7 @@
 //! certificate nor a member acting out of its role changes anything.
 
 use dragonfly_integration::fixtures;
+use dragonfly_integration::openapi::{job_token, wait_job, Http};
 use dragonfly_integration::swarm::Swarm;
 use dragonfly_membership::client::Dialer;
 use dragonfly_membership::{Credentials, Identity, Role};
@@ -225,10 +226,10 @@ async fn strangers_are_unauthenticated(swarm: &Swarm, fingerprint: &str, peer_ad
 
 #[test]
 fn members_that_join_with_tokens_pull_over_tls_and_keep_their_certificates() {
-    let swarm = Swarm::start_joined(1, 2, "prefetch: {background: false}").expect("swarm");
-    let joined = swarm.manager.as_ref().expect("a manager");
+    let mut swarm = Swarm::start_joined(1, 2, "prefetch: {background: false}").expect("swarm");
     let img = fixtures::large().expect("fixture");
     let [_, esgz, _] = swarm.publish("large", &img).expect("publish").refs();
+    let joined = swarm.manager.as_ref().expect("a manager");
     let node = &swarm.nodes[1];
     node.containerd.rpull(&esgz).expect("rpull");
     let (ok, out) = node.containerd.run_once(
@@ -239,9 +240,8 @@ fn members_that_join_with_tokens_pull_over_tls_and_keep_their_certificates() {
     );
     assert!(
         ok && out.contains(&fixtures::large_huge_sha256()),
-        "{out}\n{}\n{}",
-        swarm.logs(),
-        joined.manager.log()
+        "{out}\n{}",
+        swarm.logs()
     );
     assert!(
         node.metric("dragonfly_snapshotter_p2p_bytes_total", "peer") > 0.0,
@@ -264,6 +264,49 @@ fn members_that_join_with_tokens_pull_over_tls_and_keep_their_certificates() {
     rt.block_on(async {
         strangers_are_unauthenticated(&swarm, &joined.fingerprint, &peer_addr(&swarm, 0)).await;
     });
+    drop(rt);
+
+    // The scheduler, restarted to register with the manager, keeps its certificate; the
+    // manager preheats a file through it over mutual TLS.
+    let (grpc, url) = (joined.manager.grpc.clone(), joined.manager.url.clone());
+    swarm
+        .scheduler
+        .use_manager(&grpc)
+        .expect("scheduler with manager");
+    let http = Http::new(&url);
+    let token = job_token(&http);
+    let digest = &img.layers[1];
+    let file_url = format!("http://{}/v2/large/blobs/{digest}", swarm.registry.addr);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let job = loop {
+        let (status, v) = http.post(
+            "/oapi/v1/jobs",
+            &token,
+            serde_json::json!({"type": "preheat", "args": {"type": "file", "url": file_url}}),
+        );
+        assert_eq!(status, 201, "{v}");
+        let id = v["id"].as_i64().unwrap();
+        let job = wait_job(&http, &token, id, std::time::Duration::from_secs(60));
+        // Until the scheduler has registered and the hosts announced to it again.
+        let log = job["log"].as_str().unwrap_or_default();
+        let early = log.contains("no active scheduler") || log.contains("no seed peer");
+        if job["state"] == "SUCCESS" || !early || std::time::Instant::now() > deadline {
+            break job;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let manager_log = swarm.manager.as_ref().unwrap().manager.log();
+    assert_eq!(
+        job["state"],
+        "SUCCESS",
+        "{job}\n{manager_log}\n{}",
+        swarm.logs()
+    );
+    assert_eq!(
+        swarm.scheduler.log().matches("joined the cluster").count(),
+        1,
+        "the restarted scheduler reused its stored certificate"
+    );
 }
 
 /// Where node `i` of the swarm serves pieces, from its log.

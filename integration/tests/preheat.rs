@@ -8,90 +8,12 @@ use std::time::{Duration, Instant};
 
 use dragonfly_integration::containerd::NAMESPACE;
 use dragonfly_integration::fixtures;
-use dragonfly_integration::manager::{Manager, ROOT_PASSWORD};
+use dragonfly_integration::manager::Manager;
+use dragonfly_integration::openapi::{job_token, wait_job, Http};
 use dragonfly_integration::procs::{free_port, run};
 use dragonfly_integration::swarm::Swarm;
 use dragonfly_integration::throttle::Throttle;
 use serde_json::{json, Value};
-
-/// Blocking JSON calls to the manager.
-struct Http {
-    rt: tokio::runtime::Runtime,
-    client: reqwest::Client,
-    base: String,
-}
-
-impl Http {
-    fn new(base: &str) -> Http {
-        Http {
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-            client: reqwest::Client::new(),
-            base: base.to_owned(),
-        }
-    }
-    fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        self.rt.block_on(async {
-            let mut r = self
-                .client
-                .request(method, format!("{}{path}", self.base))
-                .bearer_auth(token);
-            if let Some(b) = body {
-                r = r.json(&b);
-            }
-            match r.send().await {
-                Ok(res) => {
-                    let s = res.status().as_u16();
-                    (s, res.json().await.unwrap_or(Value::Null))
-                }
-                Err(e) => (0, Value::String(e.to_string())),
-            }
-        })
-    }
-    fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, token, Some(body))
-    }
-    fn get(&self, path: &str, token: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, token, None)
-    }
-}
-
-/// Signs in as root and creates a personal access token with the `job` scope.
-fn job_token(http: &Http) -> String {
-    let (_, v) = http.post(
-        "/api/v1/users/signin",
-        "",
-        json!({"name": "root", "password": ROOT_PASSWORD}),
-    );
-    let session = v["token"].as_str().expect("session").to_owned();
-    let (s, v) = http.post(
-        "/api/v1/personal-access-tokens",
-        &session,
-        json!({"name": "e2e", "scopes": ["job"]}),
-    );
-    assert_eq!(s, 201, "{v}");
-    v["token"].as_str().unwrap().to_owned()
-}
-
-/// Polls a job until it ends; the final job.
-fn wait_job(http: &Http, token: &str, id: i64, limit: Duration) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (_, job) = http.get(&format!("/oapi/v1/jobs/{id}"), token);
-        if job["state"] == "SUCCESS" || job["state"] == "FAILURE" || Instant::now() > deadline {
-            return job;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 /// `dfctl image pull IMAGE` into `node`'s containerd; its stdout.
 fn image_pull(node: &dragonfly_integration::swarm::Node, image: &str) -> anyhow::Result<String> {

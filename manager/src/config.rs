@@ -64,7 +64,7 @@ impl Default for CaConfig {
             dir: None,
             ips: Vec::new(),
             names: Vec::new(),
-            validity_days: 30,
+            validity_days: 7,
             token_validity_days: 365,
             any_ip: false,
         }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dragonfly_membership::server::require;
+use dragonfly_membership::server::{require, ConnPeer};
 use dragonfly_membership::Role;
 use dragonfly_proto::manager as pb;
 use dragonfly_proto::manager::manager_server::Manager;
@@ -84,6 +84,26 @@ fn registration(
     }
 }
 
+/// Over TLS, a member registers or keeps alive only an address its certificate names (so a
+/// member cannot point the cluster at someone else's host).
+fn check_bound<T>(req: &Request<T>, ip: &str) -> Result<(), Status> {
+    let Some(peer) = req.extensions().get::<ConnPeer>().filter(|p| p.tls) else {
+        return Ok(());
+    };
+    let named = ip.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+        peer.cert_ips
+            .iter()
+            .any(|c| c.to_canonical() == ip.to_canonical())
+    });
+    if named {
+        return Ok(());
+    }
+    Err(Status::permission_denied(format!(
+        "{ip} is not an address this member's certificate names ({:?}); register the address it was issued for",
+        peer.cert_ips
+    )))
+}
+
 fn check_addr(ip: &str, port: u32) -> Result<(), Status> {
     if ip.parse::<std::net::IpAddr>().is_err() {
         return Err(Status::invalid_argument(format!(
@@ -135,6 +155,7 @@ impl Manager for ManagerService {
         req: Request<pb::UpdateSchedulerRequest>,
     ) -> Result<Response<pb::Scheduler>, Status> {
         require(&req, "UpdateScheduler", &[Role::Scheduler])?;
+        check_bound(&req, &req.get_ref().ip)?;
         let r = req.into_inner();
         let reg = registration(r.hostname, r.ip, r.port, r.idc, r.location);
         let m = self
@@ -148,6 +169,7 @@ impl Manager for ManagerService {
         req: Request<pb::UpdateSeedPeerRequest>,
     ) -> Result<Response<pb::SeedPeer>, Status> {
         require(&req, "UpdateSeedPeer", &[Role::Seed])?;
+        check_bound(&req, &req.get_ref().ip)?;
         let r = req.into_inner();
         let reg = registration(r.hostname, r.ip, r.port, r.idc, r.location);
         let m = self
@@ -161,6 +183,7 @@ impl Manager for ManagerService {
         req: Request<pb::KeepAliveRequest>,
     ) -> Result<Response<pb::KeepAliveResponse>, Status> {
         let who = require(&req, "KeepAlive", &[Role::Scheduler, Role::Seed])?;
+        check_bound(&req, &req.get_ref().ip)?;
         let r = req.into_inner();
         check_addr(&r.ip, r.port)?;
         let kind = match pb::SourceType::try_from(r.source_type) {

@@ -115,6 +115,28 @@ impl Identity {
     }
 }
 
+/// The IP addresses a certificate names (already verified against the CA by TLS).
+pub(crate) fn cert_ips(der: &[u8]) -> Vec<std::net::IpAddr> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(*b).ok()?)),
+                16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(*b).ok()?)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.role.as_str(), self.id)

@@ -26,6 +26,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ConnPeer {
     /// The member its certificate names; `None` on a plain connection.
     pub identity: Option<Identity>,
+    /// The addresses its certificate names (empty on a plain connection).
+    pub cert_ips: Vec<std::net::IpAddr>,
     /// Whether the connection is TLS (the server runs with credentials).
     pub tls: bool,
     /// Its address.
@@ -85,13 +87,14 @@ impl Acceptor {
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-        let identity = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| Identity::from_cert_der(c).ok());
-        Ok(Conn::new(Io::Tls(Box::new(tls)), identity, true, remote))
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        let identity = leaf.and_then(|c| Identity::from_cert_der(c).ok());
+        let cert_ips = leaf
+            .map(|c| crate::identity::cert_ips(c))
+            .unwrap_or_default();
+        let mut conn = Conn::new(Io::Tls(Box::new(tls)), identity, true, remote);
+        conn.peer.cert_ips = cert_ips;
+        Ok(conn)
     }
 }
 
@@ -103,6 +106,7 @@ impl Conn {
             pos: 0,
             peer: ConnPeer {
                 identity,
+                cert_ips: Vec::new(),
                 tls,
                 remote,
             },

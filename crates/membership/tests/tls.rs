@@ -93,6 +93,7 @@ fn handlers_let_in_the_roles_they_name() {
         let mut r = tonic::Request::new(());
         r.extensions_mut().insert(ConnPeer {
             identity,
+            cert_ips: Vec::new(),
             tls,
             remote: None,
         });

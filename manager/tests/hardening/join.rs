@@ -217,3 +217,30 @@ async fn a_client_without_a_certificate_gets_unauthenticated_from_the_manager() 
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
 }
+
+#[tokio::test]
+async fn a_member_registers_only_an_address_its_certificate_names() {
+    use dragonfly_proto::manager::UpdateSchedulerRequest;
+    let (m, db, fp) = manager_with_ca().await;
+    let dir = tempfile::tempdir().unwrap();
+    let me = member(Role::Scheduler, "sched-1", &["127.0.0.1"]);
+    let s = spec(&m, &token(&db, Role::Scheduler).await, &fp);
+    let creds = join::obtain(&s, dir.path(), &me).await.unwrap();
+    let endpoint = Endpoint::from_shared(format!("http://{}", m.grpc)).unwrap();
+    let channel = Dialer::tls(&creds)
+        .unwrap()
+        .connect_channel(endpoint, &[Role::Manager])
+        .await
+        .unwrap();
+    let mut c = ManagerClient::new(channel);
+    let register = |ip: &str| UpdateSchedulerRequest {
+        hostname: "sched-1".into(),
+        ip: ip.into(),
+        port: 8002,
+        ..Default::default()
+    };
+    let e = c.update_scheduler(register("10.1.1.1")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("certificate names"), "{e:?}");
+    c.update_scheduler(register("127.0.0.1")).await.unwrap();
+}

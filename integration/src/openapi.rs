@@ -1,0 +1,92 @@
+//! Blocking calls to a manager's REST and Open API, for tests that drive it as operators do:
+//! a personal access token with the `job` scope, creating jobs and waiting for them.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::manager::ROOT_PASSWORD;
+
+/// Blocking JSON calls to the manager.
+pub struct Http {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Http {
+    /// A client for the manager at `base` (`http://host:port`).
+    pub fn new(base: &str) -> Http {
+        Http {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            client: reqwest::Client::new(),
+            base: base.to_owned(),
+        }
+    }
+    /// `method path` with bearer `token` and JSON `body`: status and JSON answer (status 0
+    /// when the request failed).
+    pub fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.rt.block_on(async {
+            let mut r = self
+                .client
+                .request(method, format!("{}{path}", self.base))
+                .bearer_auth(token);
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            match r.send().await {
+                Ok(res) => {
+                    let s = res.status().as_u16();
+                    (s, res.json().await.unwrap_or(Value::Null))
+                }
+                Err(e) => (0, Value::String(e.to_string())),
+            }
+        })
+    }
+    /// POST.
+    pub fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, token, Some(body))
+    }
+    /// GET.
+    pub fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, token, None)
+    }
+}
+
+/// Signs in as root and creates a personal access token with the `job` scope.
+pub fn job_token(http: &Http) -> String {
+    let (_, v) = http.post(
+        "/api/v1/users/signin",
+        "",
+        json!({"name": "root", "password": ROOT_PASSWORD}),
+    );
+    let session = v["token"].as_str().expect("session").to_owned();
+    let (s, v) = http.post(
+        "/api/v1/personal-access-tokens",
+        &session,
+        json!({"name": "e2e", "scopes": ["job"]}),
+    );
+    assert_eq!(s, 201, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+/// Polls a job until it ends; the final job.
+pub fn wait_job(http: &Http, token: &str, id: i64, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (_, job) = http.get(&format!("/oapi/v1/jobs/{id}"), token);
+        if job["state"] == "SUCCESS" || job["state"] == "FAILURE" || Instant::now() > deadline {
+            return job;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
