@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use dragonfly_integration::containerd::NAMESPACE;
 use dragonfly_integration::fixtures;
-use dragonfly_integration::manager::Manager;
+use dragonfly_integration::manager::{Manager, ROOT_PASSWORD};
 use dragonfly_integration::openapi::{job_token, wait_job, Http};
 use dragonfly_integration::procs::{free_port, run};
 use dragonfly_integration::swarm::Swarm;
