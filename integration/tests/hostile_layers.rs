@@ -727,8 +727,14 @@ fn hostile_layers_change_nothing_on_the_host() {
                             "the daemon did not refuse the layer naming {text:?}"
                         ));
                     }
-                    if p == PullPath::Dfctl && pulled.is_ok() {
-                        wrong.push("dfctl image pull succeeded".to_owned());
+                    match (&pulled, p) {
+                        (Ok(_), PullPath::Dfctl) => {
+                            wrong.push("dfctl image pull succeeded".to_owned())
+                        }
+                        (Err(e), PullPath::Dfctl) if !format!("{e:#}").contains(text.as_str()) => {
+                            wrong.push(format!("dfctl's error does not name {text:?}"))
+                        }
+                        _ => {}
                     }
                 }
                 Expect::Confined => {

@@ -388,6 +388,12 @@ fn layer_labels(l: &LayerDescriptor, chain: &str, image: &str) -> HashMap<String
             "containerd.io/snapshot/dragonfly.blob-size".to_owned(),
             l.size.to_string(),
         ),
+        // The daemon's own error when it cannot take the layer (a refused entry, say), not
+        // an empty snapshot for containerd to unpack into.
+        (
+            "containerd.io/snapshot/dragonfly.no-fallback".to_owned(),
+            "true".to_owned(),
+        ),
     ]);
     if let Some(toc) = l
         .annotations

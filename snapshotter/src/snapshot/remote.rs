@@ -13,6 +13,9 @@ use super::error::SnapshotError;
 
 /// Label containerd sets on every unpack Prepare: the chain ID the committed snapshot must get.
 pub const LABEL_TARGET_REF: &str = "containerd.io/snapshot.ref";
+/// Label a client sets on a Prepare (`dfctl image pull` does) when it wants the layer's own
+/// failure back instead of the fallback (an empty snapshot for containerd to unpack into).
+pub const LABEL_NO_FALLBACK: &str = "containerd.io/snapshot/dragonfly.no-fallback";
 /// Label we put on snapshots that are served by a lazy (FUSE) layer.
 pub const LABEL_REMOTE: &str = "containerd.io/snapshot/remote";
 /// Value of [`LABEL_REMOTE`].

@@ -18,7 +18,9 @@ use super::error::SnapshotError;
 use super::filters::{Fields, Filter};
 use super::metastore::{Kind, MetaStore, Record, Usage};
 use super::mountinfo;
-use super::remote::{RemoteLayers, LABEL_REMOTE, LABEL_TARGET_REF, REMOTE_VALUE};
+use super::remote::{
+    RemoteLayers, LABEL_NO_FALLBACK, LABEL_REMOTE, LABEL_TARGET_REF, REMOTE_VALUE,
+};
 
 /// Information about one snapshot, as containerd's `snapshots.Info`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +147,10 @@ impl Snapshotter {
                     .await
                 {
                     Ok(()) => return Err(SnapshotError::AlreadyExists(target)),
+                    Err(e) if labels.contains_key(LABEL_NO_FALLBACK) => {
+                        tracing::warn!(key, error = %e, "layer refused; the client asked for no fallback");
+                        return Err(e);
+                    }
                     Err(e) => tracing::warn!(
                         key, error = %e,
                         "lazy layer unavailable; containerd will download and unpack it"
