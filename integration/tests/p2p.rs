@@ -202,20 +202,18 @@ mod corrupt_parent {
             .collect()
     }
 
-    /// A rogue member claims every piece of every layer with false digests, before anyone
-    /// fetched them: its claims record nothing, so it is offered to nobody until a peer sent
-    /// to the origin recorded the true digests; then the node it serves finds its bytes wrong
-    /// and it is blocklisted; its false reports after that are refused; no bad byte reaches a
-    /// container.
-    #[test]
-    fn a_rogue_member_reporting_false_digests_and_serving_bad_bytes_is_refused_and_blocklisted() {
-        let swarm = Swarm::start(2, "prefetch: {background: false}").expect("swarm");
-        let img = fixtures::large().expect("fixture");
-        let [_, esgz, _] = swarm.publish("large", &img).expect("publish").refs();
-        let layers = layer_digests(&esgz);
-        let rt = tokio::runtime::Runtime::new().unwrap();
+    /// A rogue member "liar" on a free port: announced to the swarm's scheduler (kept
+    /// alive), claiming every piece of each of `tasks` (ID and true bytes) with false digests
+    /// before anyone fetched them, and serving `served` with one byte flipped per piece.
+    /// Returns its scheduler client.
+    fn spawn_liar(
+        rt: &tokio::runtime::Runtime,
+        swarm: &Swarm,
+        tasks: &[(String, Vec<u8>)],
+        served: Vec<u8>,
+    ) -> SchedulerClient<tonic::transport::Channel> {
         let liar_port = dragonfly_integration::procs::free_port();
-        let mut c = rt.block_on(async {
+        rt.block_on(async {
             let mut c = SchedulerClient::connect(format!("http://{}", swarm.scheduler.addr))
                 .await
                 .unwrap();
@@ -236,32 +234,30 @@ mod corrupt_parent {
             })
             .await
             .unwrap();
-            for d in &layers {
-                let blob = std::fs::read(swarm.registry.blob_path(d)).unwrap();
+            for (id, blob) in tasks {
                 let task = pb::Task {
-                    id: d.clone(),
+                    id: id.clone(),
                     content_length: blob.len() as u64,
                     piece_length: PIECE as u32,
                     ..Default::default()
                 };
                 c.register_peer(pb::RegisterPeerRequest {
                     host_id: "liar".into(),
-                    peer_id: format!("liar-{d}"),
+                    peer_id: format!("liar-{id}"),
                     task: Some(task),
                 })
                 .await
                 .unwrap();
                 let ack = c
-                    .report_pieces(tokio_stream::iter(liar_reports(d, &blob)))
+                    .report_pieces(tokio_stream::iter(liar_reports(id, blob)))
                     .await
                     .unwrap()
                     .into_inner();
                 assert_eq!(ack.refused, 0, "nothing recorded yet to contradict");
             }
-            let huge = std::fs::read(swarm.registry.blob_path(&layers[1])).unwrap();
             tokio::spawn(
                 tonic::transport::Server::builder()
-                    .add_service(PeerServer::new(Liar { blob: huge }))
+                    .add_service(PeerServer::new(Liar { blob: served }))
                     .serve(format!("127.0.0.1:{liar_port}").parse().unwrap()),
             );
             // A member in good standing keeps its host alive.
@@ -278,7 +274,32 @@ mod corrupt_parent {
                 }
             });
             c
-        });
+        })
+    }
+
+    /// A rogue member claims every piece of every layer with false digests, before anyone
+    /// fetched them: its claims record nothing, so it is offered to nobody until a peer sent
+    /// to the origin recorded the true digests; then the node it serves finds its bytes wrong
+    /// and it is blocklisted; its false reports after that are refused; no bad byte reaches a
+    /// container.
+    #[test]
+    fn a_rogue_member_reporting_false_digests_and_serving_bad_bytes_is_refused_and_blocklisted() {
+        let swarm = Swarm::start(2, "prefetch: {background: false}").expect("swarm");
+        let img = fixtures::large().expect("fixture");
+        let [_, esgz, _] = swarm.publish("large", &img).expect("publish").refs();
+        let layers = layer_digests(&esgz);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let tasks: Vec<(String, Vec<u8>)> = layers
+            .iter()
+            .map(|d| {
+                (
+                    d.clone(),
+                    std::fs::read(swarm.registry.blob_path(d)).unwrap(),
+                )
+            })
+            .collect();
+        let huge = tasks[1].1.clone();
+        let mut c = spawn_liar(&rt, &swarm, &tasks, huge);
         let want = fixtures::large_huge_sha256();
         let run = |i: usize| {
             let node = &swarm.nodes[i];
@@ -328,6 +349,54 @@ mod corrupt_parent {
         assert!(
             ack.refused >= 1,
             "false digests accepted: {ack:?}\n{}",
+            swarm.logs()
+        );
+        drop(rt);
+    }
+
+    /// The same rogue member against a file by URL fetched with `dfctl get`: its claims are
+    /// not offered until the node sent to the origin recorded the digests; the next node that
+    /// gets its bytes finds them wrong and reports it, and both output files equal the
+    /// origin's bytes.
+    #[test]
+    fn a_rogue_member_cannot_corrupt_a_file_fetched_with_dfctl_get() {
+        let swarm = Swarm::start(2, "").expect("swarm");
+        let img = fixtures::large().expect("fixture");
+        swarm.publish("large", &img).expect("publish");
+        let digest = &img.layers[1];
+        let want = std::fs::read(swarm.registry.blob_path(digest)).unwrap();
+        let url = format!("http://{}/v2/large/blobs/{digest}", swarm.registry.addr);
+        let task = dragonfly_task::TaskId::file(&url, "", "", &[])
+            .unwrap()
+            .to_string();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _liar = spawn_liar(&rt, &swarm, &[(task, want.clone())], want.clone());
+        for (i, node) in swarm.nodes.iter().enumerate() {
+            let out = swarm.path().join(format!("file-{i}"));
+            let r = dfctl_get(node, &url, &out, digest);
+            assert!(r.is_ok(), "dfctl get on node {i}: {r:?}\n{}", swarm.logs());
+            assert!(
+                std::fs::read(&out).unwrap() == want,
+                "node {i} wrote wrong bytes"
+            );
+        }
+        let corrupt = |i: usize| {
+            swarm.nodes[i].metric("dragonfly_snapshotter_p2p_bad_parents_total", "corrupt")
+        };
+        assert_eq!(
+            corrupt(0),
+            0.0,
+            "an unrecorded claim was offered\n{}",
+            swarm.logs()
+        );
+        assert!(
+            corrupt(1) >= 1.0,
+            "the liar was not offered once digests were recorded\n{}",
+            swarm.logs()
+        );
+        assert!(
+            swarm.scheduler.log().contains("blocklisted"),
+            "{}",
             swarm.logs()
         );
         drop(rt);
