@@ -8,7 +8,11 @@
 #                                      # vs every node's containerd pulling from the origin directly
 #                                      # (BENCH_SWARM_MODE=file: dfctl get of a blob instead;
 #                                      # BENCH_SWARM_NODES=8, BENCH_SWARM_MIB=1024;
-#                                      # BENCH_SWARM_DIRECT=0 skips the 12-minute baseline)
+#                                      # BENCH_SWARM_DIRECT=0 skips the 12-minute baseline;
+#                                      # BENCH_SWARM_TLS=1: every member with certificates from one
+#                                      # CA, mutual TLS)
+#   sudo scripts/bench.sh swarm-tls    # the swarm's P2P pull twice in one run, plain and over
+#                                      # mutual TLS: the ratio is what TLS costs a swarm
 #   scripts/bench.sh pieces            # peer-to-peer piece throughput on loopback through the real
 #                                      # peer port (raw-TCP piece protocol vs gRPC, with and without
 #                                      # the receiver's sha256), vs reading the store directly
@@ -205,6 +209,16 @@ sw_origin_bytes() { # digest
   { grep -o "\"GET /v2/bench/[a-z]*/blobs/$1[^\"]*\" 20[06] [0-9]*" "$TB_DIR/origin.log" || true; } | awk '{s+=$NF} END {printf "%.0f\n", s}'
 }
 
+# With BENCH_SWARM_TLS=1: a certificate for `name` (role, address) from the run's CA, and the
+# `security:` line naming it; nothing otherwise.
+sw_security() { # name role ip
+  [ "${BENCH_SWARM_TLS:-0}" = 1 ] || return 0
+  local mgr=$REPO_DIR/target/release/dragonfly-manager
+  [ -e "$TB_DIR/ca/ca-key.pem" ] || "$mgr" certs init --dir "$TB_DIR/ca" > /dev/null
+  "$mgr" certs issue --ca "$TB_DIR/ca" --role "$2" --id "$1" --ip "$3" --days 2 --out "$TB_DIR/tls/$1" > /dev/null
+  echo "security: {ca: $TB_DIR/tls/$1/ca.pem, cert: $TB_DIR/tls/$1/cert.pem, key: $TB_DIR/tls/$1/key.pem}"
+}
+
 sw_ns() { # name ip rate
   local ns=$1 ip=$2 rate=$3
   ip netns add "$ns"
@@ -229,6 +243,11 @@ metrics: {address: "$ip:9250"}
 registry: {plain_http: ["$SW_NET.2:5000"]}
 YAML
   [ "$p2p" = 1 ] && echo "p2p: {schedulers: [\"$SW_NET.1:8002\"], listen: \"$ip:4000\", advertise_ip: $ip, host_id: $name}" >> "$TB_DIR/$name.yaml"
+  if [ "$p2p" = 1 ]; then
+    local role=peer
+    case " $extra " in *" --seed-peer "*) role=seed ;; esac
+    sw_security "$name" "$role" "$ip" >> "$TB_DIR/$name.yaml"
+  fi
   # Extra settings for every daemon of a run (experiments), e.g. "prefetch: {background: false}".
   [ -n "${BENCH_DAEMON_YAML:-}" ] && echo "$BENCH_DAEMON_YAML" >> "$TB_DIR/$name.yaml"
   # nsenter, not `ip netns exec`: only the network namespace; the daemon's FUSE mounts must be
@@ -240,7 +259,8 @@ YAML
 
 # The scheduler on the bridge and a seed peer in its own namespace with a `link` link.
 sw_scheduler_and_seed() { # link
-  "$REPO_DIR/target/release/dragonfly-scheduler" --address "$SW_NET.1:8002" > "$TB_DIR/scheduler.log" 2>&1 &
+  sw_security scheduler scheduler "$SW_NET.1" > "$TB_DIR/scheduler.yaml"
+  "$REPO_DIR/target/release/dragonfly-scheduler" --config "$TB_DIR/scheduler.yaml" --address "$SW_NET.1:8002" > "$TB_DIR/scheduler.log" 2>&1 &
   echo $! > "$TB_DIR/sw-scheduler.pid"
   sleep 0.5
   sw_ns dfswseed "$SW_NET.9" "$1"
@@ -369,10 +389,11 @@ swarm() {
   fi
   ideal=$(python3 -c "r='$RATE'.lower(); m={'kbit':1e3,'mbit':1e6,'gbit':1e9}; u=[k for k in m if r.endswith(k)][0]; print($size*8/(float(r[:-len(u)])*m[u]))")
 
-  python3 - "$OUT_DIR/swarm.json" <<PY
+  local json=${BENCH_SWARM_JSON:-$OUT_DIR/swarm.json}
+  python3 - "$json" <<PY
 import json, sys
 r = {
-  "bench": "swarm", "mode": "$mode", "nodes": $nodes, "blob_bytes": $size, "origin_rate": "$RATE", "link_rate": "$link",
+  "bench": "swarm", "mode": "$mode", "tls": ${BENCH_SWARM_TLS:-0} == 1, "nodes": $nodes, "blob_bytes": $size, "origin_rate": "$RATE", "link_rate": "$link",
   "p2p_last_node_seconds": $p2p_secs, "p2p_origin_bytes": $origin_p2p,
   "p2p_origin_bytes_ratio": $origin_p2p / $size,
   "direct_last_node_seconds": $direct_secs, "direct_origin_bytes": $nodes * $size,
@@ -385,7 +406,28 @@ print(json.dumps(r, indent=2))
 PY
   printf '\n%s nodes, %s MiB, origin %s: P2P last node %.1fs (%.2fx of size/origin-rate %.1fs; target <= 1.17x), origin sent %.3fx the blob (target <= 1.02x); direct last node %.1fs => %.1fx faster\n' \
     "$nodes" "$mib" "$RATE" "$p2p_secs" "$(echo "$p2p_secs / $ideal" | bc -l)" "$ideal" "$(echo "$origin_p2p / $size" | bc -l)" "$direct_secs" "$(echo "$direct_secs / $p2p_secs" | bc -l)"
-  echo "written: $OUT_DIR/swarm.json"
+  echo "written: $json"
+}
+
+# The swarm's P2P pull plain, then over mutual TLS, in one run (no direct baseline): the
+# ratios of the last node's time and of the origin's bytes are what TLS costs.
+swarm_tls() {
+  BENCH_SWARM_DIRECT=0 BENCH_SWARM_TLS=0 BENCH_SWARM_JSON=$OUT_DIR/swarm-plain.json swarm
+  BENCH_SKIP_BUILD=1 BENCH_SWARM_DIRECT=0 BENCH_SWARM_TLS=1 BENCH_SWARM_JSON=$OUT_DIR/swarm-tls.json swarm
+  python3 - "$OUT_DIR/swarm-plain.json" "$OUT_DIR/swarm-tls.json" "$OUT_DIR/swarm-tls-ratio.json" <<'PY'
+import json, sys
+plain, tls = (json.load(open(p)) for p in sys.argv[1:3])
+r = {
+  "bench": "swarm_tls_vs_plain", "nodes": plain["nodes"], "blob_bytes": plain["blob_bytes"],
+  "plain_last_node_seconds": plain["p2p_last_node_seconds"], "tls_last_node_seconds": tls["p2p_last_node_seconds"],
+  "tls_over_plain_last_node": round(tls["p2p_last_node_seconds"] / plain["p2p_last_node_seconds"], 3),
+  "plain_origin_bytes_ratio": plain["p2p_origin_bytes_ratio"], "tls_origin_bytes_ratio": tls["p2p_origin_bytes_ratio"],
+}
+json.dump(r, open(sys.argv[3], "w"), indent=2)
+print(json.dumps(r, indent=2))
+print(f"mutual TLS vs plain, same run: last node {r['tls_over_plain_last_node']:.2f}x")
+PY
+  echo "written: $OUT_DIR/swarm-tls-ratio.json"
 }
 
 # ---- swarm-lazy: N nodes cold-start the same eStargz image's command at once ---------------
@@ -619,7 +661,8 @@ case "${1:-}" in
   pieces) pieces_bench ;;
   manager) manager_bench ;;
   swarm) swarm ;;
+  swarm-tls) swarm_tls ;;
   swarm-lazy) swarm_lazy ;;
   fuzz) fuzz_bench ;;
-  *) echo "usage: scripts/bench.sh coldstart|scheduler|pieces|swarm|swarm-lazy|manager|fuzz" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh coldstart|scheduler|pieces|swarm|swarm-tls|swarm-lazy|manager|fuzz" >&2; exit 2 ;;
 esac
