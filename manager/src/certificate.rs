@@ -129,7 +129,7 @@ impl Certificate for CertificateService {
         req: Request<pb::IssueCertificateRequest>,
     ) -> Result<Response<pb::IssueCertificateResponse>, Status> {
         let peer = req.extensions().get::<ConnPeer>().cloned();
-        let Some(peer) = peer.filter(|p| p.tls) else {
+        let Some(peer) = peer.filter(|p| p.encrypted) else {
             return Err(Status::failed_precondition(
                 "certificates are issued only over TLS",
             ));

@@ -28,8 +28,11 @@ pub struct ConnPeer {
     pub identity: Option<Identity>,
     /// The addresses its certificate names (empty on a plain connection).
     pub cert_ips: Vec<std::net::IpAddr>,
-    /// Whether the connection is TLS (the server runs with credentials).
+    /// Whether the server runs with credentials (then calls need a member's certificate).
     pub tls: bool,
+    /// Whether this connection itself is TLS: false for a plain-text client of a server with
+    /// credentials, which is served only to be told `UNAUTHENTICATED`.
+    pub encrypted: bool,
     /// Its address.
     pub remote: Option<SocketAddr>,
 }
@@ -52,8 +55,9 @@ pub struct Conn {
     peer: ConnPeer,
 }
 
-/// Accepts connections for a server: with credentials, a TLS handshake that requires a
-/// client certificate from the CA; without, plain TCP.
+/// Accepts connections for a server: with credentials, a TLS handshake that checks a client
+/// certificate against the CA when one is presented (callers without one, and plain-text
+/// callers, are let in only to get `UNAUTHENTICATED` from [`require`]); without, plain TCP.
 #[derive(Clone)]
 pub struct Acceptor {
     tls: Option<TlsAcceptor>,
@@ -83,6 +87,9 @@ impl Acceptor {
         let Some(tls) = &self.tls else {
             return Ok(Conn::new(Io::Plain(stream), None, false, remote));
         };
+        if !starts_tls(&stream).await? {
+            return Ok(Conn::new(Io::Plain(stream), None, true, remote));
+        }
         let stream = BufReader::with_capacity(TLS_READ_BUFFER, stream);
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream))
             .await
@@ -94,8 +101,19 @@ impl Acceptor {
             .unwrap_or_default();
         let mut conn = Conn::new(Io::Tls(Box::new(tls)), identity, true, remote);
         conn.peer.cert_ips = cert_ips;
+        conn.peer.encrypted = true;
         Ok(conn)
     }
+}
+
+/// Whether the client's first byte opens a TLS handshake record (0x16), waiting at most
+/// [`HANDSHAKE_TIMEOUT`] for it; the byte stays in the socket.
+async fn starts_tls(stream: &TcpStream) -> io::Result<bool> {
+    let mut first = [0u8; 1];
+    let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client sent nothing"))??;
+    Ok(n == 1 && first[0] == 0x16)
 }
 
 impl Conn {
@@ -108,6 +126,7 @@ impl Conn {
                 identity,
                 cert_ips: Vec::new(),
                 tls,
+                encrypted: false,
                 remote,
             },
         }

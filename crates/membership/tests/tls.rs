@@ -95,6 +95,7 @@ fn handlers_let_in_the_roles_they_name() {
             identity,
             cert_ips: Vec::new(),
             tls,
+            encrypted: tls,
             remote: None,
         });
         r

@@ -203,7 +203,7 @@ async fn the_certificate_service_refuses_what_neither_token_nor_certificate_allo
 }
 
 #[tokio::test]
-async fn a_client_without_a_certificate_gets_unauthenticated_from_the_manager() {
+async fn a_client_without_a_certificate_or_without_tls_gets_unauthenticated_from_the_manager() {
     let (m, _db, fp) = manager_with_ca().await;
     let endpoint = Endpoint::from_shared(format!("http://{}", m.grpc)).unwrap();
     let channel = Dialer::pinned(&fp, None)
@@ -216,6 +216,30 @@ async fn a_client_without_a_certificate_gets_unauthenticated_from_the_manager() 
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+
+    // In plain text: UNAUTHENTICATED too, and no certificate (a token would cross in the
+    // clear).
+    let endpoint = Endpoint::from_shared(format!("http://{}", m.grpc)).unwrap();
+    let channel = endpoint.connect().await.unwrap();
+    let e = ManagerClient::new(channel.clone())
+        .list_schedulers(ListSchedulersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let new = dragonfly_membership::CertRequest::create(
+        &Identity::new(Role::Peer, "p").unwrap(),
+        &[],
+        &[],
+    )
+    .unwrap();
+    let e = dragonfly_proto::manager::certificate_client::CertificateClient::new(channel)
+        .issue_certificate(dragonfly_proto::manager::IssueCertificateRequest {
+            csr: new.csr_pem,
+            token: "dfjoin_peer_x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
 }
 
 #[tokio::test]
