@@ -26,16 +26,30 @@ impl Containerd {
     /// works) with `dragonfly_socket` as the `dragonfly` proxy snapshotter. The socket need not
     /// exist yet: containerd connects to proxy plugins when they are first used.
     pub fn start(dir: &Path, dragonfly_socket: &Path) -> Result<Containerd> {
+        Containerd::start_with(dir, dragonfly_socket, None)
+    }
+
+    /// Like [`Containerd::start`], with the CRI plugin configured by `cri` (the TOML of its
+    /// `[plugins."io.containerd.grpc.v1.cri"]` table and sub-tables; see [`crate::cri`]).
+    pub fn start_with(
+        dir: &Path,
+        dragonfly_socket: &Path,
+        cri: Option<&str>,
+    ) -> Result<Containerd> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("containerd.sock");
+        let no_cri = if cri.is_some() {
+            ""
+        } else {
+            "\n  \"io.containerd.grpc.v1.cri\","
+        };
         let config = format!(
             r#"version = 2
 root = "{root}"
 state = "{state}"
-# No CRI (it would start its own CNI/streaming machinery) and no snapshotters that cannot work
-# here; overlayfs stays: it is the oracle our snapshotter is compared with.
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
+# No CRI unless asked (it starts its own CNI/streaming machinery) and no snapshotters that
+# cannot work here; overlayfs stays: it is the oracle our snapshotter is compared with.
+disabled_plugins = [{no_cri}
   "io.containerd.snapshotter.v1.aufs",
   "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.devmapper",
@@ -57,7 +71,7 @@ disabled_plugins = [
             opt = dir.join("opt").display(),
             sock = socket.display(),
             df = dragonfly_socket.display()
-        );
+        ) + cri.unwrap_or_default();
         std::fs::write(dir.join("config.toml"), config)?;
         let mut cmd = Command::new("containerd");
         cmd.arg("--config").arg(dir.join("config.toml"));

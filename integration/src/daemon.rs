@@ -26,8 +26,9 @@ fn binary() -> Result<PathBuf> {
 impl Daemon {
     /// Starts the daemon in `dir` and waits until its socket accepts connections. Its config
     /// sets `root`, `address`, `log`, and (unless `extra_yaml` sets them) `metrics: {address:
-    /// null}` and `snapshot: {lazy: true}`; `extra_yaml` is appended (e.g.
-    /// `prefetch: {background: false}`).
+    /// null}`, `snapshot: {lazy: true}` and `containerd: {address: ...}` (the containerd a
+    /// test bed starts beside it, `<dir>/../containerd/containerd.sock`, never the host's);
+    /// `extra_yaml` is appended (e.g. `prefetch: {background: false}`).
     pub fn start(dir: &Path, extra_yaml: &str) -> Result<Daemon> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("dragonfly.sock");
@@ -41,8 +42,17 @@ impl Daemon {
         } else {
             "snapshot: {lazy: true}\n"
         };
+        let containerd = if extra_yaml.contains("containerd:") {
+            String::new()
+        } else {
+            let beside = dir
+                .parent()
+                .unwrap_or(dir)
+                .join("containerd/containerd.sock");
+            format!("containerd: {{address: '{}'}}\n", beside.display())
+        };
         let config = format!(
-            "root: {root}\naddress: {sock}\n{metrics}{snapshot}log: {{level: 'dragonfly_snapshotter=debug,dragonfly_storage=debug,info'}}\n{extra_yaml}\n",
+            "root: {root}\naddress: {sock}\n{metrics}{snapshot}{containerd}log: {{level: 'dragonfly_snapshotter=debug,dragonfly_storage=debug,info'}}\n{extra_yaml}\n",
             root = dir.join("root").display(),
             sock = socket.display()
         );

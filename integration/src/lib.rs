@@ -8,6 +8,7 @@
 //! * [`registry`] — `docker-registry` per test and its parsed access log (bytes served, marks).
 //! * [`containerd`] — containerd per test with our daemon as the `dragonfly` proxy
 //!   snapshotter; `ctr` / `ctr-remote`; containers.
+//! * [`cri`] — containerd with its CRI plugin, driven like kubelet (pods, containers, exec).
 //! * [`daemon`] — our `dragonfly-snapshotter` (start, SIGKILL, restart on the same root).
 //! * [`fixtures`] / [`oci`] — the fixture images (umoci and our own tar writer), publishing as
 //!   gzip, eStargz (optionally with a landmark) and zstd:chunked; eStargz TOC helpers.
@@ -20,6 +21,7 @@
 
 pub mod bed;
 pub mod containerd;
+pub mod cri;
 pub mod daemon;
 pub mod fixtures;
 pub mod hostile;

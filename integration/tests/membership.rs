@@ -192,8 +192,8 @@ fn a_cluster_of_members_pulls_and_strangers_and_rogue_members_change_nothing() {
     });
 }
 
-/// What a TLS client without a certificate gets from each member's port: UNAUTHENTICATED
-/// (the handshake completes; the call is refused).
+/// What a TLS client without a certificate gets from every call of a scheduler and of a
+/// peer port: UNAUTHENTICATED (the handshake completes; the call is refused).
 async fn strangers_are_unauthenticated(swarm: &Swarm, fingerprint: &str, peer_addr: &str) {
     let stranger = Dialer::pinned(fingerprint, None).unwrap();
     let mut s = SchedulerClient::new(channel(
@@ -201,28 +201,173 @@ async fn strangers_are_unauthenticated(swarm: &Swarm, fingerprint: &str, peer_ad
         &swarm.scheduler.addr,
         &[Role::Scheduler],
     ));
-    let leave = s.leave_host(pb::LeaveHostRequest {
-        host_id: "node-1".into(),
-    });
-    assert_eq!(code(leave.await), Code::Unauthenticated);
+    let task = pb::Task {
+        id: format!("task:{}", "b".repeat(64)),
+        url: "http://127.0.0.1:1/metadata".into(),
+        content_length: 1,
+        ..Default::default()
+    };
+    let host = pb::Host {
+        id: "node-1".into(),
+        ip: "127.0.0.1".into(),
+        upload_port: 1,
+        ..Default::default()
+    };
+    let peer_id = || "stranger-peer".to_owned();
+    let calls = [
+        (
+            "AnnounceHost",
+            code(
+                s.announce_host(pb::AnnounceHostRequest {
+                    protocol: pb::PROTOCOL,
+                    host: Some(host),
+                })
+                .await,
+            ),
+        ),
+        (
+            "KeepAlive",
+            code(
+                s.keep_alive(pb::KeepAliveRequest {
+                    host_id: "node-1".into(),
+                    active_uploads: 0,
+                })
+                .await,
+            ),
+        ),
+        (
+            "LeaveHost",
+            code(
+                s.leave_host(pb::LeaveHostRequest {
+                    host_id: "node-1".into(),
+                })
+                .await,
+            ),
+        ),
+        (
+            "RegisterPeer",
+            code(
+                s.register_peer(pb::RegisterPeerRequest {
+                    host_id: "node-1".into(),
+                    peer_id: peer_id(),
+                    task: Some(task.clone()),
+                })
+                .await,
+            ),
+        ),
+        (
+            "ReportPieces",
+            code(
+                s.report_pieces(tokio_stream::iter(Vec::<pb::PieceFinished>::new()))
+                    .await,
+            ),
+        ),
+        (
+            "FindParents",
+            code(
+                s.find_parents(pb::FindParentsRequest {
+                    peer_id: peer_id(),
+                    task_id: task.id.clone(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+        ),
+        (
+            "ReportBadParent",
+            code(
+                s.report_bad_parent(pb::ReportBadParentRequest {
+                    peer_id: peer_id(),
+                    task_id: task.id.clone(),
+                    parent_id: "node-1".into(),
+                    corrupt: true,
+                    ..Default::default()
+                })
+                .await,
+            ),
+        ),
+        (
+            "LeavePeer",
+            code(
+                s.leave_peer(pb::LeavePeerRequest {
+                    peer_id: peer_id(),
+                    ..Default::default()
+                })
+                .await,
+            ),
+        ),
+        (
+            "Preheat",
+            code(
+                s.preheat(pb::PreheatRequest {
+                    tasks: vec![task.clone()],
+                    ..Default::default()
+                })
+                .await,
+            ),
+        ),
+        (
+            "PreheatWithProgress",
+            code(
+                s.preheat_with_progress(pb::PreheatRequest {
+                    tasks: vec![task.clone()],
+                    ..Default::default()
+                })
+                .await,
+            ),
+        ),
+        (
+            "ListHosts",
+            code(s.list_hosts(pb::ListHostsRequest {}).await),
+        ),
+        (
+            "StatTask",
+            code(
+                s.stat_task(pb::StatTaskRequest {
+                    task_id: task.id.clone(),
+                })
+                .await,
+            ),
+        ),
+    ];
     let mut p = PeerClient::new(channel(&stranger, peer_addr, &[Role::Peer, Role::Seed]));
-    let trigger = p.trigger_download(TriggerDownloadRequest {
-        task: Some(pb::Task {
-            id: format!("task:{}", "b".repeat(64)),
-            url: "http://127.0.0.1:1/metadata".into(),
-            ..Default::default()
-        }),
-        background: false,
-    });
-    assert_eq!(code(trigger.await), Code::Unauthenticated);
-    let piece = p.get_piece(GetPieceRequest {
-        task_id: format!("sha256:{}", "c".repeat(64)),
-        number: 0,
-        peer_id: "stranger".into(),
-        fetch: false,
-        fetch_until: 0,
-    });
-    assert_eq!(code(piece.await), Code::Unauthenticated);
+    let peer_calls = [
+        (
+            "TriggerDownload",
+            code(
+                p.trigger_download(TriggerDownloadRequest {
+                    task: Some(task.clone()),
+                    background: false,
+                })
+                .await,
+            ),
+        ),
+        (
+            "GetPiece",
+            code(
+                p.get_piece(GetPieceRequest {
+                    task_id: format!("sha256:{}", "c".repeat(64)),
+                    number: 0,
+                    peer_id: peer_id(),
+                    fetch: false,
+                    fetch_until: 0,
+                })
+                .await,
+            ),
+        ),
+        (
+            "peer StatTask",
+            code(
+                p.stat_task(dragonfly_proto::peer::StatTaskRequest {
+                    task_id: task.id.clone(),
+                })
+                .await,
+            ),
+        ),
+    ];
+    for (call, got) in calls.into_iter().chain(peer_calls) {
+        assert_eq!(got, Code::Unauthenticated, "{call}");
+    }
 }
 
 #[test]

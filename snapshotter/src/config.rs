@@ -44,6 +44,28 @@ pub struct Config {
     /// Cluster credentials (mutual TLS with schedulers, peers and the manager); none: plain,
     /// for loopback use only.
     pub security: dragonfly_membership::TlsFiles,
+    /// containerd, asked which image a layer belongs to when a Prepare has no labels.
+    pub containerd: ContainerdConfig,
+}
+
+/// `containerd:` where to find the image of a layer whose Prepare carries only its chain ID
+/// (the CRI's default `disable_snapshot_annotations = true`, `ctr image pull`, nerdctl).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerdConfig {
+    /// containerd's socket; null: never asked (such layers are unpacked by containerd).
+    pub address: Option<PathBuf>,
+    /// Longest a Prepare waits for the answer before leaving the layer to containerd.
+    pub lookup_timeout_ms: u64,
+}
+
+impl Default for ContainerdConfig {
+    fn default() -> Self {
+        ContainerdConfig {
+            address: Some(PathBuf::from("/run/containerd/containerd.sock")),
+            lookup_timeout_ms: 2000,
+        }
+    }
 }
 
 /// Peer-to-peer: which schedulers to use and how this host serves pieces to others.
@@ -120,6 +142,7 @@ impl Default for Config {
             unpack: UnpackLimits::default(),
             p2p: P2pConfig::default(),
             security: Default::default(),
+            containerd: ContainerdConfig::default(),
         }
     }
 }

@@ -67,6 +67,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 opaque_xattr: "trusted.overlay.opaque".into(),
                 unpack: config.unpack,
             },
+            config.containerd.address.clone().map(|a| {
+                let r = &config.registry;
+                let known = r
+                    .plain_http
+                    .iter()
+                    .chain(r.mirrors.keys())
+                    .chain(r.credentials.keys())
+                    .cloned()
+                    .collect();
+                crate::layer::discover::Discovery::new(
+                    a,
+                    std::time::Duration::from_millis(config.containerd.lookup_timeout_ms.max(1)),
+                    known,
+                )
+            }),
         ))
     } else {
         None

@@ -62,14 +62,17 @@ pub struct LayerManager {
     settings: LayerSettings,
     runtime: tokio::runtime::Handle,
     layers: Mutex<HashMap<u64, Mounted>>,
+    discovery: Option<super::discover::Discovery>,
 }
 
 impl LayerManager {
-    /// A manager opening layer blobs with `tasks` (the swarm).
+    /// A manager opening layer blobs with `tasks` (the swarm), finding unlabelled layers
+    /// through `discovery` (containerd's content store) when given.
     pub fn new(
         tasks: Arc<dyn TaskOpener>,
         metrics: Arc<Metrics>,
         settings: LayerSettings,
+        discovery: Option<super::discover::Discovery>,
     ) -> Arc<LayerManager> {
         Arc::new(LayerManager {
             chunk_cache: ChunkCache::new(settings.fuse.chunk_cache_entries),
@@ -78,6 +81,7 @@ impl LayerManager {
             settings,
             runtime: tokio::runtime::Handle::current(),
             layers: Mutex::new(HashMap::new()),
+            discovery,
         })
     }
 
@@ -301,6 +305,31 @@ impl LayerManager {
 impl RemoteLayers for LayerManager {
     fn wants(&self, labels: &BTreeMap<String, String>) -> bool {
         LayerLabels::present(labels)
+    }
+
+    fn discover<'a>(
+        &'a self,
+        namespace: &'a str,
+        target: &'a str,
+    ) -> BoxFuture<'a, Option<BTreeMap<String, String>>> {
+        async move {
+            let d = self.discovery.as_ref()?;
+            match d.labels_for(namespace, target).await {
+                Ok(Some(found)) => {
+                    tracing::info!(namespace, chain = target, image = ?found.get(super::labels::CRI_IMAGE_REF), layer = ?found.get(super::labels::CRI_LAYER_DIGEST), "unlabelled layer found in containerd's content store");
+                    Some(found)
+                }
+                Ok(None) => {
+                    tracing::info!(namespace, chain = target, "no image in containerd's content store has this layer; containerd unpacks it");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(namespace, chain = target, error = %e, "cannot look the layer up in containerd; containerd unpacks it");
+                    None
+                }
+            }
+        }
+        .boxed()
     }
 
     fn mount<'a>(

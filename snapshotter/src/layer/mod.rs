@@ -2,6 +2,7 @@
 //! swarm) and drives its prefetch and background fetch, and the unpacker of ordinary layers.
 
 pub mod confined;
+pub mod discover;
 pub mod error;
 pub mod labels;
 pub mod manager;

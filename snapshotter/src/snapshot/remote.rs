@@ -29,6 +29,17 @@ pub trait RemoteLayers: Send + Sync + 'static {
     /// Whether these Prepare labels describe a layer this can try to serve lazily. Cheap, no I/O.
     fn wants(&self, labels: &BTreeMap<String, String>) -> bool;
 
+    /// Labels describing the layer that commits as `target` in containerd namespace
+    /// `namespace`, for a Prepare whose own labels do not (found elsewhere, e.g. in
+    /// containerd's content store); `None` when nothing is known. Bounded in time.
+    fn discover<'a>(
+        &'a self,
+        _namespace: &'a str,
+        _target: &'a str,
+    ) -> BoxFuture<'a, Option<BTreeMap<String, String>>> {
+        Box::pin(async { None })
+    }
+
     /// Mounts the layer described by `labels` on `mountpoint` (an empty directory). `id`
     /// identifies the snapshot for later calls. Returns labels to store with the committed
     /// snapshot (they come back in `labels` when the layer is re-mounted after a restart).

@@ -73,17 +73,38 @@ fn to_pb(info: Info) -> pb::Info {
     }
 }
 
+/// The gRPC header containerd names a request's namespace in.
+const NAMESPACE_HEADER: &str = "containerd-namespace";
+/// containerd's namespace when a request names none.
+const DEFAULT_NAMESPACE: &str = "default";
+
+/// The namespace a key containerd's metadata layer made names: it keys backend snapshots
+/// `<namespace>/<n>/<name>` (proxy snapshotters get no namespace header).
+fn key_namespace(key: &str) -> Option<String> {
+    let (ns, rest) = key.split_once('/')?;
+    let (n, _) = rest.split_once('/')?;
+    (!ns.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then(|| ns.to_owned())
+}
+
 #[tonic::async_trait]
 impl Snapshots for SnapshotService {
     async fn prepare(
         &self,
         req: Request<PrepareSnapshotRequest>,
     ) -> Result<Response<PrepareSnapshotResponse>, Status> {
+        let header = req
+            .metadata()
+            .get(NAMESPACE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let r = req.into_inner();
-        tracing::debug!(key = %r.key, parent = %r.parent, labels = ?r.labels, "prepare");
+        let namespace = header
+            .or_else(|| key_namespace(&r.key))
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+        tracing::debug!(%namespace, key = %r.key, parent = %r.parent, labels = ?r.labels, "prepare");
         let res = self
             .sn
-            .prepare(&r.key, &r.parent, labels(r.labels))
+            .prepare(&namespace, &r.key, &r.parent, labels(r.labels))
             .await
             .map(|mounts| Response::new(PrepareSnapshotResponse { mounts }))
             .map_err(Status::from);
@@ -237,5 +258,19 @@ impl Snapshots for SnapshotService {
             .map_err(Status::from);
         self.observe("cleanup", &res);
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_namespace;
+
+    #[test]
+    fn the_namespace_is_the_first_part_of_a_metadata_key() {
+        let k = "k8s.io/17/extract-611496908-WTaH sha256:e918";
+        assert_eq!(key_namespace(k).as_deref(), Some("k8s.io"));
+        assert_eq!(key_namespace("plain-key").as_deref(), None);
+        assert_eq!(key_namespace("a/b/c").as_deref(), None);
+        assert_eq!(key_namespace("/1/x").as_deref(), None);
     }
 }

@@ -131,17 +131,26 @@ impl Snapshotter {
         self.upper(id)
     }
 
-    /// Creates an active snapshot. For a lazy layer this mounts it, commits it under the
-    /// target chain ID and returns `AlreadyExists`.
+    /// Creates an active snapshot in containerd namespace `namespace`. For a layer we serve
+    /// (labelled, or found through [`RemoteLayers::discover`]) this mounts or unpacks it,
+    /// commits it under the target chain ID and returns `AlreadyExists`.
     pub async fn prepare(
         &self,
+        namespace: &str,
         key: &str,
         parent: &str,
-        labels: BTreeMap<String, String>,
+        mut labels: BTreeMap<String, String>,
     ) -> Result<Vec<Mount>, SnapshotError> {
-        if let (Some(remote), Some(target)) = (&self.remote, labels.get(LABEL_TARGET_REF)) {
+        let target = labels.get(LABEL_TARGET_REF).cloned();
+        if let (Some(remote), Some(target)) = (&self.remote, target) {
+            if !remote.wants(&labels) {
+                // Only the chain ID (containerd's default CRI config, `ctr image pull`):
+                // maybe the image being pulled names the layer.
+                if let Some(found) = remote.discover(namespace, &target).await {
+                    labels.extend(found);
+                }
+            }
             if remote.wants(&labels) {
-                let target = target.clone();
                 match self
                     .prepare_remote(remote.as_ref(), key, parent, &target, labels.clone())
                     .await
