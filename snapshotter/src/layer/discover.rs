@@ -331,7 +331,7 @@ mod tests {
             digest: "sha256:abc".into(),
             labels: [
                 (
-                    "containerd.io/distribution.source.127.0.0.1:5000".to_owned(),
+                    "containerd.io/distribution.source.127.0.0.1".to_owned(),
                     "lib/app,other".to_owned(),
                 ),
                 (CONFIG_LABEL.to_owned(), "sha256:def".to_owned()),
