@@ -13,4 +13,5 @@ pub mod fs;
 pub mod layer;
 pub mod metrics;
 pub mod p2p;
+pub mod setup;
 pub mod snapshot;

@@ -26,6 +26,85 @@ struct Args {
     /// scheduler triggers it and serve their pieces. Needs `p2p.schedulers`.
     #[arg(long)]
     seed_peer: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Commands besides serving.
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Node set-up.
+    #[command(subcommand)]
+    Setup(Setup),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Setup {
+    /// Registers the daemon in containerd's config.toml (idempotent; a backup is kept; the
+    /// file is rewritten only when something changes).
+    Containerd {
+        /// containerd's config file (version 2 or 3).
+        #[arg(long, default_value = "/etc/containerd/config.toml")]
+        config: PathBuf,
+        /// The daemon's socket (default: `address` of the daemon's config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Also make `dragonfly` the CRI's snapshotter (Kubernetes pods pull through it).
+        #[arg(long)]
+        default_snapshotter: bool,
+        /// Also have the CRI pass layer annotations (not needed: unlabelled layers are found).
+        #[arg(long)]
+        annotations: bool,
+        /// Take the settings away again.
+        #[arg(long)]
+        undo: bool,
+        /// Restart containerd (systemd) when the file changed.
+        #[arg(long)]
+        restart: bool,
+    },
+}
+
+fn setup(s: Setup, daemon_socket: PathBuf) -> anyhow::Result<()> {
+    use dragonfly_snapshotter::setup::{apply, Applied, SetupOptions};
+    let Setup::Containerd {
+        config,
+        socket,
+        default_snapshotter,
+        annotations,
+        undo,
+        restart,
+    } = s;
+    let o = SetupOptions {
+        socket: socket.unwrap_or(daemon_socket),
+        default_snapshotter,
+        annotations,
+        undo,
+    };
+    match apply(&config, &o)? {
+        Applied::Unchanged => println!("{}: already set up; not touched", config.display()),
+        Applied::Changed { backup } => {
+            println!(
+                "{}: updated (the old file is {})",
+                config.display(),
+                backup.display()
+            );
+            if restart {
+                anyhow::ensure!(
+                    std::path::Path::new("/run/systemd/system").exists(),
+                    "no systemd here: restart containerd yourself to apply the change"
+                );
+                let st = std::process::Command::new("systemctl")
+                    .args(["restart", "containerd"])
+                    .status()
+                    .context("cannot run systemctl restart containerd")?;
+                anyhow::ensure!(st.success(), "systemctl restart containerd failed: {st}");
+                println!("containerd restarted");
+            } else {
+                println!("restart containerd to apply it (or pass --restart)");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +124,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.seed_peer {
         config.p2p.seed_peer = true;
+    }
+    if let Some(Command::Setup(s)) = args.command {
+        return setup(s, config.address);
     }
     dragonfly_runtime::log::init(&config.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -10,6 +10,7 @@ use std::path::Path;
 /// What each top-level module may import from the crate.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("config", &[]),
+    ("setup", &[]),
     ("metrics", &[]),
     ("snapshot", &["metrics"]),
     ("fs", &["metrics", "config"]),

@@ -61,8 +61,31 @@ async fn stored(db_url: &str, id: i64) -> (String, String, String) {
 async fn secrets_are_never_shown_or_logged_and_are_gone_when_the_job_ends() {
     let logs = captured_logs();
     sqlx::any::install_default_drivers();
-    let m = start(|c| c.jobs.allowed_networks = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    let m = start(|c| {
+        c.jobs.allowed_networks = vec!["127.0.0.0/8".parse().unwrap()];
+        // One job at a time, and the first one hangs for a while: the job under test waits
+        // in the queue, so its stored secrets can be seen before a runner takes them away.
+        c.jobs.concurrency = 1;
+        c.jobs.resolve_timeout_secs = 2;
+    })
+    .await;
     let c = client_from("127.0.0.1");
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let (status, blocker) = m
+        .create_job(
+            &c,
+            json!({"type": "preheat", "args": {"type": "image",
+                "url": format!("http://{silent_addr}/v2/app/manifests/latest")}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{blocker}");
     let url = "http://127.0.0.1:1/bucket/f?X-Amz-Credential=CREDVALUE&X-Amz-Signature=SIGVALUE";
     let (status, created) = m
         .create_job(

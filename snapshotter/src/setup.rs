@@ -1,0 +1,352 @@
+//! `dragonfly-snapshotter setup containerd`: registers the daemon in containerd's
+//! `config.toml` (what Dragonfly's `dfinit` is to its proxy). The edit is idempotent and keeps
+//! everything else of the file (comments included): `[proxy_plugins.dragonfly]` with the
+//! daemon's socket, optionally the CRI's snapshotter (`--default-snapshotter`) and its
+//! snapshot annotations (`--annotations`); `--undo` takes the plugin away and gives the CRI
+//! containerd's default snapshotter (overlayfs) back. Config versions 2
+//! (containerd 1.x) and 3 (containerd 2.x) are understood; version 1 is refused. The file is
+//! rewritten only when something changed, after a backup beside it.
+
+use std::path::{Path, PathBuf};
+
+use toml_edit::{value, DocumentMut, Item, Table};
+
+/// What to set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupOptions {
+    /// The daemon's socket (`[proxy_plugins.dragonfly] address`).
+    pub socket: PathBuf,
+    /// Make `dragonfly` the CRI's snapshotter (Kubernetes pods pull through it).
+    pub default_snapshotter: bool,
+    /// Have the CRI pass layer annotations (`disable_snapshot_annotations = false`). Not
+    /// needed: the daemon finds unlabelled layers in containerd's content store.
+    pub annotations: bool,
+    /// Take our settings away instead.
+    pub undo: bool,
+}
+
+/// Why containerd's config could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The file is not TOML.
+    #[error("{path} is not valid TOML: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's error.
+        #[source]
+        source: toml_edit::TomlError,
+    },
+    /// Its layout is one we do not edit.
+    #[error("{path}: {reason}")]
+    Layout {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Reading or writing failed.
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Our proxy plugin's name (`--snapshotter dragonfly`).
+pub const PLUGIN: &str = "dragonfly";
+
+/// The table path of the CRI settings we touch, per config version.
+fn cri_path(version: i64) -> &'static [&'static str] {
+    match version {
+        2 => &["plugins", "io.containerd.grpc.v1.cri", "containerd"],
+        _ => &["plugins", "io.containerd.cri.v1.images"],
+    }
+}
+
+/// The config version of `doc` (containerd treats a file without one as version 1).
+fn version(doc: &DocumentMut, path: &str) -> Result<i64, SetupError> {
+    let v = doc.get("version").and_then(Item::as_integer).unwrap_or(1);
+    match v {
+        2 | 3 => Ok(v),
+        _ => Err(SetupError::Layout {
+            path: path.to_owned(),
+            reason: format!(
+                "config version {v} is not supported; convert it first (`containerd config migrate`) to version 2 or 3"
+            ),
+        }),
+    }
+}
+
+/// The table at `keys` under `doc`, created (implicit, so no empty headers) when missing.
+fn table_at<'a>(
+    doc: &'a mut DocumentMut,
+    keys: &[&str],
+    path: &str,
+) -> Result<&'a mut Table, SetupError> {
+    let mut t = doc.as_table_mut();
+    for k in keys {
+        let entry = t.entry(k).or_insert_with(|| {
+            let mut new = Table::new();
+            new.set_implicit(true);
+            Item::Table(new)
+        });
+        t = entry.as_table_mut().ok_or_else(|| SetupError::Layout {
+            path: path.to_owned(),
+            reason: format!("{k} is not a table"),
+        })?;
+    }
+    t.set_implicit(false);
+    Ok(t)
+}
+
+/// `text` (containerd's config at `path`) with our settings applied or, with `undo`, removed.
+pub fn edit(text: &str, path: &str, o: &SetupOptions) -> Result<String, SetupError> {
+    let mut doc: DocumentMut = text.parse().map_err(|source| SetupError::Parse {
+        path: path.to_owned(),
+        source,
+    })?;
+    let v = version(&doc, path)?;
+    if o.undo {
+        undo(&mut doc, v);
+        return Ok(doc.to_string());
+    }
+    let plugin = table_at(&mut doc, &["proxy_plugins", PLUGIN], path)?;
+    set(plugin, "type", "snapshot");
+    set(plugin, "address", &o.socket.display().to_string());
+    if o.default_snapshotter || o.annotations {
+        let cri = table_at(&mut doc, cri_path(v), path)?;
+        if o.default_snapshotter {
+            set(cri, "snapshotter", PLUGIN);
+        }
+        if o.annotations
+            && cri
+                .get("disable_snapshot_annotations")
+                .and_then(Item::as_bool)
+                != Some(false)
+        {
+            cri.insert("disable_snapshot_annotations", value(false));
+        }
+    }
+    Ok(doc.to_string())
+}
+
+/// Sets `t.key = v` unless it already is (so an unchanged file stays byte for byte).
+fn set(t: &mut Table, key: &str, v: &str) {
+    if t.get(key).and_then(Item::as_str) != Some(v) {
+        t.insert(key, value(v));
+    }
+}
+
+fn undo(doc: &mut DocumentMut, v: i64) {
+    if let Some(p) = doc.get_mut("proxy_plugins").and_then(Item::as_table_mut) {
+        p.remove(PLUGIN);
+    }
+    let keys = cri_path(v);
+    let mut t = Some(doc.as_table_mut());
+    for k in keys {
+        t = t.and_then(|t| t.get_mut(k)).and_then(Item::as_table_mut);
+    }
+    if let Some(cri) = t {
+        if cri.get("snapshotter").and_then(Item::as_str) == Some(PLUGIN) {
+            // containerd's default.
+            cri.insert("snapshotter", value("overlayfs"));
+        }
+    }
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The file already said so; it was not touched.
+    Unchanged,
+    /// The file was rewritten; the old one is at `backup`.
+    Changed {
+        /// The copy of the file as it was.
+        backup: PathBuf,
+    },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SetupError {
+    let path = path.display().to_string();
+    move |source| SetupError::Io { what, path, source }
+}
+
+/// Edits containerd's config file at `path` (a missing file starts as `version = 2`): the
+/// new text replaces it (same mode, through a temporary file) only when it differs, after a
+/// backup `<path>.dragonfly-backup.<unix seconds>`.
+pub fn apply(path: &Path, o: &SetupOptions) -> Result<Applied, SetupError> {
+    let shown = path.display().to_string();
+    let old = match std::fs::read_to_string(path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io("read", path)(e)),
+    };
+    let base = old.clone().unwrap_or_else(|| "version = 2\n".to_owned());
+    let new = edit(&base, &shown, o)?;
+    if old.as_deref() == Some(new.as_str()) || (old.is_none() && o.undo) {
+        return Ok(Applied::Unchanged);
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let backup = PathBuf::from(format!("{shown}.dragonfly-backup.{secs}"));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io("create the directory of", path))?;
+    }
+    if old.is_some() {
+        std::fs::copy(path, &backup).map_err(io("back up", path))?;
+    }
+    let tmp = PathBuf::from(format!("{shown}.dragonfly-new"));
+    std::fs::write(&tmp, &new).map_err(io("write", &tmp))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        std::fs::set_permissions(&tmp, meta.permissions()).map_err(io("set the mode of", &tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io("replace", path))?;
+    Ok(Applied::Changed { backup })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(default_snapshotter: bool) -> SetupOptions {
+        SetupOptions {
+            socket: "/run/dragonfly/snapshotter.sock".into(),
+            default_snapshotter,
+            annotations: false,
+            undo: false,
+        }
+    }
+
+    fn get<'a>(doc: &'a DocumentMut, keys: &[&str]) -> Option<&'a Item> {
+        let mut item = doc.as_item();
+        for k in keys {
+            item = item.get(k)?;
+        }
+        Some(item)
+    }
+
+    const V3: &str = r#"version = 3
+root = "/var/lib/containerd"
+
+# the CRI's image settings
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = 'overlayfs'
+  disable_snapshot_annotations = true
+"#;
+
+    #[test]
+    fn a_version_3_config_gets_the_plugin_and_the_cri_snapshotter_and_loses_them_on_undo() {
+        let out = edit(V3, "c.toml", &opts(true)).unwrap();
+        let doc: DocumentMut = out.parse().unwrap();
+        assert_eq!(
+            get(&doc, &["proxy_plugins", "dragonfly", "address"]).and_then(Item::as_str),
+            Some("/run/dragonfly/snapshotter.sock")
+        );
+        assert_eq!(
+            get(
+                &doc,
+                &["plugins", "io.containerd.cri.v1.images", "snapshotter"]
+            )
+            .and_then(Item::as_str),
+            Some("dragonfly")
+        );
+        assert!(out.contains("# the CRI's image settings"), "comments stay");
+        assert_eq!(
+            edit(&out, "c.toml", &opts(true)).unwrap(),
+            out,
+            "idempotent"
+        );
+        let undone = edit(
+            &out,
+            "c.toml",
+            &SetupOptions {
+                undo: true,
+                ..opts(true)
+            },
+        )
+        .unwrap();
+        let doc: DocumentMut = undone.parse().unwrap();
+        assert!(get(&doc, &["proxy_plugins", "dragonfly"]).is_none());
+        assert_eq!(
+            get(
+                &doc,
+                &["plugins", "io.containerd.cri.v1.images", "snapshotter"]
+            )
+            .and_then(Item::as_str),
+            Some("overlayfs")
+        );
+    }
+
+    #[test]
+    fn version_2_puts_the_cri_settings_in_its_own_table_and_version_1_is_refused() {
+        let v2 = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"overlayfs\"\n";
+        let o = SetupOptions {
+            annotations: true,
+            ..opts(true)
+        };
+        let doc: DocumentMut = edit(v2, "c.toml", &o).unwrap().parse().unwrap();
+        let cri = ["plugins", "io.containerd.grpc.v1.cri", "containerd"];
+        let key = |k: &str| {
+            let mut p = cri.to_vec();
+            p.push(k);
+            get(&doc, &p).cloned()
+        };
+        assert_eq!(
+            key("snapshotter")
+                .and_then(|i| i.as_str().map(str::to_owned))
+                .as_deref(),
+            Some("dragonfly")
+        );
+        assert_eq!(
+            key("disable_snapshot_annotations").and_then(|i| i.as_bool()),
+            Some(false)
+        );
+        let e = edit("[plugins.cri]\n", "old.toml", &opts(false))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 1 is not supported"), "{e}");
+        assert!(edit("not = [toml", "bad.toml", &opts(false)).is_err());
+    }
+
+    #[test]
+    fn the_file_is_rewritten_only_when_something_changes_with_a_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, V3).unwrap();
+        let first = apply(&path, &opts(false)).unwrap();
+        let Applied::Changed { backup } = first else {
+            panic!("{first:?}");
+        };
+        assert_eq!(std::fs::read_to_string(&backup).unwrap(), V3);
+        let after = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(apply(&path, &opts(false)).unwrap(), Applied::Unchanged);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), after);
+        let missing = dir.path().join("none/config.toml");
+        assert_eq!(
+            apply(
+                &missing,
+                &SetupOptions {
+                    undo: true,
+                    ..opts(false)
+                }
+            )
+            .unwrap(),
+            Applied::Unchanged
+        );
+        assert!(matches!(
+            apply(&missing, &opts(false)).unwrap(),
+            Applied::Changed { .. }
+        ));
+        assert!(std::fs::read_to_string(&missing)
+            .unwrap()
+            .contains("version = 2"));
+    }
+}
