@@ -105,7 +105,8 @@ impl Joined {
         })
     }
 
-    /// The `security:` config joining as `role`, credentials kept in `dir`.
+    /// The `security:` config joining as `role`, credentials kept in `dir`: peers with the
+    /// token only, the others pinning the CA's fingerprint too.
     pub fn security(&self, role: Role, dir: &Path) -> String {
         let token = &self
             .tokens
@@ -113,10 +114,16 @@ impl Joined {
             .find(|(r, _)| *r == role)
             .expect("a token per role")
             .1;
+        // Peers join with the token alone (the CA is checked with it); the others pin the
+        // CA's fingerprint as well, so both ways are used.
+        let pin = if role == Role::Peer {
+            String::new()
+        } else {
+            self.fingerprint.clone()
+        };
         format!(
-            "security: {{join: {{manager: '{}', token: '{token}', ca_fingerprint: '{}'}}, dir: '{}'}}",
+            "security: {{join: {{manager: '{}', token: '{token}', ca_fingerprint: '{pin}'}}, dir: '{}'}}",
             self.manager.grpc,
-            self.fingerprint,
             dir.display()
         )
     }

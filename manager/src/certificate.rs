@@ -122,8 +122,42 @@ impl CertificateService {
     }
 }
 
+/// Most MACs one GetCa answers with (tokens of one role).
+const MAX_MACS: i64 = 64;
+
 #[tonic::async_trait]
 impl Certificate for CertificateService {
+    async fn get_ca(
+        &self,
+        req: Request<pb::GetCaRequest>,
+    ) -> Result<Response<pb::GetCaResponse>, Status> {
+        let role: Role =
+            req.get_ref()
+                .role
+                .parse()
+                .map_err(|e: dragonfly_membership::MembershipError| {
+                    Status::invalid_argument(e.to_string())
+                })?;
+        if role == Role::Manager {
+            return Err(Status::invalid_argument(
+                "there are no join tokens for managers",
+            ));
+        }
+        let hashes = self
+            .db
+            .join_token_hashes(role.as_str(), MAX_MACS)
+            .await
+            .map_err(unavailable)?;
+        let der = &self.issuer.ca_der;
+        Ok(Response::new(pb::GetCaResponse {
+            ca: self.issuer.ca.cert_pem().to_owned(),
+            macs: hashes
+                .iter()
+                .map(|h| dragonfly_membership::ca_mac(h, der))
+                .collect(),
+        }))
+    }
+
     async fn issue_certificate(
         &self,
         req: Request<pb::IssueCertificateRequest>,

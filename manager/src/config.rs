@@ -56,6 +56,10 @@ pub struct CaConfig {
     /// Certificates may name addresses other than the one the request came from (members
     /// behind NAT). Off: each address a member asks for must be its source address.
     pub any_ip: bool,
+    /// A directory with files `scheduler`, `seed` and `peer`, each holding a join token for
+    /// that role (a Kubernetes Secret, say): registered at every start, valid
+    /// `token_validity_days` from then.
+    pub tokens_dir: Option<PathBuf>,
 }
 
 impl Default for CaConfig {
@@ -67,6 +71,7 @@ impl Default for CaConfig {
             validity_days: 7,
             token_validity_days: 365,
             any_ip: false,
+            tokens_dir: None,
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct Issuer {
     pub validity: Duration,
     /// Whether certificates may name addresses other than the caller's.
     pub any_ip: bool,
+    /// The CA's DER certificate (what GetCa's MACs are over).
+    pub ca_der: Vec<u8>,
 }
 
 /// Validity of the manager's own certificate (re-issued at two thirds, and at each start).
@@ -43,12 +45,14 @@ impl Issuer {
         let (ca, created) = crate::certs::load_or_create(dir)
             .with_context(|| format!("cannot open the cluster CA in ca.dir {}", dir.display()))?;
         let fingerprint = ca.fingerprint()?;
+        let ca_der = ca.cert_der()?;
         Ok(Some((
             Issuer {
                 ca,
                 fingerprint,
                 validity: DAY * config.validity_days,
                 any_ip: config.any_ip,
+                ca_der,
             },
             created,
         )))
@@ -118,6 +122,47 @@ pub async fn new_join_token(db: &Db, role: Role, days: u32) -> anyhow::Result<St
     )
     .await?;
     Ok(token)
+}
+
+/// Registers the tokens in `ca.tokens_dir` (files named after their role), each valid
+/// `ca.token_validity_days` from now.
+pub async fn register_token_files(db: &Db, config: &CaConfig) -> anyhow::Result<()> {
+    let Some(dir) = &config.tokens_dir else {
+        return Ok(());
+    };
+    let expires =
+        chrono::Utc::now() + chrono::Duration::days(i64::from(config.token_validity_days));
+    let mut found = 0;
+    for role in JOIN_ROLES {
+        let path = dir.join(role.as_str());
+        let token = match std::fs::read_to_string(&path) {
+            Ok(t) => t.trim().to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read the join token {}", path.display()))
+            }
+        };
+        anyhow::ensure!(
+            token.len() >= 16,
+            "the join token in {} is shorter than 16 characters",
+            path.display()
+        );
+        db.ensure_join_token(
+            role.as_str(),
+            &crate::auth::token_hash(&token),
+            &crate::store::rfc3339(expires),
+        )
+        .await?;
+        found += 1;
+    }
+    anyhow::ensure!(
+        found > 0,
+        "ca.tokens_dir {} holds none of the files scheduler, seed and peer",
+        dir.display()
+    );
+    tracing::info!(dir = %dir.display(), tokens = found, "join tokens registered from ca.tokens_dir");
+    Ok(())
 }
 
 /// On a manager that has no join tokens yet, makes one per role and prints them with the CA's

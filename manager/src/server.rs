@@ -114,6 +114,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ))
     });
     if let Some(i) = &issuer {
+        crate::issuer::register_token_files(&db, &config.ca).await?;
         crate::issuer::first_start(&db, i, &config, grpc_addr).await?;
     }
     tokio::spawn(async move {

@@ -86,6 +86,12 @@ impl Ca {
         &self.key_pem
     }
 
+    /// Its DER certificate.
+    pub fn cert_der(&self) -> Result<Vec<u8>, MembershipError> {
+        let der = crate::credentials::pem_certs(&self.cert_pem, "the CA certificate")?;
+        Ok(der[0].to_vec())
+    }
+
     /// `sha256:<hex>` of its DER certificate: what a joining member pins.
     pub fn fingerprint(&self) -> Result<String, MembershipError> {
         let der = crate::credentials::pem_certs(&self.cert_pem, "the CA certificate")?;

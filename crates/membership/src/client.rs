@@ -48,6 +48,21 @@ impl Dialer {
         })
     }
 
+    /// TLS that checks no server certificate (see [`crate::pinned::Unchecked`]): only for
+    /// fetching the CA, whose answer is authenticated otherwise.
+    pub(crate) fn unchecked() -> Result<Dialer, MembershipError> {
+        let provider = crate::credentials::provider();
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| MembershipError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(crate::pinned::Unchecked(provider)))
+            .with_no_client_auth();
+        Ok(Dialer {
+            tls: Some(TlsConnector::from(Arc::new(config))),
+        })
+    }
+
     /// TLS trusting only the CA whose fingerprint is `fingerprint` (found in the server's
     /// chain), presenting `current` when given: how a member reaches the manager before it
     /// has the CA (see [`crate::join`]).

@@ -1,6 +1,7 @@
 //! Joining the cluster with a token (`security.join`): a member without certificate files asks
 //! the manager's certificate service for one — dialling it over TLS with the CA pinned by its
-//! fingerprint — keeps what it got in its own 0700 directory (reused at the next start), and
+//! fingerprint, or, given only the token, by the CA the manager sends with a MAC the token
+//! verifies — keeps what it got in its own 0700 directory (reused at the next start), and
 //! renews it over mutual TLS with the current certificate when two thirds of its life are
 //! gone, swapping it into every server and client that uses it.
 
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use dragonfly_proto::manager::certificate_client::CertificateClient;
-use dragonfly_proto::manager::IssueCertificateRequest;
+use dragonfly_proto::manager::{GetCaRequest, IssueCertificateRequest};
 use serde::Deserialize;
 use tonic::transport::Endpoint;
 
@@ -29,7 +30,8 @@ pub struct JoinSpec {
     pub token: String,
     /// Or a file holding it (a mounted secret).
     pub token_file: Option<PathBuf>,
-    /// `sha256:<hex>` of the cluster CA, as the manager printed it.
+    /// `sha256:<hex>` of the cluster CA, as the manager printed it; empty: the CA the manager
+    /// sends is trusted when it carries a MAC this member's token verifies.
     pub ca_fingerprint: String,
 }
 
@@ -79,9 +81,10 @@ impl JoinSpec {
             return Err(bad("manager (host:port of the manager's gRPC) is required"));
         }
         let fp = self.ca_fingerprint.strip_prefix("sha256:").unwrap_or("");
-        if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let valid = fp.len() == 64 && fp.bytes().all(|b| b.is_ascii_hexdigit());
+        if !self.ca_fingerprint.is_empty() && !valid {
             return Err(bad(
-                "ca_fingerprint must be sha256:<64 hex digits>, as the manager printed it",
+                "ca_fingerprint must be sha256:<64 hex digits>, as the manager printed it (or left out: the CA is then checked with the token)",
             ));
         }
         if self.token.is_empty() == self.token_file.is_none() {
@@ -166,10 +169,12 @@ fn stored(spec: &JoinSpec, dir: &Path, me: &Member) -> Option<Credentials> {
     let creds = Credentials::from_pem(&read(CA)?, &read(CERT)?, &read(KEY)?)
         .map_err(|e| tracing::warn!(error = %e, dir = %dir.display(), "stored credentials are unusable; joining again"))
         .ok()?;
-    let pinned = creds
-        .ca_der()
-        .iter()
-        .any(|c| fingerprint(c) == spec.ca_fingerprint.to_ascii_lowercase());
+    // Without a fingerprint to pin, the stored CA is the one the token verified at the join.
+    let pinned = spec.ca_fingerprint.is_empty()
+        || creds
+            .ca_der()
+            .iter()
+            .any(|c| fingerprint(c) == spec.ca_fingerprint.to_ascii_lowercase());
     (pinned && creds.identity() == &me.identity).then_some(creds)
 }
 
@@ -185,12 +190,17 @@ async fn request(
         Some(_) => String::new(),
         None => spec.token()?,
     };
-    let endpoint = Endpoint::from_shared(format!("http://{}", spec.manager))
-        .map_err(|e| join_err(spec, e))?
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(CALL_TIMEOUT);
-    let channel = Dialer::pinned(&spec.ca_fingerprint, current)?
-        .connect_channel(endpoint, &[Role::Manager])
+    let pin = match (spec.ca_fingerprint.is_empty(), current) {
+        (false, _) => spec.ca_fingerprint.to_ascii_lowercase(),
+        (true, Some(c)) => c
+            .ca_der()
+            .first()
+            .map(|d| fingerprint(d))
+            .unwrap_or_default(),
+        (true, None) => discover_ca(spec, me.identity.role, &token).await?,
+    };
+    let channel = Dialer::pinned(&pin, current)?
+        .connect_channel(endpoint(spec)?, &[Role::Manager])
         .await
         .map_err(|e| join_err(spec, crate::client::chain(&e)))?;
     let answer = CertificateClient::new(channel)
@@ -208,14 +218,43 @@ async fn request(
             format!("it issued {}, not {}", creds.identity(), me.identity),
         ));
     }
-    if !creds
-        .ca_der()
-        .iter()
-        .any(|c| fingerprint(c) == spec.ca_fingerprint.to_ascii_lowercase())
-    {
+    if !creds.ca_der().iter().any(|c| fingerprint(c) == pin) {
         return Err(join_err(spec, "its CA is not the pinned one"));
     }
     Ok((answer.ca, answer.certificate, new.key_pem))
+}
+
+fn endpoint(spec: &JoinSpec) -> Result<Endpoint, MembershipError> {
+    Ok(Endpoint::from_shared(format!("http://{}", spec.manager))
+        .map_err(|e| join_err(spec, e))?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(CALL_TIMEOUT))
+}
+
+/// The fingerprint of the manager's CA, fetched without a CA to check the connection against
+/// and trusted only when one of the answer's MACs is the one `token` makes.
+async fn discover_ca(spec: &JoinSpec, role: Role, token: &str) -> Result<String, MembershipError> {
+    let channel = Dialer::unchecked()?
+        .connect_channel(endpoint(spec)?, &[Role::Manager])
+        .await
+        .map_err(|e| join_err(spec, crate::client::chain(&e)))?;
+    let answer = CertificateClient::new(channel)
+        .get_ca(GetCaRequest {
+            role: role.as_str().to_owned(),
+        })
+        .await
+        .map_err(|s| join_err(spec, format!("{:?}: {}", s.code(), s.message())))?
+        .into_inner();
+    let ca = crate::credentials::pem_certs(&answer.ca, "the manager's CA")?;
+    let ca = ca.first().ok_or_else(|| join_err(spec, "it sent no CA"))?;
+    let mine = crate::pinned::ca_mac(&crate::pinned::token_key(token), ca);
+    if !answer.macs.iter().any(|m| m == &mine) {
+        return Err(join_err(
+            spec,
+            "the CA it sent is not vouched for by this join token (a wrong token, or someone else answering at that address); check the token, or set ca_fingerprint",
+        ));
+    }
+    Ok(fingerprint(ca))
 }
 
 /// Writes the files and loads them back.

@@ -22,5 +22,5 @@ pub use credentials::Credentials;
 pub use error::MembershipError;
 pub use files::{Obtained, TlsFiles};
 pub use identity::{Identity, Role};
-pub use pinned::fingerprint;
+pub use pinned::{ca_mac, fingerprint, token_key};
 pub use request::{CertRequest, NewRequest};

@@ -55,6 +55,46 @@ impl Db {
         join_token(&row)
     }
 
+    /// Stores a join token given in the config (`ca.tokens_dir`), or moves its expiry to
+    /// `expires_at` if it is stored already.
+    pub async fn ensure_join_token(
+        &self,
+        role: &str,
+        token_hash: &str,
+        expires_at: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO join_tokens (role, token_hash, expires_at, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (token_hash) DO UPDATE SET expires_at = $3",
+        )
+        .bind(role)
+        .bind(token_hash)
+        .bind(expires_at)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The hashes of the unexpired join tokens of `role` (at most `limit`).
+    pub async fn join_token_hashes(
+        &self,
+        role: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT token_hash FROM join_tokens WHERE role = $1 AND expires_at > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(role)
+        .bind(now())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get("token_hash").map_err(StoreError::from))
+            .collect()
+    }
+
     /// Every join token, oldest first.
     pub async fn join_tokens(&self) -> Result<Vec<JoinToken>, StoreError> {
         let rows =
@@ -206,6 +246,21 @@ mod tests {
         assert_eq!(db.join_token_role("h2").await.unwrap(), None, "expired");
         assert_eq!(db.join_token_role("nope").await.unwrap(), None);
         assert_eq!(db.join_tokens().await.unwrap().len(), 2);
+        assert_eq!(
+            db.join_token_hashes("peer", 10).await.unwrap(),
+            vec!["h1".to_owned()]
+        );
+        assert!(
+            db.join_token_hashes("seed", 10).await.unwrap().is_empty(),
+            "expired"
+        );
+        db.ensure_join_token("seed", "h2", &later).await.unwrap();
+        assert_eq!(
+            db.join_token_role("h2").await.unwrap().as_deref(),
+            Some("seed"),
+            "renewed"
+        );
+        assert_eq!(db.join_tokens().await.unwrap().len(), 2, "not duplicated");
         db.delete_join_token(t.id).await.unwrap();
         assert_eq!(db.join_token_role("h1").await.unwrap(), None, "deleted");
         assert!(db.delete_join_token(t.id).await.is_err());

@@ -268,3 +268,39 @@ async fn a_member_registers_only_an_address_its_certificate_names() {
     assert!(e.message().contains("certificate names"), "{e:?}");
     c.update_scheduler(register("127.0.0.1")).await.unwrap();
 }
+
+#[tokio::test]
+async fn with_only_a_token_a_member_trusts_the_ca_its_token_vouches_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("join");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let token = "dfjoin_peer_from_a_kubernetes_secret";
+    std::fs::write(tokens.join("peer"), format!("{token}\n")).unwrap();
+    let ca_dir = dir.path().join("ca");
+    let (t, c) = (tokens.clone(), ca_dir.clone());
+    let m = start_in(dir, move |cfg| {
+        cfg.ca.dir = Some(c);
+        cfg.ca.tokens_dir = Some(t);
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let me = member(Role::Peer, "node-9", &["127.0.0.1"]);
+    // No fingerprint: the CA comes with MACs, one of them made with this token's hash.
+    let creds = join::obtain(&spec(&m, token, ""), &work.path().join("a"), &me)
+        .await
+        .unwrap();
+    let fp = dragonfly_manager::certs::load(&ca_dir).unwrap().fingerprint().unwrap();
+    assert_eq!(dragonfly_membership::fingerprint(&creds.ca_der()[0]), fp);
+    assert!(manager_accepts(&m, &creds).await);
+    // A token the manager does not know vouches for nothing.
+    let e = refused(&spec(&m, "dfjoin_peer_not_the_right_one", ""), &work.path().join("b"), &me).await;
+    assert!(e.contains("not vouched for"), "{e}");
+    // A token of another role neither.
+    let e = refused(
+        &spec(&m, token, ""),
+        &work.path().join("c"),
+        &member(Role::Seed, "seed-9", &["127.0.0.1"]),
+    )
+    .await;
+    assert!(e.contains("not vouched for"), "{e}");
+}
