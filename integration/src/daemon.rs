@@ -25,7 +25,7 @@ fn binary() -> Result<PathBuf> {
 
 impl Daemon {
     /// Starts the daemon in `dir` and waits until its socket accepts connections. Its config
-    /// sets `root`, `address`, `log`, and (unless `extra_yaml` sets them) `metrics: {address:
+    /// sets `address`, `log`, and (unless `extra_yaml` sets them) `root: <dir>/root`, `metrics: {address:
     /// null}`, `snapshot: {lazy: true}` and `containerd: {address: ...}` (the containerd a
     /// test bed starts beside it, `<dir>/../containerd/containerd.sock`, never the host's);
     /// `extra_yaml` is appended (e.g. `prefetch: {background: false}`).
@@ -51,9 +51,13 @@ impl Daemon {
                 .join("containerd/containerd.sock");
             format!("containerd: {{address: '{}'}}\n", beside.display())
         };
+        let root = if extra_yaml.lines().any(|l| l.starts_with("root:")) {
+            String::new()
+        } else {
+            format!("root: {}\n", dir.join("root").display())
+        };
         let config = format!(
-            "root: {root}\naddress: {sock}\n{metrics}{snapshot}{containerd}log: {{level: 'dragonfly_snapshotter=debug,dragonfly_storage=debug,info'}}\n{extra_yaml}\n",
-            root = dir.join("root").display(),
+            "{root}address: {sock}\n{metrics}{snapshot}{containerd}log: {{level: 'dragonfly_snapshotter=debug,dragonfly_storage=debug,info'}}\n{extra_yaml}\n",
             sock = socket.display()
         );
         std::fs::write(dir.join("config.yaml"), config)?;

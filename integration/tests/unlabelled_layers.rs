@@ -4,7 +4,10 @@
 //! image being pulled in containerd's content store and serves the layers as labelled ones —
 //! eStargz lazily, gzip (the pause image too) downloaded through its piece store and unpacked —
 //! so containerd fetches no layer byte itself; plain `ctr image pull` still works; and with no
-//! containerd to ask, containerd unpacks.
+//! containerd to ask, containerd unpacks. ImageFsInfo reports the daemon's root (its default
+//! place under containerd's root).
+
+use std::path::Path;
 
 use dragonfly_integration::cri::{push_pause, CriNode};
 use dragonfly_integration::daemon::Daemon;
@@ -29,8 +32,14 @@ impl Node {
         let pause = push_pause(&dir.path().join("pause"), &registry.addr).expect("pause image");
         // containerd's source label drops the registry's port: the daemon finds it in its
         // registry config.
+        // The daemon's root where the CRI looks for the snapshotter's filesystem (the
+        // daemon's default, under this containerd's root).
+        let root = dir
+            .path()
+            .join("containerd/root/io.containerd.snapshotter.v1.dragonfly");
         let yaml = format!(
-            "registry: {{plain_http: ['{}']}}\n{daemon_yaml}",
+            "root: '{}'\nregistry: {{plain_http: ['{}']}}\n{daemon_yaml}",
+            root.display(),
             registry.addr
         );
         let daemon = Daemon::start(&dir.path().join("daemon"), &yaml).expect("daemon");
@@ -60,6 +69,13 @@ impl Node {
             .map(|g| g.bytes)
             .sum();
         (sent, layers.iter().map(|l| l.1).sum())
+    }
+
+    /// The daemon's root.
+    fn root(&self) -> std::path::PathBuf {
+        self._dir
+            .path()
+            .join("containerd/root/io.containerd.snapshotter.v1.dragonfly")
     }
 
     fn logs(&self) -> String {
@@ -115,6 +131,14 @@ fn with_default_annotations_a_cri_pull_is_lazy_and_gzip_layers_come_through_the_
         node.logs()
     );
     eprintln!("eStargz PullImage: {sent} of {total} layer bytes");
+    // ImageFsInfo names the filesystem the daemon fills (kubelet's image GC reads it).
+    let fs = node.cri.image_fs().expect("ImageFsInfo");
+    let root = node.root();
+    assert_eq!(Path::new(&fs), root, "ImageFsInfo");
+    assert!(
+        root.join("snapshots").is_dir(),
+        "the daemon keeps its snapshots there"
+    );
     let out = node.read_in_pod("esgz", &esgz);
     assert!(out.contains(&want), "{out}\n{}", node.logs());
 

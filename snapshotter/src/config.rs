@@ -13,6 +13,12 @@ pub use dragonfly_runtime::log::{LogConfig, LogFormat};
 pub use dragonfly_registry::RegistryConfig;
 pub use dragonfly_storage::StoreConfig;
 
+/// The default root: where containerd's CRI plugin looks for the `dragonfly` snapshotter's
+/// filesystem (`<containerd root>/io.containerd.snapshotter.v1.<name>`), so ImageFsInfo —
+/// kubelet's image-disk accounting and image garbage collection — reads the disk the daemon
+/// really fills.
+pub const DEFAULT_ROOT: &str = "/var/lib/containerd/io.containerd.snapshotter.v1.dragonfly";
+
 /// Top-level daemon configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -129,7 +135,7 @@ impl Default for P2pConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            root: PathBuf::from("/var/lib/dragonfly-snapshotter"),
+            root: PathBuf::from(DEFAULT_ROOT),
             address: PathBuf::from("/run/dragonfly/snapshotter.sock"),
             address_group: None,
             log: LogConfig::default(),
@@ -312,7 +318,7 @@ mod tests {
     #[test]
     fn empty_document_is_default() {
         let c = Config::parse("").unwrap();
-        assert_eq!(c.root, PathBuf::from("/var/lib/dragonfly-snapshotter"));
+        assert_eq!(c.root, PathBuf::from(DEFAULT_ROOT));
         assert!(c.prefetch.background);
     }
 

@@ -9,7 +9,10 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
-    /// A `tracing` filter: `info`, `debug`, `dragonfly_scheduler=debug,info`, ...
+    /// A `tracing` filter: `info`, `debug`, `dragonfly_scheduler=debug,info`, ... Unless it
+    /// names `fuser` or asks for `debug`/`trace` somewhere, fuser's "Failed to send FUSE
+    /// reply" errors are left out: the kernel had interrupted the request (a process exiting
+    /// mid-read, runc's exec), which is routine.
     pub level: String,
     /// `text` or `json`.
     pub format: LogFormat,
@@ -60,10 +63,23 @@ pub fn init(config: &LogConfig) -> Result<(), BadFilter> {
 }
 
 fn filter(config: &LogConfig) -> Result<tracing_subscriber::EnvFilter, BadFilter> {
-    tracing_subscriber::EnvFilter::try_new(&config.level).map_err(|source| BadFilter {
+    tracing_subscriber::EnvFilter::try_new(directives(&config.level)).map_err(|source| BadFilter {
         level: config.level.clone(),
         source,
     })
+}
+
+/// `level`, with fuser's reply errors left out unless it asks for them (see
+/// [`LogConfig::level`]).
+fn directives(level: &str) -> String {
+    let verbose = ["fuser", "debug", "trace"]
+        .iter()
+        .any(|w| level.contains(w));
+    if verbose || level.trim().is_empty() {
+        level.to_owned()
+    } else {
+        format!("{level},fuser::reply=off")
+    }
 }
 
 #[cfg(test)]
@@ -78,6 +94,17 @@ mod tests {
         };
         let e = filter(&bad).unwrap_err();
         assert!(e.to_string().contains("invalid log.level"), "{e}");
+        assert!(filter(&LogConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn fuser_reply_errors_are_shown_only_when_asked_for() {
+        assert_eq!(directives("info"), "info,fuser::reply=off");
+        assert_eq!(
+            directives("dragonfly_snapshotter=debug,info"),
+            "dragonfly_snapshotter=debug,info"
+        );
+        assert_eq!(directives("info,fuser=warn"), "info,fuser=warn");
         assert!(filter(&LogConfig::default()).is_ok());
     }
 

@@ -289,11 +289,19 @@ async fn with_only_a_token_a_member_trusts_the_ca_its_token_vouches_for() {
     let creds = join::obtain(&spec(&m, token, ""), &work.path().join("a"), &me)
         .await
         .unwrap();
-    let fp = dragonfly_manager::certs::load(&ca_dir).unwrap().fingerprint().unwrap();
+    let fp = dragonfly_manager::certs::load(&ca_dir)
+        .unwrap()
+        .fingerprint()
+        .unwrap();
     assert_eq!(dragonfly_membership::fingerprint(&creds.ca_der()[0]), fp);
     assert!(manager_accepts(&m, &creds).await);
     // A token the manager does not know vouches for nothing.
-    let e = refused(&spec(&m, "dfjoin_peer_not_the_right_one", ""), &work.path().join("b"), &me).await;
+    let e = refused(
+        &spec(&m, "dfjoin_peer_not_the_right_one", ""),
+        &work.path().join("b"),
+        &me,
+    )
+    .await;
     assert!(e.contains("not vouched for"), "{e}");
     // A token of another role neither.
     let e = refused(
