@@ -176,6 +176,25 @@ impl CriNode {
         Ok(())
     }
 
+    /// Whether ImageStatus knows `image`.
+    pub fn has_image(&mut self, image: &str) -> Result<bool> {
+        let images = &mut self.images;
+        let r = self
+            .rt
+            .block_on(images.image_status(cri::ImageStatusRequest {
+                image: Some(image_spec(image)),
+                verbose: false,
+            }))
+            .with_context(|| format!("ImageStatus {image}"))?;
+        Ok(r.into_inner().image.is_some())
+    }
+
+    /// What container `name` of `pod` wrote (its CRI log file, one line per write).
+    pub fn log_of(&self, pod: &Pod, name: &str) -> String {
+        let dir = &pod.config.log_directory;
+        std::fs::read_to_string(Path::new(dir).join(format!("{name}.log"))).unwrap_or_default()
+    }
+
     /// The mountpoint ImageFsInfo reports for images.
     pub fn image_fs(&mut self) -> Result<String> {
         let images = &mut self.images;

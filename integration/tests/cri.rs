@@ -1,5 +1,7 @@
-//! Layers whose Prepare carries only the chain ID: what containerd's CRI plugin sends with its
-//! default `disable_snapshot_annotations = true` (a stock Kubernetes node). Driven like kubelet
+//! The CRI path, driven like kubelet. Mostly layers whose Prepare carries only the chain ID:
+//! what containerd's CRI plugin sends with its default `disable_snapshot_annotations = true`
+//! (a stock Kubernetes node). Also: annotations on (zstd:chunked, container logs, image
+//! removal), and two nodes with a scheduler, the second taking the layers from the first. Driven like kubelet
 //! (PullImage, RunPodSandbox, CreateContainer, StartContainer, ExecSync): the daemon finds the
 //! image being pulled in containerd's content store and serves the layers as labelled ones —
 //! eStargz lazily, gzip (the pause image too) downloaded through its piece store and unpacked —
@@ -14,6 +16,7 @@ use dragonfly_integration::daemon::Daemon;
 use dragonfly_integration::fixtures::{self, Published};
 use dragonfly_integration::procs::{require_root, TestDir};
 use dragonfly_integration::registry::{Mark, Registry};
+use dragonfly_integration::scheduler::Scheduler;
 
 /// A registry, our daemon and a CRI containerd using it, with the `large` fixture published.
 struct Node {
@@ -24,27 +27,40 @@ struct Node {
     _dir: TestDir,
 }
 
+/// Our daemon and a CRI containerd in `dir`, pulling from `registry` with sandbox image
+/// `pause`; `daemon_yaml` is extra daemon config.
+fn cri_node(
+    dir: &Path,
+    registry: &str,
+    pause: &str,
+    daemon_yaml: &str,
+    annotations: Option<bool>,
+) -> (Daemon, CriNode) {
+    // The daemon's root where the CRI looks for the snapshotter's filesystem (the daemon's
+    // default, under this containerd's root); containerd's source label drops the
+    // registry's port, so the daemon's registry config names it.
+    let root = dir.join("containerd/root/io.containerd.snapshotter.v1.dragonfly");
+    let yaml = format!(
+        "root: '{}'\nregistry: {{plain_http: ['{registry}']}}\n{daemon_yaml}",
+        root.display()
+    );
+    let daemon = Daemon::start(&dir.join("daemon"), &yaml).expect("daemon");
+    let cri = CriNode::start(&dir.join("containerd"), &daemon.socket, pause, annotations)
+        .expect("CRI containerd");
+    (daemon, cri)
+}
+
 impl Node {
     fn start(daemon_yaml: &str) -> Node {
+        Node::start_with(daemon_yaml, None)
+    }
+
+    fn start_with(daemon_yaml: &str, annotations: Option<bool>) -> Node {
         require_root().expect("root");
         let dir = TestDir::new("dfly-cri-").expect("dir");
         let registry = Registry::start(dir.path()).expect("registry");
         let pause = push_pause(&dir.path().join("pause"), &registry.addr).expect("pause image");
-        // containerd's source label drops the registry's port: the daemon finds it in its
-        // registry config.
-        // The daemon's root where the CRI looks for the snapshotter's filesystem (the
-        // daemon's default, under this containerd's root).
-        let root = dir
-            .path()
-            .join("containerd/root/io.containerd.snapshotter.v1.dragonfly");
-        let yaml = format!(
-            "root: '{}'\nregistry: {{plain_http: ['{}']}}\n{daemon_yaml}",
-            root.display(),
-            registry.addr
-        );
-        let daemon = Daemon::start(&dir.path().join("daemon"), &yaml).expect("daemon");
-        let cri = CriNode::start(&dir.path().join("containerd"), &daemon.socket, &pause, None)
-            .expect("CRI containerd");
+        let (daemon, cri) = cri_node(dir.path(), &registry.addr, &pause, daemon_yaml, annotations);
         let img = fixtures::large().expect("fixture");
         let published = fixtures::publish(&cri.containerd, &registry.addr, "large", &img, &[])
             .expect("publish");
@@ -198,4 +214,140 @@ fn without_a_containerd_to_ask_containerd_unpacks_unlabelled_layers() {
         "{out}\n{}",
         node.logs()
     );
+}
+
+#[test]
+fn with_annotations_on_zstd_chunked_is_lazy_logs_are_written_and_images_are_removed() {
+    let mut node = Node::start_with("prefetch: {background: false}", Some(true));
+    let zstd = node.published.zstdchunked.clone();
+    let mark = node.registry.mark();
+    node.cri
+        .pull(&zstd)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", node.logs()));
+    let (sent, total) = node.layer_bytes(mark, &zstd);
+    assert!(sent * 10 < total, "{sent} of {total}\n{}", node.logs());
+    assert!(
+        !node
+            .daemon
+            .log()
+            .contains("found in containerd's content store"),
+        "labelled layers need no lookup"
+    );
+    let pod = node.cri.run_pod("zstd").expect("pod");
+    let id = node
+        .cri
+        .start_container(
+            &pod,
+            "talker",
+            &zstd,
+            &["/bin/sh", "-c", "cat /data/small.txt; sleep 3600"],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", node.logs()));
+    let (code, out) = node
+        .cri
+        .exec(&id, &["/bin/sha256sum", "/data/huge.bin"])
+        .unwrap();
+    assert!(
+        code == 0 && out.contains(&fixtures::large_huge_sha256()),
+        "{out}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !node
+        .cri
+        .log_of(&pod, "talker")
+        .contains("a small file next to a huge one")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line: {:?}",
+            node.cri.log_of(&pod, "talker")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    node.cri.remove_pod(&pod).expect("remove pod");
+    assert!(node.cri.has_image(&zstd).unwrap());
+    node.cri.remove_image(&zstd).expect("RemoveImage");
+    assert!(!node.cri.has_image(&zstd).unwrap(), "the image is gone");
+}
+
+/// Node `i` of a swarm: P2P through `scheduler`, its own loopback address.
+fn p2p_yaml(scheduler: &str, i: usize) -> String {
+    let ip = 20 + i;
+    format!(
+        "p2p: {{schedulers: ['{scheduler}'], listen: '127.0.0.{ip}:0', advertise_ip: 127.0.0.{ip}, host_id: cri-node-{i}}}\n"
+    )
+}
+
+#[test]
+fn a_second_cri_node_takes_gzip_layers_from_the_first_not_the_registry() {
+    require_root().expect("root");
+    let dir = TestDir::new("dfly-cri-p2p-").expect("dir");
+    let registry = Registry::start(dir.path()).expect("registry");
+    let scheduler = Scheduler::start(&dir.path().join("scheduler")).expect("scheduler");
+    let pause = push_pause(&dir.path().join("pause"), &registry.addr).expect("pause image");
+    let mut nodes: Vec<(Daemon, CriNode)> = (0..2)
+        .map(|i| {
+            let d = dir.path().join(format!("node-{i}"));
+            cri_node(
+                &d,
+                &registry.addr,
+                &pause,
+                &p2p_yaml(&scheduler.addr, i),
+                None,
+            )
+        })
+        .collect();
+    let img = fixtures::large().expect("fixture");
+    let published = fixtures::publish(&nodes[0].1.containerd, &registry.addr, "large", &img, &[])
+        .expect("publish");
+    let logs = |nodes: &[(Daemon, CriNode)]| {
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (d, _))| format!("--- node {i} ---\n{}", d.log_tail(40)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let layers = fixtures::layers(&published.gzip).unwrap();
+    let digests: Vec<&str> = layers.iter().map(|l| l.0.as_str()).collect();
+    let layer_bytes = |mark| -> u64 {
+        registry
+            .blob_gets_since(mark)
+            .iter()
+            .filter(|g| digests.contains(&g.digest.as_str()))
+            .map(|g| g.bytes)
+            .sum()
+    };
+    let mark = registry.mark();
+    nodes[0]
+        .1
+        .pull(&published.gzip)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&nodes)));
+    let first = layer_bytes(mark);
+    let mark = registry.mark();
+    nodes[1]
+        .1
+        .pull(&published.gzip)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&nodes)));
+    let second = layer_bytes(mark);
+    eprintln!("registry layer bytes: first node {first}, second node {second}");
+    assert_eq!(
+        second,
+        0,
+        "the second node's layers came from the registry\n{}",
+        logs(&nodes)
+    );
+    let cri = &mut nodes[1].1;
+    let pod = cri.run_pod("p2p").expect("pod");
+    let id = cri
+        .start_container(&pod, "reader", &published.gzip, &["/bin/sleep", "3600"])
+        .expect("container");
+    let (code, out) = cri
+        .exec(&id, &["/bin/sha256sum", "/data/huge.bin"])
+        .unwrap();
+    assert!(
+        code == 0 && out.contains(&fixtures::large_huge_sha256()),
+        "{out}"
+    );
+    cri.remove_pod(&pod).expect("remove pod");
 }
