@@ -28,6 +28,10 @@
 #   sudo scripts/bench.sh fuzz         # the parsers' fuzz targets (footer/TOC/index, image
 #                                      # documents, references, manifest responses, the layer
 #                                      # unpacker), BENCH_FUZZ_SECS=60 each: cases run, 0 crashes
+#   sudo scripts/bench.sh cri          # the python image's cold start through containerd's CRI
+#                                      # (PullImage, pod, `python3 -V`), registry egress limited to
+#                                      # 100 Mbit/s: dragonfly at the CRI's default annotations
+#                                      # (eStargz, found in containerd's content store) vs overlayfs
 #   sudo scripts/bench.sh coldstart    # cold pull + `python3 -V` of a Debian bookworm+python3 image,
 #                                      # registry egress limited to 100 Mbit/s: dragonfly (eStargz,
 #                                      # lazy) vs containerd's overlayfs; then warm sequential read of
@@ -133,8 +137,7 @@ coldstart() {
   prepare
   tb_start_registry registry "$REG"
   echo "== images"
-  tb_push_rootfs "$BENCH_DIR/cache/rootfs-python3" "$TB_DIR/oci" python "$REG/bench/python:gzip" /usr/bin/python3
-  tb_convert_estargz "$REG/bench/python:gzip" "$REG/bench/python:estargz"
+  push_python
   local big=$TB_DIR/rootfs-large
   mkdir -p "$big/bin" "$big/data"
   cp /bin/busybox "$big/bin/busybox"; ln -s busybox "$big/bin/sleep"; ln -s busybox "$big/bin/sh"
@@ -185,6 +188,25 @@ PY
   printf 'warm sequential read (page cache kept): dragonfly %.0f MB/s vs overlayfs %.0f MB/s => %.0f%% (target >= 80%%)\n' "$df_cached" "$ovl_cached" "$(echo "100 * $df_cached / $ovl_cached" | bc -l)"
   printf 'warm sequential read (caches dropped):  dragonfly %.0f MB/s vs overlayfs %.0f MB/s => %.0f%%\n' "$df_cold" "$ovl_cold" "$(echo "100 * $df_cold / $ovl_cold" | bc -l)"
   echo "written: $OUT_DIR/coldstart.json"
+}
+
+# The python image pushed as gzip and eStargz to the bench registry.
+push_python() {
+  tb_push_rootfs "$BENCH_DIR/cache/rootfs-python3" "$TB_DIR/oci" python "$REG/bench/python:gzip" /usr/bin/python3
+  tb_convert_estargz "$REG/bench/python:gzip" "$REG/bench/python:estargz"
+}
+
+cri_bench() {
+  prepare
+  tb_start_registry registry "$REG"
+  echo "== images"
+  push_python
+  [ "${BENCH_SKIP_BUILD:-0}" = 1 ] || cargo build --release --quiet -p dragonfly-integration --example cri_bench
+  echo "== cold start through the CRI, registry egress limited to $RATE"
+  limit_registry
+  DRAGONFLY_SNAPSHOTTER_BIN=$BIN "$REPO_DIR/target/release/examples/cri_bench" "$REG" "$OUT_DIR/cri.json"
+  unlimit
+  echo "written: $OUT_DIR/cri.json"
 }
 
 scheduler_bench() {
@@ -657,6 +679,7 @@ PY
 
 case "${1:-}" in
   coldstart) coldstart ;;
+  cri) cri_bench ;;
   scheduler) scheduler_bench ;;
   pieces) pieces_bench ;;
   manager) manager_bench ;;
@@ -664,5 +687,5 @@ case "${1:-}" in
   swarm-tls) swarm_tls ;;
   swarm-lazy) swarm_lazy ;;
   fuzz) fuzz_bench ;;
-  *) echo "usage: scripts/bench.sh coldstart|scheduler|pieces|swarm|swarm-tls|swarm-lazy|manager|fuzz" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh coldstart|cri|scheduler|pieces|swarm|swarm-tls|swarm-lazy|manager|fuzz" >&2; exit 2 ;;
 esac

@@ -56,10 +56,10 @@ pub fn push_pause(dir: &Path, registry: &str) -> Result<String> {
     Ok(reference)
 }
 
-/// The CRI plugin's configuration: sandbox image `pause`, snapshotter `dragonfly`, runc state
-/// under `dir`, host-network pods only (no CNI config), and `disable_snapshot_annotations`
-/// left at containerd's default (true) unless `annotations` says otherwise.
-pub fn config(dir: &Path, pause: &str, annotations: Option<bool>) -> String {
+/// The CRI plugin's configuration: sandbox image `pause`, `snapshotter`, runc state under
+/// `dir`, host-network pods only (no CNI config), and `disable_snapshot_annotations` left at
+/// containerd's default (true) unless `annotations` says otherwise.
+pub fn config(dir: &Path, pause: &str, snapshotter: &str, annotations: Option<bool>) -> String {
     let annotations = match annotations {
         None => String::new(),
         Some(on) => format!("    disable_snapshot_annotations = {}\n", !on),
@@ -73,7 +73,7 @@ pub fn config(dir: &Path, pause: &str, annotations: Option<bool>) -> String {
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "dragonfly"
+    snapshotter = "{snapshotter}"
 {annotations}    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
@@ -118,11 +118,20 @@ impl CriNode {
         pause: &str,
         annotations: Option<bool>,
     ) -> Result<CriNode> {
-        let containerd = Containerd::start_with(
-            dir,
-            dragonfly_socket,
-            Some(&config(dir, pause, annotations)),
-        )?;
+        CriNode::start_with(dir, dragonfly_socket, pause, "dragonfly", annotations)
+    }
+
+    /// Like [`CriNode::start`] with the CRI's snapshotter `snapshotter` (`overlayfs`: the
+    /// baseline).
+    pub fn start_with(
+        dir: &Path,
+        dragonfly_socket: &Path,
+        pause: &str,
+        snapshotter: &str,
+        annotations: Option<bool>,
+    ) -> Result<CriNode> {
+        let cri = config(dir, pause, snapshotter, annotations);
+        let containerd = Containerd::start_with(dir, dragonfly_socket, Some(&cri))?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -281,6 +290,33 @@ impl CriNode {
             }))
             .with_context(|| format!("StartContainer {name}"))?;
         Ok(created)
+    }
+
+    /// Waits until container `id` has exited (polling ContainerStatus every 10 ms, at most
+    /// `limit`); its exit code.
+    pub fn wait_exited(&mut self, id: &str, limit: std::time::Duration) -> Result<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        let runtime = &mut self.runtime;
+        loop {
+            let st = self
+                .rt
+                .block_on(runtime.container_status(cri::ContainerStatusRequest {
+                    container_id: id.into(),
+                    verbose: false,
+                }))
+                .context("ContainerStatus")?
+                .into_inner()
+                .status
+                .context("ContainerStatus without a status")?;
+            if st.state == cri::ContainerState::ContainerExited as i32 {
+                return Ok(st.exit_code);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "container {id} still running after {limit:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// ExecSync `cmd` in container `id`: exit code and stdout (stderr appended).

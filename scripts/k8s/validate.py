@@ -607,11 +607,13 @@ def plain_files(r: Render) -> dict[str, str]:
     for path, text in sorted(r.manifests.items()):
         if path.endswith("NOTES.txt"):
             continue
-        docs = [d for d in yaml.safe_load_all(text) if d and not (d["kind"] == "Secret" and d["metadata"]["name"] in GENERATED_SECRETS)]
-        if not docs:
+        docs = [d for d in yaml.safe_load_all(text) if d]
+        if not docs or all(d["kind"] == "Secret" and d["metadata"]["name"] in GENERATED_SECRETS for d in docs):
             continue
+        F.check(not any(d["kind"] == "Secret" for d in docs), path, "a Secret shares its template with other objects")
         rel = path.split("/templates/", 1)[1]
-        out[rel.replace("/", "-")] = header + "".join("---\n" + yaml.safe_dump(d, sort_keys=False, width=100) for d in docs)
+        # The rendered text as it is (the templates' comments explain the objects).
+        out[rel.replace("/", "-")] = header + "---\n" + text.strip("\n") + "\n"
     out["namespace.yaml"] = header + yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}, sort_keys=False)
     resources = ["namespace.yaml"] + sorted(k for k in out if k != "namespace.yaml")
     out["kustomization.yaml"] = header + (
