@@ -3,7 +3,7 @@
 # containerd (+ctr), runc, fuse3, the CNCF distribution registry, stargz-snapshotter (ctr-remote),
 # skopeo, umoci, busybox-static, protoc, iproute2, PostgreSQL (the manager is tested against it),
 # Chromium and chromedriver (the console is tested in a browser)
-# and the C libraries our crates link.
+# and the C libraries our crates link; from PyPI, what checks the Kubernetes manifests.
 # Idempotent: installs only what is missing. Needs root.
 set -euo pipefail
 
@@ -37,6 +37,28 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps.sh: cargo (Rust stable) is required; install it with rustup" >&2
   exit 1
+fi
+
+# The Kubernetes manifests' offline check (scripts/k8s/validate.py): Helm's Go SDK as a Python
+# library (renders and lints the chart; no helm binary), the Kubernetes JSON schemas (bundled),
+# PyYAML. Skipped when the pinned versions are there.
+py_packages=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.3)
+if ! python3 - "${py_packages[@]}" <<'PY' 2>/dev/null
+import importlib.metadata as m, sys
+sys.exit(any(m.version(p.split("==")[0]) != p.split("==")[1] for p in sys.argv[1:]))
+PY
+then
+  echo "installing (pip): ${py_packages[*]}"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip
+  fi
+  pip_flags=(--quiet --disable-pip-version-check --root-user-action=ignore)
+  # Debian's own python3 takes pip installs only when told (PEP 668).
+  if python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+    pip_flags+=(--break-system-packages)
+  fi
+  python3 -m pip install "${pip_flags[@]}" "${py_packages[@]}"
 fi
 
 modprobe fuse 2>/dev/null || true

@@ -22,6 +22,9 @@ export DRAGONFLY_SCHEDULER_BIN="$bin_dir/dragonfly-scheduler"
 export DFCTL_BIN="$bin_dir/dfctl"
 export DRAGONFLY_MANAGER_BIN="$bin_dir/dragonfly-manager"
 
+echo "== kubernetes manifests"
+python3 scripts/k8s/validate.py
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   # End-to-end tests each start a containerd, a registry and a daemon: two at a time on 2 cores.

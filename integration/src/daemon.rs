@@ -25,7 +25,7 @@ fn binary() -> Result<PathBuf> {
 
 impl Daemon {
     /// Starts the daemon in `dir` and waits until its socket accepts connections. Its config
-    /// sets `address`, `log`, and (unless `extra_yaml` sets them) `root: <dir>/root`, `metrics: {address:
+    /// sets `address` and (unless `extra_yaml` sets them) `root: <dir>/root`, `log` (debug), `metrics: {address:
     /// null}`, `snapshot: {lazy: true}` and `containerd: {address: ...}` (the containerd a
     /// test bed starts beside it, `<dir>/../containerd/containerd.sock`, never the host's);
     /// `extra_yaml` is appended (e.g. `prefetch: {background: false}`).
@@ -56,8 +56,13 @@ impl Daemon {
         } else {
             format!("root: {}\n", dir.join("root").display())
         };
+        let log = if extra_yaml.lines().any(|l| l.starts_with("log:")) {
+            ""
+        } else {
+            "log: {level: 'dragonfly_snapshotter=debug,dragonfly_storage=debug,info'}\n"
+        };
         let config = format!(
-            "{root}address: {sock}\n{metrics}{snapshot}{containerd}log: {{level: 'dragonfly_snapshotter=debug,dragonfly_storage=debug,info'}}\n{extra_yaml}\n",
+            "{root}address: {sock}\n{metrics}{snapshot}{containerd}{log}{extra_yaml}\n",
             sock = socket.display()
         );
         std::fs::write(dir.join("config.yaml"), config)?;
