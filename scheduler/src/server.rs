@@ -100,8 +100,8 @@ async fn membership(config: &Config) -> anyhow::Result<(Acceptor, Dialer)> {
     }
 }
 
-/// Who this scheduler joins as: its host name, at the address it advertises (or the one that
-/// routes to the manager).
+/// Who this scheduler joins as: `<ip>-<host name>`, at the address it advertises (or the one
+/// that routes to the manager).
 async fn joining_member(
     config: &Config,
     manager: &str,
@@ -115,8 +115,12 @@ async fn joining_member(
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "scheduler".into());
-    let identity =
-        dragonfly_membership::Identity::new(dragonfly_membership::Role::Scheduler, &hostname)?;
+    // With the address, as a host ID is: a pod that comes back with another address is a new
+    // member (the manager binds an ID to the addresses it joined from).
+    let identity = dragonfly_membership::Identity::new(
+        dragonfly_membership::Role::Scheduler,
+        &format!("{ip}-{hostname}"),
+    )?;
     Ok(dragonfly_membership::join::Member {
         identity,
         ips: vec![ip],

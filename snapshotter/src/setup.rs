@@ -179,7 +179,7 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SetupEr
 
 /// Edits containerd's config file at `path` (a missing file starts as `version = 2`): the
 /// new text replaces it (same mode, through a temporary file) only when it differs, after a
-/// backup `<path>.dragonfly-backup.<unix seconds>`.
+/// backup `<path>.dragonfly-backup.<unix seconds>.<nanoseconds>`.
 pub fn apply(path: &Path, o: &SetupOptions) -> Result<Applied, SetupError> {
     let shown = path.display().to_string();
     let old = match std::fs::read_to_string(path) {
@@ -192,11 +192,14 @@ pub fn apply(path: &Path, o: &SetupOptions) -> Result<Applied, SetupError> {
     if old.as_deref() == Some(new.as_str()) || (old.is_none() && o.undo) {
         return Ok(Applied::Unchanged);
     }
-    let secs = std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let backup = PathBuf::from(format!("{shown}.dragonfly-backup.{secs}"));
+        .unwrap_or_default();
+    let backup = PathBuf::from(format!(
+        "{shown}.dragonfly-backup.{}.{:09}",
+        now.as_secs(),
+        now.subsec_nanos()
+    ));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io("create the directory of", path))?;
     }

@@ -156,6 +156,12 @@ impl Credentials {
         (c.not_before, c.not_after)
     }
 
+    /// The IP addresses the certificate presented now names.
+    pub fn ips(&self) -> Vec<std::net::IpAddr> {
+        let c = self.current.read().expect("credentials lock");
+        crate::identity::cert_ips(&c.key.cert[0])
+    }
+
     /// The CA certificate(s), DER.
     pub fn ca_der(&self) -> &[CertificateDer<'static>] {
         &self.ca

@@ -104,11 +104,18 @@ pub async fn obtain(
     spec.check()?;
     private_dir(dir)?;
     if let Some(creds) = stored(spec, dir, me) {
-        if !due(&creds) {
+        let current = names_all(&creds, me);
+        if current && !due(&creds) {
             return Ok(creds);
         }
         match request(spec, me, Some(&creds)).await {
             Ok((ca, cert, key)) => return keep(dir, &ca, &cert, &key),
+            // Still valid and for these addresses: use it; the renewal loop keeps trying, so
+            // an unreachable manager does not stop this member from starting.
+            Err(e) if current && SystemTime::now() < creds.validity().1 => {
+                tracing::warn!(error = %e, until = ?creds.validity().1, "cannot renew the stored certificate yet; using it meanwhile");
+                return Ok(creds);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot renew the stored certificate; joining again with the token")
             }
@@ -161,6 +168,13 @@ fn renew_at(creds: &Credentials) -> SystemTime {
 
 fn due(creds: &Credentials) -> bool {
     SystemTime::now() >= renew_at(creds)
+}
+
+/// Whether the certificate names every address `me` is dialled at (a member whose address
+/// changed renews, so others can still check its certificate against the address).
+fn names_all(creds: &Credentials, me: &Member) -> bool {
+    let named = creds.ips();
+    me.ips.iter().all(|ip| named.contains(ip))
 }
 
 /// Credentials kept in `dir`, if they are usable for `me` with the pinned CA.

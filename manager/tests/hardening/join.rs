@@ -312,3 +312,61 @@ async fn with_only_a_token_a_member_trusts_the_ca_its_token_vouches_for() {
     .await;
     assert!(e.contains("not vouched for"), "{e}");
 }
+
+#[tokio::test]
+async fn a_due_certificate_is_used_while_the_manager_is_away_and_a_moved_member_renews() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let c = ca_dir.clone();
+    let m = start_in(dir, move |cfg| {
+        cfg.ca.dir = Some(c);
+        cfg.ca.any_ip = true;
+    })
+    .await;
+    let db = Db::open(&database_url(&m.config.data_dir)).await.unwrap();
+    let ca = dragonfly_manager::certs::load(&ca_dir).unwrap();
+    let fp = ca.fingerprint().unwrap();
+    let me = member(Role::Peer, "node-1", &["127.0.0.1"]);
+    // A certificate past two thirds of its life (issued backdated, for a minute) in the files.
+    let work = tempfile::tempdir().unwrap();
+    let creds_dir = work.path().join("creds");
+    std::fs::create_dir_all(&creds_dir).unwrap();
+    let issued = ca
+        .issue(
+            &me.identity,
+            &me.ips,
+            &[],
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+    std::fs::write(creds_dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    std::fs::write(creds_dir.join("cert.pem"), &issued.cert_pem).unwrap();
+    std::fs::write(creds_dir.join("key.pem"), &issued.key_pem).unwrap();
+    // The manager cannot be reached: the stored certificate is used, not an error.
+    let closed = format!("127.0.0.1:{}", {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    });
+    let away = JoinSpec {
+        manager: closed,
+        ..spec(&m, "dfjoin_unused", &fp)
+    };
+    let creds = join::obtain(&away, &creds_dir, &me).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(creds_dir.join("cert.pem")).unwrap(),
+        issued.cert_pem,
+        "kept"
+    );
+    assert!(manager_accepts(&m, &creds).await);
+    // Reachable again, and the member now advertises another address: it renews for it.
+    let moved = member(Role::Peer, "node-1", &["127.0.0.1", "127.0.0.9"]);
+    let token = token(&db, Role::Peer).await;
+    let renewed = join::obtain(&spec(&m, &token, &fp), &creds_dir, &moved)
+        .await
+        .unwrap();
+    assert!(
+        renewed.ips().contains(&"127.0.0.9".parse().unwrap()),
+        "{:?}",
+        renewed.ips()
+    );
+}
