@@ -43,9 +43,10 @@ enum Setup {
     /// Registers the daemon in containerd's config.toml (idempotent; a backup is kept; the
     /// file is rewritten only when something changes).
     Containerd {
-        /// containerd's config file (version 2 or 3).
-        #[arg(long, default_value = "/etc/containerd/config.toml")]
-        config: PathBuf,
+        /// containerd's config file (version 2 or 3); default: `/etc/containerd/config.toml`,
+        /// or on k3s and RKE2 their `config.toml.tmpl`.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// The daemon's socket (default: `address` of the daemon's config).
         #[arg(long)]
         socket: Option<PathBuf>,
@@ -64,8 +65,31 @@ enum Setup {
     },
 }
 
+/// Restarts the first of `flavor`'s units that is active.
+fn restart_containerd(flavor: dragonfly_snapshotter::setup::Flavor) -> anyhow::Result<()> {
+    let active = |u: &str| {
+        std::process::Command::new("systemctl")
+            .args(["is-active", "--quiet", u])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let unit = flavor.units().iter().find(|u| active(u)).with_context(|| {
+        format!(
+            "none of the units {:?} is active; restart containerd yourself",
+            flavor.units()
+        )
+    })?;
+    let st = std::process::Command::new("systemctl")
+        .args(["restart", unit])
+        .status()
+        .with_context(|| format!("cannot run systemctl restart {unit}"))?;
+    anyhow::ensure!(st.success(), "systemctl restart {unit} failed: {st}");
+    println!("{unit} restarted");
+    Ok(())
+}
+
 fn setup(s: Setup, daemon_socket: PathBuf) -> anyhow::Result<()> {
-    use dragonfly_snapshotter::setup::{apply, Applied, SetupOptions};
+    use dragonfly_snapshotter::setup::{apply, Applied, Flavor, SetupOptions};
     let Setup::Containerd {
         config,
         socket,
@@ -74,6 +98,8 @@ fn setup(s: Setup, daemon_socket: PathBuf) -> anyhow::Result<()> {
         undo,
         restart,
     } = s;
+    let flavor = Flavor::detect();
+    let config = config.unwrap_or_else(|| flavor.config_path());
     let o = SetupOptions {
         socket: socket.unwrap_or(daemon_socket),
         default_snapshotter,
@@ -93,12 +119,7 @@ fn setup(s: Setup, daemon_socket: PathBuf) -> anyhow::Result<()> {
                     std::path::Path::new("/run/systemd/system").exists(),
                     "no systemd here: restart containerd yourself to apply the change"
                 );
-                let st = std::process::Command::new("systemctl")
-                    .args(["restart", "containerd"])
-                    .status()
-                    .context("cannot run systemctl restart containerd")?;
-                anyhow::ensure!(st.success(), "systemctl restart containerd failed: {st}");
-                println!("containerd restarted");
+                restart_containerd(flavor)?;
             } else {
                 println!("restart containerd to apply it (or pass --restart)");
             }

@@ -3,7 +3,9 @@
 //! everything else of the file (comments included): `[proxy_plugins.dragonfly]` with the
 //! daemon's socket, optionally the CRI's snapshotter (`--default-snapshotter`) and its
 //! snapshot annotations (`--annotations`); `--undo` takes the plugin away and gives the CRI
-//! containerd's default snapshotter (overlayfs) back. Config versions 2
+//! containerd's default snapshotter (overlayfs) back. On k3s and RKE2 the file is their
+//! `config.toml.tmpl` (they regenerate `config.toml` from it at every start): started from
+//! the config they generated, or, for a Go template, given a marked block of its own. Config versions 2
 //! (containerd 1.x) and 3 (containerd 2.x) are understood; version 1 is refused. The file is
 //! rewritten only when something changed, after a backup beside it.
 
@@ -177,18 +179,130 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SetupEr
     move |source| SetupError::Io { what, path, source }
 }
 
-/// Edits containerd's config file at `path` (a missing file starts as `version = 2`): the
-/// new text replaces it (same mode, through a temporary file) only when it differs, after a
-/// backup `<path>.dragonfly-backup.<unix seconds>.<nanoseconds>`.
-pub fn apply(path: &Path, o: &SetupOptions) -> Result<Applied, SetupError> {
-    let shown = path.display().to_string();
+/// Which containerd a node runs: where its config lives and which systemd unit restarts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// containerd's own package: `/etc/containerd/config.toml`, unit `containerd`.
+    Containerd,
+    /// k3s: its generated config comes from `config.toml.tmpl` beside it.
+    K3s,
+    /// RKE2: the same, under `/var/lib/rancher/rke2`.
+    Rke2,
+}
+
+impl Flavor {
+    /// The flavor of this node: k3s or RKE2 when their agent's containerd directory exists.
+    pub fn detect() -> Flavor {
+        if Path::new(&Flavor::K3s.dir()).is_dir() {
+            Flavor::K3s
+        } else if Path::new(&Flavor::Rke2.dir()).is_dir() {
+            Flavor::Rke2
+        } else {
+            Flavor::Containerd
+        }
+    }
+
+    fn dir(self) -> String {
+        match self {
+            Flavor::Containerd => "/etc/containerd".into(),
+            Flavor::K3s => "/var/lib/rancher/k3s/agent/etc/containerd".into(),
+            Flavor::Rke2 => "/var/lib/rancher/rke2/agent/etc/containerd".into(),
+        }
+    }
+
+    /// The file to edit: k3s and RKE2 regenerate `config.toml` at every start from the
+    /// template, so the template is what keeps an edit.
+    pub fn config_path(self) -> PathBuf {
+        let name = match self {
+            Flavor::Containerd => "config.toml",
+            Flavor::K3s | Flavor::Rke2 => "config.toml.tmpl",
+        };
+        Path::new(&self.dir()).join(name)
+    }
+
+    /// The systemd units that run containerd, in the order to try.
+    pub fn units(self) -> &'static [&'static str] {
+        match self {
+            Flavor::Containerd => &["containerd"],
+            Flavor::K3s => &["k3s", "k3s-agent"],
+            Flavor::Rke2 => &["rke2-server", "rke2-agent"],
+        }
+    }
+}
+
+/// Marks the block this command appends to a Go template (a k3s/RKE2 template beginning with
+/// `{{ template "base" . }}`), which it cannot parse as TOML.
+const BEGIN: &str = "# BEGIN dragonfly-rs (dragonfly-snapshotter setup containerd)";
+const END: &str = "# END dragonfly-rs";
+
+/// `text` (a Go template) with our block appended, replaced or (`undo`) removed.
+fn edit_template(text: &str, path: &str, o: &SetupOptions) -> Result<String, SetupError> {
+    if !o.undo && (o.default_snapshotter || o.annotations) {
+        return Err(SetupError::Layout {
+            path: path.to_owned(),
+            reason: "it is a Go template: the CRI's settings come from its base; set snapshotter = \"dragonfly\" there yourself (this command adds only the proxy plugin to a template)".into(),
+        });
+    }
+    let mut out = match (text.find(BEGIN), text.find(END)) {
+        (Some(b), Some(e)) if e > b => {
+            let after = &text[e + END.len()..];
+            format!(
+                "{}{}",
+                text[..b].trim_end_matches('\n'),
+                after.trim_start_matches('\n')
+            )
+        }
+        _ => text.to_owned(),
+    };
+    if !o.undo {
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "\n{BEGIN}\n[proxy_plugins.{PLUGIN}]\n  type = \"snapshot\"\n  address = \"{}\"\n{END}\n",
+            o.socket.display()
+        ));
+    } else if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// What the file at `path` says now (`None`: missing), and what an edit starts from: a missing
+/// k3s/RKE2 template starts as the `config.toml` they generated beside it.
+fn current(path: &Path) -> Result<(Option<String>, String), SetupError> {
     let old = match std::fs::read_to_string(path) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(io("read", path)(e)),
     };
-    let base = old.clone().unwrap_or_else(|| "version = 2\n".to_owned());
-    let new = edit(&base, &shown, o)?;
+    let base = match &old {
+        Some(t) => t.clone(),
+        None => {
+            let generated = path
+                .extension()
+                .is_some_and(|e| e == "tmpl")
+                .then(|| path.with_extension(""));
+            generated
+                .and_then(|g| std::fs::read_to_string(g).ok())
+                .unwrap_or_else(|| "version = 2\n".to_owned())
+        }
+    };
+    Ok((old, base))
+}
+
+/// Edits containerd's config file at `path` (a missing file starts as `version = 2`, or, for
+/// a k3s/RKE2 template, as the config they generated): the new text replaces it (same mode,
+/// through a temporary file) only when it differs, after a backup
+/// `<path>.dragonfly-backup.<unix seconds>.<nanoseconds>`. A Go template gets a marked block.
+pub fn apply(path: &Path, o: &SetupOptions) -> Result<Applied, SetupError> {
+    let shown = path.display().to_string();
+    let (old, base) = current(path)?;
+    let new = if base.contains("{{") {
+        edit_template(&base, &shown, o)?
+    } else {
+        edit(&base, &shown, o)?
+    };
     if old.as_deref() == Some(new.as_str()) || (old.is_none() && o.undo) {
         return Ok(Applied::Unchanged);
     }
@@ -351,5 +465,45 @@ root = "/var/lib/containerd"
         assert!(std::fs::read_to_string(&missing)
             .unwrap()
             .contains("version = 2"));
+    }
+
+    #[test]
+    fn a_k3s_template_starts_from_the_generated_config_and_a_go_template_gets_a_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = dir.path().join("config.toml");
+        std::fs::write(&generated, "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"overlayfs\"\n").unwrap();
+        let tmpl = dir.path().join("config.toml.tmpl");
+        assert!(matches!(
+            apply(&tmpl, &opts(true)).unwrap(),
+            Applied::Changed { .. }
+        ));
+        let t = std::fs::read_to_string(&tmpl).unwrap();
+        assert!(
+            t.contains("[proxy_plugins.dragonfly]") && t.contains("snapshotter = \"dragonfly\""),
+            "{t}"
+        );
+
+        let go = "{{ template \"base\" . }}\n";
+        std::fs::write(&tmpl, go).unwrap();
+        apply(&tmpl, &opts(false)).unwrap();
+        let once = std::fs::read_to_string(&tmpl).unwrap();
+        assert!(
+            once.starts_with(go)
+                && once.contains(BEGIN)
+                && once.contains("address = \"/run/dragonfly/snapshotter.sock\""),
+            "{once}"
+        );
+        assert_eq!(apply(&tmpl, &opts(false)).unwrap(), Applied::Unchanged);
+        let e = apply(&tmpl, &opts(true)).unwrap_err().to_string();
+        assert!(e.contains("Go template"), "{e}");
+        apply(
+            &tmpl,
+            &SetupOptions {
+                undo: true,
+                ..opts(false)
+            },
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&tmpl).unwrap(), go);
     }
 }
