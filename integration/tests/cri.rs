@@ -1,7 +1,8 @@
 //! The CRI path, driven like kubelet. Mostly layers whose Prepare carries only the chain ID:
 //! what containerd's CRI plugin sends with its default `disable_snapshot_annotations = true`
 //! (a stock Kubernetes node). Also: annotations on (zstd:chunked, container logs, image
-//! removal), and two nodes with a scheduler, the second taking the layers from the first. Driven like kubelet
+//! removal), and two nodes with a seed peer and a scheduler, the second taking its layers from
+//! peers. Driven like kubelet
 //! (PullImage, RunPodSandbox, CreateContainer, StartContainer, ExecSync): the daemon finds the
 //! image being pulled in containerd's content store and serves the layers as labelled ones —
 //! eStargz lazily, gzip (the pause image too) downloaded through its piece store and unpacked —
@@ -279,12 +280,21 @@ fn p2p_yaml(scheduler: &str, i: usize) -> String {
 }
 
 #[test]
-fn a_second_cri_node_takes_gzip_layers_from_the_first_not_the_registry() {
+fn with_a_seed_and_a_scheduler_a_second_cri_node_takes_no_layer_byte_from_the_registry() {
     require_root().expect("root");
     let dir = TestDir::new("dfly-cri-p2p-").expect("dir");
     let registry = Registry::start(dir.path()).expect("registry");
     let scheduler = Scheduler::start(&dir.path().join("scheduler")).expect("scheduler");
     let pause = push_pause(&dir.path().join("pause"), &registry.addr).expect("pause image");
+    // A seed peer (no containerd of its own): the scheduler sends first downloads to it.
+    let _seed = Daemon::start(
+        &dir.path().join("seed/daemon"),
+        &format!(
+            "registry: {{plain_http: ['{}']}}\np2p: {{schedulers: ['{}'], listen: '127.0.0.29:0', advertise_ip: 127.0.0.29, host_id: cri-seed, seed_peer: true}}\n",
+            registry.addr, scheduler.addr
+        ),
+    )
+    .expect("seed peer");
     let mut nodes: Vec<(Daemon, CriNode)> = (0..2)
         .map(|i| {
             let d = dir.path().join(format!("node-{i}"));
