@@ -9,8 +9,8 @@
 #  1. Builds a minimal Debian bookworm root with debootstrap (variant minbase plus what a fresh
 #     machine of ours has: gcc, libc6-dev, git, python3) from the mirror in this machine's apt
 #     sources, and caches it as a tarball under /var/tmp. Every run starts from that tarball.
-#  2. Copies in a clean clone of HEAD (uncommitted changes are not part of the check) and this
-#     machine's apt sources; bind-mounts the Rust toolchain (~/.rustup, ~/.cargo/bin, read-only)
+#  2. Copies in a clean clone of HEAD (uncommitted changes are not part of the check), this
+#     machine's apt sources, and its pip settings and extra CA certificates (the egress proxy's); bind-mounts the Rust toolchain (~/.rustup, ~/.cargo/bin, read-only)
 #     and the cargo registry cache (so crates are not downloaded again); cargo-nextest too.
 #  3. Inside that root: scripts/install-deps.sh, then
 #     `cargo build --workspace --bins --locked` with a target dir of its own (fresh each run, so
@@ -110,6 +110,15 @@ rm -f "$ROOT/etc/apt/sources.list"
 cp /etc/apt/sources.list.d/*.sources "$ROOT/etc/apt/sources.list.d/" 2>/dev/null \
   || cp /etc/apt/sources.list "$ROOT/etc/apt/sources.list"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# A machine of ours reaches PyPI through the sandbox's egress proxy: the proxy's CA is in its
+# trust store (/usr/local/share/ca-certificates) and /etc/pip.conf points pip at that store.
+# The root gets the same (ca-certificates, which install-deps installs, folds the CA in).
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  mkdir -p "$ROOT/usr/local/share/ca-certificates" "$ROOT/etc/ssl/certs"
+  cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+  [ -e "$ROOT/etc/ssl/certs/ca-certificates.crt" ] || cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/"
+fi
+[ -f /etc/pip.conf ] && cp /etc/pip.conf "$ROOT/etc/pip.conf"
 
 # The root must be a mount point, as / is on a real machine: runc makes the container's root
 # mount a slave of it, which fails with EINVAL on a plain directory.
