@@ -10,7 +10,8 @@
 #     machine of ours has: gcc, libc6-dev, git, python3) from the mirror in this machine's apt
 #     sources, and caches it as a tarball under /var/tmp. Every run starts from that tarball.
 #  2. Copies in a clean clone of HEAD (uncommitted changes are not part of the check), this
-#     machine's apt sources, and its pip settings and extra CA certificates (the egress proxy's); bind-mounts the Rust toolchain (~/.rustup, ~/.cargo/bin, read-only)
+#     machine's apt sources, and its pip settings and extra CA certificates (the egress
+#     proxy's); bind-mounts the Rust toolchain (~/.rustup, ~/.cargo/bin, read-only)
 #     and the cargo registry cache (so crates are not downloaded again); cargo-nextest too.
 #  3. Inside that root: scripts/install-deps.sh, then
 #     `cargo build --workspace --bins --locked` with a target dir of its own (fresh each run, so
