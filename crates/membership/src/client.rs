@@ -48,19 +48,10 @@ impl Dialer {
         })
     }
 
-    /// TLS that checks no server certificate (see [`crate::pinned::Unchecked`]): only for
+    /// TLS that checks no server certificate (see [`crate::pinned::PinnedCa`]): only for
     /// fetching the CA, whose answer is authenticated otherwise.
     pub(crate) fn unchecked() -> Result<Dialer, MembershipError> {
-        let provider = crate::credentials::provider();
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| MembershipError::Tls(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(crate::pinned::Unchecked(provider)))
-            .with_no_client_auth();
-        Ok(Dialer {
-            tls: Some(TlsConnector::from(Arc::new(config))),
-        })
+        Dialer::to_manager(None, None)
     }
 
     /// TLS trusting only the CA whose fingerprint is `fingerprint` (found in the server's
@@ -70,14 +61,20 @@ impl Dialer {
         fingerprint: &str,
         current: Option<&Credentials>,
     ) -> Result<Dialer, MembershipError> {
+        Dialer::to_manager(Some(fingerprint), current)
+    }
+
+    fn to_manager(
+        pin: Option<&str>,
+        current: Option<&Credentials>,
+    ) -> Result<Dialer, MembershipError> {
         let provider = crate::credentials::provider();
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| MembershipError::Tls(e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(crate::pinned::PinnedCa::new(
-                fingerprint,
-                provider,
+                pin, provider,
             )));
         let config = match current {
             Some(c) => builder.with_client_cert_resolver(c.client_cert()),

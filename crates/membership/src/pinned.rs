@@ -3,7 +3,7 @@
 //! the CA; the verifier finds the certificate with that fingerprint in it and checks the
 //! manager's own certificate against it, as if it were the only root. Without a fingerprint,
 //! a member first asks for the CA over a connection whose certificate is not checked
-//! ([`Unchecked`]) and trusts the answer only if it carries a MAC its join token verifies
+//! ([`PinnedCa`] without a pin) and trusts the answer only if it carries a MAC its join token verifies
 //! ([`ca_mac`]).
 
 use std::sync::Arc;
@@ -33,67 +33,19 @@ pub fn ca_mac(token_key: &str, ca_der: &[u8]) -> String {
     hex::encode(ring::hmac::sign(&key, ca_der).as_ref())
 }
 
-/// Accepts any server certificate (signatures of the handshake still checked): only for
-/// fetching the CA, whose authenticity comes from its MAC.
-#[derive(Debug)]
-pub(crate) struct Unchecked(pub(crate) Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// See the module doc.
+/// The manager's certificate, checked against the CA whose fingerprint is pinned; with no
+/// pin, not checked at all (the handshake's signatures still are) — only for fetching the CA,
+/// whose authenticity then comes from its MAC.
 #[derive(Debug)]
 pub(crate) struct PinnedCa {
-    fingerprint: String,
+    fingerprint: Option<String>,
     provider: Arc<CryptoProvider>,
 }
 
 impl PinnedCa {
-    pub(crate) fn new(fingerprint: &str, provider: Arc<CryptoProvider>) -> PinnedCa {
+    pub(crate) fn new(fingerprint: Option<&str>, provider: Arc<CryptoProvider>) -> PinnedCa {
         PinnedCa {
-            fingerprint: fingerprint.to_ascii_lowercase(),
+            fingerprint: fingerprint.map(str::to_ascii_lowercase),
             provider,
         }
     }
@@ -108,13 +60,15 @@ impl ServerCertVerifier for PinnedCa {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(pin) = &self.fingerprint else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let ca = intermediates
             .iter()
-            .find(|c| fingerprint(c) == self.fingerprint)
+            .find(|c| fingerprint(c) == *pin)
             .ok_or_else(|| {
                 rustls::Error::General(format!(
-                    "the server's chain does not hold the CA {} (check security.join.ca_fingerprint against what the manager printed)",
-                    self.fingerprint
+                    "the server's chain does not hold the CA {pin} (check security.join.ca_fingerprint against what the manager printed)"
                 ))
             })?;
         let mut roots = RootCertStore::empty();
