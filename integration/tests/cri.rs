@@ -74,6 +74,16 @@ impl Node {
         }
     }
 
+    /// PullImage of `image`: the bytes of its layers the registry sent meanwhile, and their
+    /// total size.
+    fn pull(&mut self, image: &str) -> (u64, u64) {
+        let mark = self.registry.mark();
+        if let Err(e) = self.cri.pull(image) {
+            panic!("{e:#}\n{}", self.logs());
+        }
+        self.layer_bytes(mark, image)
+    }
+
     /// Bytes of the layers of `image` the registry sent since `mark`, and their total size.
     fn layer_bytes(&self, mark: Mark, image: &str) -> (u64, u64) {
         let layers = fixtures::layers(image).unwrap();
@@ -130,11 +140,7 @@ fn with_default_annotations_a_cri_pull_is_lazy_and_gzip_layers_come_through_the_
 
     // eStargz: PullImage returns after a small part of the layers.
     let esgz = node.published.estargz.clone();
-    let mark = node.registry.mark();
-    node.cri
-        .pull(&esgz)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", node.logs()));
-    let (sent, total) = node.layer_bytes(mark, &esgz);
+    let (sent, total) = node.pull(&esgz);
     assert!(
         node.daemon
             .log()
@@ -161,11 +167,7 @@ fn with_default_annotations_a_cri_pull_is_lazy_and_gzip_layers_come_through_the_
 
     // gzip: every layer downloaded and unpacked by the daemon, each leaving the registry once.
     let gzip = node.published.gzip.clone();
-    let mark = node.registry.mark();
-    node.cri
-        .pull(&gzip)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", node.logs()));
-    let (sent, total) = node.layer_bytes(mark, &gzip);
+    let (sent, total) = node.pull(&gzip);
     assert_eq!(
         sent, total,
         "each gzip layer is fetched once, by the daemon"
@@ -199,11 +201,7 @@ fn with_default_annotations_a_cri_pull_is_lazy_and_gzip_layers_come_through_the_
 fn without_a_containerd_to_ask_containerd_unpacks_unlabelled_layers() {
     let mut node = Node::start("containerd: {address: null}");
     let esgz = node.published.estargz.clone();
-    let mark = node.registry.mark();
-    node.cri
-        .pull(&esgz)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", node.logs()));
-    let (sent, total) = node.layer_bytes(mark, &esgz);
+    let (sent, total) = node.pull(&esgz);
     assert_eq!(sent, total, "containerd fetched every layer itself");
     assert!(!node
         .daemon
@@ -221,11 +219,7 @@ fn without_a_containerd_to_ask_containerd_unpacks_unlabelled_layers() {
 fn with_annotations_on_zstd_chunked_is_lazy_logs_are_written_and_images_are_removed() {
     let mut node = Node::start_with("prefetch: {background: false}", Some(true));
     let zstd = node.published.zstdchunked.clone();
-    let mark = node.registry.mark();
-    node.cri
-        .pull(&zstd)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", node.logs()));
-    let (sent, total) = node.layer_bytes(mark, &zstd);
+    let (sent, total) = node.pull(&zstd);
     assert!(sent * 10 < total, "{sent} of {total}\n{}", node.logs());
     assert!(
         !node

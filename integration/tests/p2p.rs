@@ -202,6 +202,21 @@ mod corrupt_parent {
             .collect()
     }
 
+    /// The node after the origin-facing one was offered the liar (`corrupt` bad-parent
+    /// reports), and the scheduler blocklisted it.
+    fn assert_caught(swarm: &Swarm, corrupt: f64) {
+        assert!(
+            corrupt >= 1.0,
+            "the liar was not offered once digests were recorded\n{}",
+            swarm.logs()
+        );
+        assert!(
+            swarm.scheduler.log().contains("blocklisted"),
+            "{}",
+            swarm.logs()
+        );
+    }
+
     /// A rogue member "liar" on a free port: announced to the swarm's scheduler (kept
     /// alive), claiming every piece of each of `tasks` (ID and true bytes) with false digests
     /// before anyone fetched them, and serving `served` with one byte flipped per piece.
@@ -324,16 +339,7 @@ mod corrupt_parent {
             swarm.logs()
         );
         let corrupt = run(1);
-        assert!(
-            corrupt >= 1.0,
-            "the liar was not offered once digests were recorded\n{}",
-            swarm.logs()
-        );
-        assert!(
-            swarm.scheduler.log().contains("blocklisted"),
-            "{}",
-            swarm.logs()
-        );
+        assert_caught(&swarm, corrupt);
         // Once blocklisted it is never offered again: everything else came from elsewhere.
         assert!(
             corrupt <= 8.0,
@@ -389,16 +395,7 @@ mod corrupt_parent {
             "an unrecorded claim was offered\n{}",
             swarm.logs()
         );
-        assert!(
-            corrupt(1) >= 1.0,
-            "the liar was not offered once digests were recorded\n{}",
-            swarm.logs()
-        );
-        assert!(
-            swarm.scheduler.log().contains("blocklisted"),
-            "{}",
-            swarm.logs()
-        );
+        assert_caught(&swarm, corrupt(1));
         drop(rt);
     }
 }

@@ -174,6 +174,21 @@ pub enum Applied {
     },
 }
 
+/// Writes `text` to `tmp` as a new file, never through a symlink planted at the name.
+fn write_new(tmp: &Path, text: &str) -> Result<(), SetupError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+        .map_err(io("write", tmp))
+}
+
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SetupError {
     let path = path.display().to_string();
     move |source| SetupError::Io { what, path, source }
@@ -321,7 +336,7 @@ pub fn apply(path: &Path, o: &SetupOptions) -> Result<Applied, SetupError> {
         std::fs::copy(path, &backup).map_err(io("back up", path))?;
     }
     let tmp = PathBuf::from(format!("{shown}.dragonfly-new"));
-    std::fs::write(&tmp, &new).map_err(io("write", &tmp))?;
+    write_new(&tmp, &new)?;
     if let Ok(meta) = std::fs::metadata(path) {
         std::fs::set_permissions(&tmp, meta.permissions()).map_err(io("set the mode of", &tmp))?;
     }
