@@ -71,7 +71,7 @@ impl CertificateService {
         }
         let role = self
             .db
-            .join_token_role(&crate::auth::token_hash(token))
+            .join_token_role(&dragonfly_membership::token_key(token))
             .await
             .map_err(unavailable)?
             .ok_or_else(|| Status::unauthenticated("the join token is unknown, expired or deleted; ask the operator for a current one (dragonfly-manager join-token create)"))?;

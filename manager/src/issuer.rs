@@ -81,11 +81,10 @@ impl Issuer {
     }
 }
 
+/// The host's name, if it can be a member ID.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| dragonfly_membership::Identity::new(Role::Manager, h).is_ok())
+    Some(dragonfly_runtime::registration::hostname("manager"))
+        .filter(|h| Identity::new(Role::Manager, h).is_ok())
         .unwrap_or_else(|| "manager".into())
 }
 
@@ -117,7 +116,7 @@ pub async fn new_join_token(db: &Db, role: Role, days: u32) -> anyhow::Result<St
     let expires = chrono::Utc::now() + chrono::Duration::days(i64::from(days));
     db.create_join_token(
         role.as_str(),
-        &crate::auth::token_hash(&token),
+        &dragonfly_membership::token_key(&token),
         &crate::store::rfc3339(expires),
     )
     .await?;
@@ -150,7 +149,7 @@ pub async fn register_token_files(db: &Db, config: &CaConfig) -> anyhow::Result<
         );
         db.ensure_join_token(
             role.as_str(),
-            &crate::auth::token_hash(&token),
+            &dragonfly_membership::token_key(&token),
             &crate::store::rfc3339(expires),
         )
         .await?;

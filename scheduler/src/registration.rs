@@ -20,9 +20,7 @@ pub async fn run(config: ManagerConfig, port: u16, dialer: Dialer) {
             }
         },
     };
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
+    let hostname = dragonfly_runtime::registration::hostname("localhost");
     let who = dragonfly_runtime::registration::Registrant {
         source_type: pb::SourceType::Scheduler,
         ip: ip.to_string(),

@@ -112,9 +112,7 @@ async fn joining_member(
             .await
             .with_context(|| format!("cannot tell which local address reaches the manager {manager}; set manager.advertise_ip"))?,
     };
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "scheduler".into());
+    let hostname = dragonfly_runtime::registration::hostname("scheduler");
     // With the address, as a host ID is: a pod that comes back with another address is a new
     // member (the manager binds an ID to the addresses it joined from).
     let identity = dragonfly_membership::Identity::new(

@@ -28,6 +28,15 @@ pub async fn local_ip_towards(target: &str) -> Option<std::net::IpAddr> {
     sock.local_addr().ok().map(|a| a.ip())
 }
 
+/// This host's name (`/proc/sys/kernel/hostname`), or `fallback` when it cannot be read.
+pub fn hostname(fallback: &str) -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| fallback.to_owned())
+}
+
 /// Who is registering.
 #[derive(Debug, Clone)]
 pub struct Registrant {

@@ -193,7 +193,7 @@ async fn the_certificate_service_refuses_what_neither_token_nor_certificate_allo
     let expired = "dfjoin_peer_expired";
     db.create_join_token(
         "peer",
-        &dragonfly_manager::auth::token_hash(expired),
+        &dragonfly_membership::token_key(expired),
         "2020-01-01T00:00:00.000Z",
     )
     .await

@@ -114,9 +114,7 @@ pub async fn advertised_ip(config: &P2pConfig, towards: &str) -> Result<IpAddr, 
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into())
+    dragonfly_runtime::registration::hostname("localhost")
 }
 
 /// The host ID without a certificate naming one: `p2p.host_id`, or `<ip>-<hostname>`
