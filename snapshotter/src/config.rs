@@ -221,6 +221,13 @@ pub struct FuseConfig {
     pub threads: usize,
     /// Decompressed chunks kept in memory, shared by all lazy layers.
     pub chunk_cache_entries: usize,
+    /// Who keeps lazy mounts' FUSE connections open while the daemon restarts, so running
+    /// containers only pause: `auto` (systemd's fd store when `$NOTIFY_SOCKET` is set, else
+    /// the fd holder), `systemd`, `holder`, or `off` (a restart breaks running containers'
+    /// lazy layers).
+    pub handoff: HandoffMode,
+    /// How long a stopping daemon lets FUSE requests it is answering finish before exiting.
+    pub handoff_grace_ms: u64,
 }
 
 impl Default for FuseConfig {
@@ -229,8 +236,24 @@ impl Default for FuseConfig {
             attr_timeout_secs: 3600,
             threads: 2,
             chunk_cache_entries: 64,
+            handoff: HandoffMode::Auto,
+            handoff_grace_ms: 2000,
         }
     }
+}
+
+/// [`FuseConfig::handoff`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandoffMode {
+    /// systemd's fd store under systemd, else the fd holder.
+    Auto,
+    /// systemd's fd store (`$NOTIFY_SOCKET` must be set).
+    Systemd,
+    /// The fd holder process.
+    Holder,
+    /// Nothing is kept.
+    Off,
 }
 
 /// Snapshot behaviour.
@@ -308,6 +331,11 @@ impl Config {
     /// `<root>/cache`
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")
+    }
+
+    /// Where records of held FUSE connections and the fd holder's socket live.
+    pub fn handoff_dir(&self) -> PathBuf {
+        self.root.join("handoff")
     }
 }
 

@@ -1,7 +1,8 @@
 //! Wiring: builds every component from the configuration and serves containerd's snapshots
 //! API on a unix socket until a stop signal.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -15,6 +16,8 @@ use dragonfly_task::origin::Origins;
 use crate::api::download::DownloadService;
 use crate::api::images::ImageService;
 use crate::config::Config;
+use crate::handoff::Handoff;
+use crate::layer::manager::Held;
 use crate::layer::{LayerManager, LayerSettings};
 use crate::metrics::Metrics;
 use crate::p2p::membership::Membership;
@@ -37,6 +40,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         private_dir(&dir)?;
     }
     let metrics = Metrics::new();
+    let handoff = if config.snapshot.lazy {
+        let h = Handoff::open(&config.handoff_dir(), config.fuse.handoff)
+            .context("cannot set up keeping FUSE connections across restarts (fuse.handoff)")?;
+        Some(Arc::new(h))
+    } else {
+        None
+    };
+    let held = handoff.as_deref().map(held_connections).unwrap_or_default();
+    let keep: Vec<PathBuf> = held.values().map(|h| h.record.mountpoint.clone()).collect();
     let mut download = None;
     let mut image = None;
     let remote: Option<Arc<LayerManager>> = if config.snapshot.lazy {
@@ -82,6 +94,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     known,
                 )
             }),
+            handoff.clone(),
         ))
     } else {
         None
@@ -91,6 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             &config.snapshots_dir(),
             &config.metadata_path(),
             remote.clone().map(|r| r as Arc<dyn RemoteLayers>),
+            &keep,
         )
         .await
         .context("cannot open the snapshotter")?,
@@ -103,7 +117,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .into_iter()
             .map(|(name, id, labels)| (name, id, snapshotter.layer_dir(id), labels))
             .collect();
-        manager.restore(layers).await;
+        manager.restore(layers, held).await;
+    }
+    if let Some(h) = &handoff {
+        h.ready();
     }
 
     if let Some(addr) = config.metrics.address {
@@ -126,8 +143,50 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .await
         .context("gRPC server failed")?;
+    if let (Some(h), Some(manager)) = (&handoff, &remote) {
+        h.stopping();
+        let grace = std::time::Duration::from_millis(config.fuse.handoff_grace_ms);
+        manager.hand_over_all(grace).await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The live FUSE connections a previous process left with their records. A held fd without
+/// a record, or a record without a held fd, is stale and dropped here.
+fn held_connections(handoff: &Handoff) -> BTreeMap<String, Held> {
+    let mut out = BTreeMap::new();
+    for (name, fd) in handoff.take_held() {
+        match handoff.records().read(&name) {
+            Ok(Some(record)) => {
+                out.insert(name, Held { fd, record });
+            }
+            Ok(None) => {
+                tracing::warn!(name, "held FUSE connection has no record; released");
+                handoff.release(&name);
+            }
+            Err(e) => {
+                tracing::warn!(name, error = %e, "held FUSE connection has an unreadable record; released");
+                handoff.release(&name);
+            }
+        }
+    }
+    for name in handoff.records().names() {
+        if !out.contains_key(&name) {
+            tracing::info!(
+                name,
+                "record of a FUSE connection nobody holds any more; removed"
+            );
+            handoff.records().remove(&name);
+        }
+    }
+    if !out.is_empty() {
+        tracing::info!(
+            connections = out.len(),
+            "live FUSE connections held from a previous daemon"
+        );
+    }
+    out
 }
 
 /// Creates `dir` if missing and makes it 0700 (also when it exists, from an older version):

@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod fs;
+pub mod handoff;
 pub mod layer;
 pub mod metrics;
 pub mod p2p;

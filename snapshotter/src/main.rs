@@ -36,6 +36,17 @@ enum Command {
     /// Node set-up.
     #[command(subcommand)]
     Setup(Setup),
+    /// Unmounts every lazy layer for good and drops the FUSE connections kept for the next
+    /// daemon (a stopping daemon leaves its mounts to its successor). Stop the daemon first;
+    /// running containers lose their lazy layers.
+    UnmountAll,
+    /// Runs the fd holder on `socket` (started by the daemon when it is not run by systemd;
+    /// keeps lazy mounts' FUSE connections open while the daemon restarts).
+    FdHolder {
+        /// The holder's socket.
+        #[arg(long)]
+        socket: PathBuf,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -128,6 +139,21 @@ fn setup(s: Setup, daemon_socket: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn unmount_all(config: &Config) -> anyhow::Result<()> {
+    let done = dragonfly_snapshotter::handoff::teardown::unmount_all(
+        &config.address,
+        &config.snapshots_dir(),
+        &config.handoff_dir(),
+    )?;
+    println!(
+        "detached {} mounts under {}; the fd holder let go of {} FUSE connections",
+        done.detached,
+        config.snapshots_dir().display(),
+        done.released
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config = match &args.config {
@@ -146,8 +172,15 @@ fn main() -> anyhow::Result<()> {
     if args.seed_peer {
         config.p2p.seed_peer = true;
     }
-    if let Some(Command::Setup(s)) = args.command {
-        return setup(s, config.address);
+    match args.command {
+        Some(Command::Setup(s)) => return setup(s, config.address),
+        Some(Command::UnmountAll) => return unmount_all(&config),
+        Some(Command::FdHolder { socket }) => {
+            dragonfly_runtime::log::init(&config.log)?;
+            return dragonfly_snapshotter::handoff::holder::serve(&socket)
+                .with_context(|| format!("fd holder on {}", socket.display()));
+        }
+        None => {}
     }
     dragonfly_runtime::log::init(&config.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

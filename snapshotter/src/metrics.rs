@@ -41,6 +41,12 @@ pub struct Metrics {
     pub chunk_needed_bytes: IntCounter,
     /// Lazy layers currently mounted.
     pub lazy_layers: IntGauge,
+    /// Live FUSE connections adopted from a previous process.
+    pub fuse_adopted: IntCounter,
+    /// Held FUSE connections that could not be adopted (remounted instead), by reason.
+    pub fuse_adoption_failures: IntCounterVec,
+    /// Requests a previous process had read but not answered, resent by the kernel to us.
+    pub fuse_resent: IntCounter,
     /// Lazy layer mount latency by result.
     pub mount_seconds: HistogramVec,
     /// Blob bytes obtained by the P2P engine, by source (`peer` or `origin`).
@@ -140,6 +146,19 @@ impl Metrics {
                 "Compressed bytes of the distinct chunks lazy reads needed, each counted once per mounted layer.",
             ),
             lazy_layers: gauge("lazy_layers", "Lazy layers currently mounted."),
+            fuse_adopted: counter(
+                "fuse_mounts_adopted_total",
+                "Live FUSE connections of lazy layers adopted from a previous daemon process.",
+            ),
+            fuse_adoption_failures: counter_vec(
+                "fuse_adoption_failures_total",
+                "Held FUSE connections that could not be adopted and were remounted, by reason.",
+                &["reason"],
+            ),
+            fuse_resent: counter(
+                "fuse_requests_resent_total",
+                "FUSE requests a previous daemon process had read but not answered, resent by the kernel.",
+            ),
             p2p_bytes: counter_vec(
                 "p2p_bytes_total",
                 "Blob bytes obtained through the P2P engine by source (peer, origin).",

@@ -13,7 +13,7 @@ use dragonfly_storage::testing::MemSource;
 use dragonfly_storage::{PieceStore, StoreConfig};
 use sha2::{Digest, Sha256};
 
-use super::mount::{mount, MountedLayerFs};
+use super::mount::{adopt, mount, MountedLayerFs};
 use super::{ChunkCache, ChunkReader, LayerFs};
 use crate::layer::toc::load_index;
 use crate::metrics::Metrics;
@@ -38,6 +38,7 @@ struct Mounted {
     format: LayerFormat,
     blob: Vec<u8>,
     source: Arc<MemSource>,
+    reader: ChunkReader,
 }
 
 impl Drop for Mounted {
@@ -78,7 +79,7 @@ async fn mount_blob(blob: Vec<u8>, digest: &str, toc_digest: &str) -> Mounted {
     let reader = ChunkReader::new(b, format, ChunkCache::new(8), metrics.clone());
     let fs = LayerFs::new(
         index.clone(),
-        reader,
+        reader.clone(),
         tokio::runtime::Handle::current(),
         Duration::from_secs(60),
         metrics,
@@ -98,6 +99,7 @@ async fn mount_blob(blob: Vec<u8>, digest: &str, toc_digest: &str) -> Mounted {
         format,
         blob,
         source,
+        reader,
     }
 }
 
@@ -280,4 +282,60 @@ async fn a_tampered_chunk_reads_as_eio_and_others_still_work() {
         .await
         .unwrap();
     }
+}
+
+/// What a successor process does: a new session over the same description, no INIT, and
+/// files the kernel already has open (and its cached node ids) keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_over_connection_is_adopted_without_init() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let (file, digest, toc) = LAYER0[0];
+    let mut m = mount_blob(testdata(file), digest, toc).await;
+    let want = expected(&m, "data/big.txt");
+    let mp = m.mp.clone();
+    let f = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(mp.join("data/big.txt")).unwrap();
+        let mut head = vec![0u8; 4096];
+        f.read_exact_at(&mut head, 0).unwrap();
+        f
+    })
+    .await
+    .unwrap();
+    let first = m.fs.take().unwrap();
+    let negotiated = first.negotiated();
+    let fd = first.fd().try_clone().unwrap();
+    tokio::task::spawn_blocking(move || first.hand_over(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let fs = LayerFs::new(
+        m.index.clone(),
+        m.reader.clone(),
+        tokio::runtime::Handle::current(),
+        Duration::from_secs(60),
+        Metrics::new(),
+    );
+    let mp = m.mp.clone();
+    let second = tokio::task::spawn_blocking(move || adopt(fd, fs, &mp, 2, negotiated))
+        .await
+        .unwrap()
+        .unwrap();
+    m.fs = Some(second);
+    let mp = m.mp.clone();
+    let hello = expected(&m, "etc/hello.txt");
+    tokio::task::spawn_blocking(move || {
+        let mut all = vec![0u8; want.len()];
+        f.read_exact_at(&mut all, 0).unwrap();
+        assert_eq!(
+            all, want,
+            "the open file reads on through the adopted connection"
+        );
+        assert_eq!(std::fs::read(mp.join("etc/hello.txt")).unwrap(), hello);
+        let names: Vec<_> = std::fs::read_dir(mp.join("etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(names.iter().any(|n| n == "hello.txt"), "{names:?}");
+    })
+    .await
+    .unwrap();
 }

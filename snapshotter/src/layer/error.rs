@@ -75,9 +75,9 @@ pub enum LayerError {
     Mount {
         /// Where.
         mountpoint: String,
-        /// The OS error.
+        /// What failed.
         #[source]
-        source: std::io::Error,
+        source: crate::fs::mount::MountError,
     },
     /// The snapshot's lazy layer is not mounted (its re-mount after a restart failed).
     #[error("lazy layer of snapshot id {0} is not mounted (its re-mount after a restart failed; see the daemon log)")]

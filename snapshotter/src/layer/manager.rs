@@ -24,8 +24,9 @@ use super::labels::{LayerLabels, BLOB_SIZE};
 use super::toc::load_index;
 use super::unpack::unpack;
 use crate::config::{FuseConfig, PrefetchConfig};
-use crate::fs::mount::{mount, MountedLayerFs};
+use crate::fs::mount::{adopt, mount, MountedLayerFs};
 use crate::fs::{ChunkCache, ChunkReader, LayerFs};
+use crate::handoff::{Handoff, MountRecord};
 use crate::metrics::Metrics;
 use crate::snapshot::remote::{RemoteLayers, LABEL_REMOTE, UNPACKED_VALUE};
 use crate::snapshot::SnapshotError;
@@ -49,6 +50,8 @@ pub struct LayerSettings {
 
 struct Mounted {
     fs: Option<MountedLayerFs>,
+    /// Whether its connection is held across restarts.
+    held: bool,
     prefetched: watch::Receiver<bool>,
     tasks: Vec<JoinHandle<()>>,
     _pin: PinGuard,
@@ -63,6 +66,15 @@ pub struct LayerManager {
     runtime: tokio::runtime::Handle,
     layers: Mutex<HashMap<u64, Mounted>>,
     discovery: Option<super::discover::Discovery>,
+    handoff: Option<Arc<Handoff>>,
+}
+
+/// A live connection a previous process left, with its record.
+pub struct Held {
+    /// The `/dev/fuse` description.
+    pub fd: std::os::fd::OwnedFd,
+    /// What the previous process wrote about it.
+    pub record: MountRecord,
 }
 
 impl LayerManager {
@@ -73,6 +85,7 @@ impl LayerManager {
         metrics: Arc<Metrics>,
         settings: LayerSettings,
         discovery: Option<super::discover::Discovery>,
+        handoff: Option<Arc<Handoff>>,
     ) -> Arc<LayerManager> {
         Arc::new(LayerManager {
             chunk_cache: ChunkCache::new(settings.fuse.chunk_cache_entries),
@@ -82,6 +95,7 @@ impl LayerManager {
             runtime: tokio::runtime::Handle::current(),
             layers: Mutex::new(HashMap::new()),
             discovery,
+            handoff,
         })
     }
 
@@ -119,6 +133,7 @@ impl LayerManager {
         id: u64,
         mountpoint: &Path,
         labels: &BTreeMap<String, String>,
+        held: Option<Held>,
     ) -> Result<BTreeMap<String, String>, LayerError> {
         let l = LayerLabels::parse(labels)?;
         let blob = self.open_blob(&l).await?;
@@ -148,6 +163,40 @@ impl LayerManager {
             Duration::from_secs(self.settings.fuse.attr_timeout_secs),
             self.metrics.clone(),
         );
+        let (mounted, kept) = match held {
+            Some(h) => {
+                self.adopt_or_remount(id, mountpoint, &index, &l, fs, h)
+                    .await?
+            }
+            None => self.mount_fresh(id, mountpoint, &index, &l, fs).await?,
+        };
+        let (tx, rx) = watch::channel(false);
+        let tasks = vec![self.spawn_fetchers(&l.digest, blob.clone(), &index, tx)];
+        self.layers.lock().expect("not poisoned").insert(
+            id,
+            Mounted {
+                fs: Some(mounted),
+                held: kept,
+                prefetched: rx,
+                tasks,
+                _pin: pin,
+            },
+        );
+        self.metrics.lazy_layers.inc();
+        let mut extra = BTreeMap::new();
+        extra.insert(BLOB_SIZE.to_owned(), blob.size().to_string());
+        Ok(extra)
+    }
+
+    /// Mounts `fs` and hands its connection to the keeper; returns whether it is kept.
+    async fn mount_fresh(
+        &self,
+        id: u64,
+        mountpoint: &Path,
+        index: &LayerIndex,
+        l: &LayerLabels,
+        fs: LayerFs,
+    ) -> Result<(MountedLayerFs, bool), LayerError> {
         let mp = mountpoint.to_owned();
         let threads = self.settings.fuse.threads;
         let mounted = tokio::task::spawn_blocking(move || mount(fs, &mp, threads))
@@ -160,21 +209,102 @@ impl LayerManager {
                 mountpoint: mountpoint.display().to_string(),
                 source,
             })?;
-        let (tx, rx) = watch::channel(false);
-        let tasks = vec![self.spawn_fetchers(&l.digest, blob.clone(), &index, tx)];
-        self.layers.lock().expect("not poisoned").insert(
-            id,
-            Mounted {
-                fs: Some(mounted),
-                prefetched: rx,
-                tasks,
-                _pin: pin,
-            },
-        );
-        self.metrics.lazy_layers.inc();
-        let mut extra = BTreeMap::new();
-        extra.insert(BLOB_SIZE.to_owned(), blob.size().to_string());
-        Ok(extra)
+        let Some(handoff) = self.handoff.clone().filter(|h| h.enabled()) else {
+            return Ok((mounted, false));
+        };
+        let device = match crate::snapshot::mountinfo::mount_at(mountpoint) {
+            Ok(Some((device, _))) => device,
+            _ => {
+                tracing::warn!(mountpoint = %mountpoint.display(), "new FUSE mount not in mountinfo; not kept across restarts");
+                return Ok((mounted, false));
+            }
+        };
+        let record = MountRecord {
+            format: crate::handoff::RECORD_FORMAT,
+            snapshot: id,
+            mountpoint: mountpoint.to_owned(),
+            device,
+            negotiated: mounted.negotiated(),
+            layout: crate::fs::layerfs::layout_digest(index),
+            layer: l.digest.clone(),
+            daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let fd = mounted
+            .fd()
+            .try_clone()
+            .map_err(|source| LayerError::Mount {
+                mountpoint: mountpoint.display().to_string(),
+                source: crate::fs::mount::MountError::Threads(source),
+            })?;
+        let name = MountRecord::name_for(id);
+        let kept = tokio::task::spawn_blocking(move || {
+            handoff.keep(&name, &record, std::os::fd::AsFd::as_fd(&fd))
+        })
+        .await;
+        match kept {
+            Ok(Ok(())) => Ok((mounted, true)),
+            Ok(Err(e)) => {
+                tracing::warn!(layer = %l.digest, error = %e, "FUSE connection not kept: running containers will lose this layer if the daemon restarts");
+                Ok((mounted, false))
+            }
+            Err(source) => Err(LayerError::Task {
+                what: "keep FUSE fd",
+                source,
+            }),
+        }
+    }
+
+    /// Adopts the live connection `held` if it is the one this layer's mount needs; else
+    /// releases it, detaches the dead or foreign mount and mounts afresh.
+    async fn adopt_or_remount(
+        &self,
+        id: u64,
+        mountpoint: &Path,
+        index: &LayerIndex,
+        l: &LayerLabels,
+        fs: LayerFs,
+        held: Held,
+    ) -> Result<(MountedLayerFs, bool), LayerError> {
+        let name = MountRecord::name_for(id);
+        match adoptable(&held, id, mountpoint, index) {
+            Ok(()) => {
+                let (mp, threads) = (mountpoint.to_owned(), self.settings.fuse.threads);
+                let negotiated = held.record.negotiated;
+                let adopted = tokio::task::spawn_blocking(move || {
+                    adopt(held.fd, fs, &mp, threads, negotiated)
+                })
+                .await
+                .map_err(|source| LayerError::Task {
+                    what: "adopt",
+                    source,
+                })?
+                .map_err(|source| LayerError::Mount {
+                    mountpoint: mountpoint.display().to_string(),
+                    source,
+                })?;
+                self.metrics.fuse_adopted.inc();
+                tracing::info!(snapshot = id, layer = %l.digest, mountpoint = %mountpoint.display(), resend = negotiated.can_resend(), "adopted the live FUSE connection; running containers keep their layer");
+                Ok((adopted, true))
+            }
+            Err(reason) => {
+                self.metrics
+                    .fuse_adoption_failures
+                    .with_label_values(&[reason])
+                    .inc();
+                tracing::warn!(snapshot = id, layer = %l.digest, reason, "cannot adopt the held FUSE connection; remounting (containers using the old mount lose it)");
+                drop(held);
+                let handoff = self.handoff.clone();
+                let mp = mountpoint.to_owned();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Some(h) = handoff {
+                        h.release(&name);
+                    }
+                    let _ = crate::snapshot::mountinfo::detach_all_under(&mp);
+                })
+                .await;
+                self.mount_fresh(id, mountpoint, index, l, fs).await
+            }
+        }
     }
 
     /// Unpacks the blob into `mountpoint` while it downloads (front to back), then checks the
@@ -281,25 +411,105 @@ impl LayerManager {
         })
     }
 
-    /// Re-mounts the lazy layers of committed snapshots after a restart. Failures are logged;
-    /// the snapshot then reports itself unavailable when a container wants it.
+    /// Re-mounts the lazy layers of committed snapshots after a restart, adopting the live
+    /// connections in `held` (by [`MountRecord::name_for`] the snapshot id) where they match.
+    /// Failures are logged; the snapshot then reports itself unavailable when a container
+    /// wants it. Held connections no layer claims are released.
     pub async fn restore(
         &self,
         layers: Vec<(String, u64, std::path::PathBuf, BTreeMap<String, String>)>,
+        mut held: BTreeMap<String, Held>,
     ) {
         for (name, id, mountpoint, labels) in layers {
-            if let Err(e) = std::fs::create_dir_all(&mountpoint) {
-                tracing::error!(snapshot = %name, error = %e, "cannot recreate mountpoint");
-                continue;
+            let h = held.remove(&MountRecord::name_for(id));
+            if h.is_none() {
+                if let Err(e) = std::fs::create_dir_all(&mountpoint) {
+                    tracing::error!(snapshot = %name, error = %e, "cannot recreate mountpoint");
+                    continue;
+                }
             }
-            match self.mount_layer(id, &mountpoint, &labels).await {
-                Ok(_) => tracing::info!(snapshot = %name, id, "lazy layer re-mounted"),
+            match self.mount_layer(id, &mountpoint, &labels, h).await {
+                Ok(_) => tracing::info!(snapshot = %name, id, "lazy layer restored"),
                 Err(e) => {
                     tracing::error!(snapshot = %name, id, error = %e, "cannot re-mount lazy layer")
                 }
             }
         }
+        for (name, h) in held {
+            tracing::warn!(name, mountpoint = %h.record.mountpoint.display(), "held FUSE connection belongs to no committed snapshot; released");
+            self.metrics
+                .fuse_adoption_failures
+                .with_label_values(&["no-snapshot"])
+                .inc();
+            if let Some(handoff) = &self.handoff {
+                handoff.release(&name);
+            }
+            let _ = crate::snapshot::mountinfo::detach_all_under(&h.record.mountpoint);
+        }
     }
+
+    /// Stops serving every lazy layer whose connection is held, without unmounting, so a
+    /// successor adopts them; requests being answered get `grace`.
+    pub async fn hand_over_all(&self, grace: Duration) {
+        let layers: Vec<Mounted> = {
+            let mut l = self.layers.lock().expect("not poisoned");
+            let ids: Vec<u64> = l
+                .iter()
+                .filter(|(_, m)| m.held)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter().filter_map(|id| l.remove(&id)).collect()
+        };
+        let mut waits = Vec::new();
+        for mut m in layers {
+            for t in &m.tasks {
+                t.abort();
+            }
+            if let Some(fs) = m.fs.take() {
+                waits.push(tokio::task::spawn_blocking(move || fs.hand_over(grace)));
+            }
+        }
+        let n = waits.len();
+        futures::future::join_all(waits).await;
+        if n > 0 {
+            tracing::info!(
+                layers = n,
+                "lazy layers handed over; their mounts stay for the next daemon"
+            );
+        }
+    }
+}
+
+/// Why `held` cannot be adopted for snapshot `id` at `mountpoint` with `index`, as a metric
+/// label; `Ok` when it can.
+fn adoptable(
+    held: &Held,
+    id: u64,
+    mountpoint: &Path,
+    index: &LayerIndex,
+) -> Result<(), &'static str> {
+    let r = &held.record;
+    if r.format != crate::handoff::RECORD_FORMAT {
+        return Err("format");
+    }
+    if r.snapshot != id || r.mountpoint != mountpoint {
+        return Err("mountpoint");
+    }
+    match crate::snapshot::mountinfo::mount_at(mountpoint) {
+        Ok(Some((device, fstype))) if device == r.device && fstype == "fuse.dragonfly" => {}
+        _ => return Err("not-mounted"),
+    }
+    if !crate::handoff::is_live_fuse(&held.fd) {
+        return Err("dead");
+    }
+    match crate::fs::session::negotiate(&r.negotiated.kernel) {
+        Ok(reply) if reply == r.negotiated.reply => {}
+        _ => return Err("negotiation"),
+    }
+    if crate::fs::layerfs::layout_digest(index) != r.layout {
+        return Err("layout");
+    }
+    Ok(())
 }
 
 impl RemoteLayers for LayerManager {
@@ -341,7 +551,7 @@ impl RemoteLayers for LayerManager {
         async move {
             let started = Instant::now();
             let res = self
-                .mount_layer(id, mountpoint, labels)
+                .mount_layer(id, mountpoint, labels, None)
                 .await
                 .map_err(SnapshotError::from);
             let result = if res.is_ok() { "ok" } else { "error" };
@@ -381,6 +591,10 @@ impl RemoteLayers for LayerManager {
             if let Some(mut m) = removed {
                 for t in &m.tasks {
                     t.abort();
+                }
+                if let (true, Some(h)) = (m.held, self.handoff.clone()) {
+                    let name = MountRecord::name_for(id);
+                    let _ = tokio::task::spawn_blocking(move || h.release(&name)).await;
                 }
                 if let Some(fs) = m.fs.take() {
                     tokio::task::spawn_blocking(move || fs.unmount())

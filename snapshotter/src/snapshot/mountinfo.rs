@@ -19,12 +19,33 @@ pub fn mounts_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The device (`major:minor`) and filesystem type of the topmost mount exactly at `point`.
+pub fn mount_at(point: &Path) -> std::io::Result<Option<(String, String)>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(text.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-")?;
+        let at = PathBuf::from(unescape(fields.get(4)?));
+        let fstype = fields.get(sep + 1)?;
+        let device = fields.get(2)?;
+        (at == point).then(|| (device.to_string(), fstype.to_string()))
+    }))
+}
+
 /// Detaches (lazily unmounts) every mount at or below `dir`, deepest first.
 pub fn detach_all_under(dir: &Path) -> std::io::Result<usize> {
+    detach_all_under_except(dir, &[])
+}
+
+/// Like [`detach_all_under`], but mounts exactly at one of `keep` stay.
+pub fn detach_all_under_except(dir: &Path, keep: &[PathBuf]) -> std::io::Result<usize> {
     let mut n = 0;
     // A mount may be stacked several times on one point; loop until nothing is left.
     for _ in 0..8 {
-        let mounts = mounts_under(dir)?;
+        let mounts: Vec<PathBuf> = mounts_under(dir)?
+            .into_iter()
+            .filter(|m| !keep.contains(m))
+            .collect();
         if mounts.is_empty() {
             break;
         }
@@ -72,6 +93,16 @@ mod tests {
         assert_eq!(unescape(r"/a\040b\134c"), r"/a b\c");
         assert_eq!(unescape(r"/plain"), "/plain");
         assert_eq!(unescape(r"/trailing\04"), r"/trailing\04");
+    }
+
+    #[test]
+    fn the_root_mount_has_a_device_and_type() {
+        let (dev, fstype) = mount_at(Path::new("/")).unwrap().expect("/ is mounted");
+        assert!(dev.contains(':'), "{dev}");
+        assert!(!fstype.is_empty());
+        assert!(mount_at(Path::new("/surely/not/a/mount"))
+            .unwrap()
+            .is_none());
     }
 
     #[test]

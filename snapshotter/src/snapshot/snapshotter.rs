@@ -77,15 +77,17 @@ fn is_remote(labels: &BTreeMap<String, String>) -> bool {
 
 impl Snapshotter {
     /// Opens the snapshotter rooted at `root` (`<root>/snapshots`, metadata at `meta_path`).
-    /// Stale mounts left by a previous process under `root` are detached.
+    /// Stale mounts left by a previous process under `root` are detached, except those at
+    /// `keep` (live lazy mounts about to be adopted).
     pub async fn open(
         root: &Path,
         meta_path: &Path,
         remote: Option<Arc<dyn RemoteLayers>>,
+        keep: &[PathBuf],
     ) -> Result<Snapshotter, SnapshotError> {
         std::fs::create_dir_all(root)
             .map_err(|e| SnapshotError::io(format!("cannot create {}", root.display()), e))?;
-        let detached = mountinfo::detach_all_under(root).map_err(|e| {
+        let detached = mountinfo::detach_all_under_except(root, keep).map_err(|e| {
             SnapshotError::io("cannot read /proc/self/mountinfo to clear stale mounts", e)
         })?;
         if detached > 0 {
