@@ -2,13 +2,19 @@
 //! else `<target dir>/debug/dragonfly-snapshotter`) with its own root, socket, config and log;
 //! it can be killed with SIGKILL and restarted on the same root, as after a crash.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use crate::procs::{unmount_under, wait_until, Proc};
+
+/// Builds the command that starts the daemon from its binary and arguments (e.g. a service
+/// manager's wrapper, see [`crate::fdstore`]).
+pub type Launcher = Arc<dyn Fn(&Path, &[OsString]) -> Command + Send + Sync>;
 
 /// A running daemon.
 pub struct Daemon {
@@ -17,6 +23,7 @@ pub struct Daemon {
     /// The socket containerd connects to.
     pub socket: PathBuf,
     proc: Option<Proc>,
+    launcher: Option<Launcher>,
 }
 
 fn binary() -> Result<PathBuf> {
@@ -70,16 +77,48 @@ impl Daemon {
             dir: dir.to_owned(),
             socket,
             proc: None,
+            launcher: None,
         };
         d.spawn()?;
         Ok(d)
     }
 
-    fn spawn(&mut self) -> Result<()> {
+    /// Starts later daemons of this one with `launcher`.
+    pub fn set_launcher(&mut self, launcher: Launcher) {
+        self.launcher = Some(launcher);
+    }
+
+    /// Starts the process without waiting for it to serve.
+    pub fn spawn_no_wait(&mut self) -> Result<()> {
         let _ = std::fs::remove_file(&self.socket);
-        let mut cmd = Command::new(binary()?);
-        cmd.arg("--config").arg(self.dir.join("config.yaml"));
-        let mut proc = Proc::spawn("dragonfly-snapshotter", cmd, &self.dir.join("daemon.log"))?;
+        let args = [
+            OsString::from("--config"),
+            self.dir.join("config.yaml").into(),
+        ];
+        let cmd = match &self.launcher {
+            Some(l) => l(&binary()?, &args),
+            None => {
+                let mut c = Command::new(binary()?);
+                c.args(&args);
+                c
+            }
+        };
+        self.proc = Some(Proc::spawn(
+            "dragonfly-snapshotter",
+            cmd,
+            &self.dir.join("daemon.log"),
+        )?);
+        Ok(())
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        self.spawn_no_wait()?;
+        self.wait_ready()
+    }
+
+    /// Waits until the started process serves its socket.
+    pub fn wait_ready(&mut self) -> Result<()> {
+        let mut proc = self.proc.take().context("the daemon is not running")?;
         let sock = self.socket.clone();
         let ready = wait_until("dragonfly-snapshotter", Duration::from_secs(30), || {
             std::os::unix::net::UnixStream::connect(&sock).is_ok()
@@ -99,12 +138,21 @@ impl Daemon {
         }
     }
 
-    /// Starts the daemon again on the same root.
+    /// Starts the daemon again on the same root (after a SIGKILL, or after SIGTERM and
+    /// exit when it still runs).
     pub fn restart(&mut self) -> Result<()> {
         if let Some(mut p) = self.proc.take() {
             p.stop(Duration::from_secs(10));
         }
         self.spawn()
+    }
+
+    /// The pid of the fd holder the daemon started, if one runs (its pid file sits beside
+    /// its socket in `<root>/handoff/`).
+    pub fn holder_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir.join("root/handoff/holder.pid")).ok()?;
+        let pid: u32 = text.trim().parse().ok()?;
+        crate::procs::pid_alive(pid).then_some(pid)
     }
 
     /// The daemon's pid, while running.
@@ -130,6 +178,17 @@ impl Drop for Daemon {
         if let Some(mut p) = self.proc.take() {
             p.stop(Duration::from_secs(10));
         }
+        // A stopped daemon leaves its lazy mounts to its successor: tear them down, and the
+        // holder that kept them open.
         unmount_under(&self.dir);
+        if let Some(pid) = self.holder_pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = wait_until("fd holder exit", Duration::from_secs(5), || {
+                !crate::procs::pid_alive(pid)
+            });
+        }
     }
 }

@@ -41,6 +41,11 @@ pub const LARGE_HUGE_LEN: usize = 40 << 20;
 /// Seed of `/data/huge.bin` in the `large` fixture.
 pub const LARGE_HUGE_SEED: u64 = 7;
 
+/// Size of `/data/restart.bin` in the `restart` fixture.
+pub const RESTART_LEN: usize = 512 << 20;
+/// Seed of `/data/restart.bin` in the `restart` fixture.
+pub const RESTART_SEED: u64 = 11;
+
 /// Hex sha256 of `/data/huge.bin` in the `large` fixture (what `sha256sum` in a container of
 /// it prints).
 pub fn large_huge_sha256() -> String {
@@ -97,6 +102,12 @@ pub fn kinds() -> Result<BuiltImage> {
 /// The `large` fixture (built on first use, then cached).
 pub fn large() -> Result<BuiltImage> {
     cached("large", build_large)
+}
+
+/// The `restart` fixture: busybox and a 512 MiB random `/data/restart.bin` (built on first
+/// use, then cached).
+pub fn restart() -> Result<BuiltImage> {
+    cached("restart", build_restart)
 }
 
 /// Returns the cached layout of fixture `name`, building it with `build` when missing.
@@ -369,6 +380,19 @@ fn build_large(layout: &Path) -> Result<()> {
     Ok(())
 }
 
+fn build_restart(layout: &Path) -> Result<()> {
+    let big = vec![
+        Entry::dir("data", 0o755),
+        Entry::file(
+            "data/restart.bin",
+            random_bytes(RESTART_LEN, RESTART_SEED),
+            0o644,
+        ),
+    ];
+    build_image(layout, &[busybox_entries()?, big], &["/bin/sh"])?;
+    Ok(())
+}
+
 /// Unpacks `image` with `umoci unpack` into `bundle` (which must not exist) and returns its
 /// root filesystem: an independent unpacker to check containerd's against.
 pub fn umoci_unpack(image: &BuiltImage, bundle: &Path) -> Result<PathBuf> {
@@ -453,20 +477,7 @@ pub fn publish(
         &p.zstdchunked,
     ])?;
     for r in [&p.estargz, &p.zstdchunked] {
-        // `ctr image push` to docker-registry now and then fails with "unexpected EOF" on a
-        // loaded machine; a push is idempotent, so try again before giving up.
-        let mut attempt = 0;
-        loop {
-            match containerd.ctr(&["image", "push", "--plain-http", r, r]) {
-                Ok(_) => break,
-                Err(e) if attempt < 2 => {
-                    attempt += 1;
-                    eprintln!("push of {r} failed ({e:#}); retrying");
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        push_retrying(containerd, r)?;
     }
     // Forget the images and (garbage collection done synchronously) their content: later
     // pulls must go to the registry.
@@ -474,6 +485,44 @@ pub fn publish(
         containerd.ctr(&["image", "rm", "--sync", r])?;
     }
     Ok(p)
+}
+
+/// Pushes `image` as `REPO:gzip`, converts it to `REPO:estargz` only (big fixtures: one
+/// conversion instead of two) and pushes that; returns the eStargz reference. As with
+/// [`publish`], containerd forgets both afterwards.
+pub fn publish_estargz(
+    containerd: &Containerd,
+    registry: &str,
+    repo: &str,
+    image: &BuiltImage,
+) -> Result<String> {
+    let gzip = format!("{registry}/{repo}:gzip");
+    let estargz = format!("{registry}/{repo}:estargz");
+    push(image, &gzip)?;
+    containerd.ctr(&["image", "pull", "--plain-http", &gzip])?;
+    containerd.ctr_remote(&["image", "convert", "--oci", "--estargz", &gzip, &estargz])?;
+    push_retrying(containerd, &estargz)?;
+    for r in [&estargz, &gzip] {
+        containerd.ctr(&["image", "rm", "--sync", r])?;
+    }
+    Ok(estargz)
+}
+
+/// `ctr image push` to docker-registry now and then fails with "unexpected EOF" on a loaded
+/// machine; a push is idempotent, so it is tried again before giving up.
+fn push_retrying(containerd: &Containerd, r: &str) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        match containerd.ctr(&["image", "push", "--plain-http", r, r]) {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt < 2 => {
+                attempt += 1;
+                eprintln!("push of {r} failed ({e:#}); retrying");
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The manifest of `reference` (plain-HTTP registry), fetched with `skopeo inspect --raw`.

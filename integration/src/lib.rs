@@ -23,6 +23,7 @@ pub mod bed;
 pub mod containerd;
 pub mod cri;
 pub mod daemon;
+pub mod fdstore;
 pub mod fixtures;
 pub mod hostile;
 pub mod manager;

@@ -160,6 +160,8 @@ impl Handler for LayerFs {
 
     fn resent(&self) {
         self.metrics.fuse_resent.inc();
+        // Rare (only right after a restart) and worth seeing.
+        tracing::info!("answering a request the previous daemon had read but not answered (resent by the kernel)");
     }
 }
 

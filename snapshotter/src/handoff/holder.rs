@@ -245,12 +245,19 @@ pub fn serve(socket: &Path) -> std::io::Result<()> {
     }
     let listener = listen(socket)?;
     let inode = std::fs::metadata(socket)?.ino();
+    // Beside the socket, for operators and test beds that must find us.
+    let pid_file = socket.with_extension("pid");
+    std::fs::write(&pid_file, format!("{}\n", std::process::id()))?;
     let mut held: BTreeMap<String, OwnedFd> = BTreeMap::new();
     let mut last_activity = Instant::now();
     loop {
         let gone = std::fs::metadata(socket).map_or(true, |m| m.ino() != inode);
         if gone || (held.is_empty() && last_activity.elapsed() > IDLE_EXIT) {
             tracing::info!(held = held.len(), socket_gone = gone, "fd holder exiting");
+            if !gone {
+                let _ = std::fs::remove_file(socket);
+                let _ = std::fs::remove_file(&pid_file);
+            }
             return Ok(());
         }
         let names: Vec<String> = held.keys().cloned().collect();

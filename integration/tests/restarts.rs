@@ -1,0 +1,320 @@
+//! Running containers keep reading their lazy layers while the daemon crashes, restarts and
+//! is upgraded: real containerd and runc, a 512 MiB file of an eStargz layer read in 1 MiB
+//! steps through a throttled registry while the daemon is killed with SIGKILL (once, twice
+//! within a second, during adoption) and stopped with SIGTERM then started (an upgrade). The
+//! readers must finish with the right sha256, never stall 30 s, the FUSE mounts must stay the
+//! same mounts (same mount ids: adopted, not remounted), and new containers must start.
+//! Once with the fd holder keeping the connections, once with a harness playing systemd's fd
+//! store on `$NOTIFY_SOCKET`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dragonfly_integration::daemon::Daemon;
+use dragonfly_integration::fdstore::FakeSystemd;
+use dragonfly_integration::fixtures::{self, RESTART_LEN, RESTART_SEED};
+use dragonfly_integration::throttle::Throttle;
+use dragonfly_integration::TestBed;
+
+/// Registry egress: 512 MiB take about 32 s, long enough for four disruptions.
+const RATE: u64 = 16 << 20;
+/// The file every reader reads a slice of, as seen inside the container.
+const FILE: &str = "/data/restart.bin";
+/// Longest a reader may go without progress.
+const MAX_STALL: Duration = Duration::from_secs(30);
+
+/// The tests read the same file name, and the progress monitor tells readers apart only by
+/// it: one test at a time, across processes (nextest runs each test in its own).
+fn serial() -> nix::fcntl::Flock<std::fs::File> {
+    let f = std::fs::File::create("/var/tmp/dfly-restart-tests.lock").unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap()
+}
+
+/// Read offsets of every process reading [`FILE`], sampled from `/proc/PID/fdinfo`.
+#[derive(Default)]
+struct Progress {
+    /// pid → (first offset seen, last offset, when it last moved).
+    readers: BTreeMap<u32, (u64, u64, Instant)>,
+    longest_stall: Duration,
+}
+
+impl Progress {
+    fn read_bytes(&self) -> u64 {
+        self.readers
+            .values()
+            .map(|(first, last, _)| last - first)
+            .sum()
+    }
+
+    fn sample(&mut self) {
+        let now = Instant::now();
+        let mut alive = Vec::new();
+        for (pid, pos) in positions() {
+            alive.push(pid);
+            let e = self.readers.entry(pid).or_insert((pos, pos, now));
+            if pos != e.1 {
+                e.1 = pos;
+                e.2 = now;
+            }
+        }
+        for (pid, (_, _, moved)) in &self.readers {
+            if alive.contains(pid) {
+                self.longest_stall = self.longest_stall.max(now - *moved);
+            }
+        }
+    }
+}
+
+/// (pid, offset) of each open file description of [`FILE`] in any process.
+fn positions() -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or(true, |c| c.trim() != "dd") {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|t| t == std::path::Path::new(FILE)) {
+                let info = std::fs::read_to_string(format!(
+                    "/proc/{pid}/fdinfo/{}",
+                    fd.file_name().to_string_lossy()
+                ))
+                .unwrap_or_default();
+                if let Some(pos) = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("pos:"))
+                    .and_then(|v| v.trim().parse().ok())
+                {
+                    out.push((pid, pos));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Mount id and mount point of every lazy layer mount under `dir`.
+fn fuse_mounts(dir: &std::path::Path) -> Vec<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut out: Vec<(String, String)> = info
+        .lines()
+        .filter(|l| l.contains(" - fuse.dragonfly "))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let point = f.get(4)?.to_string();
+            point
+                .starts_with(&*dir.to_string_lossy())
+                .then(|| (f[0].to_owned(), point))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A shell script for busybox: `readers` dd processes, each reading its slice of [`FILE`]
+/// in 1 MiB steps into sha256sum; prints `INDEX HASH` lines.
+fn script(readers: usize) -> String {
+    let slice_mib = (RESTART_LEN >> 20) / readers;
+    format!(
+        "i=0; while [ $i -lt {readers} ]; do \
+         (h=$(dd if={FILE} bs=1M skip=$((i*{slice_mib})) count={slice_mib} 2>/dev/null | sha256sum); echo \"$i $h\") & \
+         i=$((i+1)); done; wait"
+    )
+}
+
+fn expected_hashes(readers: usize) -> Vec<String> {
+    let data = fixtures::random_bytes(RESTART_LEN, RESTART_SEED);
+    data.chunks(RESTART_LEN / readers)
+        .map(fixtures::sha256_hex)
+        .collect()
+}
+
+/// How many times the daemon's log says `what`.
+fn count(d: &Daemon, what: &str) -> usize {
+    d.log().matches(what).count()
+}
+
+const HELD: &str = "live FUSE connections held from a previous daemon";
+
+/// The four disruptions, each once the readers got past its fraction of the file.
+fn disrupt(d: &mut Daemon, step: usize) {
+    let started = Instant::now();
+    match step {
+        // A crash.
+        0 => {
+            d.kill9();
+            d.restart().expect("restart after SIGKILL");
+        }
+        // Two crashes within a second.
+        1 => {
+            d.kill9();
+            d.restart().expect("restart after the first SIGKILL");
+            d.kill9();
+            d.restart().expect("restart after the second SIGKILL");
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "two restarts took {:?}",
+                started.elapsed()
+            );
+        }
+        // A crash while the new daemon adopts the connections.
+        2 => {
+            let before = count(d, HELD);
+            d.kill9();
+            d.spawn_no_wait().expect("spawn");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while count(d, HELD) == before {
+                assert!(
+                    Instant::now() < deadline,
+                    "no adoption started\n{}",
+                    d.log_tail(60)
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            d.kill9();
+            d.restart().expect("restart after a kill during adoption");
+        }
+        // An upgrade: SIGTERM, exit, start.
+        _ => d.restart().expect("restart after SIGTERM"),
+    }
+    eprintln!("disruption {step} done in {:?}", started.elapsed());
+}
+
+fn survive(readers: usize, systemd: bool) {
+    let _serial = serial();
+    let mut bed = TestBed::start("prefetch: {background: false, landmark: false}").expect("bed");
+    let fake = systemd.then(|| {
+        let f = FakeSystemd::start(&bed.path().join("systemd")).expect("fake systemd");
+        bed.daemon.set_launcher(f.launcher());
+        bed.daemon.restart().expect("daemon under the fake systemd");
+        f
+    });
+    let img = fixtures::restart().expect("fixture");
+    let published = fixtures::publish_estargz(&bed.containerd, &bed.registry.addr, "restart", &img)
+        .expect("publish");
+    let slow = Throttle::start(&bed.registry.addr, RATE).expect("throttle");
+    let image = published.replace(&bed.registry.addr, &slow.addr);
+    bed.containerd.rpull(&image).expect("rpull");
+    let want = expected_hashes(readers);
+
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let done = Arc::new(AtomicBool::new(false));
+    let monitor = {
+        let (p, d) = (progress.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !d.load(Ordering::Acquire) {
+                p.lock().unwrap().sample();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let total = RESTART_LEN as u64;
+    let mut mounts_before = Vec::new();
+    let mut step = 0;
+    let TestBed {
+        containerd, daemon, ..
+    } = &mut bed;
+    let script = script(readers);
+    let (ok, out) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            containerd.run_once("dragonfly", &image, "readers", &["/bin/sh", "-c", &script])
+        });
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !reader.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "readers did not finish\n{}",
+                daemon.log_tail(60)
+            );
+            let read = progress.lock().unwrap().read_bytes();
+            if mounts_before.is_empty() && read > 0 {
+                mounts_before = fuse_mounts(&daemon.dir);
+            }
+            if step < 4 && read * 5 >= total * (step as u64 + 1) {
+                eprintln!("{} MiB read: disruption {step}", read >> 20);
+                disrupt(daemon, step);
+                step += 1;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        reader.join().unwrap()
+    });
+    done.store(true, Ordering::Release);
+    monitor.join().unwrap();
+    assert!(ok, "readers failed: {out}\n{}", bed.logs());
+    assert_eq!(step, 4, "not every disruption happened (output: {out})");
+    let mut got: Vec<(usize, String)> = out
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.parse().ok()?, f.next()?.to_owned()))
+        })
+        .collect();
+    got.sort();
+    let got: Vec<String> = got.into_iter().map(|(_, h)| h).collect();
+    assert_eq!(got, want, "sha256 of each slice\n{}", bed.logs());
+    let stall = progress.lock().unwrap().longest_stall;
+    assert!(stall < MAX_STALL, "a reader was blocked for {stall:?}");
+    assert!(!mounts_before.is_empty(), "no FUSE mount seen");
+    assert_eq!(
+        fuse_mounts(&bed.daemon.dir),
+        mounts_before,
+        "the lazy mounts were replaced (remounted) instead of adopted\n{}",
+        bed.logs()
+    );
+    let adopted = count(&bed.daemon, "adopted the live FUSE connection");
+    assert!(
+        adopted >= 5 * mounts_before.len(),
+        "adoptions logged: {adopted}"
+    );
+    assert_eq!(count(&bed.daemon, "cannot adopt"), 0, "{}", bed.logs());
+    let (ok, out) = bed.containerd.run_once(
+        "dragonfly",
+        &image,
+        "after",
+        &["/bin/sh", "-c", "head -c 16 /data/restart.bin | wc -c"],
+    );
+    assert!(
+        ok && out.trim() == "16",
+        "a new container after the restarts: {out}"
+    );
+    if let Some(f) = &fake {
+        assert!(
+            f.stored().len() >= mounts_before.len(),
+            "systemd's store holds {:?}",
+            f.stored()
+        );
+        assert!(f.messages().iter().any(|m| m.contains("READY=1")));
+    }
+    eprintln!(
+        "{readers} readers, {}: longest stall {stall:?}, {} adoptions",
+        if systemd {
+            "systemd fd store"
+        } else {
+            "fd holder"
+        },
+        adopted
+    );
+}
+
+#[test]
+fn one_reader_survives_crashes_and_an_upgrade_with_the_fd_holder() {
+    survive(1, false);
+}
+
+#[test]
+fn sixteen_readers_survive_crashes_and_an_upgrade_with_systemds_fd_store() {
+    survive(16, true);
+}
