@@ -147,6 +147,13 @@ impl Daemon {
         self.spawn()
     }
 
+    /// SIGTERM, and waits for the exit (up to 10 s, then SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop(Duration::from_secs(10));
+        }
+    }
+
     /// The pid of the fd holder the daemon started, if one runs (its pid file sits beside
     /// its socket in `<root>/handoff/`).
     pub fn holder_pid(&self) -> Option<u32> {

@@ -105,10 +105,29 @@ fn positions() -> Vec<(u32, u64)> {
     out
 }
 
-/// Mount id and mount point of every lazy layer mount under `dir`.
-fn fuse_mounts(dir: &std::path::Path) -> Vec<(String, String)> {
+/// The never-reused 64-bit id of the mount at `point` (mountinfo's ids are reused at once),
+/// from cached attributes only, so no FUSE request is needed.
+fn unique_mount_id(point: &str) -> u64 {
+    let c = std::ffi::CString::new(point).unwrap();
+    // SAFETY: a valid C string and a zeroed statx buffer the kernel fills.
+    unsafe {
+        let mut st: libc::statx = std::mem::zeroed();
+        let r = libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_STATX_DONT_SYNC | libc::AT_NO_AUTOMOUNT,
+            libc::STATX_MNT_ID_UNIQUE,
+            &mut st,
+        );
+        assert_eq!(r, 0, "statx {point}: {}", std::io::Error::last_os_error());
+        st.stx_mnt_id
+    }
+}
+
+/// Unique mount id and mount point of every lazy layer mount under `dir`.
+fn fuse_mounts(dir: &std::path::Path) -> Vec<(u64, String)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mut out: Vec<(String, String)> = info
+    let mut out: Vec<(u64, String)> = info
         .lines()
         .filter(|l| l.contains(" - fuse.dragonfly "))
         .filter_map(|l| {
@@ -116,7 +135,7 @@ fn fuse_mounts(dir: &std::path::Path) -> Vec<(String, String)> {
             let point = f.get(4)?.to_string();
             point
                 .starts_with(&*dir.to_string_lossy())
-                .then(|| (f[0].to_owned(), point))
+                .then(|| (unique_mount_id(&point), point))
         })
         .collect();
     out.sort();
@@ -317,4 +336,91 @@ fn one_reader_survives_crashes_and_an_upgrade_with_the_fd_holder() {
 #[test]
 fn sixteen_readers_survive_crashes_and_an_upgrade_with_systemds_fd_store() {
     survive(16, true);
+}
+
+/// A held connection that does not match its record (here: a record of another format, as
+/// after an upgrade that changed node numbering) is not adopted: the layer is mounted afresh
+/// and works. Then `unmount-all` is the one way to tear the kept mounts down.
+#[test]
+fn a_mismatched_record_is_remounted_and_unmount_all_tears_everything_down() {
+    let mut bed = TestBed::start("prefetch: {background: false}").expect("bed");
+    let img = fixtures::kinds().expect("fixture");
+    let p = fixtures::publish(&bed.containerd, &bed.registry.addr, "kinds", &img, &[])
+        .expect("publish");
+    bed.containerd.rpull(&p.estargz).expect("rpull");
+    let passwd = |root: &std::path::Path| std::fs::read(root.join("etc/passwd")).unwrap();
+    {
+        let m = bed
+            .containerd
+            .mount_image("dragonfly", &p.estargz)
+            .expect("mount");
+        assert_eq!(passwd(m.path()), b"root:x:0:0:root:/root:/bin/sh\n");
+    }
+    let before = fuse_mounts(&bed.daemon.dir);
+    assert!(!before.is_empty());
+    bed.daemon.kill9();
+    let records = bed.daemon.dir.join("root/handoff");
+    let mut tampered = 0;
+    for e in std::fs::read_dir(&records).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "json") {
+            let text = std::fs::read_to_string(e.path()).unwrap();
+            std::fs::write(e.path(), text.replace("\"format\": 1,", "\"format\": 999,")).unwrap();
+            tampered += 1;
+        }
+    }
+    assert_eq!(tampered, before.len(), "one record per lazy mount");
+    bed.daemon.restart().expect("restart");
+    let after = fuse_mounts(&bed.daemon.dir);
+    assert_eq!(after.len(), before.len(), "{}", bed.logs());
+    assert!(
+        after.iter().all(|m| !before.contains(m)),
+        "mismatched connections must be replaced: {before:?} → {after:?}"
+    );
+    assert!(
+        bed.daemon.log().contains("reason=\"format\"")
+            || bed.daemon.log().contains("reason=format"),
+        "{}",
+        bed.logs()
+    );
+    {
+        // containerd reconnects to the restarted daemon with back-off.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let m = loop {
+            match bed.containerd.mount_image("dragonfly", &p.estargz) {
+                Ok(m) => break m,
+                Err(e) if format!("{e:#}").contains("navailable") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(500))
+                }
+                Err(e) => panic!("mount after the remount: {e:#}"),
+            }
+        };
+        assert_eq!(passwd(m.path()), b"root:x:0:0:root:/root:/bin/sh\n");
+    }
+    // The daemon stops, leaving its mounts for a successor; unmount-all takes them down.
+    bed.daemon.stop();
+    assert_eq!(
+        fuse_mounts(&bed.daemon.dir).len(),
+        before.len(),
+        "SIGTERM keeps the mounts"
+    );
+    let bin = dragonfly_integration::procs::built_binary(
+        "DRAGONFLY_SNAPSHOTTER_BIN",
+        "dragonfly-snapshotter",
+    )
+    .unwrap();
+    let out = dragonfly_integration::procs::run(
+        std::process::Command::new(bin)
+            .arg("--config")
+            .arg(bed.daemon.dir.join("config.yaml"))
+            .arg("unmount-all"),
+    )
+    .expect("unmount-all");
+    assert!(out.contains("detached"), "{out}");
+    assert!(fuse_mounts(&bed.daemon.dir).is_empty(), "{out}");
+    let left: Vec<_> = std::fs::read_dir(&records)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert!(left.is_empty(), "records left: {left:?}");
 }
