@@ -43,9 +43,13 @@ enum Command {
     /// Runs the fd holder on `socket` (started by the daemon when it is not run by systemd;
     /// keeps lazy mounts' FUSE connections open while the daemon restarts).
     FdHolder {
-        /// The holder's socket.
+        /// The holder's socket (`<root>/handoff/holder.sock` is where the daemon looks).
         #[arg(long)]
         socket: PathBuf,
+        /// Keep running with nothing held (as a container of its own, e.g. a pod's sidecar);
+        /// by default it exits after a while with nothing held.
+        #[arg(long)]
+        stay: bool,
     },
 }
 
@@ -175,9 +179,9 @@ fn main() -> anyhow::Result<()> {
     match args.command {
         Some(Command::Setup(s)) => return setup(s, config.address),
         Some(Command::UnmountAll) => return unmount_all(&config),
-        Some(Command::FdHolder { socket }) => {
+        Some(Command::FdHolder { socket, stay }) => {
             dragonfly_runtime::log::init(&config.log)?;
-            return dragonfly_snapshotter::handoff::holder::serve(&socket)
+            return dragonfly_snapshotter::handoff::holder::serve(&socket, stay)
                 .with_context(|| format!("fd holder on {}", socket.display()));
         }
         None => {}

@@ -232,9 +232,9 @@ pub fn ensure_running(socket: &Path, log: &Path) -> Result<HolderClient, HolderE
     ))
 }
 
-/// Runs the holder on `socket` until it has been idle with nothing held for a while, or its
-/// socket file is gone. Blocking.
-pub fn serve(socket: &Path) -> std::io::Result<()> {
+/// Runs the holder on `socket` until its socket file is gone or, unless `stay`, it has been
+/// idle with nothing held for a while. Blocking.
+pub fn serve(socket: &Path, stay: bool) -> std::io::Result<()> {
     // Not "dragonfly-snaps…": a `pkill dragonfly-snapshotter` must not take the mounts along.
     let _ = nix::sys::prctl::set_name(c"dfly-fd-holder");
     for s in [nix::sys::signal::SIGINT, nix::sys::signal::SIGHUP] {
@@ -252,7 +252,7 @@ pub fn serve(socket: &Path) -> std::io::Result<()> {
     let mut last_activity = Instant::now();
     loop {
         let gone = std::fs::metadata(socket).map_or(true, |m| m.ino() != inode);
-        if gone || (held.is_empty() && last_activity.elapsed() > IDLE_EXIT) {
+        if gone || (!stay && held.is_empty() && last_activity.elapsed() > IDLE_EXIT) {
             tracing::info!(held = held.len(), socket_gone = gone, "fd holder exiting");
             if !gone {
                 let _ = std::fs::remove_file(socket);
@@ -378,7 +378,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("holder.sock");
         let s = sock.clone();
-        let server = std::thread::spawn(move || serve(&s));
+        let server = std::thread::spawn(move || serve(&s, false));
         let client = HolderClient::new(&sock);
         let deadline = Instant::now() + Duration::from_secs(5);
         while !client.alive() {

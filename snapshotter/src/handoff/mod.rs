@@ -74,6 +74,9 @@ impl Handoff {
                 log: dir.join("holder.log"),
             },
         };
+        if !matches!(keeper, Keeper::Off) {
+            warn_request_timeouts();
+        }
         let held = match &keeper {
             Keeper::Systemd => listen_fds(),
             Keeper::Holder { client, .. } if client.alive() => client.get()?,
@@ -168,6 +171,21 @@ impl Handoff {
     pub fn stopping(&self) {
         if matches!(self.keeper, Keeper::Systemd) {
             let _ = sd_notify::notify(&[NotifyState::Stopping]);
+        }
+    }
+}
+
+/// Kernels with FUSE request timeouts abort a whole connection whose request waits longer
+/// than the timeout, restarts included: say so when one is set.
+fn warn_request_timeouts() {
+    for knob in ["default_request_timeout", "max_request_timeout"] {
+        let path = format!("/proc/sys/fs/fuse/{knob}");
+        let secs: u64 = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if secs > 0 {
+            tracing::warn!(knob = %path, secs, "FUSE requests time out: a daemon restart longer than this aborts running containers' lazy layers; raise it or set it to 0");
         }
     }
 }
