@@ -1,6 +1,6 @@
 //! The daemon's module layering (DESIGN.md "Layout"): data flows containerd → snapshot →
 //! layer → fs → storage → the swarm (p2p) or the task's origin, and no module imports one
-//! above it. Read from the source: every `crate::<module>` a top-level module's non-test code
+//! above it; `handoff` (keeping FUSE connections across restarts) sits between layer and fs. Read from the source: every `crate::<module>` a top-level module's non-test code
 //! names must be allowed below, and the graph has no cycle. `layer` and `p2p` meet only
 //! through `dragonfly-task` (`TaskOpener`), never each other.
 
@@ -14,12 +14,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("metrics", &[]),
     ("snapshot", &["metrics"]),
     ("fs", &["metrics", "config"]),
-    ("layer", &["snapshot", "fs", "metrics", "config"]),
+    ("handoff", &["fs", "snapshot", "config"]),
+    ("layer", &["snapshot", "handoff", "fs", "metrics", "config"]),
     ("p2p", &["metrics", "config"]),
     ("api", &["p2p", "metrics", "config"]),
     (
         "daemon",
-        &["api", "config", "layer", "metrics", "p2p", "snapshot"],
+        &[
+            "api", "config", "handoff", "layer", "metrics", "p2p", "snapshot",
+        ],
     ),
 ];
 

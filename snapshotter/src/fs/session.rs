@@ -1,7 +1,7 @@
 //! One FUSE connection: the INIT handshake, the request loop threads and replies.
 //!
 //! The `/dev/fuse` file description is opened non-blocking and shared with whoever holds it
-//! across a restart (see [`crate::handoff`]): the reader threads poll it together with a stop
+//! across a restart (the daemon's handoff module): the reader threads poll it together with a stop
 //! pipe, so a session can end without closing the connection, and a successor adopts the same
 //! description without a new INIT. Requests are read only from that shared description (never
 //! from per-process clones), so the requests a dead process had read but not answered stay

@@ -6,7 +6,7 @@
 //! itself: systemd's file descriptor store (`FDSTORE=1` on `$NOTIFY_SOCKET`, back as
 //! `LISTEN_FDS` on the next start) or the [`holder`] process. A new daemon takes the held fds
 //! back, checks each against its record and the mount table, and adopts it (see
-//! [`crate::layer::LayerManager::restore`]); running containers see a pause.
+//! the layer manager's `restore`); running containers see a pause.
 
 pub mod holder;
 pub mod record;
