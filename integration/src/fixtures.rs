@@ -508,6 +508,47 @@ pub fn publish_estargz(
     Ok(estargz)
 }
 
+/// The `restart` fixture as `REPO:estargz` in `registry`. Converting 512 MiB takes minutes,
+/// so the first call keeps a copy of the registry's storage after publishing
+/// (`/var/tmp/dfly-fixtures/restart-published-KEY`), and later calls copy it into the
+/// registry's (empty) storage instead: the storage holds no addresses.
+pub fn publish_restart(
+    containerd: &Containerd,
+    registry: &crate::registry::Registry,
+    repo: &str,
+) -> Result<String> {
+    let base = Path::new("/var/tmp/dfly-fixtures");
+    std::fs::create_dir_all(base)?;
+    let lock = std::fs::File::create(base.join("restart-published.lock"))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .context("lock the published fixture cache")?;
+    let cache = base.join(format!("restart-published-{repo}-{}", cache_key()?));
+    let estargz = format!("{}/{repo}:estargz", registry.addr);
+    if cache.join("complete").exists() {
+        copy_tree(&cache.join("data"), &registry.data)?;
+        return Ok(estargz);
+    }
+    let published = publish_estargz(containerd, &registry.addr, repo, &restart()?)?;
+    let tmp = cache.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    copy_tree(&registry.data, &tmp.join("data"))?;
+    let _ = std::fs::remove_dir_all(&cache);
+    std::fs::rename(&tmp, &cache)?;
+    std::fs::write(cache.join("complete"), b"")?;
+    Ok(published)
+}
+
+/// `cp -a SRC/. DST/` (DST created).
+fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst)?;
+    let mut from = src.as_os_str().to_owned();
+    from.push("/.");
+    run(Command::new("cp").arg("-a").arg(from).arg(dst))?;
+    Ok(())
+}
+
 /// `ctr image push` to docker-registry now and then fails with "unexpected EOF" on a loaded
 /// machine; a push is idempotent, so it is tried again before giving up.
 fn push_retrying(containerd: &Containerd, r: &str) -> Result<()> {

@@ -220,12 +220,17 @@ fn survive(readers: usize, systemd: bool) {
         bed.daemon.restart().expect("daemon under the fake systemd");
         f
     });
-    let img = fixtures::restart().expect("fixture");
-    let published = fixtures::publish_estargz(&bed.containerd, &bed.registry.addr, "restart", &img)
-        .expect("publish");
+    let published =
+        fixtures::publish_restart(&bed.containerd, &bed.registry, "restart").expect("publish");
     let slow = Throttle::start(&bed.registry.addr, RATE).expect("throttle");
     let image = published.replace(&bed.registry.addr, &slow.addr);
-    bed.containerd.rpull(&image).expect("rpull");
+    // containerd reconnects to a restarted daemon with back-off.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = bed.containerd.rpull(&image) {
+        let retry = format!("{e:#}").contains("navailable") && Instant::now() < deadline;
+        assert!(retry, "rpull: {e:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let want = expected_hashes(readers);
 
     let progress = Arc::new(Mutex::new(Progress::default()));
@@ -293,6 +298,12 @@ fn survive(readers: usize, systemd: bool) {
         "the lazy mounts were replaced (remounted) instead of adopted\n{}",
         bed.logs()
     );
+    // Readers were waiting on requests the killed daemons had read: the kernel resent them.
+    let resent = count(
+        &bed.daemon,
+        "answering a request the previous daemon had read",
+    );
+    assert!(resent > 0, "no request was resent\n{}", bed.logs());
     let adopted = count(&bed.daemon, "adopted the live FUSE connection");
     assert!(
         adopted >= 5 * mounts_before.len(),
@@ -317,15 +328,12 @@ fn survive(readers: usize, systemd: bool) {
         );
         assert!(f.messages().iter().any(|m| m.contains("READY=1")));
     }
-    eprintln!(
-        "{readers} readers, {}: longest stall {stall:?}, {} adoptions",
-        if systemd {
-            "systemd fd store"
-        } else {
-            "fd holder"
-        },
-        adopted
-    );
+    let keeper = if systemd {
+        "systemd fd store"
+    } else {
+        "fd holder"
+    };
+    eprintln!("{readers} readers, {keeper}: longest stall {stall:?}, {adopted} adoptions, {resent} requests resent");
 }
 
 #[test]
