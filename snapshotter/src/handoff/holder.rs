@@ -243,6 +243,14 @@ pub fn serve(socket: &Path, stay: bool) -> std::io::Result<()> {
             let _ = nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigIgn);
         }
     }
+    // Never take the socket from a holder that answers: the fds it holds would be lost.
+    while HolderClient::new(socket).alive() {
+        if !stay {
+            tracing::info!(socket = %socket.display(), "another fd holder answers; exiting");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
     let listener = listen(socket)?;
     let inode = std::fs::metadata(socket)?.ino();
     // Beside the socket, for operators and test beds that must find us.

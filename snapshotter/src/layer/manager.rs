@@ -428,10 +428,23 @@ impl LayerManager {
                     continue;
                 }
             }
+            let was_held = h.is_some();
             match self.mount_layer(id, &mountpoint, &labels, h).await {
                 Ok(_) => tracing::info!(snapshot = %name, id, "lazy layer restored"),
                 Err(e) => {
-                    tracing::error!(snapshot = %name, id, error = %e, "cannot re-mount lazy layer")
+                    tracing::error!(snapshot = %name, id, error = %e, "cannot re-mount lazy layer");
+                    if was_held {
+                        // Nobody would answer the kept connection: its readers would wait
+                        // forever. Let it go, so they get an error instead.
+                        self.metrics
+                            .fuse_adoption_failures
+                            .with_label_values(&["layer"])
+                            .inc();
+                        if let Some(handoff) = &self.handoff {
+                            handoff.release(&MountRecord::name_for(id));
+                        }
+                        let _ = crate::snapshot::mountinfo::detach_all_under(&mountpoint);
+                    }
                 }
             }
         }
