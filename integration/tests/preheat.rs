@@ -328,6 +328,44 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
         .sum();
     assert_eq!(layer_bytes, 0, "{}", swarm.logs());
 
+    // Targeting: count 2 of the 4 hosts fills exactly 2 (a tag makes it a task of its own);
+    // an argument we do not honour, or narrowing without an all_* scope, is a 400 naming it.
+    let small = format!(
+        "http://{}/v2/large/blobs/{}",
+        swarm.registry.addr, img.layers[0]
+    );
+    let job = preheat(json!({"type": "file", "url": small, "tag": "count-two",
+        "scope": "all_peers", "count": 2, "concurrent_peer_count": 1}));
+    assert_eq!(job["state"], "SUCCESS", "{job}\n{}", manager.log());
+    // One task: one success per host filled.
+    let filled = job["result"]["job_states"][0]["success_tasks"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(filled, 2, "count 2 filled {filled} hosts: {job}");
+    for (args, field) in [
+        (
+            json!({"type": "file", "url": small, "scope": "all_peers", "hosts": 2}),
+            "args.hosts",
+        ),
+        (
+            json!({"type": "file", "url": small, "count": 2}),
+            "args.count",
+        ),
+        (
+            json!({"type": "file", "url": small, "scope": "all_peers", "percentage": 0}),
+            "args.percentage",
+        ),
+    ] {
+        let (s, v) = http.post(
+            "/oapi/v1/jobs",
+            &token,
+            json!({"type": "preheat", "args": args}),
+        );
+        assert_eq!(s, 400, "{v}");
+        assert!(v.to_string().contains(field), "{field}: {v}");
+    }
+
     // 3. A file, preheated into every peer; then the registry stops and a node downloads it
     //    with another URL signature: nothing is asked of the origin.
     let digest = &img.layers[1];

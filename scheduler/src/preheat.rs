@@ -46,16 +46,37 @@ fn validate(req: &pb::PreheatRequest) -> Result<(), Status> {
     Ok(())
 }
 
-/// The hosts `scope` fills with `task`.
-fn targets(state: &State, scope: pb::PreheatScope, task: &str) -> Vec<HostInfo> {
+/// The hosts `scope` fills with `task`, narrowed by `targets`.
+fn targets(
+    state: &State,
+    scope: pb::PreheatScope,
+    targets: &pb::PreheatTargets,
+    task: &str,
+) -> Vec<HostInfo> {
     let seeds = state.seed_hosts();
-    match scope {
+    let all = match scope {
         pb::PreheatScope::SingleSeedPeer => {
-            pick_seed(task, seeds.iter()).cloned().into_iter().collect()
+            return pick_seed(task, seeds.iter()).cloned().into_iter().collect()
         }
         pb::PreheatScope::AllSeedPeers => seeds,
         pb::PreheatScope::AllPeers => state.with_hosts(|h| h.values().cloned().collect()),
+    };
+    narrow(all, targets)
+}
+
+/// Dragonfly's priority: `ips`, else `count`, else `percentage` (rounded up); hosts in id
+/// order, so every task of one preheat lands on the same hosts.
+fn narrow(mut hosts: Vec<HostInfo>, t: &pb::PreheatTargets) -> Vec<HostInfo> {
+    hosts.sort_by(|a, b| a.id.cmp(&b.id));
+    if !t.ips.is_empty() {
+        hosts.retain(|h| t.ips.contains(&h.ip));
+    } else if t.count > 0 {
+        hosts.truncate(t.count as usize);
+    } else if t.percentage > 0 {
+        let n = (hosts.len() * t.percentage.min(100) as usize).div_ceil(100);
+        hosts.truncate(n);
     }
+    hosts
 }
 
 /// Where progress goes: `(task, host, present bytes, content length)` as it changes.
@@ -78,17 +99,19 @@ pub async fn preheat(
         s => s.min(24 * 3600),
     };
     let deadline = Instant::now() + Duration::from_secs(u64::from(secs));
+    let narrowing = req.targets.clone().unwrap_or_default();
     // Targets grouped by host: one connection per host, all its tasks triggered, then polled.
     let mut work: Vec<(HostInfo, Vec<pb::Task>)> = Vec::new();
     let mut results = Vec::new();
     for task in &req.tasks {
-        let hosts = targets(&state, scope, &task.id);
+        let hosts = targets(&state, scope, &narrowing, &task.id);
         if hosts.is_empty() {
             results.push(pb::PreheatResult {
                 task_id: task.id.clone(),
                 url: task.url.clone(),
                 ok: false,
                 description: match scope {
+                    _ if !narrowing.ips.is_empty() => format!("no host of the scope has one of the ips {:?}", narrowing.ips),
                     pb::PreheatScope::AllPeers => "no host is announced to this scheduler".into(),
                     _ => "no seed peer is announced to this scheduler; start one with --seed-peer or use scope all_peers".into(),
                 },
@@ -111,9 +134,21 @@ pub async fn preheat(
     // Every host is worked on at once; only the RPCs in flight are bounded, so waiting for
     // slow downloads never holds up the other hosts.
     let rpcs = Semaphore::new(PARALLEL);
+    let hosts_at_once = Semaphore::new(match narrowing.concurrent_peer_count {
+        0 => Semaphore::MAX_PERMITS,
+        n => n as usize,
+    });
+    let limits = Limits {
+        rpcs: &rpcs,
+        tasks_at_once: match narrowing.concurrent_task_count {
+            0 => usize::MAX,
+            n => n as usize,
+        },
+    };
     let done: Vec<pb::PreheatResult> =
-        futures::future::join_all(work.iter().map(|(host, tasks)| {
-            fill_host(host, &dialer, tasks, deadline, &rpcs, progress.as_ref())
+        futures::future::join_all(work.iter().map(|(host, tasks)| async {
+            let _host = hosts_at_once.acquire().await.expect("semaphore open");
+            fill_host(host, &dialer, tasks, deadline, &limits, progress.as_ref()).await
         }))
         .await
         .into_iter()
@@ -125,8 +160,18 @@ pub async fn preheat(
     Ok(pb::PreheatResponse { results })
 }
 
+/// Bounds on a preheat's work.
+struct Limits<'a> {
+    /// RPCs in flight over all hosts.
+    rpcs: &'a Semaphore,
+    /// Tasks triggered and not finished on one host.
+    tasks_at_once: usize,
+}
+
 /// Where one task stands on a host.
 enum Progress {
+    /// Not triggered yet (the host has `tasks_at_once` under way).
+    Queued,
     /// Triggered; `retriggered` once it had to be started again.
     Waiting { retriggered: bool },
     /// Finished: held, or why not.
@@ -236,6 +281,33 @@ impl HostFill<'_> {
         }
     }
 
+    /// Triggers queued tasks while fewer than `at_once` are under way.
+    async fn start_queued(&self, tasks: &[pb::Task], progress: &mut [Progress], at_once: usize) {
+        let mut running = progress
+            .iter()
+            .filter(|p| matches!(p, Progress::Waiting { .. }))
+            .count();
+        for (t, p) in tasks.iter().zip(progress.iter_mut()) {
+            if running >= at_once {
+                break;
+            }
+            if matches!(p, Progress::Queued) {
+                if Instant::now() >= self.deadline {
+                    *p = Progress::Done(Err(format!(
+                        "timed out on {} before the task could start (concurrent_task_count)",
+                        self.host.ip
+                    )));
+                    continue;
+                }
+                *p = match self.trigger(t).await {
+                    Ok(()) => Progress::Waiting { retriggered: false },
+                    Err(e) => Progress::Done(Err(e)),
+                };
+                running += usize::from(matches!(p, Progress::Waiting { .. }));
+            }
+        }
+    }
+
     /// One round of StatTask over the tasks still waiting.
     async fn poll(&mut self, tasks: &[pb::Task], progress: &mut [Progress]) {
         for (i, (t, p)) in tasks.iter().zip(progress.iter_mut()).enumerate() {
@@ -259,9 +331,10 @@ async fn fill_host(
     dialer: &Dialer,
     tasks: &[pb::Task],
     deadline: Instant,
-    rpcs: &Semaphore,
+    limits: &Limits<'_>,
     sink: Option<&ProgressSink>,
 ) -> Vec<pb::PreheatResult> {
+    let rpcs = limits.rpcs;
     let client = {
         let _permit = rpcs.acquire().await.expect("semaphore open");
         peer_client(host, dialer).await
@@ -283,13 +356,9 @@ async fn fill_host(
         reported: vec![(0, 0); tasks.len()],
         deadline,
     };
-    let mut progress = Vec::new();
-    for t in tasks {
-        progress.push(match fill.trigger(t).await {
-            Ok(()) => Progress::Waiting { retriggered: false },
-            Err(e) => Progress::Done(Err(e)),
-        });
-    }
+    let mut progress: Vec<Progress> = tasks.iter().map(|_| Progress::Queued).collect();
+    fill.start_queued(tasks, &mut progress, limits.tasks_at_once)
+        .await;
     let waiting = |progress: &[Progress]| {
         progress
             .iter()
@@ -297,6 +366,8 @@ async fn fill_host(
     };
     while waiting(&progress) {
         fill.poll(tasks, &mut progress).await;
+        fill.start_queued(tasks, &mut progress, limits.tasks_at_once)
+            .await;
         if waiting(&progress) {
             tokio::time::sleep(POLL).await;
         }
@@ -306,7 +377,74 @@ async fn fill_host(
         .zip(progress)
         .map(|(t, p)| match p {
             Progress::Done(outcome) => result(host, t, outcome),
-            Progress::Waiting { .. } => unreachable!("every task is done"),
+            Progress::Queued | Progress::Waiting { .. } => unreachable!("every task is done"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str, ip: &str) -> HostInfo {
+        HostInfo {
+            id: id.into(),
+            hostname: id.into(),
+            ip: ip.into(),
+            upload_port: 4000,
+            tcp_pieces: true,
+            demand_pieces: true,
+            seed: false,
+            idc: String::new(),
+            location: String::new(),
+            upload_slots: 10,
+            active_uploads: 0,
+            last_seen: Instant::now(),
+            protocol: 0,
+        }
+    }
+
+    fn four() -> Vec<HostInfo> {
+        ["d", "b", "a", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, id)| host(id, &format!("10.0.0.{i}")))
+            .collect()
+    }
+
+    fn ids(h: &[HostInfo]) -> Vec<&str> {
+        h.iter().map(|h| &*h.id).collect()
+    }
+
+    #[test]
+    fn ips_win_over_count_and_count_over_percentage() {
+        let t = pb::PreheatTargets {
+            ips: vec!["10.0.0.0".into(), "10.0.0.3".into()],
+            count: 1,
+            percentage: 100,
+            ..Default::default()
+        };
+        assert_eq!(ids(&narrow(four(), &t)), ["c", "d"]);
+        let t = pb::PreheatTargets {
+            count: 2,
+            percentage: 100,
+            ..Default::default()
+        };
+        assert_eq!(ids(&narrow(four(), &t)), ["a", "b"], "host-id order");
+        let t = pb::PreheatTargets {
+            percentage: 30,
+            ..Default::default()
+        };
+        assert_eq!(
+            ids(&narrow(four(), &t)),
+            ["a", "b"],
+            "30 % of 4, rounded up"
+        );
+        assert_eq!(narrow(four(), &pb::PreheatTargets::default()).len(), 4);
+        let t = pb::PreheatTargets {
+            count: 9,
+            ..Default::default()
+        };
+        assert_eq!(narrow(four(), &t).len(), 4);
+    }
 }

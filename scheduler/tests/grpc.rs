@@ -405,6 +405,7 @@ async fn preheat_fills_the_scope_and_reports_per_host() {
         tasks,
         scope: scope as i32,
         timeout_secs: 5,
+        targets: None,
     };
     // No seed yet: a failed result that says so.
     let r = c

@@ -82,6 +82,29 @@ pub async fn document() -> Json<Value> {
         "/api/v1/seed-peers".into(),
         json!({"get": op("Registered seed peers", "session", None, "200")}),
     );
+    // Apart: one json! of it all passes the macro recursion limit.
+    let preheat_args = json!({
+        "type": "object", "required": ["type", "url"],
+        "properties": {
+            "type": {"type": "string", "enum": ["image", "file"]},
+            "url": {"type": "string", "description": "image: http(s)://REGISTRY/v2/REPO/manifests/TAG; file: the file URL"},
+            "urls": {"type": "array", "items": {"type": "string"}},
+            "tag": {"type": "string"}, "application": {"type": "string"},
+            "filteredQueryParams": {"type": "string", "description": "&-separated, added to the signed-URL parameters always filtered"},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}, "description": "for the origin; an Authorization header (Basic or Bearer) also answers the registry's auth challenge"},
+            "username": {"type": "string"}, "password": {"type": "string"},
+            "platform": {"type": "string", "description": "os/arch[/variant]"},
+            "pieceLength": {"type": "integer", "minimum": 65536, "maximum": 67108864},
+            "scope": {"type": "string", "enum": ["single_seed_peer", "all_seed_peers", "all_peers"]},
+            "timeout": {"description": "seconds, or 90s / 30m / 2h"},
+            "ips": {"type": "array", "items": {"type": "string"}, "description": "all_* scopes: only these hosts (before count and percentage)"},
+            "count": {"type": "integer", "minimum": 1, "description": "all_* scopes: this many hosts, in host-id order"},
+            "percentage": {"type": "integer", "minimum": 1, "maximum": 100, "description": "all_* scopes: this share of the hosts, rounded up"},
+            "concurrent_peer_count": {"type": "integer", "minimum": 1, "description": "hosts filled at once"},
+            "concurrent_task_count": {"type": "integer", "minimum": 1, "description": "tasks started at once on one host"},
+        },
+        "additionalProperties": false
+    });
     Json(json!({
         "openapi": "3.0.3",
         "info": {"title": "Dragonfly-rs manager", "version": env!("CARGO_PKG_VERSION")},
@@ -100,22 +123,7 @@ pub async fn document() -> Json<Value> {
                         "type": {"type": "string", "enum": ["preheat"]},
                         "bio": {"type": "string"},
                         "scheduler_cluster_ids": {"type": "array", "items": {"type": "integer"}},
-                        "args": {
-                            "type": "object", "required": ["type", "url"],
-                            "properties": {
-                                "type": {"type": "string", "enum": ["image", "file"]},
-                                "url": {"type": "string", "description": "image: http(s)://REGISTRY/v2/REPO/manifests/TAG; file: the file URL"},
-                                "urls": {"type": "array", "items": {"type": "string"}},
-                                "tag": {"type": "string"}, "application": {"type": "string"},
-                                "filteredQueryParams": {"type": "string", "description": "&-separated, added to the signed-URL parameters always filtered"},
-                                "headers": {"type": "object", "additionalProperties": {"type": "string"}, "description": "for the origin; an Authorization header (Basic or Bearer) also answers the registry's auth challenge"},
-                                "username": {"type": "string"}, "password": {"type": "string"},
-                                "platform": {"type": "string", "description": "os/arch[/variant]"},
-                                "pieceLength": {"type": "integer", "minimum": 65536, "maximum": 67108864},
-                                "scope": {"type": "string", "enum": ["single_seed_peer", "all_seed_peers", "all_peers"]},
-                                "timeout": {"description": "seconds, or 90s / 30m / 2h"},
-                            }
-                        }
+                        "args": preheat_args
                     }
                 },
                 "Cluster": {"type": "object", "required": ["name"], "properties": {

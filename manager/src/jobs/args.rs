@@ -84,7 +84,7 @@ struct RawPreheat {
     /// Seconds, or a duration like "90s", "30m", "2h".
     #[serde(default)]
     timeout: Option<Value>,
-    // Dragonfly fields for picking hosts and parallelism; accepted, not used.
+    // Dragonfly's narrowing of the all_* scopes, and parallelism.
     #[serde(default)]
     ips: Vec<String>,
     #[serde(default)]
@@ -140,6 +140,84 @@ pub struct Preheat {
     pub scope: Scope,
     /// Time limit.
     pub timeout_secs: u64,
+    /// Which of the scope's hosts, and how many at once.
+    #[serde(default)]
+    pub targets: Targets,
+}
+
+/// Dragonfly's preheat targeting: `ips`, else `count`, else `percentage` of an all_* scope's
+/// hosts; hosts and tasks per host worked on at once.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Targets {
+    /// Only the hosts with these IPs.
+    pub ips: Vec<String>,
+    /// This many hosts.
+    pub count: Option<u32>,
+    /// This share of the hosts, in percent (rounded up).
+    pub percentage: Option<u32>,
+    /// Hosts filled at once.
+    pub concurrent_peer_count: Option<u32>,
+    /// Tasks triggered at once on one host.
+    pub concurrent_task_count: Option<u32>,
+}
+
+/// Most hosts or tasks worked on at once a job may ask for.
+pub const MAX_CONCURRENCY: u32 = 10_000;
+
+fn preheat_targets(raw: &RawPreheat, scope: Scope) -> Result<Targets, FieldError> {
+    for ip in &raw.ips {
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(FieldError::new(
+                "args.ips",
+                format!("{ip:?} is not an IP address"),
+            ));
+        }
+    }
+    if raw.count == Some(0) {
+        return Err(FieldError::new("args.count", "count must be at least 1"));
+    }
+    if let Some(p) = raw.percentage {
+        if !(1..=100).contains(&p) {
+            return Err(FieldError::new(
+                "args.percentage",
+                format!("percentage {p} must be from 1 to 100"),
+            ));
+        }
+    }
+    let narrowing = [
+        ("args.ips", !raw.ips.is_empty()),
+        ("args.count", raw.count.is_some()),
+        ("args.percentage", raw.percentage.is_some()),
+    ];
+    if scope == Scope::SingleSeedPeer {
+        if let Some((field, _)) = narrowing.iter().find(|(_, set)| *set) {
+            return Err(FieldError::new(
+                field,
+                "ips, count and percentage narrow scope all_seed_peers or all_peers, not single_seed_peer",
+            ));
+        }
+    }
+    for (field, v) in [
+        ("args.concurrent_peer_count", raw.concurrent_peer_count),
+        ("args.concurrent_task_count", raw.concurrent_task_count),
+    ] {
+        if let Some(n) = v {
+            if !(1..=MAX_CONCURRENCY).contains(&n) {
+                return Err(FieldError::new(
+                    field,
+                    format!("{n} must be from 1 to {MAX_CONCURRENCY}"),
+                ));
+            }
+        }
+    }
+    Ok(Targets {
+        ips: raw.ips.clone(),
+        count: raw.count,
+        percentage: raw.percentage,
+        concurrent_peer_count: raw.concurrent_peer_count,
+        concurrent_task_count: raw.concurrent_task_count,
+    })
 }
 
 /// Secrets of a job: never returned, never logged, deleted when the job ends.
@@ -355,6 +433,11 @@ fn shown_args(
         "piece_length": raw.piece_length,
         "scope": serde_json::to_value(scope).expect("scope serializes"),
         "timeout": timeout_secs,
+        "ips": raw.ips,
+        "count": raw.count,
+        "percentage": raw.percentage,
+        "concurrent_peer_count": raw.concurrent_peer_count,
+        "concurrent_task_count": raw.concurrent_task_count,
     })
 }
 
@@ -373,13 +456,7 @@ pub fn check(mut req: CreateJob, default_timeout: Duration) -> Result<NewJob, Fi
             "give username and password together",
         ));
     }
-    let _ = (
-        &raw.ips,
-        raw.count,
-        raw.percentage,
-        raw.concurrent_task_count,
-        raw.concurrent_peer_count,
-    );
+    let targets = preheat_targets(&raw, scope)?;
     let filtered: Vec<String> = raw
         .filtered_query_params
         .split('&')
@@ -400,6 +477,7 @@ pub fn check(mut req: CreateJob, default_timeout: Duration) -> Result<NewJob, Fi
             piece_length: raw.piece_length,
             scope,
             timeout_secs,
+            targets,
         },
         shown,
         secrets: Secrets {
@@ -525,5 +603,52 @@ mod tests {
             "args.bogus"
         );
         assert_eq!(field(check(req(json!("nope")), d)), "args");
+    }
+
+    #[test]
+    fn targeting_is_checked_and_kept() {
+        let d = Duration::from_secs(60);
+        let ok = |args: Value| check(req(args), d).unwrap().preheat.targets;
+        let t = ok(
+            json!({"type": "file", "url": "http://x/y", "scope": "all_peers",
+            "count": 2, "concurrent_peer_count": 3, "concurrent_task_count": 1}),
+        );
+        assert_eq!(t.count, Some(2));
+        assert_eq!(t.concurrent_peer_count, Some(3));
+        assert_eq!(t.concurrent_task_count, Some(1));
+        let t = ok(
+            json!({"type": "file", "url": "http://x/y", "scope": "all_seed_peers",
+            "ips": ["10.0.0.1", "::1"], "percentage": 50}),
+        );
+        assert_eq!(t.ips, vec!["10.0.0.1", "::1"]);
+        let bad = |args: Value| field(check(req(args), d));
+        let all = |extra: Value| {
+            let mut a = json!({"type": "file", "url": "http://x/y", "scope": "all_peers"});
+            a.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            bad(a)
+        };
+        assert_eq!(all(json!({"ips": ["not-an-ip"]})), "args.ips");
+        assert_eq!(all(json!({"count": 0})), "args.count");
+        assert_eq!(all(json!({"percentage": 101})), "args.percentage");
+        assert_eq!(
+            all(json!({"concurrent_peer_count": 0})),
+            "args.concurrent_peer_count"
+        );
+        assert_eq!(
+            all(json!({"concurrent_task_count": 100000})),
+            "args.concurrent_task_count"
+        );
+        assert_eq!(
+            all(json!({"hosts": 3})),
+            "args.hosts",
+            "unknown arguments are refused"
+        );
+        assert_eq!(
+            bad(json!({"type": "file", "url": "http://x/y", "count": 2})),
+            "args.count",
+            "narrowing needs an all_* scope"
+        );
     }
 }

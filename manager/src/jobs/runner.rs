@@ -463,7 +463,7 @@ impl Runner {
                 cluster.id,
                 &cluster.name,
                 &tasks,
-                scope,
+                (scope, &plan.preheat.targets),
                 plan.preheat.timeout_secs,
                 &progress,
             )
@@ -498,7 +498,7 @@ impl Runner {
         cluster_id: i64,
         name: &str,
         tasks: &[pb::Task],
-        scope: pb::PreheatScope,
+        (scope, targets): (pb::PreheatScope, &crate::jobs::args::Targets),
         timeout_secs: u64,
         progress: &tokio::sync::Mutex<Progress>,
     ) -> (bool, ClusterOutcome) {
@@ -545,6 +545,13 @@ impl Runner {
                         tasks: tasks.to_vec(),
                         scope: scope as i32,
                         timeout_secs: timeout_secs.min(u64::from(u32::MAX)) as u32,
+                        targets: Some(pb::PreheatTargets {
+                            ips: targets.ips.clone(),
+                            count: targets.count.unwrap_or(0),
+                            percentage: targets.percentage.unwrap_or(0),
+                            concurrent_peer_count: targets.concurrent_peer_count.unwrap_or(0),
+                            concurrent_task_count: targets.concurrent_task_count.unwrap_or(0),
+                        }),
                     })
                     .await
                     .map_err(|e| format!("scheduler {addr}: {}", e.message()))?
