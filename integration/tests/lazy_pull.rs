@@ -225,7 +225,8 @@ fn a_killed_daemon_comes_back_without_fetching_again() {
     let mark = bed.registry.mark();
 
     bed.daemon.kill9();
-    // Our view of the dead daemon's FUSE mounts is dead too; the daemon re-mounts its layers.
+    // The old view is let go (its layers stay served: the next daemon adopts them, see
+    // restarts.rs); what matters here is that nothing already read is fetched again.
     drop(m);
     let restarted = bed.daemon.restart();
     must(&bed, "restart daemon", restarted);
