@@ -363,33 +363,31 @@ fn busybox_entries() -> Result<Vec<Entry>> {
 }
 
 fn build_large(layout: &Path) -> Result<()> {
-    let big = vec![
-        Entry::dir("data", 0o755),
-        Entry::file(
-            "data/huge.bin",
-            random_bytes(LARGE_HUGE_LEN, LARGE_HUGE_SEED),
-            0o644,
-        ),
-        Entry::file(
-            "data/small.txt",
-            b"a small file next to a huge one\n".to_vec(),
-            0o644,
-        ),
-    ];
-    build_image(layout, &[busybox_entries()?, big], &["/bin/sh"])?;
-    Ok(())
+    busybox_and_data(
+        layout,
+        vec![
+            ("huge.bin", random_bytes(LARGE_HUGE_LEN, LARGE_HUGE_SEED)),
+            ("small.txt", b"a small file next to a huge one\n".to_vec()),
+        ],
+    )
 }
 
 fn build_restart(layout: &Path) -> Result<()> {
-    let big = vec![
-        Entry::dir("data", 0o755),
-        Entry::file(
-            "data/restart.bin",
-            random_bytes(RESTART_LEN, RESTART_SEED),
-            0o644,
-        ),
-    ];
-    build_image(layout, &[busybox_entries()?, big], &["/bin/sh"])?;
+    busybox_and_data(
+        layout,
+        vec![("restart.bin", random_bytes(RESTART_LEN, RESTART_SEED))],
+    )
+}
+
+/// An image of two layers: busybox, then `/data` holding `files` (name, bytes; 0644).
+fn busybox_and_data(layout: &Path, files: Vec<(&str, Vec<u8>)>) -> Result<()> {
+    let mut data = vec![Entry::dir("data", 0o755)];
+    data.extend(
+        files
+            .into_iter()
+            .map(|(name, bytes)| Entry::file(&format!("data/{name}"), bytes, 0o644)),
+    );
+    build_image(layout, &[busybox_entries()?, data], &["/bin/sh"])?;
     Ok(())
 }
 
