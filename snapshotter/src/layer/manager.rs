@@ -197,61 +197,28 @@ impl LayerManager {
         l: &LayerLabels,
         fs: LayerFs,
     ) -> Result<(MountedLayerFs, bool), LayerError> {
-        let mp = mountpoint.to_owned();
-        let threads = self.settings.fuse.threads;
-        let mounted = tokio::task::spawn_blocking(move || mount(fs, &mp, threads))
-            .await
-            .map_err(|source| LayerError::Task {
-                what: "mount",
-                source,
-            })?
-            .map_err(|source| LayerError::Mount {
-                mountpoint: mountpoint.display().to_string(),
-                source,
-            })?;
+        let (mp, threads) = (mountpoint.to_owned(), self.settings.fuse.threads);
+        let mounted = blocking("mount", move || mount(fs, &mp, threads))
+            .await?
+            .map_err(mount_error(mountpoint))?;
         let Some(handoff) = self.handoff.clone().filter(|h| h.enabled()) else {
             return Ok((mounted, false));
-        };
-        let device = match crate::snapshot::mountinfo::mount_at(mountpoint) {
-            Ok(Some((device, _))) => device,
-            _ => {
-                tracing::warn!(mountpoint = %mountpoint.display(), "new FUSE mount not in mountinfo; not kept across restarts");
-                return Ok((mounted, false));
-            }
         };
         let record = MountRecord {
             format: crate::handoff::RECORD_FORMAT,
             snapshot: id,
             mountpoint: mountpoint.to_owned(),
-            device,
+            device: String::new(),
             negotiated: mounted.negotiated(),
             layout: crate::fs::layerfs::layout_digest(index),
             layer: l.digest.clone(),
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
         };
-        let fd = mounted
-            .fd()
-            .try_clone()
-            .map_err(|source| LayerError::Mount {
-                mountpoint: mountpoint.display().to_string(),
-                source: crate::fs::mount::MountError::Threads(source),
-            })?;
-        let name = MountRecord::name_for(id);
-        let kept = tokio::task::spawn_blocking(move || {
-            handoff.keep(&name, &record, std::os::fd::AsFd::as_fd(&fd))
+        blocking("keep FUSE fd", move || {
+            let kept = keep(&handoff, record, &mounted);
+            (mounted, kept)
         })
-        .await;
-        match kept {
-            Ok(Ok(())) => Ok((mounted, true)),
-            Ok(Err(e)) => {
-                tracing::warn!(layer = %l.digest, error = %e, "FUSE connection not kept: running containers will lose this layer if the daemon restarts");
-                Ok((mounted, false))
-            }
-            Err(source) => Err(LayerError::Task {
-                what: "keep FUSE fd",
-                source,
-            }),
-        }
+        .await
     }
 
     /// Adopts the live connection `held` if it is the one this layer's mount needs; else
@@ -265,46 +232,40 @@ impl LayerManager {
         fs: LayerFs,
         held: Held,
     ) -> Result<(MountedLayerFs, bool), LayerError> {
-        let name = MountRecord::name_for(id);
-        match adoptable(&held, id, mountpoint, index) {
-            Ok(()) => {
-                let (mp, threads) = (mountpoint.to_owned(), self.settings.fuse.threads);
-                let negotiated = held.record.negotiated;
-                let adopted = tokio::task::spawn_blocking(move || {
-                    adopt(held.fd, fs, &mp, threads, negotiated)
-                })
-                .await
-                .map_err(|source| LayerError::Task {
-                    what: "adopt",
-                    source,
-                })?
-                .map_err(|source| LayerError::Mount {
-                    mountpoint: mountpoint.display().to_string(),
-                    source,
-                })?;
-                self.metrics.fuse_adopted.inc();
-                tracing::info!(snapshot = id, layer = %l.digest, mountpoint = %mountpoint.display(), resend = negotiated.can_resend(), "adopted the live FUSE connection; running containers keep their layer");
-                Ok((adopted, true))
-            }
-            Err(reason) => {
-                self.metrics
-                    .fuse_adoption_failures
-                    .with_label_values(&[reason])
-                    .inc();
-                tracing::warn!(snapshot = id, layer = %l.digest, reason, "cannot adopt the held FUSE connection; remounting (containers using the old mount lose it)");
-                drop(held);
-                let handoff = self.handoff.clone();
-                let mp = mountpoint.to_owned();
-                let _ = tokio::task::spawn_blocking(move || {
-                    if let Some(h) = handoff {
-                        h.release(&name);
-                    }
-                    let _ = crate::snapshot::mountinfo::detach_all_under(&mp);
-                })
+        if let Err(reason) = adoptable(&held, id, mountpoint, index) {
+            self.metrics
+                .fuse_adoption_failures
+                .with_label_values(&[reason])
+                .inc();
+            tracing::warn!(snapshot = id, layer = %l.digest, reason, "cannot adopt the held FUSE connection; remounting (containers using the old mount lose it)");
+            drop(held);
+            self.let_go(MountRecord::name_for(id), mountpoint.to_owned())
                 .await;
-                self.mount_fresh(id, mountpoint, index, l, fs).await
-            }
+            return self.mount_fresh(id, mountpoint, index, l, fs).await;
         }
+        let (mp, threads) = (mountpoint.to_owned(), self.settings.fuse.threads);
+        let negotiated = held.record.negotiated;
+        let adopted = blocking("adopt", move || {
+            adopt(held.fd, fs, &mp, threads, negotiated)
+        })
+        .await?
+        .map_err(mount_error(mountpoint))?;
+        self.metrics.fuse_adopted.inc();
+        tracing::info!(snapshot = id, layer = %l.digest, mountpoint = %mountpoint.display(), resend = negotiated.can_resend(), "adopted the live FUSE connection; running containers keep their layer");
+        Ok((adopted, true))
+    }
+
+    /// Lets a held connection go: the keeper closes its copy, the record goes, and the mount
+    /// is detached (its readers get an error instead of waiting for nobody).
+    async fn let_go(&self, name: String, mountpoint: std::path::PathBuf) {
+        let handoff = self.handoff.clone();
+        let _ = blocking("release FUSE connection", move || {
+            if let Some(h) = handoff {
+                h.release(&name);
+            }
+            let _ = crate::snapshot::mountinfo::detach_all_under(&mountpoint);
+        })
+        .await;
     }
 
     /// Unpacks the blob into `mountpoint` while it downloads (front to back), then checks the
@@ -435,15 +396,13 @@ impl LayerManager {
                     tracing::error!(snapshot = %name, id, error = %e, "cannot re-mount lazy layer");
                     if was_held {
                         // Nobody would answer the kept connection: its readers would wait
-                        // forever. Let it go, so they get an error instead.
+                        // forever.
                         self.metrics
                             .fuse_adoption_failures
                             .with_label_values(&["layer"])
                             .inc();
-                        if let Some(handoff) = &self.handoff {
-                            handoff.release(&MountRecord::name_for(id));
-                        }
-                        let _ = crate::snapshot::mountinfo::detach_all_under(&mountpoint);
+                        self.let_go(MountRecord::name_for(id), mountpoint.clone())
+                            .await;
                     }
                 }
             }
@@ -454,10 +413,7 @@ impl LayerManager {
                 .fuse_adoption_failures
                 .with_label_values(&["no-snapshot"])
                 .inc();
-            if let Some(handoff) = &self.handoff {
-                handoff.release(&name);
-            }
-            let _ = crate::snapshot::mountinfo::detach_all_under(&h.record.mountpoint);
+            self.let_go(name, h.record.mountpoint.clone()).await;
         }
     }
 
@@ -489,6 +445,42 @@ impl LayerManager {
                 layers = n,
                 "lazy layers handed over; their mounts stay for the next daemon"
             );
+        }
+    }
+}
+
+/// Runs blocking `f` (a mount syscall, the fd keeper's socket) off the async workers.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, LayerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|source| LayerError::Task { what, source })
+}
+
+fn mount_error(mountpoint: &Path) -> impl FnOnce(crate::fs::mount::MountError) -> LayerError {
+    let mountpoint = mountpoint.display().to_string();
+    move |source| LayerError::Mount { mountpoint, source }
+}
+
+/// Completes `record` with the new mount's device and hands a copy of its connection to the
+/// keeper; false (logged) when it cannot be kept. Blocking.
+fn keep(handoff: &Handoff, mut record: MountRecord, mounted: &MountedLayerFs) -> bool {
+    let mp = record.mountpoint.clone();
+    record.device = match crate::snapshot::mountinfo::mount_at(&mp) {
+        Ok(Some((device, _))) => device,
+        _ => {
+            tracing::warn!(mountpoint = %mp.display(), "new FUSE mount not in mountinfo; not kept across restarts");
+            return false;
+        }
+    };
+    let name = MountRecord::name_for(record.snapshot);
+    match handoff.keep(&name, &record, std::os::fd::AsFd::as_fd(mounted.fd())) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(layer = %record.layer, error = %e, "FUSE connection not kept: running containers will lose this layer if the daemon restarts");
+            false
         }
     }
 }
