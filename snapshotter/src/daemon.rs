@@ -47,7 +47,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let held = handoff.as_deref().map(held_connections).unwrap_or_default();
+    let held = handoff
+        .as_deref()
+        .map(|h| held_connections(h, &config.snapshots_dir()))
+        .unwrap_or_default();
     let keep: Vec<PathBuf> = held.values().map(|h| h.record.mountpoint.clone()).collect();
     let mut download = None;
     let mut image = None;
@@ -154,12 +157,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// The live FUSE connections a previous process left with their records. A held fd without
 /// a record, or a record without a held fd, is stale and dropped here.
-fn held_connections(handoff: &Handoff) -> BTreeMap<String, Held> {
+/// A record's mount point must be a snapshot's under `snapshots`: nothing else is ever
+/// detached or adopted on its word.
+fn held_connections(handoff: &Handoff, snapshots: &Path) -> BTreeMap<String, Held> {
     let mut out = BTreeMap::new();
     for (name, fd) in handoff.take_held() {
         match handoff.records().read(&name) {
-            Ok(Some(record)) => {
+            Ok(Some(record))
+                if record.mountpoint.starts_with(snapshots)
+                    && record.mountpoint.components().all(|c| {
+                        matches!(
+                            c,
+                            std::path::Component::RootDir | std::path::Component::Normal(_)
+                        )
+                    }) =>
+            {
                 out.insert(name, Held { fd, record });
+            }
+            Ok(Some(record)) => {
+                tracing::warn!(name, mountpoint = %record.mountpoint.display(), "held FUSE connection's record names a mount point outside the snapshots; released");
+                handoff.release(&name);
             }
             Ok(None) => {
                 tracing::warn!(name, "held FUSE connection has no record; released");

@@ -341,12 +341,12 @@ fn answer_one(listener: &OwnedFd, held: &mut BTreeMap<String, OwnedFd>) -> std::
     let (text, mut fds) = recv(conn.as_fd())?;
     let (verb, name) = text.split_once(' ').unwrap_or((text.as_str(), ""));
     match (verb, fds.pop()) {
-        ("PUT", Some(fd)) if valid_name(name) => {
+        ("PUT", Some(fd)) if super::record::valid_name(name) => {
             held.insert(name.to_owned(), fd);
             tracing::info!(name, held = held.len(), "holding a FUSE connection");
             send(conn.as_fd(), "OK", None)?;
         }
-        ("DEL", None) if valid_name(name) => {
+        ("DEL", None) if super::record::valid_name(name) => {
             if held.remove(name).is_some() {
                 tracing::info!(name, held = held.len(), "released a FUSE connection");
             }
@@ -361,14 +361,6 @@ fn answer_one(listener: &OwnedFd, held: &mut BTreeMap<String, OwnedFd>) -> std::
         _ => send(conn.as_fd(), &format!("ERR bad request {text:?}"), None)?,
     }
     Ok(())
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 200
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 #[cfg(test)]

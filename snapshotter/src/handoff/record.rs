@@ -40,6 +40,17 @@ impl MountRecord {
     }
 }
 
+/// Whether `name` can name a kept connection: a plain file name of letters, digits, `-`,
+/// `_` and `.`, not starting with a dot (names also come from `LISTEN_FDNAMES`).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
 /// Why a record cannot be stored or read.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -52,6 +63,9 @@ pub enum RecordError {
         #[source]
         source: std::io::Error,
     },
+    /// A name that is not a plain file name.
+    #[error("{0:?} cannot name a handoff record")]
+    BadName(String),
     /// Not a record we can read.
     #[error("handoff record {path} is not valid: {source}")]
     Parse {
@@ -86,13 +100,16 @@ impl Records {
         })
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.json"))
+    fn path(&self, name: &str) -> Result<PathBuf, RecordError> {
+        if !valid_name(name) {
+            return Err(RecordError::BadName(name.to_owned()));
+        }
+        Ok(self.dir.join(format!("{name}.json")))
     }
 
     /// Writes `record` durably under `name`, replacing any older one.
     pub fn write(&self, name: &str, record: &MountRecord) -> Result<(), RecordError> {
-        let path = self.path(name);
+        let path = self.path(name)?;
         let io = |source| RecordError::Io {
             path: path.clone(),
             source,
@@ -110,7 +127,7 @@ impl Records {
 
     /// The record under `name`, if any.
     pub fn read(&self, name: &str) -> Result<Option<MountRecord>, RecordError> {
-        let path = self.path(name);
+        let path = self.path(name)?;
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -123,7 +140,7 @@ impl Records {
 
     /// Removes the record under `name` (nothing if there is none).
     pub fn remove(&self, name: &str) {
-        let path = self.path(name);
+        let Ok(path) = self.path(name) else { return };
         if let Err(e) = std::fs::remove_file(&path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove handoff record");
@@ -193,6 +210,17 @@ mod tests {
         r.remove(&name);
         assert_eq!(r.read(&name).unwrap(), None);
         assert!(r.names().is_empty());
+    }
+
+    #[test]
+    fn names_that_leave_the_directory_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Records::open(&dir.path().join("handoff")).unwrap();
+        for bad in ["../x", "a/b", "", ".hidden"] {
+            assert!(r.read(bad).is_err(), "{bad:?}");
+            assert!(r.write(bad, &record()).is_err(), "{bad:?}");
+        }
+        assert!(valid_name("fuse-12"));
     }
 
     #[test]
