@@ -182,6 +182,12 @@ mod corrupt_parent {
         ) -> Result<Response<peerpb::StatTaskResponse>, Status> {
             Err(Status::unimplemented("not here"))
         }
+        async fn delete_task(
+            &self,
+            _r: Request<peerpb::DeleteTaskRequest>,
+        ) -> Result<Response<peerpb::DeleteTaskResponse>, Status> {
+            Err(Status::unimplemented("not here"))
+        }
     }
 
     /// The liar's claims to every piece of `layers` (digests of bytes it does not have).

@@ -1,7 +1,7 @@
 //! Who may call what on the scheduler. With cluster credentials (mutual TLS): peers and seed
 //! peers act only as their own host (announce, keep alive, leave, register peers, report and
 //! ask for their own peers), only seed peers announce as seeds, only the manager starts
-//! preheats and lists hosts. Without credentials anyone may (loopback use).
+//! preheats, lists hosts and gets or deletes tasks. Without credentials anyone may (loopback use).
 
 use dragonfly_membership::server::require;
 use dragonfly_membership::{Identity, Role};

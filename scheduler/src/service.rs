@@ -310,6 +310,24 @@ impl Scheduler for SchedulerService {
         )))
     }
 
+    async fn get_task(
+        &self,
+        req: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::GetTaskResponse>, Status> {
+        dragonfly_membership::server::require(&req, "GetTask", authz::MANAGER)?;
+        crate::task_jobs::get_task(&self.state, req.get_ref()).map(Response::new)
+    }
+
+    async fn delete_task(
+        &self,
+        req: Request<pb::DeleteTaskRequest>,
+    ) -> Result<Response<pb::DeleteTaskResponse>, Status> {
+        dragonfly_membership::server::require(&req, "DeleteTask", authz::MANAGER)?;
+        crate::task_jobs::delete_task(self.state.clone(), self.dialer.clone(), req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn list_hosts(
         &self,
         req: Request<pb::ListHostsRequest>,

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use dragonfly_proto::scheduler as pb;
 
@@ -64,6 +64,10 @@ pub struct PeerState {
     pub avoid: HashSet<Arc<str>>,
     /// When it first asked for parents and got none (for the seed wait bound).
     pub waiting_since: Option<Instant>,
+    /// When it registered.
+    pub created_at: SystemTime,
+    /// Its last registration or piece report.
+    pub updated_at: SystemTime,
 }
 
 /// The seed peer status of a task.
@@ -151,6 +155,22 @@ impl TaskState {
             .values()
             .filter(|p| p.back_to_source && !self.is_complete(p))
             .count()
+    }
+
+    /// Bytes of the pieces in `set` (the last piece may be short).
+    pub fn bytes_of(&self, set: &PieceSet) -> u64 {
+        let pl = u64::from(self.piece_length);
+        let n = u64::from(set.len());
+        if pl == 0 || n == 0 {
+            return 0;
+        }
+        let last = self.piece_count().saturating_sub(1);
+        let full = n * pl;
+        if set.contains(last) {
+            full - (u64::from(self.piece_count()) * pl - self.content_length)
+        } else {
+            full
+        }
     }
 
     fn remove_peer(&mut self, peer: &str) -> Option<PeerState> {
@@ -523,6 +543,8 @@ impl State {
             back_to_source: false,
             avoid: HashSet::new(),
             waiting_since: None,
+            created_at: SystemTime::now(),
+            updated_at: SystemTime::now(),
         });
         Ok((t.content_length, t.piece_length))
     }
@@ -589,6 +611,7 @@ impl State {
         let first = peer.pieces.is_empty();
         peer.pieces.insert(piece.number);
         peer.waiting_since = None;
+        peer.updated_at = SystemTime::now();
         if first {
             let id = peer.id.clone();
             t.holders.push(id);
@@ -652,6 +675,72 @@ impl State {
         let t = self.task(task)?;
         let t = t.lock().expect("task lock");
         t.peers.get(peer).map(|p| p.host_id.clone())
+    }
+
+    /// The peers of `task` as a get_task job shows them (`None`: the task is unknown).
+    pub fn task_peers(&self, task: &str) -> Option<pb::GetTaskResponse> {
+        let t = self.task(task)?;
+        let t = t.lock().expect("task lock");
+        let hosts = self.hosts.read().expect("hosts lock");
+        let ms = |at: SystemTime| {
+            at.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        };
+        let mut peers: Vec<pb::TaskPeer> = t
+            .peers
+            .values()
+            .map(|p| {
+                let host = hosts.get(&p.host_id);
+                pb::TaskPeer {
+                    peer_id: p.id.to_string(),
+                    host_id: p.host_id.to_string(),
+                    hostname: host.map(|h| h.hostname.clone()).unwrap_or_default(),
+                    ip: host.map(|h| h.ip.clone()).unwrap_or_default(),
+                    host_type: if host.is_some_and(|h| h.seed) {
+                        pb::HostType::Seed
+                    } else {
+                        pb::HostType::Normal
+                    } as i32,
+                    pieces: p.pieces.len(),
+                    present_bytes: t.bytes_of(&p.pieces),
+                    finished: t.is_complete(p),
+                    created_at_ms: ms(p.created_at),
+                    updated_at_ms: ms(p.updated_at),
+                }
+            })
+            .collect();
+        peers.sort_by(|a, b| a.host_id.cmp(&b.host_id).then(a.peer_id.cmp(&b.peer_id)));
+        Some(pb::GetTaskResponse {
+            known: true,
+            content_length: t.content_length,
+            piece_length: t.piece_length,
+            peers,
+        })
+    }
+
+    /// Forgets the peers of `task` on `hosts` (they deleted it); with none left, the task
+    /// itself with its recorded piece digests and blocklist. True if the task is gone.
+    pub fn forget_task_on(&self, task: &str, hosts: &HashSet<Arc<str>>) -> bool {
+        let mut tasks = self.tasks.write().expect("tasks lock");
+        let Some(t) = tasks.get(task).cloned() else {
+            return true;
+        };
+        let mut t = t.lock().expect("task lock");
+        let gone: Vec<Arc<str>> = t
+            .peers
+            .values()
+            .filter(|p| hosts.contains(&p.host_id))
+            .map(|p| p.id.clone())
+            .collect();
+        for p in gone {
+            t.remove_peer(&p);
+        }
+        if t.peers.is_empty() {
+            drop(t);
+            tasks.remove(task);
+            return true;
+        }
+        false
     }
 
     /// Removes a peer from a task.

@@ -171,6 +171,25 @@ impl Peer for FakeSeed {
             ..Default::default()
         }))
     }
+    /// A triggered task is held and deleted (the last one stays: "in use").
+    async fn delete_task(
+        &self,
+        r: Request<peerpb::DeleteTaskRequest>,
+    ) -> Result<Response<peerpb::DeleteTaskResponse>, Status> {
+        let id = r.into_inner().task_id;
+        let mut triggers = self.triggers.lock().unwrap();
+        let Some(i) = triggers.iter().position(|t| t.id == id) else {
+            return Ok(Response::new(peerpb::DeleteTaskResponse::default()));
+        };
+        let freed = triggers[i].content_length;
+        triggers.remove(i);
+        Ok(Response::new(peerpb::DeleteTaskResponse {
+            held: true,
+            deleted: true,
+            freed_bytes: freed,
+            reason: String::new(),
+        }))
+    }
 }
 
 impl FakeSeed {
@@ -497,6 +516,124 @@ async fn preheat_fills_the_scope_and_reports_per_host() {
     }
 }
 
+#[tokio::test]
+async fn get_task_names_the_holders_and_delete_task_evicts_them_everywhere() {
+    let (_s, mut c) = start().await;
+    let (seed, seed_port) = FakeSeed::serve();
+    c.announce_host(host("seed-1", seed_port as u32, true))
+        .await
+        .unwrap();
+    // A host whose peer port nobody listens on: its answer is a failure, not silence.
+    c.announce_host(host("n1", free_port() as u32, false))
+        .await
+        .unwrap();
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(b"layer")));
+    let t = pb::Task {
+        id: digest.clone(),
+        content_length: 40_000,
+        piece_length: 16 << 10,
+        url: format!("oci://127.0.0.1:5000/app@{digest}"),
+        ..Default::default()
+    };
+    c.preheat(pb::PreheatRequest {
+        tasks: vec![t.clone()],
+        scope: pb::PreheatScope::SingleSeedPeer as i32,
+        timeout_secs: 5,
+        targets: None,
+    })
+    .await
+    .unwrap();
+    c.register_peer(pb::RegisterPeerRequest {
+        host_id: "seed-1".into(),
+        peer_id: "seed-1-p".into(),
+        task: Some(t.clone()),
+    })
+    .await
+    .unwrap();
+    let piece = |n: u32, len: u32| pb::PieceFinished {
+        peer_id: "seed-1-p".into(),
+        task_id: digest.clone(),
+        piece: Some(pb::PieceInfo {
+            number: n,
+            digest: format!("sha256:{}", hex::encode(Sha256::digest([n as u8]))),
+            length: len,
+        }),
+        parent_id: String::new(),
+        cost_ms: 1,
+    };
+    // Pieces 0 and 2 (the short last one): 16384 + 7232 bytes.
+    c.report_pieces(tokio_stream::iter([piece(0, 16384), piece(2, 7232)]))
+        .await
+        .unwrap();
+    let got = c
+        .get_task(pb::GetTaskRequest {
+            task_id: digest.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.known, "{got:?}");
+    assert_eq!(got.peers.len(), 1, "{got:?}");
+    let p = &got.peers[0];
+    assert_eq!(
+        (p.host_id.as_str(), p.hostname.as_str()),
+        ("seed-1", "seed-1")
+    );
+    assert_eq!(p.host_type, pb::HostType::Seed as i32);
+    assert_eq!(
+        (p.pieces, p.present_bytes, p.finished),
+        (2, 16384 + 7232, false)
+    );
+    assert!(
+        p.created_at_ms > 0 && p.updated_at_ms >= p.created_at_ms,
+        "{p:?}"
+    );
+
+    let deleted = c
+        .delete_task(pb::DeleteTaskRequest {
+            task_id: digest.clone(),
+            timeout_secs: 5,
+            concurrent_peer_count: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.hosts_asked, 2, "{deleted:?}");
+    assert_eq!(deleted.results.len(), 2, "{deleted:?}");
+    let (n1, s1) = (&deleted.results[0], &deleted.results[1]);
+    assert!(!n1.ok && n1.description.contains("cannot ask"), "{n1:?}");
+    assert!(s1.ok && s1.freed_bytes == 40_000, "{s1:?}");
+    assert!(
+        seed.triggers.lock().unwrap().is_empty(),
+        "the seed deleted it"
+    );
+    // The only holder deleted it: the scheduler forgot the task, digests and all.
+    let got = c
+        .get_task(pb::GetTaskRequest { task_id: digest })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!got.known && got.peers.is_empty(), "{got:?}");
+    // Malformed task IDs are refused by both.
+    for bad in ["sha256:nothex", "", "../x"] {
+        let e = c
+            .delete_task(pb::DeleteTaskRequest {
+                task_id: bad.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}: {e:?}");
+        let e = c
+            .get_task(pb::GetTaskRequest {
+                task_id: bad.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}: {e:?}");
+    }
+}
+
 /// A client of `addr` with a `role` certificate for `id` from `ca`.
 fn member_client(
     ca: &dragonfly_membership::Ca,
@@ -637,6 +774,22 @@ async fn with_credentials_only_members_steer_the_scheduler_each_as_itself() {
     assert_eq!(
         code(n1.list_hosts(pb::ListHostsRequest {}).await),
         Code::PermissionDenied
+    );
+    assert_eq!(
+        code(n1.get_task(pb::GetTaskRequest { task_id: task().id }).await),
+        Code::PermissionDenied,
+        "only the manager looks up tasks"
+    );
+    assert_eq!(
+        code(
+            n1.delete_task(pb::DeleteTaskRequest {
+                task_id: task().id,
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::PermissionDenied,
+        "only the manager deletes tasks"
     );
     // A certificate from another CA is no member.
     let mut stranger = member_client(&Ca::create("other").unwrap(), Role::Peer, "n1", &s.addr);

@@ -57,6 +57,8 @@ pub(crate) struct BlobInner {
     source: Mutex<Option<Arc<dyn RangeSource>>>,
     shared: Arc<Shared>,
     pins: AtomicUsize,
+    /// Of the pins, those of mounted layers (reads can come at any time).
+    mounts: AtomicUsize,
     last_used: AtomicU64,
     removed: AtomicBool,
     /// Serializes bitmap saves so the last one written is the newest.
@@ -76,10 +78,14 @@ pub struct Blob {
 /// Keeps a blob from being evicted while held.
 pub struct PinGuard {
     inner: Arc<BlobInner>,
+    mount: bool,
 }
 
 impl Drop for PinGuard {
     fn drop(&mut self) {
+        if self.mount {
+            self.inner.mounts.fetch_sub(1, Ordering::AcqRel);
+        }
         self.inner.pins.fetch_sub(1, Ordering::AcqRel);
         self.inner.shared.evict.notify_one();
     }
@@ -129,6 +135,7 @@ impl BlobInner {
             last_used: AtomicU64::new(shared.tick()),
             shared,
             pins: AtomicUsize::new(0),
+            mounts: AtomicUsize::new(0),
             removed: AtomicBool::new(false),
             persist: Mutex::new(()),
             verify: tokio::sync::Mutex::new(()),
@@ -176,6 +183,10 @@ impl BlobInner {
 
     pub(crate) fn pins(&self) -> usize {
         self.pins.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mounts(&self) -> usize {
+        self.mounts.load(Ordering::Acquire)
     }
 
     pub(crate) fn last_used(&self) -> u64 {
@@ -622,7 +633,17 @@ impl Blob {
         self.inner.pins.fetch_add(1, Ordering::AcqRel);
         PinGuard {
             inner: self.inner.clone(),
+            mount: false,
         }
+    }
+
+    /// Like [`Blob::pin`], for a mounted layer that reads the blob on demand: the store
+    /// refuses to delete it on request ([`crate::PieceStore::delete_on_request`]) and says why.
+    pub fn pin_mounted(&self) -> PinGuard {
+        self.inner.mounts.fetch_add(1, Ordering::AcqRel);
+        let mut guard = self.pin();
+        guard.mount = true;
+        guard
     }
 
     /// Makes the bytes of `range` present, fetching what is missing.

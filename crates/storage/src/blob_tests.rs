@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::testing::{bytes, MemSource};
-use crate::{PieceStore, Priority, StoreConfig, StoreError};
+use crate::{Deletion, PieceStore, Priority, StoreConfig, StoreError};
 
 const PL: u32 = 64 * 1024;
 
@@ -298,6 +298,47 @@ async fn bad_digests_are_refused_before_touching_disk() {
             .count(),
         0
     );
+}
+
+#[tokio::test]
+async fn deletion_on_request_spares_mounted_and_held_blobs_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path()).await;
+    let data = bytes(3 * PL as usize, 7);
+    let src = MemSource::new(data.clone());
+    let digest = src.digest();
+    let blob = s
+        .blob(&digest, data.len() as u64, Arc::new(src.clone()))
+        .unwrap();
+    blob.fetch_all(Priority::Background).await.unwrap();
+    let on_disk = dir
+        .path()
+        .join("sha256")
+        .join(digest.strip_prefix("sha256:").unwrap());
+    assert_eq!(
+        s.delete_on_request("sha256:nothing").unwrap(),
+        Deletion::NotHeld
+    );
+    let mounted = blob.pin_mounted();
+    assert_eq!(s.delete_on_request(&digest).unwrap(), Deletion::Mounted(1));
+    drop(mounted);
+    // A plain pin (an unpack, a download) or another handle keeps it too.
+    let pin = blob.pin();
+    assert_eq!(s.delete_on_request(&digest).unwrap(), Deletion::InUse);
+    drop(pin);
+    assert_eq!(s.delete_on_request(&digest).unwrap(), Deletion::InUse);
+    drop(blob);
+    assert!(on_disk.exists());
+    assert_eq!(
+        s.delete_on_request(&digest).unwrap(),
+        Deletion::Deleted {
+            freed: data.len() as u64
+        }
+    );
+    assert!(!on_disk.exists(), "its pieces are gone from disk");
+    assert_eq!(s.usage().bytes_on_disk, 0);
+    assert!(s.get(&digest).is_none());
+    assert_eq!(s.delete_on_request(&digest).unwrap(), Deletion::NotHeld);
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ pub use error::StoreError;
 pub use gate::Priority;
 pub use reader::BlobReader;
 pub use source::{RangeSource, SourceError};
-pub use store::{PieceStore, StoreStats, StoreUsage};
+pub use store::{Deletion, PieceStore, StoreStats, StoreUsage};
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

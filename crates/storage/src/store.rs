@@ -19,6 +19,22 @@ use crate::files::{BlobFiles, Meta};
 use crate::gate::Gate;
 use crate::source::RangeSource;
 
+/// What [`PieceStore::delete_on_request`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// The store does not have the blob.
+    NotHeld,
+    /// Deleted; its present bytes are freed.
+    Deleted {
+        /// Bytes it held.
+        freed: u64,
+    },
+    /// Kept: this many mounted layers read it.
+    Mounted(usize),
+    /// Kept: a download or an unpack holds it.
+    InUse,
+}
+
 /// Counters since the store was opened.
 #[derive(Default)]
 pub(crate) struct Counters {
@@ -284,6 +300,27 @@ impl PieceStore {
             blobs: blobs.len(),
             pinned: blobs.values().filter(|b| b.pins() > 0).count(),
         }
+    }
+
+    /// Removes `digest` for an operator (a delete_task job) unless something uses it: a
+    /// mounted layer, a download or an unpack holding it.
+    pub fn delete_on_request(&self, digest: &str) -> Result<Deletion, StoreError> {
+        let victim = {
+            let mut blobs = self.inner.blobs.lock().expect("store lock");
+            let Some(b) = blobs.get(digest) else {
+                return Ok(Deletion::NotHeld);
+            };
+            if b.mounts() > 0 {
+                return Ok(Deletion::Mounted(b.mounts()));
+            }
+            if Arc::strong_count(b) > 1 || b.pins() > 0 || b.is_busy() {
+                return Ok(Deletion::InUse);
+            }
+            blobs.remove(digest).expect("looked up above")
+        };
+        let freed = victim.present_bytes();
+        self.delete(&victim)?;
+        Ok(Deletion::Deleted { freed })
     }
 
     /// Removes `digest` unless it is in use; returns whether it was removed.

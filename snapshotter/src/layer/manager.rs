@@ -149,7 +149,7 @@ impl LayerManager {
         let Some((index, format)) = built else {
             return self.unpack_layer(&l, blob, mountpoint).await;
         };
-        let pin = blob.pin();
+        let pin = blob.pin_mounted();
         let reader = ChunkReader::new(
             blob.clone(),
             format,

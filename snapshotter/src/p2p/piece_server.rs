@@ -222,7 +222,7 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::p2p::piece_wire::PieceRequest;
     use crate::p2p::{ParentClients, SchedulerPool};
-    use dragonfly_proto::peer::GetPieceRequest;
+    use dragonfly_proto::peer::{DeleteTaskRequest, GetPieceRequest};
     use dragonfly_storage::testing::MemSource;
     use dragonfly_storage::{PieceStore, Priority, StoreConfig};
     use sha2::{Digest, Sha256};
@@ -347,6 +347,52 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.unreachable, "{e:?}");
+    }
+
+    /// `DeleteTask` over the peer port: a blob a lazy mount reads stays (and the answer says
+    /// so), an unused one leaves the disk, a task held nowhere is not "held".
+    #[tokio::test]
+    async fn delete_task_spares_a_mounted_blob_and_removes_an_unused_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PieceStore::open(dir.path(), StoreConfig::default())
+            .await
+            .unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 13) as u8).collect();
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+        let blob = store
+            .blob(
+                &digest,
+                data.len() as u64,
+                Arc::new(MemSource::new(data.clone())),
+            )
+            .unwrap();
+        blob.fetch_all(Priority::OnDemand).await.unwrap();
+        let mounted = blob.pin_mounted();
+        let port = serve_store(store.clone(), 4, Metrics::new(), None, 64).await;
+        let mut c = ParentClients::default()
+            .get("127.0.0.1", u32::from(port))
+            .unwrap();
+        let delete = |id: &str| DeleteTaskRequest {
+            task_id: id.to_owned(),
+        };
+        let kept = c.delete_task(delete(&digest)).await.unwrap().into_inner();
+        assert!(kept.held && !kept.deleted, "{kept:?}");
+        assert!(kept.reason.contains("lazy mount"), "{kept:?}");
+        drop((mounted, blob));
+        let gone = c.delete_task(delete(&digest)).await.unwrap().into_inner();
+        assert!(gone.held && gone.deleted, "{gone:?}");
+        assert_eq!(gone.freed_bytes, data.len() as u64);
+        assert!(store.get(&digest).is_none());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
+        let again = c.delete_task(delete(&digest)).await.unwrap().into_inner();
+        assert!(!again.held && !again.deleted, "{again:?}");
+        let e = c.delete_task(delete("../../etc")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     }
 
     /// Connections over the cap are closed as they arrive; a freed slot serves again.

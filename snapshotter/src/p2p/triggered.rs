@@ -200,6 +200,11 @@ impl TriggeredDownloads {
             .insert(task_id.to_owned());
     }
 
+    /// Forgets how the last triggered download of `task_id` ended (the task was deleted).
+    pub fn forget(&self, task_id: &str) {
+        self.failures.lock().expect("failures lock").pop(task_id);
+    }
+
     /// What this peer holds of `task_id` and how its triggered download is going.
     pub fn stat(&self, task_id: &str) -> dragonfly_proto::peer::StatTaskResponse {
         let running = self.running.lock().expect("running lock").contains(task_id);

@@ -5,6 +5,8 @@
 //! this peer opened or is opening from its origin at once, ahead of the task's fill, together
 //! with the rest of the run the reader asked for (`fetch_until`), in one origin request; the
 //! store's single-flight makes every peer asking for the same piece share one origin fetch.
+//! A scheduler's `DeleteTask` (a delete_task job) removes a task's pieces unless a running
+//! lazy mount, a download or an unpack uses them, and says which.
 
 use dragonfly_membership::server::require;
 use dragonfly_membership::Role;
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dragonfly_proto::peer as pb;
 use dragonfly_proto::peer::peer_server::Peer;
-use dragonfly_storage::{PieceStore, Priority};
+use dragonfly_storage::{Deletion, PieceStore, Priority};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
@@ -131,6 +133,54 @@ impl PeerService {
         }
     }
 
+    /// Removes `task_id` from the store for a delete_task job, unless it is in use here: a
+    /// running lazy mount reads it, or a download or an unpack holds it.
+    pub async fn delete(&self, task_id: &str) -> Result<pb::DeleteTaskResponse, Status> {
+        if task_id.parse::<dragonfly_task::TaskId>().is_err() {
+            return Err(Status::invalid_argument(format!(
+                "{task_id:?} is not a task ID (sha256:<hex> or task:<hex>)"
+            )));
+        }
+        if self
+            .downloads
+            .as_ref()
+            .is_some_and(|d| d.is_running(task_id))
+        {
+            return Ok(kept("a triggered download of it is running here; delete it again when the download ends"));
+        }
+        let store = self.store.clone();
+        let id = task_id.to_owned();
+        let deletion = tokio::task::spawn_blocking(move || store.delete_on_request(&id))
+            .await
+            .map_err(|e| Status::internal(format!("delete task failed: {e}")))?
+            .map_err(|e| Status::internal(format!("cannot delete task {task_id}: {e}")))?;
+        let answer = match deletion {
+            Deletion::NotHeld => pb::DeleteTaskResponse::default(),
+            Deletion::Deleted { freed } => {
+                if let Some(d) = &self.downloads {
+                    d.forget(task_id);
+                }
+                tracing::info!(task = %task_id, freed, "task deleted on the scheduler's request");
+                pb::DeleteTaskResponse {
+                    held: true,
+                    deleted: true,
+                    freed_bytes: freed,
+                    reason: String::new(),
+                }
+            }
+            Deletion::Mounted(n) => kept(&format!(
+                "served to {n} running lazy mount(s) here; not deleted under them (remove the containers and images using it, then delete again)"
+            )),
+            Deletion::InUse => kept(
+                "in use here by a download or an unpack; delete it again when that ends",
+            ),
+        };
+        if answer.held && !answer.deleted {
+            tracing::warn!(task = %task_id, reason = %answer.reason, "task kept despite a delete request");
+        }
+        Ok(answer)
+    }
+
     /// Piece `number` of `task_id` from the store, within the upload slots and rate limit;
     /// what both transports (gRPC `GetPiece` and the raw-TCP protocol) serve. A `demand`
     /// (`Some(until)`) fetches it from the origin if it is missing, together with the missing
@@ -203,6 +253,16 @@ impl PeerService {
     }
 }
 
+/// The answer for a task held but kept, and why.
+fn kept(reason: &str) -> pb::DeleteTaskResponse {
+    pb::DeleteTaskResponse {
+        held: true,
+        deleted: false,
+        freed_bytes: 0,
+        reason: reason.to_owned(),
+    }
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn get_piece(
@@ -256,5 +316,14 @@ impl Peer for PeerService {
             ));
         };
         Ok(Response::new(downloads.stat(&req.into_inner().task_id)))
+    }
+
+    async fn delete_task(
+        &self,
+        req: Request<pb::DeleteTaskRequest>,
+    ) -> Result<Response<pb::DeleteTaskResponse>, Status> {
+        require(&req, "DeleteTask", &[Role::Scheduler])?;
+        let task_id = req.into_inner().task_id;
+        self.delete(&task_id).await.map(Response::new)
     }
 }
