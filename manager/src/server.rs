@@ -65,7 +65,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.clone(),
             job_created.clone(),
             metrics.clone(),
-            dialer,
+            dialer.clone(),
         )
         .run(),
     );
@@ -84,6 +84,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.clone(),
         metrics.clone(),
         job_created,
+        dialer,
     ));
     let app = app.into_make_service_with_connect_info::<Peer>();
     match &config.http.tls {

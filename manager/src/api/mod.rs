@@ -45,6 +45,8 @@ pub struct AppState {
     pub hashes: HashPool,
     /// Where preheat URLs may point.
     pub destinations: Arc<DestinationPolicy>,
+    /// How schedulers are dialled (get_image_distribution asks them at once).
+    pub dialer: dragonfly_membership::client::Dialer,
 }
 
 impl AppState {
@@ -54,6 +56,7 @@ impl AppState {
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         job_created: Arc<tokio::sync::Notify>,
+        dialer: dragonfly_membership::client::Dialer,
     ) -> AppState {
         let a = &config.auth;
         AppState {
@@ -69,6 +72,7 @@ impl AppState {
             limiter: Arc::new(JobLimiter::default()),
             metrics,
             job_created,
+            dialer,
         }
     }
 }

@@ -24,7 +24,7 @@ fn crud(prefix: &str, security: &str, doc: &mut serde_json::Map<String, Value>) 
     doc.insert(
         format!("{prefix}/jobs"),
         json!({
-            "post": op("Create a job (preheat); 429 when the cluster's job_rate_limit is exceeded", security, Some("CreateJob"), "201"),
+            "post": op("Create a job (preheat, get_task, delete_task: 201; get_image_distribution: answered at once, 200); 429 when the cluster's job_rate_limit is exceeded", security, Some("CreateJob"), "201"),
             "get": op("List jobs (?state=&type=&page=&per_page=)", security, None, "200"),
         }),
     );
@@ -105,6 +105,30 @@ pub async fn document() -> Json<Value> {
         },
         "additionalProperties": false
     });
+    let task_args = json!({
+        "type": "object",
+        "description": "get_task / delete_task: task_id, or url with the tag, application and filtered_query_params of its download",
+        "properties": {
+            "task_id": {"type": "string", "description": "sha256:<hex> (an image layer or blob), task:<hex> or the bare hex dfctl get prints (a file)"},
+            "url": {"type": "string"}, "tag": {"type": "string"}, "application": {"type": "string"},
+            "filtered_query_params": {"type": "string"},
+            "timeout": {"description": "seconds, or 90s / 30m / 2h"},
+            "concurrent_peer_count": {"type": "integer", "minimum": 1, "description": "delete_task only: hosts asked at once"},
+        },
+        "additionalProperties": false
+    });
+    let distribution_args = json!({
+        "type": "object", "required": ["url"],
+        "description": "get_image_distribution (answered at once with 200: image.layers and peers[].cached_layers)",
+        "properties": {
+            "url": {"type": "string", "description": "http(s)://REGISTRY/v2/REPO/manifests/TAG"},
+            "platform": {"type": "string"}, "username": {"type": "string"}, "password": {"type": "string"},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "concurrent_layer_count": {"type": "integer", "minimum": 1},
+            "timeout": {"description": "seconds, or 90s / 30m / 2h"},
+        },
+        "additionalProperties": false
+    });
     Json(json!({
         "openapi": "3.0.3",
         "info": {"title": "Dragonfly-rs manager", "version": env!("CARGO_PKG_VERSION")},
@@ -120,10 +144,10 @@ pub async fn document() -> Json<Value> {
                 "CreateJob": {
                     "type": "object", "required": ["type", "args"],
                     "properties": {
-                        "type": {"type": "string", "enum": ["preheat"]},
+                        "type": {"type": "string", "enum": ["preheat", "get_task", "delete_task", "get_image_distribution"]},
                         "bio": {"type": "string"},
                         "scheduler_cluster_ids": {"type": "array", "items": {"type": "integer"}},
-                        "args": preheat_args
+                        "args": {"oneOf": [preheat_args, task_args, distribution_args]}
                     }
                 },
                 "Cluster": {"type": "object", "required": ["name"], "properties": {

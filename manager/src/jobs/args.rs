@@ -21,7 +21,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(field: &str, message: impl Into<String>) -> FieldError {
+    pub(crate) fn new(field: &str, message: impl Into<String>) -> FieldError {
         FieldError {
             field: field.to_owned(),
             message: message.into(),
@@ -32,11 +32,54 @@ impl FieldError {
 /// Smallest and largest piece length a job may ask for.
 pub const PIECE_LENGTH_RANGE: (u64, u64) = (64 << 10, 64 << 20);
 
+/// The job types of `POST /jobs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Fill hosts with an image or files (stored, run by the runner).
+    Preheat,
+    /// Which peers hold a task (stored, run by the runner).
+    GetTask,
+    /// Evict a task from every peer (stored, run by the runner).
+    DeleteTask,
+    /// Which peers hold which layers of an image (answered at once, not stored).
+    GetImageDistribution,
+}
+
+impl JobKind {
+    /// The stored and answered name (`preheat`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Preheat => "preheat",
+            JobKind::GetTask => "get_task",
+            JobKind::DeleteTask => "delete_task",
+            JobKind::GetImageDistribution => "get_image_distribution",
+        }
+    }
+
+    /// The job type `name`, or a 400 naming `type`.
+    pub fn parse(name: &str) -> Result<JobKind, FieldError> {
+        [
+            JobKind::Preheat,
+            JobKind::GetTask,
+            JobKind::DeleteTask,
+            JobKind::GetImageDistribution,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
+        .ok_or_else(|| {
+            FieldError::new(
+                "type",
+                format!("unknown job type {name:?}; supported: preheat, get_task, delete_task, get_image_distribution"),
+            )
+        })
+    }
+}
+
 /// `POST /jobs` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJob {
-    /// Only `preheat`.
+    /// A [`JobKind`] name.
     #[serde(rename = "type")]
     pub kind: String,
     /// Free text.
@@ -281,7 +324,7 @@ fn parse_timeout(v: &Value) -> Result<u64, String> {
     }
 }
 
-fn check_url(field: &str, u: &str) -> Result<reqwest::Url, FieldError> {
+pub(crate) fn check_url(field: &str, u: &str) -> Result<reqwest::Url, FieldError> {
     let parsed = reqwest::Url::parse(u)
         .map_err(|e| FieldError::new(field, format!("{u:?} is not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
@@ -293,21 +336,17 @@ fn check_url(field: &str, u: &str) -> Result<reqwest::Url, FieldError> {
     Ok(parsed)
 }
 
-/// The preheat arguments of `req`, parsed (unknown fields are errors naming them).
-fn parse_args(req: &mut CreateJob) -> Result<RawPreheat, FieldError> {
-    if req.kind != "preheat" {
-        return Err(FieldError::new(
-            "type",
-            format!("unknown job type {:?}; supported: preheat", req.kind),
-        ));
-    }
-    if !req.args.is_object() {
+/// A job's `args`, parsed (unknown fields are errors naming them).
+pub(crate) fn deserialize_args<T: serde::de::DeserializeOwned>(
+    args: Value,
+) -> Result<T, FieldError> {
+    if !args.is_object() {
         return Err(FieldError::new(
             "args",
-            "args must be an object with at least type and url",
+            "args must be an object (see the Open API document for each job type's fields)",
         ));
     }
-    serde_path_to_error::deserialize(req.args.take()).map_err(|e| {
+    serde_path_to_error::deserialize(args).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." {
             "args".to_owned()
@@ -380,7 +419,7 @@ fn preheat_scope(scope: Option<&str>) -> Result<Scope, FieldError> {
 }
 
 /// `os/arch[/variant]`, this machine's when empty.
-fn preheat_platform(platform: &str) -> Result<String, FieldError> {
+pub(crate) fn preheat_platform(platform: &str) -> Result<String, FieldError> {
     let platform = if platform.is_empty() {
         dragonfly_registry::default_platform()
     } else {
@@ -396,7 +435,7 @@ fn preheat_platform(platform: &str) -> Result<String, FieldError> {
     Ok(platform)
 }
 
-fn preheat_timeout(timeout: Option<&Value>, default: Duration) -> Result<u64, FieldError> {
+pub(crate) fn job_timeout(timeout: Option<&Value>, default: Duration) -> Result<u64, FieldError> {
     let secs = match timeout {
         None => default.as_secs(),
         Some(v) => parse_timeout(v).map_err(|e| FieldError::new("args.timeout", e))?,
@@ -441,15 +480,25 @@ fn shown_args(
     })
 }
 
-/// Checks `req`; `default_timeout` applies when the job gives none.
+/// `a&b` → the query parameter names left out of file task IDs.
+pub(crate) fn split_filtered(params: &str) -> Vec<String> {
+    params
+        .split('&')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Checks a preheat `req`; `default_timeout` applies when the job gives none.
 pub fn check(mut req: CreateJob, default_timeout: Duration) -> Result<NewJob, FieldError> {
-    let raw = parse_args(&mut req)?;
+    let raw: RawPreheat = deserialize_args(req.args.take())?;
     let kind = preheat_kind(&raw.kind)?;
     let urls = preheat_urls(&raw, kind)?;
     check_piece_length(raw.piece_length)?;
     let scope = preheat_scope(raw.scope.as_deref())?;
     let platform = preheat_platform(&raw.platform)?;
-    let timeout_secs = preheat_timeout(raw.timeout.as_ref(), default_timeout)?;
+    let timeout_secs = job_timeout(raw.timeout.as_ref(), default_timeout)?;
     if raw.password.is_empty() != raw.username.is_empty() {
         return Err(FieldError::new(
             "args.username",
@@ -457,13 +506,7 @@ pub fn check(mut req: CreateJob, default_timeout: Duration) -> Result<NewJob, Fi
         ));
     }
     let targets = preheat_targets(&raw, scope)?;
-    let filtered: Vec<String> = raw
-        .filtered_query_params
-        .split('&')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let filtered = split_filtered(&raw.filtered_query_params);
     let shown = shown_args(&raw, &urls, &platform, scope, timeout_secs);
     Ok(NewJob {
         bio: req.bio,
@@ -539,9 +582,8 @@ mod tests {
     #[test]
     fn every_mistake_names_its_field() {
         let d = Duration::from_secs(60);
-        let mut bad = req(json!({"type": "image", "url": "http://r/v2/a/manifests/b"}));
-        bad.kind = "gc".into();
-        assert_eq!(field(check(bad, d)), "type");
+        assert_eq!(JobKind::parse("gc").unwrap_err().field, "type");
+        assert_eq!(JobKind::parse("get_task").unwrap(), JobKind::GetTask);
         assert_eq!(
             field(check(req(json!({"type": "blob", "url": "http://x/y"})), d)),
             "args.type"

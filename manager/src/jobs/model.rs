@@ -1,5 +1,6 @@
 //! The shapes of a job as it is stored and answered: its state, and its result (per cluster,
-//! which hosts hold which task; while it runs, each task's live progress). Dragonfly's field
+//! which hosts hold which task — preheated, found or deleted; while a preheat runs, each
+//! task's live progress). Dragonfly's field
 //! names (`job_states`, `success_tasks`, `failure_tasks`) are kept, so scripts written for
 //! Dragonfly read ours.
 
@@ -82,19 +83,62 @@ pub struct ClusterOutcome {
     pub success_tasks: Vec<HostTask>,
     /// Host-task pairs that failed, with why.
     pub failure_tasks: Vec<HostTask>,
-    /// Why the cluster could not be preheated at all (no scheduler, …); empty otherwise.
+    /// Why the cluster could not be worked on at all (no scheduler, …); empty otherwise.
     pub error: String,
+    /// get_task: the peers of the cluster holding the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<TaskPeer>>,
+}
+
+/// A peer holding a task (get_task results), with Dragonfly's fields and what it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskPeer {
+    /// The peer (one host's download of the task).
+    pub id: String,
+    /// Its host's ID.
+    pub host_id: String,
+    /// Its host.
+    pub hostname: String,
+    /// Its host's address.
+    pub ip: String,
+    /// `normal` or `super` (a seed peer), as Dragonfly names them.
+    pub host_type: String,
+    /// Pieces it holds.
+    pub pieces: u32,
+    /// Bytes it holds.
+    pub present_bytes: u64,
+    /// It holds every piece.
+    pub finished: bool,
+    /// When it registered (RFC 3339).
+    pub created_at: String,
+    /// Its last piece (RFC 3339).
+    pub updated_at: String,
+}
+
+impl ClusterOutcome {
+    /// A cluster that answered: SUCCESS when `ok`.
+    pub fn answered(scheduler_cluster_id: i64, ok: bool) -> ClusterOutcome {
+        ClusterOutcome {
+            scheduler_cluster_id,
+            state: if ok {
+                JobState::Success
+            } else {
+                JobState::Failure
+            },
+            success_tasks: Vec::new(),
+            failure_tasks: Vec::new(),
+            error: String::new(),
+            peers: None,
+        }
+    }
 }
 
 impl ClusterOutcome {
     /// A cluster that could not be worked on.
     pub fn failed(scheduler_cluster_id: i64, error: String) -> ClusterOutcome {
         ClusterOutcome {
-            scheduler_cluster_id,
-            state: JobState::Failure,
-            success_tasks: Vec::new(),
-            failure_tasks: Vec::new(),
             error,
+            ..ClusterOutcome::answered(scheduler_cluster_id, false)
         }
     }
 }
@@ -110,9 +154,19 @@ pub struct HostTask {
     pub hostname: String,
     /// The host's address.
     pub ip: String,
+    /// delete_task: `normal` or `super`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host_type: String,
+    /// delete_task: bytes the host freed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub freed_bytes: u64,
     /// Why it failed (failures only).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Live progress of one task, summed over its target hosts.

@@ -8,45 +8,69 @@
 //! A preheat resolves its tasks (an image's config and layers, or file URLs), then asks one
 //! active scheduler of each target cluster to fill the scope's hosts (`Scheduler.Preheat`) and
 //! records which hosts hold which task. The job succeeds when every task reached at least one
-//! host in every cluster; a readable log says what happened either way.
+//! host in every cluster; a readable log says what happened either way. get_task and
+//! delete_task jobs run in [`super::task_runner`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use dragonfly_proto::scheduler as pb;
-use dragonfly_runtime::grpc::{endpoint, Timeouts};
 use dragonfly_task::{TaskId, TaskRole};
 use tokio::sync::{Notify, Semaphore};
 
-use super::args::{Preheat, PreheatKind, Scope, Secrets};
+use super::args::{JobKind, Preheat, PreheatKind, Scope, Secrets};
 use super::destination::{DestinationPolicy, Refused};
 use super::image::{self, ManifestUrl};
-use super::model::{ClusterOutcome, HostTask, JobResult, JobState, TaskProgress};
+use super::model::{ClusterOutcome, HostTask, JobState};
+use super::progress::{live_tasks, Progress};
+use super::schedulers;
+use super::task_args::TaskQuery;
+use super::task_runner::TaskJob;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::store::hosts::Kind;
+use crate::store::clusters::Cluster;
 use crate::store::image_tags::ImageTag;
 use crate::store::jobs::Claimed;
 use crate::store::Db;
 use dragonfly_membership::client::Dialer;
-use dragonfly_membership::Role;
 
 /// How often a RUNNING job's heartbeat (with its live progress) is written.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// What the runner works from: the stored plan and secrets of a claimed job.
-struct JobPlan {
-    preheat: Preheat,
-    secrets: Secrets,
+/// What the runner works from: the stored plan (and secrets) of a claimed job.
+enum JobPlan {
+    Preheat {
+        preheat: Box<Preheat>,
+        secrets: Secrets,
+    },
+    /// get_task or delete_task.
+    Task { kind: JobKind, query: TaskQuery },
 }
 
 impl JobPlan {
-    fn of(c: &Claimed) -> Result<JobPlan, serde_json::Error> {
-        Ok(JobPlan {
-            preheat: serde_json::from_value(c.plan.clone())?,
-            secrets: serde_json::from_value(c.secrets.clone())?,
-        })
+    fn of(c: &Claimed) -> Result<JobPlan, String> {
+        let bad = |e: serde_json::Error| e.to_string();
+        match JobKind::parse(&c.job.kind).map_err(|e| e.message)? {
+            JobKind::Preheat => Ok(JobPlan::Preheat {
+                preheat: serde_json::from_value(c.plan.clone()).map_err(bad)?,
+                secrets: serde_json::from_value(c.secrets.clone()).map_err(bad)?,
+            }),
+            kind @ (JobKind::GetTask | JobKind::DeleteTask) => Ok(JobPlan::Task {
+                kind,
+                query: serde_json::from_value(c.plan.clone()).map_err(bad)?,
+            }),
+            JobKind::GetImageDistribution => {
+                Err("get_image_distribution is answered at once, never stored".into())
+            }
+        }
+    }
+
+    fn timeout_secs(&self) -> u64 {
+        match self {
+            JobPlan::Preheat { preheat, .. } => preheat.timeout_secs,
+            JobPlan::Task { query, .. } => query.timeout_secs,
+        }
     }
 }
 
@@ -75,73 +99,6 @@ pub struct Runner {
     destinations: Arc<DestinationPolicy>,
     /// How schedulers are dialled (mutual TLS with the manager's certificate, or plain).
     dialer: Dialer,
-}
-
-/// A job's growing log and result.
-struct Progress {
-    log: String,
-    result: JobResult,
-    /// Per task, how far its target hosts have got (shown as `result.progress`).
-    live: Vec<LiveTask>,
-}
-
-/// Live progress of one task.
-struct LiveTask {
-    task_id: String,
-    url: String,
-    /// Manifest, config, layer or file.
-    role: TaskRole,
-    content_length: u64,
-    /// `cluster/host` → (present bytes, content length).
-    hosts: std::collections::BTreeMap<String, (u64, u64)>,
-}
-
-impl LiveTask {
-    fn progress(&self) -> TaskProgress {
-        TaskProgress {
-            task_id: self.task_id.clone(),
-            url: crate::redact::url(&self.url),
-            role: self.role,
-            content_length: self.content_length,
-            hosts: self.hosts.len(),
-            present_bytes: self.hosts.values().map(|h| h.0).sum(),
-            total_bytes: self
-                .hosts
-                .values()
-                .map(|h| if h.1 == 0 { self.content_length } else { h.1 })
-                .sum(),
-        }
-    }
-}
-
-impl Progress {
-    fn snapshot(&self) -> Progress {
-        let mut result = self.result.clone();
-        if !self.live.is_empty() {
-            result.progress = self.live.iter().map(LiveTask::progress).collect();
-        }
-        Progress {
-            log: self.log.clone(),
-            result,
-            live: Vec::new(),
-        }
-    }
-
-    fn advance(&mut self, cluster_id: i64, p: &pb::PreheatProgress) {
-        if let Some(t) = self.live.iter_mut().find(|t| t.task_id == p.task_id) {
-            t.hosts.insert(
-                format!("{cluster_id}/{}", p.host_id),
-                (p.present_bytes, p.content_length),
-            );
-        }
-    }
-
-    /// Appends a log line; URLs in it lose their query values and user info.
-    fn line(&mut self, s: impl AsRef<str>) {
-        let t = chrono::Utc::now().format("%H:%M:%S");
-        let s = crate::redact::text(s.as_ref());
-        self.log.push_str(&format!("{t} {s}\n"));
-    }
 }
 
 impl Runner {
@@ -224,11 +181,7 @@ impl Runner {
     async fn run_job(&self, c: Claimed) {
         let id = c.job.id;
         let started = Instant::now();
-        let mut progress = Progress {
-            log: c.job.log.clone(),
-            result: JobResult::default(),
-            live: Vec::new(),
-        };
+        let mut progress = Progress::new(c.job.log.clone());
         if c.job.attempts > 1 {
             progress.line(format!(
                 "run {} (the previous run's manager stopped)",
@@ -252,7 +205,7 @@ impl Runner {
             }
             Ok(plan) => {
                 let shared = Arc::new(tokio::sync::Mutex::new(progress));
-                let timeout = Duration::from_secs(plan.preheat.timeout_secs.max(1));
+                let timeout = Duration::from_secs(plan.timeout_secs().max(1));
                 let heartbeat = {
                     let (db, shared) = (self.db.clone(), shared.clone());
                     tokio::spawn(async move {
@@ -266,11 +219,23 @@ impl Runner {
                         }
                     })
                 };
-                let outcome = tokio::time::timeout(
-                    timeout,
-                    self.preheat(id, &plan, &c.job.scheduler_cluster_ids, shared.clone()),
-                )
-                .await;
+                let clusters = &c.job.scheduler_cluster_ids;
+                let work = async {
+                    match &plan {
+                        JobPlan::Preheat { preheat, secrets } => {
+                            self.preheat(id, (preheat, secrets), clusters, shared.clone())
+                                .await
+                        }
+                        JobPlan::Task { kind, query } => {
+                            let on = TaskJob {
+                                db: &self.db,
+                                dialer: &self.dialer,
+                            };
+                            on.run(*kind, query, clusters, &shared).await
+                        }
+                    }
+                };
+                let outcome = tokio::time::timeout(timeout, work).await;
                 heartbeat.abort();
                 let mut p = shared.lock().await.snapshot();
                 let ok = match outcome {
@@ -407,11 +372,11 @@ impl Runner {
     async fn preheat(
         &self,
         job: i64,
-        plan: &JobPlan,
+        (preheat, secrets): (&Preheat, &Secrets),
         cluster_ids: &[i64],
         progress: Arc<tokio::sync::Mutex<Progress>>,
     ) -> bool {
-        let (tasks, tag) = match self.tasks(&plan.preheat, &plan.secrets).await {
+        let (tasks, tag) = match self.tasks(preheat, secrets).await {
             Ok(t) => t,
             Err(e) => {
                 progress.lock().await.line(e.to_string());
@@ -432,27 +397,14 @@ impl Runner {
             }
         ));
         drop(p);
-        let clusters = match self.db.clusters().await {
-            Ok(all) => all
-                .into_iter()
-                .filter(|c| cluster_ids.is_empty() || cluster_ids.contains(&c.id))
-                .collect::<Vec<_>>(),
+        let clusters = match schedulers::target_clusters(&self.db, cluster_ids).await {
+            Ok(c) => c,
             Err(e) => {
-                progress
-                    .lock()
-                    .await
-                    .line(format!("cannot list clusters: {e}"));
+                progress.lock().await.line(e);
                 return false;
             }
         };
-        if clusters.is_empty() {
-            progress
-                .lock()
-                .await
-                .line("no scheduler cluster to preheat in; create one or register a scheduler");
-            return false;
-        }
-        let scope = match plan.preheat.scope {
+        let scope = match preheat.scope {
             Scope::SingleSeedPeer => pb::PreheatScope::SingleSeedPeer,
             Scope::AllSeedPeers => pb::PreheatScope::AllSeedPeers,
             Scope::AllPeers => pb::PreheatScope::AllPeers,
@@ -460,11 +412,10 @@ impl Runner {
         // Clusters are independent: preheat them at once.
         let outcomes = futures::future::join_all(clusters.iter().map(|cluster| {
             self.preheat_cluster(
-                cluster.id,
-                &cluster.name,
+                cluster,
                 &tasks,
-                (scope, &plan.preheat.targets),
-                plan.preheat.timeout_secs,
+                (scope, &preheat.targets),
+                preheat.timeout_secs,
                 &progress,
             )
         }))
@@ -495,64 +446,48 @@ impl Runner {
 
     async fn preheat_cluster(
         &self,
-        cluster_id: i64,
-        name: &str,
+        cluster: &Cluster,
         tasks: &[pb::Task],
         (scope, targets): (pb::PreheatScope, &crate::jobs::args::Targets),
         timeout_secs: u64,
         progress: &tokio::sync::Mutex<Progress>,
     ) -> (bool, ClusterOutcome) {
+        let (cluster_id, name) = (cluster.id, cluster.name.as_str());
         let fail = |e: String| {
             let e = crate::redact::text(&e).into_owned();
             (false, ClusterOutcome::failed(cluster_id, e))
         };
-        let schedulers = match self
-            .db
-            .members(Kind::Scheduler, Some(cluster_id), true)
-            .await
-        {
+        let members = match schedulers::active(&self.db, cluster).await {
             Ok(s) => s,
             Err(e) => {
-                progress.lock().await.line(format!("cluster {name}: {e}"));
-                return fail(e.to_string());
+                progress.lock().await.line(&e);
+                return fail(e);
             }
         };
-        if schedulers.is_empty() {
-            let e = format!("cluster {name} has no active scheduler");
-            progress.lock().await.line(&e);
-            return fail(e);
-        }
+        let request = pb::PreheatRequest {
+            tasks: tasks.to_vec(),
+            scope: scope as i32,
+            timeout_secs: timeout_secs.min(u64::from(u32::MAX)) as u32,
+            targets: Some(pb::PreheatTargets {
+                ips: targets.ips.clone(),
+                count: targets.count.unwrap_or(0),
+                percentage: targets.percentage.unwrap_or(0),
+                concurrent_peer_count: targets.concurrent_peer_count.unwrap_or(0),
+                concurrent_task_count: targets.concurrent_task_count.unwrap_or(0),
+            }),
+        };
         let mut last_error = String::new();
-        for s in &schedulers {
-            let addr = format!("{}:{}", s.ip, s.port);
+        for s in &members {
+            let addr = schedulers::address(s);
             progress.lock().await.line(format!(
-                "cluster {name}: asking scheduler {}:{} ({:?})",
-                s.ip, s.port, scope
+                "cluster {name}: asking scheduler {addr} ({scope:?})"
             ));
             let res = async {
-                let timeouts = Timeouts {
-                    request: Duration::from_secs(timeout_secs + 10),
-                    ..Timeouts::CONTROL
-                };
-                let ch = endpoint(&addr, timeouts).map_err(|e| e.to_string())?;
-                let ch = self
-                    .dialer
-                    .connect_channel(ch, &[Role::Scheduler])
-                    .await
-                    .map_err(|e| format!("cannot connect to scheduler {addr}: {e}"))?;
-                let mut events = pb::scheduler_client::SchedulerClient::new(ch)
-                    .preheat_with_progress(pb::PreheatRequest {
-                        tasks: tasks.to_vec(),
-                        scope: scope as i32,
-                        timeout_secs: timeout_secs.min(u64::from(u32::MAX)) as u32,
-                        targets: Some(pb::PreheatTargets {
-                            ips: targets.ips.clone(),
-                            count: targets.count.unwrap_or(0),
-                            percentage: targets.percentage.unwrap_or(0),
-                            concurrent_peer_count: targets.concurrent_peer_count.unwrap_or(0),
-                            concurrent_task_count: targets.concurrent_task_count.unwrap_or(0),
-                        }),
-                    })
+                let mut client =
+                    schedulers::connect(&self.dialer, s, Duration::from_secs(timeout_secs + 10))
+                        .await?;
+                let mut events = client
+                    .preheat_with_progress(request.clone())
                     .await
                     .map_err(|e| format!("scheduler {addr}: {}", e.message()))?
                     .into_inner();
@@ -603,6 +538,8 @@ impl Runner {
             url: crate::redact::url(&r.url),
             hostname: r.hostname.clone(),
             ip: r.ip.clone(),
+            host_type: String::new(),
+            freed_bytes: 0,
             description: if r.ok {
                 String::new()
             } else {
@@ -613,15 +550,9 @@ impl Runner {
             resp.results.iter().partition(|r| r.ok);
         let every_task = tasks.iter().all(|t| ok.iter().any(|r| r.task_id == t.id));
         let outcome = ClusterOutcome {
-            scheduler_cluster_id: cluster_id,
-            state: if every_task {
-                JobState::Success
-            } else {
-                JobState::Failure
-            },
             success_tasks: ok.into_iter().map(host_task).collect(),
             failure_tasks: failed.into_iter().map(host_task).collect(),
-            error: String::new(),
+            ..ClusterOutcome::answered(cluster_id, every_task)
         };
         let mut p = progress.lock().await;
         p.line(format!(
@@ -634,69 +565,5 @@ impl Runner {
             p.line(format!("  {} on {ip}: {}", f.url, f.description));
         }
         (every_task, outcome)
-    }
-}
-
-/// The live progress entries of `tasks`, each with the role image resolution gave it.
-fn live_tasks(tasks: &[(pb::Task, TaskRole)]) -> Vec<LiveTask> {
-    tasks
-        .iter()
-        .map(|(t, role)| LiveTask {
-            task_id: t.id.clone(),
-            url: t.url.clone(),
-            role: *role,
-            content_length: t.content_length,
-            hosts: Default::default(),
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn live_progress_sums_hosts_and_names_roles() {
-        let task = |id: &str, url: &str, role| {
-            let t = pb::Task {
-                id: id.into(),
-                url: url.into(),
-                content_length: 10,
-                ..Default::default()
-            };
-            (t, role)
-        };
-        let mut p = Progress {
-            log: String::new(),
-            result: JobResult::default(),
-            live: live_tasks(&[
-                task("m", "oci-manifest://r/a@sha256:1", TaskRole::Manifest),
-                task("c", "oci://r/a@sha256:2", TaskRole::Config),
-                task("l", "oci://r/a@sha256:3", TaskRole::Layer),
-            ]),
-        };
-        for (host, present) in [("h1", 4), ("h2", 10), ("h1", 6)] {
-            p.advance(
-                7,
-                &pb::PreheatProgress {
-                    task_id: "l".into(),
-                    host_id: host.into(),
-                    present_bytes: present,
-                    content_length: 10,
-                },
-            );
-        }
-        let shown = serde_json::to_value(p.snapshot().result).unwrap()["progress"].clone();
-        let roles: Vec<&str> = shown
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["role"].as_str().unwrap())
-            .collect();
-        assert_eq!(roles, ["manifest", "config", "layer"]);
-        assert_eq!(shown[2]["present_bytes"], 16);
-        assert_eq!(shown[2]["total_bytes"], 20);
-        assert_eq!(shown[2]["hosts"], 2);
-        assert_eq!(shown[0]["hosts"], 0);
     }
 }

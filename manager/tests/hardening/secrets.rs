@@ -119,7 +119,7 @@ async fn secrets_are_never_shown_or_logged_and_are_gone_when_the_job_ends() {
     assert_eq!((secrets.as_str(), plan.as_str()), ("{}", "{}"));
     let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
     assert!(
-        logs.contains("preheat job created"),
+        logs.contains("job created") && logs.contains("preheat"),
         "the capture works: {logs}"
     );
     for secret in SECRETS {

@@ -1,11 +1,12 @@
 //! `dfctl`: the command line of Dragonfly-rs. `dfctl get URL -O FILE` downloads an ordinary
 //! HTTP(S) file through the swarm via the local daemon, with a progress bar; `dfctl image pull`
-//! pulls an image into containerd through the swarm; `preheat`, `jobs`, `token` and `clusters`
-//! talk to the manager.
+//! pulls an image into containerd through the swarm; `preheat`, `task get|delete`,
+//! `image distribution`, `jobs`, `token` and `clusters` talk to the manager.
 
 mod get;
 mod image;
 mod manager;
+mod task;
 
 use std::path::{Path, PathBuf};
 
@@ -64,6 +65,8 @@ enum ImageCommand {
     /// Pull an image into containerd through the swarm (works with the registry down for an
     /// image preheated before).
     Pull(image::PullArgs),
+    /// Which peers of the swarm hold which layers of an image (on the manager).
+    Distribution(task::DistributionArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -77,6 +80,11 @@ enum Command {
     Get(get::GetArgs),
     /// Preheat an image (REGISTRY/REPO:TAG or a manifest URL) or, with --file, a file URL.
     Preheat(PreheatArgs),
+    /// Tasks in the swarm: which peers hold one, or remove one from every peer (on the manager).
+    Task {
+        #[command(subcommand)]
+        command: task::TaskCommand,
+    },
     /// List recent jobs, or show one.
     Jobs {
         /// Job ID.
@@ -141,6 +149,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Image {
             command: ImageCommand::Pull(pull),
         } => image::pull(daemon(&args.socket).await?, pull).await,
+        Command::Image {
+            command: ImageCommand::Distribution(d),
+        } => task::distribution(&manager()?, d).await,
+        Command::Task { command } => task::task(&manager()?, command).await,
         Command::Get(get) => get::get(daemon(&args.socket).await?, get).await,
         Command::Preheat(p) => preheat(&manager()?, p).await,
         Command::Jobs { id: Some(id), .. } => show_job(&manager()?, id).await,
@@ -177,7 +189,7 @@ async fn preheat(m: &manager::Manager, p: PreheatArgs) -> anyhow::Result<()> {
             .context("--username needs --password (or DFCTL_REGISTRY_PASSWORD)")?
             .into();
     }
-    let job = m.preheat(a).await?;
+    let job = m.create_job("preheat", a).await?;
     let id = job["id"].as_i64().context("no job id in the answer")?;
     println!(
         "job {id} ({}) {}",

@@ -1,4 +1,5 @@
-//! `dfctl` against the manager: preheat, jobs, tokens, clusters. The manager URL and the
+//! `dfctl` against the manager: preheat, task get and delete, image distribution, jobs,
+//! tokens, clusters. The manager URL and the
 //! personal access token come from flags, else `DFCTL_MANAGER` / `DFCTL_TOKEN`, else the
 //! config file (`$XDG_CONFIG_HOME/dfctl/config.yaml`, `~/.config/dfctl/config.yaml` or
 //! `/etc/dragonfly/dfctl.yaml`: `manager: URL`, `token: dfp_…`). Every HTTP error is turned into
@@ -127,13 +128,14 @@ impl Manager {
             .to_owned())
     }
 
-    /// Creates a preheat job; the job.
-    pub async fn preheat(&self, args: Value) -> anyhow::Result<Value> {
+    /// Creates a job of `kind` (preheat, get_task, delete_task); the job. A
+    /// get_image_distribution's answer comes back at once instead.
+    pub async fn create_job(&self, kind: &str, args: Value) -> anyhow::Result<Value> {
         self.call(
             reqwest::Method::POST,
             "/oapi/v1/jobs",
             self.token()?,
-            Some(json!({"type": "preheat", "args": args})),
+            Some(json!({"type": kind, "args": args})),
         )
         .await
     }
@@ -305,10 +307,28 @@ pub async fn wait(m: &Manager, id: i64, quiet: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Per-task results of a job, one line each.
+/// Per-task results of a job, one line each (for get_task, one per peer holding the task).
 pub fn print_results(job: &Value) {
     for state in job["result"]["job_states"].as_array().into_iter().flatten() {
         let cluster = &state["scheduler_cluster_id"];
+        if let Some(e) = state["error"].as_str().filter(|e| !e.is_empty()) {
+            println!("cluster {cluster}  FAIL  {e}");
+        }
+        for p in state["peers"].as_array().into_iter().flatten() {
+            println!(
+                "cluster {cluster}  {:<6}  {:<8}  {:>12} B  {} ({})  {}",
+                p["host_type"].as_str().unwrap_or_default(),
+                if p["finished"] == true {
+                    "complete"
+                } else {
+                    "partial"
+                },
+                p["present_bytes"],
+                p["hostname"].as_str().unwrap_or_default(),
+                p["ip"].as_str().unwrap_or_default(),
+                p["updated_at"].as_str().unwrap_or_default()
+            );
+        }
         for t in state["success_tasks"].as_array().into_iter().flatten() {
             println!(
                 "cluster {cluster}  ok    {}  on {} ({})",
