@@ -341,11 +341,122 @@ async fn contract(m: &Manager) {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (_, v) = api.get("/api/v1/schedulers", Some(&session)).await;
     assert_eq!(v[0]["state"], "inactive", "{v}");
+    users_and_roles(&api, &session).await;
     let (s, v) = api.get("/openapi.json", None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(v["paths"]["/oapi/v1/jobs"]["post"].is_object());
     let (s, v) = api.get("/", None).await;
     assert!(s == StatusCode::OK && v.as_str().unwrap().contains("Dragonfly-rs manager"));
+}
+
+/// Root adds a read-only guest: the guest (and a token of theirs) reads but changes nothing,
+/// and does not manage users; root deletes the guest, whose session then ends.
+async fn users_and_roles(api: &Api, root: &str) {
+    for (body, field) in [
+        (json!({"name": "x", "password": "long enough"}), "name"),
+        (json!({"name": "viewer", "password": "short"}), "password"),
+        (
+            json!({"name": "viewer", "password": "long enough", "role": "admin"}),
+            "role",
+        ),
+    ] {
+        let (s, v) = api.post("/api/v1/users", Some(root), body).await;
+        assert_eq!(
+            (s, v["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(field)),
+            "{v}"
+        );
+    }
+    let (s, guest) = api
+        .post(
+            "/api/v1/users",
+            Some(root),
+            json!({"name": "viewer", "password": "viewer-pass-1"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{guest}");
+    assert_eq!(guest["role"], "guest", "guest unless root is asked for");
+    let (s, _) = api
+        .post(
+            "/api/v1/users",
+            Some(root),
+            json!({"name": "viewer", "password": "viewer-pass-2"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (_, v) = api
+        .post(
+            "/api/v1/users/signin",
+            None,
+            json!({"name": "viewer", "password": "viewer-pass-1"}),
+        )
+        .await;
+    let session = v["token"].as_str().expect("the guest signs in").to_owned();
+    let (s, me) = api.get("/api/v1/users/me", Some(&session)).await;
+    assert_eq!((s, me["role"].as_str()), (StatusCode::OK, Some("guest")));
+    assert_eq!(
+        api.get("/api/v1/jobs", Some(&session)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.get("/api/v1/clusters", Some(&session)).await.0,
+        StatusCode::OK
+    );
+    let job =
+        json!({"type": "get_task", "args": {"task_id": format!("sha256:{}", "a".repeat(64))}});
+    let (s, v) = api.post("/api/v1/jobs", Some(&session), job.clone()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("read-only"), "{v}");
+    let (s, _) = api
+        .post("/api/v1/clusters", Some(&session), json!({"name": "mine"}))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(
+        api.get("/api/v1/users", Some(&session)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    // The guest's token is read-only too.
+    let (s, t) = api
+        .post(
+            "/api/v1/personal-access-tokens",
+            Some(&session),
+            json!({"name": "g", "scopes": ["job"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let token = t["token"].as_str().unwrap();
+    assert_eq!(
+        api.get("/oapi/v1/jobs", Some(token)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.post("/oapi/v1/jobs", Some(token), job).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (_, users) = api.get("/api/v1/users", Some(root)).await;
+    assert_eq!(users.as_array().map(Vec::len), Some(2), "{users}");
+    let id = guest["id"].as_i64().unwrap();
+    let me_id = users[0]["id"].as_i64().unwrap();
+    let del = |id: i64| async move {
+        let path = format!("/api/v1/users/{id}");
+        api.call(reqwest::Method::DELETE, &path, Some(root), None)
+            .await
+    };
+    assert_eq!(
+        del(me_id).await.0,
+        StatusCode::BAD_REQUEST,
+        "root does not delete itself"
+    );
+    assert_eq!(del(id).await.0, StatusCode::OK);
+    assert_eq!(del(id).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get("/api/v1/users/me", Some(&session)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.get("/oapi/v1/jobs", Some(token)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 /// The contract's preheat URLs are on loopback, which a manager refuses unless allow-listed.

@@ -333,8 +333,8 @@ impl Scheduler for SchedulerService {
         req: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
         dragonfly_membership::server::require(&req, "ListHosts", authz::MANAGER)?;
-        Ok(Response::new(pb::ListHostsResponse {
-            hosts: self.state.hosts(),
-        }))
+        let hosts = self.state.hosts();
+        let statuses = self.state.host_statuses(&hosts);
+        Ok(Response::new(pb::ListHostsResponse { hosts, statuses }))
     }
 }

@@ -379,6 +379,41 @@ impl State {
         })
     }
 
+    /// Per host of `hosts`: seconds since it was last heard from, tasks and bytes it holds.
+    pub fn host_statuses(&self, hosts: &[pb::Host]) -> Vec<pb::HostStatus> {
+        let tasks: Vec<_> = self
+            .tasks
+            .read()
+            .expect("tasks lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut held: HashMap<Arc<str>, (u32, u64)> = HashMap::new();
+        for t in tasks {
+            let t = t.lock().expect("task lock");
+            for p in t.peers.values().filter(|p| !p.pieces.is_empty()) {
+                let e = held.entry(p.host_id.clone()).or_default();
+                e.0 += 1;
+                e.1 += t.bytes_of(&p.pieces);
+            }
+        }
+        let seen = self.hosts.read().expect("hosts lock");
+        hosts
+            .iter()
+            .map(|h| {
+                let (tasks, present_bytes) = held.get(h.id.as_str()).copied().unwrap_or_default();
+                pb::HostStatus {
+                    host_id: h.id.clone(),
+                    seconds_since_seen: seen
+                        .get(h.id.as_str())
+                        .map_or(0, |i| i.last_seen.elapsed().as_secs() as u32),
+                    tasks,
+                    present_bytes,
+                }
+            })
+            .collect()
+    }
+
     /// Alive seed hosts.
     pub fn seed_hosts(&self) -> Vec<HostInfo> {
         self.hosts

@@ -1,7 +1,8 @@
 //! Who is asking. `/api/v1` takes a console session (`Authorization: Bearer dfs_…` or the
 //! `dragonfly_session` cookie set at sign-in); `/oapi/v1` takes a personal access token
 //! (`Authorization: Bearer dfp_…`) that must be active, unexpired and carry the route's scope.
-//! Missing or invalid credentials are 401; a valid token without the scope is 403. Each is a
+//! Missing or invalid credentials are 401; a valid token without the scope is 403, and so is
+//! any change (a method other than GET) by a guest, or by a guest's token. Each is a
 //! route layer that puts the [`Caller`] in the request, so a route has one handler whichever
 //! way it is reached.
 
@@ -13,7 +14,7 @@ use axum::response::Response;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::{token_hash, PAT_PREFIX};
-use crate::store::users::User;
+use crate::store::users::{Role, User};
 use crate::store::{now, tokens::Token};
 
 /// Name of the session cookie.
@@ -113,6 +114,18 @@ pub async fn check_pat(parts: &Parts, s: &AppState, scope: &str) -> Result<Token
 pub struct Caller {
     /// The user.
     pub user_id: i64,
+    /// Their role.
+    pub role: Role,
+}
+
+/// A guest only reads: anything but GET is a 403 saying so.
+fn may(user: &str, role: Role, method: &http::Method) -> Result<(), ApiError> {
+    if role == Role::Guest && !matches!(*method, http::Method::GET | http::Method::HEAD) {
+        return Err(ApiError::forbidden(format!(
+            "user {user:?} has the read-only guest role; ask root to do this"
+        )));
+    }
+    Ok(())
 }
 
 /// Route layer of `/api/v1`: a console session is required.
@@ -123,9 +136,11 @@ pub async fn require_session(
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = req.into_parts();
     let session = Session::from_request_parts(&mut parts, &s).await?;
+    may(&session.user.name, session.user.role, &parts.method)?;
     req = Request::from_parts(parts, body);
     req.extensions_mut().insert(Caller {
         user_id: session.user.id,
+        role: session.user.role,
     });
     Ok(next.run(req).await)
 }
@@ -138,9 +153,15 @@ pub async fn require_token(
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let token = check_pat(&parts, &s, scope).await?;
+    let owner =
+        s.db.user(token.user_id)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("the token's user no longer exists"))?;
+    may(&owner.name, owner.role, &parts.method)?;
     req = Request::from_parts(parts, body);
     req.extensions_mut().insert(Caller {
         user_id: token.user_id,
+        role: owner.role,
     });
     Ok(next.run(req).await)
 }

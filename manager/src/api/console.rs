@@ -1,6 +1,9 @@
-//! The web console: one page (HTML and a little JavaScript, no build step) over the REST API:
-//! sign in, jobs with their state and log, a preheat form, clusters, schedulers and seed peers,
-//! and personal access tokens.
+//! The web console: one page (HTML and plain JavaScript, no build step, nothing fetched from
+//! elsewhere) over the REST API, with a view per `#/` route: sign in; clusters (create, edit
+//! scopes, default, job rate limit) with their schedulers and seed peers; peers (last seen,
+//! tasks and bytes held); the preheat form with every field of Dragonfly's; jobs (paged,
+//! filtered by type and state) and a page per job (per-task progress, per-host results, log);
+//! task lookup and delete; personal access tokens; users (root only).
 //!
 //! Its Content-Security-Policy allows exactly the page's own inline script and style (by
 //! their SHA-256, computed from the page itself, so they cannot drift apart), requests to

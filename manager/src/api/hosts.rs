@@ -8,10 +8,11 @@ use super::error::ApiError;
 use super::AppState;
 use crate::store::hosts::{Kind, Member};
 
-/// `?scheduler_cluster_id=`
+/// `?scheduler_cluster_id=` (one cluster).
 #[derive(Deserialize)]
 pub struct ByCluster {
-    scheduler_cluster_id: Option<i64>,
+    /// Only this cluster.
+    pub scheduler_cluster_id: Option<i64>,
 }
 
 /// `GET /api/v1/schedulers`

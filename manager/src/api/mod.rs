@@ -10,6 +10,7 @@ pub mod headers;
 pub mod hosts;
 pub mod jobs;
 pub mod openapi;
+pub mod peers;
 pub mod tokens;
 pub mod users;
 
@@ -102,12 +103,15 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs.clone())
         .route("/schedulers", get(hosts::schedulers))
         .route("/seed-peers", get(hosts::seed_peers))
+        .route("/peers", get(peers::list))
         .route_layer(session);
     // Sign-in needs no session; the user and token routes find the session themselves.
     let api = Router::new()
         .route("/users/signin", post(users::signin))
         .route("/users/signout", post(users::signout))
         .route("/users/me", get(users::me))
+        .route("/users", get(users::list).post(users::create))
+        .route("/users/{id}", axum::routing::delete(users::delete))
         .route(
             "/personal-access-tokens",
             post(tokens::create).get(tokens::list),

@@ -75,6 +75,21 @@ pub async fn document() -> Json<Value> {
         json!({"delete": op("Revoke a token", "session", None, "200")}),
     );
     paths.insert(
+        "/api/v1/users".into(),
+        json!({
+            "get": op("List users (root only)", "session", None, "200"),
+            "post": op("Add a user: {name, password, role: root|guest} (root only; guest is read-only)", "session", None, "201"),
+        }),
+    );
+    paths.insert(
+        "/api/v1/users/{id}".into(),
+        json!({"delete": op("Delete a user with their sessions and tokens (root only)", "session", None, "200")}),
+    );
+    paths.insert(
+        "/api/v1/peers".into(),
+        json!({"get": op("Hosts announced to each cluster's scheduler, with last seen, tasks and bytes held (?scheduler_cluster_id=)", "session", None, "200")}),
+    );
+    paths.insert(
         "/api/v1/schedulers".into(),
         json!({"get": op("Registered schedulers", "session", None, "200")}),
     );

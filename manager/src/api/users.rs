@@ -1,4 +1,5 @@
-//! Sign-in, sign-out and the signed-in user. Sign-in is limited per source address and per
+//! Sign-in, sign-out, the signed-in user, and users (root manages them: root or read-only
+//! guest). Sign-in is limited per source address and per
 //! user name (429 with `Retry-After` beyond the limits, whatever the password) and its
 //! password check takes one of the bounded hashing slots.
 
@@ -19,6 +20,7 @@ use crate::auth::hashing::HashError;
 use crate::auth::{new_token, token_hash, SESSION_PREFIX};
 use crate::listener::Peer;
 use crate::store::rfc3339;
+use crate::store::users::Role;
 
 /// `POST /api/v1/users/signin` body.
 #[derive(Deserialize)]
@@ -127,4 +129,96 @@ pub async fn signout(State(s): State<AppState>, session: Session) -> Result<Resp
 /// The signed-in user.
 pub async fn me(session: Session) -> Json<crate::store::users::User> {
     Json(session.user)
+}
+
+/// `POST /api/v1/users` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    name: String,
+    password: String,
+    #[serde(default = "guest")]
+    role: String,
+}
+
+fn guest() -> String {
+    "guest".into()
+}
+
+/// Only root manages users.
+fn root_only(session: &Session) -> Result<(), ApiError> {
+    if session.user.role != Role::Root {
+        return Err(ApiError::forbidden(format!(
+            "only a root user manages users; {:?} is a {}",
+            session.user.name,
+            session.user.role.as_str()
+        )));
+    }
+    Ok(())
+}
+
+/// `GET /api/v1/users` (root only).
+pub async fn list(
+    State(s): State<AppState>,
+    session: Session,
+) -> Result<Json<Vec<crate::store::users::User>>, ApiError> {
+    root_only(&session)?;
+    Ok(Json(s.db.users().await?))
+}
+
+/// `POST /api/v1/users` (root only): `{name, password, role: root|guest}`.
+pub async fn create(
+    State(s): State<AppState>,
+    session: Session,
+    JsonBody(b): JsonBody<NewUser>,
+) -> Result<(StatusCode, Json<crate::store::users::User>), ApiError> {
+    root_only(&session)?;
+    let name_ok = (3..=32).contains(&b.name.len())
+        && b.name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c));
+    if !name_ok {
+        return Err(ApiError::bad(
+            "name",
+            "a user name is 3 to 32 letters, digits, '.', '_' or '-'",
+        ));
+    }
+    if !(8..=128).contains(&b.password.chars().count()) {
+        return Err(ApiError::bad(
+            "password",
+            "a password is 8 to 128 characters",
+        ));
+    }
+    let role = Role::parse(&b.role)
+        .ok_or_else(|| ApiError::bad("role", format!("role {:?} is not root or guest", b.role)))?;
+    let hash = s.hashes.hash(b.password).await.map_err(|e| {
+        ApiError::retry(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+            std::time::Duration::from_secs(2),
+        )
+    })?;
+    let user = s.db.create_user(&b.name, &hash, role).await?;
+    tracing::info!(user = %user.name, role = role.as_str(), by = %session.user.name, "user created");
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+/// `DELETE /api/v1/users/{id}` (root only; not yourself).
+pub async fn delete(
+    State(s): State<AppState>,
+    session: Session,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    root_only(&session)?;
+    if id == session.user.id {
+        return Err(ApiError::bad("id", "you cannot delete yourself"));
+    }
+    if !s.db.delete_user(id).await? {
+        return Err(ApiError::status(
+            StatusCode::NOT_FOUND,
+            format!("no user {id}"),
+        ));
+    }
+    tracing::info!(user = id, by = %session.user.name, "user deleted");
+    Ok(Json(json!({})))
 }

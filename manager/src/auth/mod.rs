@@ -80,7 +80,10 @@ pub async fn ensure_root(db: &Db, password: Option<&str>) -> Result<bool, StoreE
             .await
             .expect("hashing task")
     };
-    match db.create_user("root", &hash).await {
+    match db
+        .create_user("root", &hash, crate::store::users::Role::Root)
+        .await
+    {
         Ok(_) => {}
         // Another manager on the same database was first.
         Err(StoreError::Conflict(_)) => return Ok(false),

@@ -218,13 +218,18 @@ async fn show_job(m: &manager::Manager, id: i64) -> anyhow::Result<()> {
 async fn list_jobs(m: &manager::Manager, state: Option<&str>) -> anyhow::Result<()> {
     let v = m.jobs(state).await?;
     for j in v["jobs"].as_array().into_iter().flatten() {
+        let what = j["args"]["url"]
+            .as_str()
+            .filter(|u| !u.is_empty())
+            .or(j["args"]["task_id"].as_str())
+            .unwrap_or_default();
         println!(
-            "{:>6}  {:<8}  {:<16}  {}  {}",
+            "{:>6}  {:<11}  {:<8}  {:<16}  {}  {what}",
             j["id"],
+            j["type"].as_str().unwrap_or_default(),
             j["state"].as_str().unwrap_or_default(),
             j["args"]["scope"].as_str().unwrap_or_default(),
             j["created_at"].as_str().unwrap_or_default(),
-            j["args"]["url"].as_str().unwrap_or_default()
         );
     }
     Ok(())
