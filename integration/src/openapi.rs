@@ -90,3 +90,28 @@ pub fn wait_job(http: &Http, token: &str, id: i64, limit: Duration) -> Value {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// Creates a job of `kind` with `args` on the Open API and waits (up to two minutes) for it to
+/// end; the final job. While the scheduler's registration and the hosts' announcements are not
+/// in yet (a FAILURE saying there is no active scheduler or no seed peer), it tries again for
+/// up to 30 s.
+pub fn run_job(http: &Http, token: &str, kind: &str, args: Value) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, v) = http.post("/oapi/v1/jobs", token, json!({"type": kind, "args": args}));
+        assert_eq!(s, 201, "{kind}: {v}");
+        let done = wait_job(
+            http,
+            token,
+            v["id"].as_i64().unwrap(),
+            Duration::from_secs(120),
+        );
+        let log = done["log"].as_str().unwrap_or_default();
+        let early = log.contains("no active scheduler") || log.contains("no seed peer");
+        if done["state"] == "FAILURE" && early && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        return done;
+    }
+}

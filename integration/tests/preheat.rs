@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use dragonfly_integration::containerd::NAMESPACE;
 use dragonfly_integration::fixtures;
 use dragonfly_integration::manager::{Manager, ROOT_PASSWORD};
-use dragonfly_integration::openapi::{job_token, wait_job, Http};
+use dragonfly_integration::openapi::{job_token, run_job, wait_job, Http};
 use dragonfly_integration::procs::{free_port, run};
 use dragonfly_integration::swarm::Swarm;
 use dragonfly_integration::throttle::Throttle;
@@ -69,35 +69,8 @@ fn preheated_images_and_files_are_pulled_without_the_registry() {
         .into_iter()
         .map(|l| l.0)
         .collect();
-    // The scheduler has registered and the three daemons announced to it again.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let preheat = |args: Value| -> Value {
-        loop {
-            let (s, v) = http.post(
-                "/oapi/v1/jobs",
-                &token,
-                json!({"type": "preheat", "args": args}),
-            );
-            assert_eq!(s, 201, "{v}");
-            let job = wait_job(
-                &http,
-                &token,
-                v["id"].as_i64().unwrap(),
-                Duration::from_secs(120),
-            );
-            // Until the scheduler's registration and the hosts' announcements are in, a job
-            // may find no scheduler or no seed: try again.
-            let early = job["log"].as_str().unwrap_or_default();
-            if job["state"] == "FAILURE"
-                && (early.contains("no active scheduler") || early.contains("no seed peer"))
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(500));
-                continue;
-            }
-            return job;
-        }
-    };
+    // Until the scheduler has registered and the daemons announced to it, jobs are retried.
+    let preheat = |args: Value| -> Value { run_job(&http, &token, "preheat", args) };
 
     // 1. The operators' request: an image by manifest URL, default scope (one seed peer).
     let url = format!(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use dragonfly_integration::fixtures;
 use dragonfly_integration::manager::Manager;
-use dragonfly_integration::openapi::{job_token, wait_job, Http};
+use dragonfly_integration::openapi::{job_token, run_job as job, wait_job, Http};
 use dragonfly_integration::postgres::Postgres;
 use dragonfly_integration::procs::{free_port, run};
 use dragonfly_integration::swarm::Swarm;
@@ -20,29 +20,6 @@ use serde_json::{json, Value};
 
 fn dfctl() -> PathBuf {
     dragonfly_integration::procs::built_binary("DFCTL_BIN", "dfctl").expect("dfctl")
-}
-
-/// Creates a job of `kind` and waits for it; retries while the scheduler's registration and
-/// the hosts' announcements are not in yet.
-fn job(http: &Http, token: &str, kind: &str, args: Value) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (s, v) = http.post("/oapi/v1/jobs", token, json!({"type": kind, "args": args}));
-        assert_eq!(s, 201, "{kind}: {v}");
-        let done = wait_job(
-            http,
-            token,
-            v["id"].as_i64().unwrap(),
-            Duration::from_secs(120),
-        );
-        let log = done["log"].as_str().unwrap_or_default();
-        let early = log.contains("no active scheduler") || log.contains("no seed peer");
-        if done["state"] == "FAILURE" && early && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(500));
-            continue;
-        }
-        return done;
-    }
 }
 
 /// The peers a get_task job found in its (only) cluster.

@@ -381,13 +381,7 @@ impl State {
 
     /// Per host of `hosts`: seconds since it was last heard from, tasks and bytes it holds.
     pub fn host_statuses(&self, hosts: &[pb::Host]) -> Vec<pb::HostStatus> {
-        let tasks: Vec<_> = self
-            .tasks
-            .read()
-            .expect("tasks lock")
-            .values()
-            .cloned()
-            .collect();
+        let tasks = self.all_tasks();
         let mut held: HashMap<Arc<str>, (u32, u64)> = HashMap::new();
         for t in tasks {
             let t = t.lock().expect("task lock");
@@ -446,16 +440,20 @@ impl State {
         self.tasks.read().expect("tasks lock").get(id).cloned()
     }
 
-    /// Removes a host and its peers from every task.
-    pub fn leave_host(&self, host: &str) {
-        self.hosts.write().expect("hosts lock").remove(host);
-        let tasks: Vec<_> = self
-            .tasks
+    /// Every task, copied out of the table (so no table lock is held while each is locked).
+    fn all_tasks(&self) -> Vec<Arc<Mutex<TaskState>>> {
+        self.tasks
             .read()
             .expect("tasks lock")
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Removes a host and its peers from every task.
+    pub fn leave_host(&self, host: &str) {
+        self.hosts.write().expect("hosts lock").remove(host);
+        let tasks = self.all_tasks();
         for t in tasks {
             let mut t = t.lock().expect("task lock");
             let gone: Vec<Arc<str>> = t

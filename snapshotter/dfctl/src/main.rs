@@ -182,13 +182,7 @@ async fn preheat(m: &manager::Manager, p: PreheatArgs) -> anyhow::Result<()> {
     if let Some(platform) = p.platform {
         a["platform"] = platform.into();
     }
-    if let Some(u) = p.username {
-        a["username"] = u.into();
-        a["password"] = p
-            .password
-            .context("--username needs --password (or DFCTL_REGISTRY_PASSWORD)")?
-            .into();
-    }
+    manager::credentials(&mut a, p.username, p.password)?;
     let job = m.create_job("preheat", a).await?;
     let id = job["id"].as_i64().context("no job id in the answer")?;
     println!(

@@ -192,6 +192,21 @@ impl Manager {
     }
 }
 
+/// Adds registry credentials to job `args` (a user needs a password).
+pub fn credentials(
+    args: &mut Value,
+    username: Option<String>,
+    password: Option<String>,
+) -> anyhow::Result<()> {
+    if let Some(u) = username {
+        args["username"] = u.into();
+        args["password"] = password
+            .context("--username needs --password (or DFCTL_REGISTRY_PASSWORD)")?
+            .into();
+    }
+    Ok(())
+}
+
 /// `REGISTRY/REPO[:TAG|@DIGEST]` or a manifest URL → the manifest URL.
 pub fn manifest_url(image: &str, plain_http: bool) -> anyhow::Result<String> {
     if image.starts_with("http://") || image.starts_with("https://") {

@@ -114,13 +114,7 @@ pub async fn distribution(m: &Manager, d: DistributionArgs) -> anyhow::Result<()
     if let Some(p) = d.platform {
         a["platform"] = p.into();
     }
-    if let Some(u) = d.username {
-        a["username"] = u.into();
-        a["password"] = d
-            .password
-            .context("--username needs --password (or DFCTL_REGISTRY_PASSWORD)")?
-            .into();
-    }
+    manager::credentials(&mut a, d.username, d.password)?;
     let v = m.create_job("get_image_distribution", a).await?;
     print!("{}", render_distribution(&v));
     if let Some(errors) = v["errors"].as_array().filter(|e| !e.is_empty()) {
