@@ -1,7 +1,7 @@
 //! get_image_distribution, answered at once (no job row, as Dragonfly): the image is resolved
-//! like a preheat (destination policy, credentials, platform), then one active scheduler of
+//! like a preheat (destination policy, credentials, platform), then every active scheduler of
 //! each target cluster is asked which peers hold each layer (`Scheduler.GetTask`, a few layers
-//! at once). The answer lists the layers, and per peer host the layers it caches; a cluster
+//! at once) and the answers merged. The answer lists the layers, and per peer host the layers it caches; a cluster
 //! that could not be asked is named in `errors` rather than failing the whole answer.
 
 use std::collections::BTreeMap;
@@ -19,7 +19,7 @@ use super::destination::{DestinationPolicy, Refused};
 use super::image::{self, ImageBlob, ManifestUrl};
 use super::schedulers;
 use super::task_args::Distribution;
-use super::task_runner::host_type_name;
+use super::task_runner::{host_type_name, merge};
 use crate::store::clusters::Cluster;
 use crate::store::Db;
 
@@ -98,7 +98,8 @@ impl Lookup<'_> {
         }))
     }
 
-    /// Per layer, the peers of `cluster` holding it (asked of its schedulers in turn).
+    /// Per layer, the peers of `cluster` holding it, merged over its active schedulers (a
+    /// task's peers are on the scheduler its ID hashes to); an error if none answered.
     async fn holders(
         &self,
         cluster: &Cluster,
@@ -107,41 +108,53 @@ impl Lookup<'_> {
     ) -> Result<Vec<Holders>, String> {
         let members = schedulers::active(self.db, cluster).await?;
         let mut last_error = String::new();
+        let mut merged: Option<Vec<pb::GetTaskResponse>> = None;
         for s in &members {
-            let client = match schedulers::connect(
-                self.dialer,
-                s,
-                Duration::from_secs(d.timeout_secs),
-            )
-            .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    last_error = e;
-                    continue;
+            match self.on_scheduler(s, layers, d).await {
+                Ok(answers) => {
+                    merged = Some(match merged.take() {
+                        None => answers,
+                        Some(had) => had
+                            .into_iter()
+                            .zip(answers)
+                            .map(|(a, b)| merge(Some(a), b))
+                            .collect(),
+                    })
                 }
-            };
-            let ids: Vec<String> = layers.iter().map(|l| l.id().to_string()).collect();
-            let answers: Vec<Result<Holders, tonic::Status>> = stream::iter(ids)
-                .map(|task_id| {
-                    let mut c = client.clone();
-                    async move {
-                        c.get_task(pb::GetTaskRequest { task_id })
-                            .await
-                            .map(|r| r.into_inner().peers)
-                    }
-                })
-                .buffered(d.concurrent_layer_count)
-                .collect()
-                .await;
-            match answers.into_iter().collect::<Result<Vec<_>, _>>() {
-                Ok(held) => return Ok(held),
-                Err(e) => {
-                    last_error = format!("scheduler {}: {}", schedulers::address(s), e.message())
-                }
+                Err(e) => last_error = e,
             }
         }
-        Err(last_error)
+        merged
+            .map(|m| m.into_iter().map(|r| r.peers).collect())
+            .ok_or(last_error)
+    }
+
+    /// What scheduler `s` knows of each layer.
+    async fn on_scheduler(
+        &self,
+        s: &crate::store::hosts::Member,
+        layers: &[ImageBlob],
+        d: &Distribution,
+    ) -> Result<Vec<pb::GetTaskResponse>, String> {
+        let client =
+            schedulers::connect(self.dialer, s, Duration::from_secs(d.timeout_secs)).await?;
+        let ids: Vec<String> = layers.iter().map(|l| l.id().to_string()).collect();
+        let answers: Vec<Result<pb::GetTaskResponse, tonic::Status>> = stream::iter(ids)
+            .map(|task_id| {
+                let mut c = client.clone();
+                async move {
+                    c.get_task(pb::GetTaskRequest { task_id })
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .buffered(d.concurrent_layer_count)
+            .collect()
+            .await;
+        answers
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("scheduler {}: {}", schedulers::address(s), e.message()))
     }
 }
 

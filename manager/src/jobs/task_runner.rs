@@ -1,5 +1,6 @@
-//! get_task and delete_task jobs: one active scheduler of each target cluster is asked
-//! (`Scheduler.GetTask` / `Scheduler.DeleteTask`), each in turn until one answers. A get_task
+//! get_task and delete_task jobs over each target cluster's active schedulers: get_task asks
+//! all of them (a task's peers are on the scheduler its ID hashes to) and merges the peers;
+//! delete_task asks them in turn until one answers (every host is announced to each). A get_task
 //! succeeds when every cluster answered (holding peers or none); a delete_task when every
 //! cluster answered and no host kept the task (in use there) or failed to answer. Results keep
 //! Dragonfly's shapes: `peers` per cluster for get_task, `success_tasks` / `failure_tasks`
@@ -103,7 +104,9 @@ impl TaskJob<'_> {
         all_ok
     }
 
-    /// Asks the cluster's schedulers in turn until one answers.
+    /// delete_task: the cluster's schedulers in turn until one answers (every host announces
+    /// itself to each of them). get_task: every scheduler, the peers merged — a task's peers
+    /// register with the one its ID hashes to.
     async fn on_cluster(
         &self,
         kind: JobKind,
@@ -119,8 +122,10 @@ impl TaskJob<'_> {
             }
         };
         let mut last_error = String::new();
+        let mut found: Option<pb::GetTaskResponse> = None;
         for s in &members {
             match self.ask(kind, q, s).await {
+                Ok(Answer::Got(r)) => found = Some(merge(found.take(), r)),
                 Ok(answer) => return log_outcome(cluster, q, answer, progress).await,
                 Err(e) => {
                     progress.lock().await.line(&e);
@@ -128,7 +133,10 @@ impl TaskJob<'_> {
                 }
             }
         }
-        ClusterOutcome::failed(cluster.id, last_error)
+        match found {
+            Some(r) => log_outcome(cluster, q, Answer::Got(r), progress).await,
+            None => ClusterOutcome::failed(cluster.id, last_error),
+        }
     }
 
     async fn ask(
@@ -160,6 +168,20 @@ impl TaskJob<'_> {
                 .map_err(failed),
         }
     }
+}
+
+/// Two schedulers' records of one task as one (each peer once).
+pub fn merge(a: Option<pb::GetTaskResponse>, b: pb::GetTaskResponse) -> pb::GetTaskResponse {
+    let Some(mut a) = a else { return b };
+    a.known |= b.known;
+    a.content_length = a.content_length.max(b.content_length);
+    a.piece_length = a.piece_length.max(b.piece_length);
+    for p in b.peers {
+        if !a.peers.iter().any(|x| x.peer_id == p.peer_id) {
+            a.peers.push(p);
+        }
+    }
+    a
 }
 
 /// One host's part of a delete_task.
@@ -214,5 +236,43 @@ async fn log_outcome(
                 ..ClusterOutcome::answered(cluster.id, failed.is_empty())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_records_of_several_schedulers_merge_each_peer_once() {
+        let peer = |id: &str| pb::TaskPeer {
+            peer_id: id.into(),
+            host_type: pb::HostType::Seed as i32,
+            created_at_ms: 1_700_000_000_000,
+            ..Default::default()
+        };
+        let a = pb::GetTaskResponse {
+            known: false,
+            ..Default::default()
+        };
+        let b = pb::GetTaskResponse {
+            known: true,
+            content_length: 10,
+            piece_length: 4,
+            peers: vec![peer("p1"), peer("p2")],
+        };
+        let c = pb::GetTaskResponse {
+            known: true,
+            peers: vec![peer("p2"), peer("p3")],
+            ..Default::default()
+        };
+        let m = merge(Some(merge(Some(a), b)), c);
+        let ids: Vec<&str> = m.peers.iter().map(|p| p.peer_id.as_str()).collect();
+        assert_eq!(ids, ["p1", "p2", "p3"]);
+        assert!(m.known && m.content_length == 10 && m.piece_length == 4);
+        let shown = task_peer(&m.peers[0]);
+        assert_eq!(shown.host_type, "super");
+        assert_eq!(shown.created_at, "2023-11-14T22:13:20.000Z");
+        assert_eq!(task_peer(&pb::TaskPeer::default()).created_at, "");
     }
 }
