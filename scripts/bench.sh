@@ -73,6 +73,8 @@ python_rootfs() {
     echo "== debootstrap bookworm + python3 (cached afterwards)"
     rm -rf "$BENCH_DIR/cache/rootfs-python3"
     mkdir -p "$BENCH_DIR/cache"
+    # Every bench that needs the root gets debootstrap here (swarm-lazy does not run prepare).
+    command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
     debootstrap --variant=minbase --include=python3 bookworm "$BENCH_DIR/cache/rootfs-python3" http://deb.debian.org/debian >/dev/null
   fi
 }
