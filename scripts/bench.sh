@@ -38,6 +38,8 @@
 #                                      # a large file through our mount vs overlayfs
 #
 # Uses release builds. The Debian rootfs (debootstrap) is cached in $BENCH_DIR/cache.
+# BENCH_LOG_LEVEL sets the namespaced daemons' log filter (default info), e.g.
+# `dragonfly_snapshotter::p2p=debug,info` to see where a slow start spent its time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO_DIR=$PWD
@@ -262,7 +264,7 @@ sw_daemon() { # ns ip name extra-cli [p2p: 1|0]
   cat > "$TB_DIR/$name.yaml" <<YAML
 root: $TB_DIR/$name
 address: $TB_DIR/$name.sock
-log: {level: info}
+log: {level: "${BENCH_LOG_LEVEL:-info}"}
 metrics: {address: "$ip:9250"}
 registry: {plain_http: ["$SW_NET.2:5000"]}
 YAML
