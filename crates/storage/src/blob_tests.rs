@@ -342,6 +342,50 @@ async fn deletion_on_request_spares_mounted_and_held_blobs_and_says_why() {
 }
 
 #[tokio::test]
+async fn a_deleted_blob_opened_again_gets_a_fresh_directory_and_leftovers_go_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path()).await;
+    let data = bytes(2 * PL as usize, 9);
+    let src = MemSource::new(data.clone());
+    let digest = src.digest();
+    let blob = s
+        .blob(&digest, data.len() as u64, Arc::new(src.clone()))
+        .unwrap();
+    blob.fetch_all(Priority::Background).await.unwrap();
+    drop(blob);
+    assert!(matches!(
+        s.delete_on_request(&digest).unwrap(),
+        Deletion::Deleted { .. }
+    ));
+    // Opened again right away: its own directory, whole and readable.
+    let again = s.blob(&digest, data.len() as u64, Arc::new(src)).unwrap();
+    assert_eq!(
+        &again
+            .read(0..data.len() as u64, Priority::OnDemand)
+            .await
+            .unwrap()[..],
+        &data[..]
+    );
+    let kind = dir.path().join("sha256");
+    let names: Vec<String> = std::fs::read_dir(&kind)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [digest.strip_prefix("sha256:").unwrap()],
+        "no directory left aside"
+    );
+    // A directory left aside by a crash mid-removal is removed when the store opens.
+    drop((again, s));
+    let leftover = kind.join(format!("{}.deleting-7", "ab".repeat(32)));
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("data"), b"x").unwrap();
+    let _s = store(dir.path()).await;
+    assert!(!leftover.exists());
+}
+
+#[tokio::test]
 async fn eviction_removes_least_recently_used_blobs_nobody_holds() {
     let dir = tempfile::tempdir().unwrap();
     let s = PieceStore::open(
@@ -382,9 +426,12 @@ async fn eviction_removes_least_recently_used_blobs_nobody_holds() {
     assert!(!exists(&digests[1]), "the oldest unpinned blob goes");
     assert!(exists(&digests[3]));
     // Held blobs are never removed, released ones can be.
-    assert!(!s.remove(&digests[0]).unwrap());
+    assert_eq!(s.delete_on_request(&digests[0]).unwrap(), Deletion::InUse);
     drop(pinned);
-    assert!(s.remove(&digests[0]).unwrap());
+    assert!(matches!(
+        s.delete_on_request(&digests[0]).unwrap(),
+        Deletion::Deleted { .. }
+    ));
     assert!(!exists(&digests[0]));
 }
 
@@ -660,7 +707,10 @@ async fn a_source_is_attached_once_replaced_only_by_refresh_and_released_on_remo
         .blob(&other.digest(), PL as u64, Arc::new(counting))
         .unwrap();
     drop(b);
-    assert!(s.remove(&other.digest()).unwrap());
+    assert!(matches!(
+        s.delete_on_request(&other.digest()).unwrap(),
+        Deletion::Deleted { .. }
+    ));
     assert_eq!(released.load(Ordering::SeqCst), 1);
 }
 

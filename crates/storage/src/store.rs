@@ -316,40 +316,44 @@ impl PieceStore {
             if Arc::strong_count(b) > 1 || b.pins() > 0 || b.is_busy() {
                 return Ok(Deletion::InUse);
             }
-            blobs.remove(digest).expect("looked up above")
+            Self::take(&mut blobs, digest, self.inner.shared.tick()).expect("looked up above")
         };
-        let freed = victim.present_bytes();
-        self.delete(&victim)?;
+        let freed = victim.0.present_bytes();
+        self.delete(&victim.0, &victim.1)?;
         Ok(Deletion::Deleted { freed })
     }
 
-    /// Removes `digest` unless it is in use; returns whether it was removed.
-    pub fn remove(&self, digest: &str) -> Result<bool, StoreError> {
-        let victim = {
-            let mut blobs = self.inner.blobs.lock().expect("store lock");
-            match blobs.get(digest) {
-                Some(b) if Arc::strong_count(b) == 1 => blobs.remove(digest),
-                _ => None,
+    /// Takes `digest` out of the map and moves its directory aside, under the store lock: a
+    /// blob opened again right after gets a fresh directory that the removal cannot touch.
+    /// The directory to remove (the original one if it could not be moved).
+    fn take(
+        blobs: &mut HashMap<String, Arc<BlobInner>>,
+        digest: &str,
+        stamp: u64,
+    ) -> Option<(Arc<BlobInner>, PathBuf)> {
+        let blob = blobs.remove(digest)?;
+        blob.mark_removed();
+        let dir = blob.dir().to_owned();
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        // Not a digest's name: a leftover is removed when the store next opens.
+        let aside = dir.with_file_name(format!("{}.deleting-{stamp}", name.unwrap_or_default()));
+        match std::fs::rename(&dir, &aside) {
+            Ok(()) => Some((blob, aside)),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot move a removed blob aside; removing it in place");
+                Some((blob, dir))
             }
-        };
-        match victim {
-            Some(b) => {
-                self.delete(&b)?;
-                Ok(true)
-            }
-            None => Ok(false),
         }
     }
 
-    fn delete(&self, blob: &BlobInner) -> Result<(), StoreError> {
-        blob.mark_removed();
+    /// Removes a blob [`PieceStore::take`] took, outside the store lock.
+    fn delete(&self, blob: &BlobInner, dir: &Path) -> Result<(), StoreError> {
         blob.release_source();
         self.inner
             .shared
             .bytes_on_disk
             .fetch_sub(blob.present_bytes(), Ordering::Relaxed);
-        std::fs::remove_dir_all(blob.dir())
-            .map_err(StoreError::io("cannot remove blob", blob.dir()))
+        std::fs::remove_dir_all(dir).map_err(StoreError::io("cannot remove blob", dir))
     }
 
     /// Evicts least-recently-used blobs nobody holds until usage is within capacity. Returns
@@ -365,9 +369,9 @@ impl PieceStore {
                     .filter(|(_, b)| Arc::strong_count(b) == 1 && b.pins() == 0 && !b.is_busy())
                     .min_by_key(|(_, b)| b.last_used())
                     .map(|(d, _)| d.clone());
-                oldest.and_then(|d| blobs.remove(&d))
+                oldest.and_then(|d| Self::take(&mut blobs, &d, self.inner.shared.tick()))
             };
-            let Some(victim) = victim else {
+            let Some((victim, dir)) = victim else {
                 tracing::warn!(
                     capacity,
                     used = self.inner.shared.bytes_on_disk.load(Ordering::Relaxed),
@@ -376,7 +380,7 @@ impl PieceStore {
                 break;
             };
             let bytes = victim.present_bytes();
-            match self.delete(&victim) {
+            match self.delete(&victim, &dir) {
                 Ok(()) => {
                     freed += bytes;
                     tracing::info!(blob = %victim.digest, bytes, "evicted from the piece store");
