@@ -125,7 +125,7 @@ fn a_cluster_of_members_pulls_and_strangers_and_rogue_members_change_nothing() {
         strangers_are_unauthenticated(&swarm, &fingerprint, &node1_addr).await;
 
         // A member out of its role: a peer cannot trigger downloads, speak for another host,
-        // announce itself as a seed, or make another host leave.
+        // announce itself as a seed, make another host leave, or get or delete tasks.
         let rogue = Dialer::tls(&credentials(&swarm, Role::Peer, "rogue")).unwrap();
         let mut p = PeerClient::new(channel(&rogue, &node1_addr, &[Role::Peer]));
         assert_eq!(
@@ -168,8 +168,37 @@ fn a_cluster_of_members_pulls_and_strangers_and_rogue_members_change_nothing() {
             ),
             Code::PermissionDenied
         );
-        // A member may read pieces (it is one of the swarm).
+        // Nor delete a task from a peer, nor ask the scheduler to get or delete one.
         let digest = fixtures::layers(&esgz).unwrap()[1].0.clone();
+        assert_eq!(
+            code(
+                p.delete_task(dragonfly_proto::peer::DeleteTaskRequest {
+                    task_id: digest.clone()
+                })
+                .await
+            ),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            code(
+                s.delete_task(pb::DeleteTaskRequest {
+                    task_id: digest.clone(),
+                    ..Default::default()
+                })
+                .await
+            ),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            code(
+                s.get_task(pb::GetTaskRequest {
+                    task_id: digest.clone()
+                })
+                .await
+            ),
+            Code::PermissionDenied
+        );
+        // A member may read pieces (it is one of the swarm).
         let piece = p
             .get_piece(GetPieceRequest {
                 task_id: digest,

@@ -299,7 +299,7 @@ async fn start_swarm(
     let membership = membership(config, seed).await?;
     match &membership.identity {
         Some(me) => tracing::info!(identity = %me, "cluster members authenticate with mutual TLS"),
-        None => tracing::warn!("no cluster credentials (security: ca, cert, key): anyone who reaches the peer port may read pieces and trigger downloads; use it only on loopback or a network only members reach"),
+        None => tracing::warn!("no cluster credentials (security: ca, cert, key): anyone who reaches the peer port may read pieces, trigger downloads and delete unused tasks; use it only on loopback or a network only members reach"),
     }
     let pool = SchedulerPool::new(&config.p2p, port, seed, &membership)
         .await

@@ -1,5 +1,5 @@
 //! The peer port: accepts connections, hands those that start with the raw-TCP piece
-//! protocol's magic to the piece loop and everything else (gRPC: GetPiece, TriggerDownload)
+//! protocol's magic to the piece loop and everything else (gRPC: GetPiece, TriggerDownload, StatTask, DeleteTask)
 //! to tonic. Each connection is sorted on its own task, so a silent client never holds up
 //! the accept loop. Connections are capped (`p2p.max_connections`; those over the cap are
 //! closed at once) and timed: first bytes, idle piece connections, gRPC keepalive and
