@@ -81,7 +81,7 @@ pub async fn create(
         }
         JobKind::GetImageDistribution => {
             let d = check_distribution(req.args.take(), default_timeout)?;
-            check_destination(&s, &d.url).await?;
+            // Its walk checks the destination (URL, redirects, token realm) as it runs.
             rate_limit(&s, &clusters, &targets)?;
             return distribution(&s, &d, &targets).await;
         }

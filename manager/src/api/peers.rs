@@ -52,11 +52,9 @@ pub async fn list(
     for c in &clusters {
         match hosts_of(&s, c).await {
             Ok(r) => {
-                for (h, st) in r
-                    .hosts
-                    .iter()
-                    .zip(r.statuses.iter().map(Some).chain(std::iter::repeat(None)))
-                {
+                // A scheduler older than HostStatus sends none: those fields stay null.
+                for (i, h) in r.hosts.iter().enumerate() {
+                    let st = r.statuses.get(i);
                     peers.push(json!({
                         "scheduler_cluster_id": c.id,
                         "host_id": h.id, "hostname": h.hostname, "ip": h.ip, "port": h.upload_port,
