@@ -260,13 +260,14 @@ mod tests {
         port
     }
 
-    #[tokio::test]
-    async fn one_port_serves_raw_tcp_pieces_and_grpc_and_survives_garbage() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = PieceStore::open(dir.path(), StoreConfig::default())
-            .await
-            .unwrap();
-        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    /// A store in `dir` holding one complete blob of `len` bytes (`i % modulus`).
+    async fn stored(
+        dir: &std::path::Path,
+        len: u32,
+        modulus: u32,
+    ) -> (PieceStore, Vec<u8>, String, dragonfly_storage::Blob) {
+        let store = PieceStore::open(dir, StoreConfig::default()).await.unwrap();
+        let data: Vec<u8> = (0..len).map(|i| (i % modulus) as u8).collect();
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
         let blob = store
             .blob(
@@ -276,6 +277,13 @@ mod tests {
             )
             .unwrap();
         blob.fetch_all(Priority::OnDemand).await.unwrap();
+        (store, data, digest, blob)
+    }
+
+    #[tokio::test]
+    async fn one_port_serves_raw_tcp_pieces_and_grpc_and_survives_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, data, digest, _blob) = stored(dir.path(), 600_000, 251).await;
 
         let port = serve_store(store, 4, Metrics::new(), None, 1024).await;
 
@@ -354,19 +362,7 @@ mod tests {
     #[tokio::test]
     async fn delete_task_spares_a_mounted_blob_and_removes_an_unused_one() {
         let dir = tempfile::tempdir().unwrap();
-        let store = PieceStore::open(dir.path(), StoreConfig::default())
-            .await
-            .unwrap();
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 13) as u8).collect();
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
-        let blob = store
-            .blob(
-                &digest,
-                data.len() as u64,
-                Arc::new(MemSource::new(data.clone())),
-            )
-            .unwrap();
-        blob.fetch_all(Priority::OnDemand).await.unwrap();
+        let (store, data, digest, blob) = stored(dir.path(), 300_000, 13).await;
         let mounted = blob.pin_mounted();
         let port = serve_store(store.clone(), 4, Metrics::new(), None, 64).await;
         let mut c = ParentClients::default()
