@@ -80,7 +80,11 @@ pub async fn create(
             }
         }
         JobKind::GetImageDistribution => {
-            let d = check_distribution(req.args.take(), default_timeout)?;
+            // Answered while the caller waits: by default as long as resolving an image may take.
+            let d = check_distribution(
+                req.args.take(),
+                std::time::Duration::from_secs(s.config.jobs.resolve_timeout_secs.max(1)),
+            )?;
             // Its walk checks the destination (URL, redirects, token realm) as it runs.
             rate_limit(&s, &clusters, &targets)?;
             return distribution(&s, &d, &targets).await;
