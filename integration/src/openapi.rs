@@ -93,7 +93,7 @@ pub fn wait_job(http: &Http, token: &str, id: i64, limit: Duration) -> Value {
 
 /// Creates a job of `kind` with `args` on the Open API and waits (up to two minutes) for it to
 /// end; the final job. While the scheduler's registration and the hosts' announcements are not
-/// in yet (a FAILURE saying there is no active scheduler or no seed peer), it tries again for
+/// in yet (a FAILURE saying there is no active scheduler, seed peer or host), it tries again for
 /// up to 30 s.
 pub fn run_job(http: &Http, token: &str, kind: &str, args: Value) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -107,7 +107,13 @@ pub fn run_job(http: &Http, token: &str, kind: &str, args: Value) -> Value {
             Duration::from_secs(120),
         );
         let log = done["log"].as_str().unwrap_or_default();
-        let early = log.contains("no active scheduler") || log.contains("no seed peer");
+        let early = [
+            "no active scheduler",
+            "no seed peer",
+            "no host is announced",
+        ]
+        .iter()
+        .any(|m| log.contains(m));
         if done["state"] == "FAILURE" && early && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(500));
             continue;

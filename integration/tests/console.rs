@@ -312,6 +312,17 @@ async fn the_console_works_in_a_browser() {
         }
     }
 
+    // And the three hosts have announced themselves to the scheduler (it restarted to
+    // register with the manager): the preheat below fills all of them.
+    loop {
+        let (_, v) = get("/api/v1/peers", &root).await;
+        if v["peers"].as_array().map_or(0, Vec::len) == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "hosts never announced: {v}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
     let driver = ChromeDriver::start();
     let profile = TestDir::new("dfly-chromium-").unwrap();
     let c = driver.browser(profile.path()).await;

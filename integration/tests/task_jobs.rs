@@ -65,6 +65,28 @@ fn flow(database: &str) {
     let published = swarm.publish("kinds", &img).expect("publish");
     let registry = swarm.registry.addr.clone();
 
+    // The scheduler restarted to register with the manager: wait until all 3 hosts have
+    // announced themselves to it again (all_peers fills the hosts announced).
+    let (_, v) = http.post(
+        "/api/v1/users/signin",
+        "",
+        json!({"name": "root", "password": dragonfly_integration::manager::ROOT_PASSWORD}),
+    );
+    let root = v["token"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get("/api/v1/peers", &root).1["peers"]
+        .as_array()
+        .map_or(0, Vec::len)
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "hosts never announced\n{}",
+            swarm.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // 1. A file preheated into every host, with a tag and a filtered query parameter.
     let digest = &img.layers[1];
     let size = std::fs::metadata(swarm.registry.blob_path(digest))
