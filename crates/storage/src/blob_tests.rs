@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::testing::{bytes, MemSource};
-use crate::{Deletion, PieceStore, Priority, StoreConfig, StoreError};
+use crate::{Blob, Deletion, PieceStore, Priority, StoreConfig, StoreError};
 
 const PL: u32 = 64 * 1024;
 
@@ -300,17 +300,27 @@ async fn bad_digests_are_refused_before_touching_disk() {
     );
 }
 
+/// A blob of `pieces` pieces of `bytes(…, seed)`, fetched whole into `s`.
+async fn complete_blob(
+    s: &PieceStore,
+    pieces: usize,
+    seed: u64,
+) -> (Vec<u8>, Arc<MemSource>, Blob) {
+    let data = bytes(pieces * PL as usize, seed);
+    let src = MemSource::new(data.clone());
+    let blob = s
+        .blob(&src.digest(), data.len() as u64, Arc::new(src.clone()))
+        .unwrap();
+    blob.fetch_all(Priority::Background).await.unwrap();
+    (data, src, blob)
+}
+
 #[tokio::test]
 async fn deletion_on_request_spares_mounted_and_held_blobs_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path()).await;
-    let data = bytes(3 * PL as usize, 7);
-    let src = MemSource::new(data.clone());
+    let (data, src, blob) = complete_blob(&s, 3, 7).await;
     let digest = src.digest();
-    let blob = s
-        .blob(&digest, data.len() as u64, Arc::new(src.clone()))
-        .unwrap();
-    blob.fetch_all(Priority::Background).await.unwrap();
     let on_disk = dir
         .path()
         .join("sha256")
@@ -345,13 +355,8 @@ async fn deletion_on_request_spares_mounted_and_held_blobs_and_says_why() {
 async fn a_deleted_blob_opened_again_gets_a_fresh_directory_and_leftovers_go_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path()).await;
-    let data = bytes(2 * PL as usize, 9);
-    let src = MemSource::new(data.clone());
+    let (data, src, blob) = complete_blob(&s, 2, 9).await;
     let digest = src.digest();
-    let blob = s
-        .blob(&digest, data.len() as u64, Arc::new(src.clone()))
-        .unwrap();
-    blob.fetch_all(Priority::Background).await.unwrap();
     drop(blob);
     assert!(matches!(
         s.delete_on_request(&digest).unwrap(),
