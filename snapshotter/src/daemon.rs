@@ -373,5 +373,15 @@ fn export_store_metrics(metrics: &Metrics, store: PieceStore) {
         m.cache_fetched_urgent_bytes
             .set(stats.fetched_urgent_bytes as i64);
         m.cache_usage_bytes.set(store.usage().bytes_on_disk as i64);
+        m.cache_urgent_fetches.set(stats.urgent_runs as i64);
+        for (step, micros) in [
+            ("gate", stats.urgent_gate_micros),
+            ("source", stats.urgent_source_micros),
+            ("store", stats.urgent_store_micros),
+        ] {
+            m.cache_urgent_fetch_seconds
+                .with_label_values(&[step])
+                .set(micros as f64 / 1e6);
+        }
     }));
 }

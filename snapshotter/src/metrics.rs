@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use dragonfly_task::origin::OriginMetrics;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Called at scrape time to refresh gauges mirrored from other components.
@@ -29,6 +29,11 @@ pub struct Metrics {
     pub cache_fetched_urgent_bytes: IntGauge,
     /// Bytes currently held by the piece store.
     pub cache_usage_bytes: IntGauge,
+    /// Fetches a reader waited for (not background fills).
+    pub cache_urgent_fetches: IntGauge,
+    /// Seconds those fetches spent, summed, by step (`gate`: waiting for a request slot,
+    /// `source`: in the source, `store`: writing the pieces durably).
+    pub cache_urgent_fetch_seconds: GaugeVec,
     /// FUSE reads answered, by result.
     pub fuse_reads: IntCounterVec,
     /// Bytes returned to FUSE reads.
@@ -59,6 +64,9 @@ pub struct Metrics {
     pub p2p_uploads: IntCounterVec,
     /// Bytes uploaded to other peers.
     pub p2p_upload_bytes: IntCounter,
+    /// Where a read a container waits for spends its time in the P2P engine, by step
+    /// (`register`, `find_parents`, `wait`, `parents`, `origin`; on a seed, `demand_origin`).
+    pub p2p_demand_seconds: HistogramVec,
     refreshers: std::sync::Mutex<Vec<Refresher>>,
 }
 
@@ -126,6 +134,24 @@ impl Metrics {
                 "cache_usage_bytes",
                 "Bytes of blob pieces held by the piece store.",
             ),
+            cache_urgent_fetches: gauge(
+                "cache_urgent_fetches",
+                "Fetches into the piece store that a reader waited for (not background fills).",
+            ),
+            cache_urgent_fetch_seconds: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "cache_urgent_fetch_seconds",
+                        "Seconds the fetches a reader waited for spent, summed, by step (gate, source, store).",
+                    ),
+                    &["step"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             fuse_reads: counter_vec(
                 "fuse_reads_total",
                 "FUSE read requests on lazy layers by result.",
@@ -180,6 +206,11 @@ impl Metrics {
                 &["result"],
             ),
             p2p_upload_bytes: counter("p2p_upload_bytes_total", "Bytes uploaded to other peers."),
+            p2p_demand_seconds: histogram(
+                "p2p_demand_seconds",
+                "Time reads a container waits for spend in the P2P engine, by step.",
+                &["step"],
+            ),
             mount_seconds: histogram(
                 "lazy_mount_seconds",
                 "Time to mount a lazy layer (footer, TOC, FUSE).",

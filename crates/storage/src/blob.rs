@@ -11,6 +11,7 @@ use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -372,7 +373,9 @@ impl BlobInner {
         if run.priority.load(Ordering::Relaxed) != Priority::Background as u8 {
             self.shared.urgent_fetch_started();
         }
+        let started = Instant::now();
         let permit = self.shared.gate.acquire(run.priority.clone()).await;
+        let admitted = Instant::now();
         let source = self.current_source().map_err(|e| RunFailure {
             message: e.message,
             retryable: e.retryable,
@@ -390,6 +393,7 @@ impl BlobInner {
                 retryable: e.retryable,
             })?;
         drop(permit);
+        let arrived = Instant::now();
         if data.len() as u64 != want {
             return Err(RunFailure {
                 message: format!(
@@ -419,6 +423,7 @@ impl BlobInner {
             stats
                 .fetched_urgent_bytes
                 .fetch_add(want, Ordering::Relaxed);
+            stats.urgent.add(started, admitted, arrived, Instant::now());
         }
         source.stored(self.piece_range(&run.pieces));
         if complete {

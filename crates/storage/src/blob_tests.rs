@@ -469,6 +469,40 @@ async fn background_fetches_pause_while_containers_read() {
 }
 
 #[tokio::test]
+async fn a_fill_started_for_an_expected_reader_lets_the_reader_go_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = PieceStore::open(
+        dir.path(),
+        StoreConfig {
+            background_pause_ms: 300,
+            ..config()
+        },
+    )
+    .await
+    .unwrap();
+    let data = bytes(8 * PL as usize, 11);
+    let src = MemSource::new(data.clone());
+    let blob = s
+        .blob(&src.digest(), data.len() as u64, Arc::new(src.clone()))
+        .unwrap();
+    s.demand_expected();
+    let fill = tokio::spawn({
+        let blob = blob.clone();
+        async move { blob.fetch_all(Priority::Background).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let piece = 5 * PL as u64..5 * PL as u64 + 1;
+    blob.read(piece.clone(), Priority::OnDemand).await.unwrap();
+    fill.await.unwrap().unwrap();
+    let requests = src.requests();
+    assert!(
+        requests[0].start <= piece.start && piece.end <= requests[0].end,
+        "the reader's fetch goes first: {requests:?}"
+    );
+    assert!(blob.is_verified());
+}
+
+#[tokio::test]
 async fn local_reads_never_fetch_and_sources_hear_about_stored_ranges() {
     type Ranges = Arc<std::sync::Mutex<Vec<std::ops::Range<u64>>>>;
     struct Recording(Arc<MemSource>, Ranges);

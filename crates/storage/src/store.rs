@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -43,6 +44,37 @@ pub(crate) struct Counters {
     pub fetched_urgent_bytes: AtomicU64,
     pub source_requests: AtomicU64,
     pub digest_failures: AtomicU64,
+    pub urgent: UrgentTimes,
+}
+
+/// Where the time of fetches someone waited for went, summed in microseconds.
+#[derive(Default)]
+pub(crate) struct UrgentTimes {
+    pub runs: AtomicU64,
+    pub gate_micros: AtomicU64,
+    pub source_micros: AtomicU64,
+    pub store_micros: AtomicU64,
+}
+
+impl UrgentTimes {
+    /// Adds one run: asked for a slot at `started`, got it at `admitted`, had the bytes at
+    /// `arrived`, had them on disk at `stored`.
+    pub(crate) fn add(
+        &self,
+        started: Instant,
+        admitted: Instant,
+        arrived: Instant,
+        stored: Instant,
+    ) {
+        let micros = |a: Instant, b: Instant| b.duration_since(a).as_micros() as u64;
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.gate_micros
+            .fetch_add(micros(started, admitted), Ordering::Relaxed);
+        self.source_micros
+            .fetch_add(micros(admitted, arrived), Ordering::Relaxed);
+        self.store_micros
+            .fetch_add(micros(arrived, stored), Ordering::Relaxed);
+    }
 }
 
 /// What blobs share: the request gate, the settings, counters and the eviction trigger.
@@ -93,6 +125,15 @@ pub struct StoreStats {
     pub fetched_urgent_bytes: u64,
     /// Requests made to sources.
     pub source_requests: u64,
+    /// Fetches someone waited for (not background), and the microseconds they spent, summed:
+    /// waiting for a request slot, in the source, writing the pieces durably.
+    pub urgent_runs: u64,
+    /// See [`StoreStats::urgent_runs`].
+    pub urgent_gate_micros: u64,
+    /// See [`StoreStats::urgent_runs`].
+    pub urgent_source_micros: u64,
+    /// See [`StoreStats::urgent_runs`].
+    pub urgent_store_micros: u64,
     /// Complete blobs that did not match their digest.
     pub digest_failures: u64,
 }
@@ -280,6 +321,13 @@ impl PieceStore {
         blobs.get(digest).map_or(new, |b| b.piece_length)
     }
 
+    /// A reader is about to fetch (this peer was triggered by a container blocked on chunks):
+    /// background fills hold off for the pause, as if its fetch had already started, so a
+    /// fill started by the same trigger never takes the bandwidth first.
+    pub fn demand_expected(&self) {
+        self.inner.shared.urgent_fetch_started();
+    }
+
     /// Counters since the store was opened.
     pub fn stats(&self) -> StoreStats {
         let s = &self.inner.shared.stats;
@@ -288,6 +336,10 @@ impl PieceStore {
             fetched_bytes: s.fetched_bytes.load(Ordering::Relaxed),
             fetched_urgent_bytes: s.fetched_urgent_bytes.load(Ordering::Relaxed),
             source_requests: s.source_requests.load(Ordering::Relaxed),
+            urgent_runs: s.urgent.runs.load(Ordering::Relaxed),
+            urgent_gate_micros: s.urgent.gate_micros.load(Ordering::Relaxed),
+            urgent_source_micros: s.urgent.source_micros.load(Ordering::Relaxed),
+            urgent_store_micros: s.urgent.store_micros.load(Ordering::Relaxed),
             digest_failures: s.digest_failures.load(Ordering::Relaxed),
         }
     }

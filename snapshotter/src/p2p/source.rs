@@ -135,6 +135,17 @@ impl PeerSource {
         self.origin.lock().expect("origin lock").clone()
     }
 
+    /// Records how long a step of a read someone waits for took (see
+    /// [`Metrics::p2p_demand_seconds`]).
+    fn timed(&self, step: &str, urgent: bool, since: Instant) {
+        if urgent {
+            self.metrics
+                .p2p_demand_seconds
+                .with_label_values(&[step])
+                .observe(since.elapsed().as_secs_f64());
+        }
+    }
+
     fn piece_len(&self, n: u32) -> u64 {
         let pl = u64::from(self.task.piece_length);
         (self.task.content_length - u64::from(n) * pl).min(pl)
@@ -158,6 +169,7 @@ impl PeerSource {
             peer_id: self.peer_id.clone(),
             task: Some(self.task.clone()),
         };
+        let asked = Instant::now();
         let mut res = c.register_peer(req.clone()).await;
         if matches!(&res, Err(e) if e.code() == tonic::Code::NotFound) {
             // The scheduler does not know this host yet (it restarted): announce, then retry.
@@ -165,6 +177,7 @@ impl PeerSource {
                 res = c.register_peer(req).await;
             }
         }
+        self.timed("register", true, asked);
         match res {
             Ok(r) => {
                 let r = r.into_inner();
@@ -540,16 +553,21 @@ impl PeerSource {
             if missing.is_empty() {
                 break;
             }
-            let Some(resp) = self.find_parents(&missing, urgent).await else {
+            let asked = Instant::now();
+            let resp = self.find_parents(&missing, urgent).await;
+            self.timed("find_parents", urgent, asked);
+            let Some(resp) = resp else {
                 break;
             };
             match pb::Decision::try_from(resp.decision) {
                 Ok(pb::Decision::Parents) => {}
                 Ok(pb::Decision::Wait) if progress_at.elapsed() < MAX_WAIT => {
+                    let paused = Instant::now();
                     tokio::time::sleep(Duration::from_millis(u64::from(
                         resp.retry_after_ms.clamp(20, 2000),
                     )))
                     .await;
+                    self.timed("wait", urgent, paused);
                     continue;
                 }
                 _ => break,
@@ -560,11 +578,13 @@ impl PeerSource {
             if plan.is_empty() {
                 break;
             }
+            let asked = Instant::now();
             let results: Vec<(u32, Fetched)> = stream::iter(plan)
                 .map(|ask| async move { (ask.piece, self.fetch_from_parent(&ask).await) })
                 .buffer_unordered(self.parallel)
                 .collect()
                 .await;
+            self.timed("parents", urgent, asked);
             let before = got.len();
             let busy = results.iter().any(|(_, f)| matches!(f, Fetched::Busy));
             got.extend(results.into_iter().filter_map(|(n, f)| match f {
@@ -618,7 +638,10 @@ impl PeerSource {
         }
         runs.extend(run);
         for r in runs {
-            for (n, data) in self.fetch_origin(r, priority).await? {
+            let asked = Instant::now();
+            let fetched = self.fetch_origin(r, priority).await?;
+            self.timed("origin", urgent, asked);
+            for (n, data) in fetched {
                 got.insert(n, data);
             }
         }

@@ -156,6 +156,8 @@ impl TriggeredDownloads {
         self.opened.notify_waiters();
         let blob = opened?;
         let priority = if background {
+            // Triggered by a container blocked on chunks: its demand is about to arrive.
+            self.swarm.store().demand_expected();
             Priority::Background
         } else {
             Priority::Prefetch

@@ -115,7 +115,14 @@ impl PeerService {
         number: u32,
     ) -> Result<(), UploadError> {
         let outcome = |label: &str| self.metrics.p2p_uploads.with_label_values(&[label]).inc();
-        match tokio::time::timeout(DEMAND_TIMEOUT, blob.ensure(range, Priority::OnDemand)).await {
+        let asked = std::time::Instant::now();
+        let fetched =
+            tokio::time::timeout(DEMAND_TIMEOUT, blob.ensure(range, Priority::OnDemand)).await;
+        self.metrics
+            .p2p_demand_seconds
+            .with_label_values(&["demand_origin"])
+            .observe(asked.elapsed().as_secs_f64());
+        match fetched {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 outcome("error");
