@@ -17,7 +17,7 @@ use dragonfly_integration::throttle::Throttle;
 /// The registry's uplink.
 const RATE: u64 = 2_000_000;
 /// The daemon's piece length for lazy layers (`cache.lazy_piece_length`).
-const PIECE: u64 = 64 << 10;
+const PIECE: u64 = 32 << 10;
 
 /// Pulls `image` lazily into `ctd` and reads the small file at the end of the big layer; the
 /// time both took and what the container printed.
@@ -95,8 +95,9 @@ fn a_lazy_read_is_answered_by_the_seed_without_waiting_for_its_fill() {
 #[test]
 fn two_nodes_needing_the_same_pieces_cause_one_origin_fetch() {
     // The seed's fill requests are one piece, so a raised one adds at most a piece.
-    let yaml = "prefetch: {background: false}\ncache: {background_fetch_bytes: 65536}";
-    let swarm = Swarm::start_with_seeds(1, 3, yaml).expect("swarm");
+    let yaml =
+        format!("prefetch: {{background: false}}\ncache: {{background_fetch_bytes: {PIECE}}}");
+    let swarm = Swarm::start_with_seeds(1, 3, &yaml).expect("swarm");
     let img = fixtures::large().expect("fixture");
     let published = swarm.publish("large", &img).expect("publish");
     let slow = Throttle::start(&swarm.registry.addr, RATE).expect("throttle");

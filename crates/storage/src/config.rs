@@ -39,7 +39,7 @@ impl Default for StoreConfig {
         StoreConfig {
             capacity_bytes: 10 << 30,
             piece_length: 256 << 10,
-            lazy_piece_length: 64 << 10,
+            lazy_piece_length: 32 << 10,
             max_concurrent_fetches: 8,
             max_fetch_bytes: 8 << 20,
             background_pause_ms: 1000,
