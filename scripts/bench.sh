@@ -248,6 +248,8 @@ sw_security() { # name role ip
 sw_ns() { # name ip rate
   local ns=$1 ip=$2 rate=$3
   ip netns add "$ns"
+  # A previous round's veth can outlive its namespace for a moment.
+  ip link del "v$ns" 2>/dev/null || true
   ip link add "v$ns" type veth peer name eth0 netns "$ns"
   ip link set "v$ns" master dfswbr up
   ip netns exec "$ns" ip addr add "$ip/24" dev eth0
@@ -531,6 +533,27 @@ def metric(path, name):
     return 0
 def nodes(when, name):
     return [metric(f"{keep}/node{i}.{when}.metrics", name) for i in range(1, n + 1)]
+def timing(path):
+    # Where waited-for reads spent their time: P2P steps (count, seconds) and store steps (seconds).
+    t = {}
+    try:
+        lines = open(path).read().splitlines()
+    except OSError:
+        return t
+    for line in lines:
+        if line.startswith("dragonfly_snapshotter_cache_urgent_fetches "):
+            t["store_runs"] = int(float(line.split()[1]))
+        for kind in ("p2p_demand_seconds_sum", "p2p_demand_seconds_count", "cache_urgent_fetch_seconds"):
+            pre = "dragonfly_snapshotter_" + kind + '{step="'
+            if line.startswith(pre):
+                step, value = line[len(pre):].split('"} ')
+                key = ("store_" if kind.startswith("cache") else "p2p_") + step
+                t.setdefault(key, [0, 0.0])
+                if kind.endswith("_count"):
+                    t[key][0] = int(float(value))
+                else:
+                    t[key][1] = round(float(value), 4)
+    return t
 starts = sorted(float(open(f).read()) - t0 for f in done)
 needed = nodes("start", "chunk_needed_compressed_bytes_total")
 urgent = nodes("start", "cache_fetched_urgent_bytes")
@@ -539,7 +562,9 @@ json.dump({"starts_seconds": starts, "slowest_seconds": max(starts), "registry_b
            "registry_bytes": total, "peer_bytes": sum(nodes("end", 'p2p_bytes_total{source="peer"}')),
            "chunk_needed_bytes_per_node": needed, "urgent_fetched_bytes_per_node": urgent,
            "urgent_vs_needed": max(u / c for u, c in zip(urgent, needed)) if all(needed) else None,
-           "node_daemons_cpu_seconds_at_starts": cpu},
+           "node_daemons_cpu_seconds_at_starts": cpu,
+           "timing_node1_at_starts": timing(f"{keep}/node1.start.metrics"),
+           "timing_seed_at_starts": timing(f"{keep}/seed.start.metrics")},
           open(out, "w"))
 PY
   # Everything of this round goes, so the next starts cold.
