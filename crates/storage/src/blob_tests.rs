@@ -440,18 +440,19 @@ async fn eviction_removes_least_recently_used_blobs_nobody_holds() {
     assert!(!exists(&digests[0]));
 }
 
+/// A store whose background fills wait `ms` after the last urgent fetch.
+async fn store_pausing_fills(dir: &std::path::Path, ms: u64) -> PieceStore {
+    let config = StoreConfig {
+        background_pause_ms: ms,
+        ..config()
+    };
+    PieceStore::open(dir, config).await.unwrap()
+}
+
 #[tokio::test]
 async fn background_fetches_pause_while_containers_read() {
     let dir = tempfile::tempdir().unwrap();
-    let s = PieceStore::open(
-        dir.path(),
-        StoreConfig {
-            background_pause_ms: 300,
-            ..config()
-        },
-    )
-    .await
-    .unwrap();
+    let s = store_pausing_fills(dir.path(), 300).await;
     let data = bytes(8 * PL as usize, 9);
     let src = MemSource::new(data.clone());
     let blob = s
@@ -471,15 +472,7 @@ async fn background_fetches_pause_while_containers_read() {
 #[tokio::test]
 async fn a_fill_started_for_an_expected_reader_lets_the_reader_go_first() {
     let dir = tempfile::tempdir().unwrap();
-    let s = PieceStore::open(
-        dir.path(),
-        StoreConfig {
-            background_pause_ms: 300,
-            ..config()
-        },
-    )
-    .await
-    .unwrap();
+    let s = store_pausing_fills(dir.path(), 300).await;
     let data = bytes(8 * PL as usize, 11);
     let src = MemSource::new(data.clone());
     let blob = s
