@@ -65,7 +65,8 @@ pub struct Metrics {
     /// Bytes uploaded to other peers.
     pub p2p_upload_bytes: IntCounter,
     /// Where a read a container waits for spends its time in the P2P engine, by step
-    /// (`register`, `find_parents`, `wait`, `parents`, `origin`; on a seed, `demand_origin`).
+    /// (`find_parents`, `wait`, `parents`, `origin`; on a seed, `demand_origin`), plus every
+    /// registration with the scheduler (`register`, whatever read made it).
     pub p2p_demand_seconds: HistogramVec,
     refreshers: std::sync::Mutex<Vec<Refresher>>,
 }
