@@ -40,6 +40,8 @@
 # Uses release builds. The Debian rootfs (debootstrap) is cached in $BENCH_DIR/cache.
 # BENCH_LOG_LEVEL sets the namespaced daemons' log filter (default info), e.g.
 # `dragonfly_snapshotter::p2p=debug,info` to see where a slow start spent its time.
+# BENCH_PERF=1 (swarm-lazy): a system-wide `perf record` of each round's starts, kept beside
+# the round's logs as perf.data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO_DIR=$PWD
@@ -498,6 +500,12 @@ sl_round() { # mode(direct|swarm|floor) nodes image digest -> writes $TB_DIR/rou
   [ "$p2p" = 1 ] && sleep 2
   before=$(sw_origin_bytes "$digest")
   rm -f "$TB_DIR"/done-*
+  local keep=$TB_DIR/logs-$mode-$n perf_pid=
+  mkdir -p "$keep"
+  # BENCH_PERF=1: a system-wide CPU profile of the starts, for `perf report -i $keep/perf.data`.
+  if [ "${BENCH_PERF:-0}" = 1 ]; then
+    perf record -a -F 997 -o "$keep/perf.data" > "$keep/perf.log" 2>&1 & perf_pid=$!
+  fi
   t0=$(now)
   local pids=()
   for i in $(seq 1 "$n"); do
@@ -507,10 +515,10 @@ sl_round() { # mode(direct|swarm|floor) nodes image digest -> writes $TB_DIR/rou
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p" || { echo "node failed ($mode, $n nodes); see $TB_DIR/pull-*.log" >&2; exit 1; }; done
-  local origin total last keep=$TB_DIR/logs-$mode-$n
+  [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
+  local origin total last
   origin=$(( $(sw_origin_bytes "$digest") - before ))
   # Kept for reading afterwards: every daemon's metrics at the starts and at the end, its log.
-  mkdir -p "$keep"
   sl_metrics "$n" "$p2p" "$keep" start
   sl_cpu "$n" > "$keep/cpu-at-starts"
   # The seed's background fill goes on after the starts: registry bytes counted until they stop
