@@ -54,6 +54,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let keep: Vec<PathBuf> = held.values().map(|h| h.record.mountpoint.clone()).collect();
     let mut download = None;
     let mut image = None;
+    let mut store_at_stop = None;
     let remote: Option<Arc<LayerManager>> = if config.snapshot.lazy {
         let store = PieceStore::open(&config.cache_dir(), config.cache.clone())
             .await
@@ -64,6 +65,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 )
             })?;
         export_store_metrics(&metrics, store.clone());
+        store_at_stop = Some(store.clone());
         let origins = Origins::new(config.registry.clone(), metrics.origins.clone())
             .context("invalid registry configuration")?;
         let swarm = start_swarm(&config, store, origins, &metrics).await?;
@@ -146,6 +148,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .await
         .context("gRPC server failed")?;
+    if let Some(store) = store_at_stop {
+        if let Err(e) = store.flush().await {
+            tracing::warn!(error = %e, "cannot sync the piece store; pieces fetched last may be fetched again after the restart");
+        }
+    }
     if let (Some(h), Some(manager)) = (&handoff, &remote) {
         h.stopping();
         let grace = std::time::Duration::from_millis(config.fuse.handoff_grace_ms);

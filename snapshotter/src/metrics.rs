@@ -32,7 +32,7 @@ pub struct Metrics {
     /// Fetches a reader waited for (not background fills).
     pub cache_urgent_fetches: IntGauge,
     /// Seconds those fetches spent, summed, by step (`gate`: waiting for a request slot,
-    /// `source`: in the source, `store`: writing the pieces durably).
+    /// `source`: in the source, `store`: writing the pieces; their sync comes after).
     pub cache_urgent_fetch_seconds: GaugeVec,
     /// FUSE reads answered, by result.
     pub fuse_reads: IntCounterVec,

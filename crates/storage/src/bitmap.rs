@@ -59,9 +59,12 @@ impl Bitmap {
         }
     }
 
-    pub(crate) fn clear(&mut self) {
-        self.bits.fill(0);
-        self.present = 0;
+    pub(crate) fn unset(&mut self, piece: u32) {
+        if !self.has(piece) {
+            return;
+        }
+        self.bits[(piece / 8) as usize] &= !(1 << (piece % 8));
+        self.present -= 1;
     }
 
     pub(crate) fn missing(&self, pieces: Range<u32>) -> impl Iterator<Item = u32> + '_ {
@@ -139,6 +142,11 @@ mod tests {
         assert_eq!(b.missing(5..10).collect::<Vec<_>>(), vec![5, 6, 9]);
         let enc = b.encode(13 * 65536 - 5, 65536);
         assert_eq!(Bitmap::decode(&enc, 13 * 65536 - 5, 65536).unwrap(), b);
+        b.unset(7);
+        b.unset(7);
+        b.unset(11);
+        assert_eq!(b.present(), 3);
+        assert!(!b.has(7) && b.has(8));
     }
 
     #[test]

@@ -3,8 +3,12 @@
 //! A read first makes its pieces present: pieces already being fetched are waited for (and
 //! their request's priority raised to the reader's), the others are grouped into runs of
 //! adjacent pieces, each fetched by one source request in its own task (so a reader that gives
-//! up never leaves a half-done piece behind). A run's bytes are written and synced before its
-//! pieces are marked present and the bitmap saved.
+//! up never leaves a half-done piece behind). A run's bytes are written, its pieces marked
+//! present in memory and in this boot's bitmap (unsynced), and its waiters told; then, off
+//! their path, the data file is synced and the bitmap saved as it was before the sync. So the
+//! synced bitmap never names a piece that is not durable (after a crash of the machine a piece
+//! is fetched again, never trusted), and a daemon killed and restarted within the boot finds
+//! every piece it had (their bytes are in the page cache).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -62,8 +66,11 @@ pub(crate) struct BlobInner {
     mounts: AtomicUsize,
     last_used: AtomicU64,
     removed: AtomicBool,
-    /// Serializes bitmap saves so the last one written is the newest.
-    persist: Mutex<()>,
+    /// The pieces the synced bitmap on disk names; held while saving it, so saves are
+    /// serialized and the last one written is the newest.
+    durable: Mutex<Bitmap>,
+    /// Held while saving this boot's bitmap, for the same reason.
+    boot_save: Mutex<()>,
     /// Serializes whole-blob verification.
     verify: tokio::sync::Mutex<()>,
     /// What the blob hashed to when it last failed verification.
@@ -114,10 +121,12 @@ impl BlobInner {
             })?
     }
 
+    /// A blob holding `have`, of which `durable` is synced.
     pub(crate) fn new(
         files: BlobFiles,
         meta: Meta,
         have: Bitmap,
+        durable: Bitmap,
         source: Option<Arc<dyn RangeSource>>,
         shared: Arc<Shared>,
     ) -> Arc<BlobInner> {
@@ -127,6 +136,8 @@ impl BlobInner {
             piece_length: meta.piece_length,
             files,
             meta: Mutex::new(meta),
+            durable: Mutex::new(durable),
+            boot_save: Mutex::new(()),
             state: Mutex::new(State {
                 have,
                 inflight: HashMap::new(),
@@ -138,7 +149,6 @@ impl BlobInner {
             pins: AtomicUsize::new(0),
             mounts: AtomicUsize::new(0),
             removed: AtomicBool::new(false),
-            persist: Mutex::new(()),
             verify: tokio::sync::Mutex::new(()),
             last_mismatch: Mutex::new(None),
         })
@@ -363,7 +373,11 @@ impl BlobInner {
         if let Err(f) = &res {
             tracing::warn!(blob = %self.digest, pieces = ?run.pieces, error = %f.message, "piece fetch failed");
         }
+        let stored = res.is_ok();
         run.done.send_replace(Some(res));
+        if stored {
+            self.flush_in_background().await;
+        }
         self.shared.evict.notify_one();
     }
 
@@ -437,11 +451,11 @@ impl BlobInner {
         Ok(())
     }
 
-    /// Writes a run's bytes durably, then marks and saves its pieces. Returns whether the blob
-    /// is now complete.
+    /// Writes a run's bytes and marks its pieces present, in memory and in this boot's bitmap
+    /// (durable after the next [`BlobInner::flush`]). Returns whether the blob is now complete.
     fn store_run(&self, offset: u64, data: &[u8], pieces: Range<u32>) -> Result<bool, StoreError> {
-        self.files.write_durable(offset, data)?;
-        let _persist = self.persist.lock().expect("persist lock");
+        self.files.write_at(offset, data)?;
+        let _saving = self.boot_save.lock().expect("boot save lock");
         let (bitmap, added, complete) = {
             let mut st = self.lock();
             let before = self.bytes_of(&st.have);
@@ -458,26 +472,79 @@ impl BlobInner {
             .bytes_on_disk
             .fetch_add(added, Ordering::Relaxed);
         let meta = self.meta.lock().expect("meta lock").clone();
-        self.files.save_bitmap(&bitmap, &meta)?;
+        self.files.save_boot_bitmap(&bitmap, &meta)?;
         Ok(complete)
     }
 
-    /// Throws away the pieces covering `range` (those not being fetched right now).
-    fn discard(&self, pieces: Range<u32>) -> Result<(), StoreError> {
-        let _persist = self.persist.lock().expect("persist lock");
+    /// [`BlobInner::flush`] on a blocking thread; a failure is logged (its pieces were thrown
+    /// away and are fetched again when next read).
+    async fn flush_in_background(self: &Arc<Self>) {
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || this.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(blob = %self.digest, error = %e, "cannot make fetched pieces durable; they were dropped and will be fetched again")
+            }
+            Err(e) => tracing::error!(blob = %self.digest, error = %e, "the flush task failed"),
+        }
+    }
+
+    /// Makes every piece marked present so far durable: syncs the data file, then saves the
+    /// bitmap as it was before the sync. Flushes queue on the lock, so one sync covers every
+    /// run stored while the previous one ran. If the sync fails, the pieces not yet durable are
+    /// thrown away rather than left to be trusted after a restart.
+    pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        let mut durable = self.durable.lock().expect("durable lock");
+        if self.removed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let snapshot = self.lock().have.clone();
+        if snapshot == *durable {
+            return Ok(());
+        }
+        if let Err(e) = self.files.sync() {
+            self.forget_all_but(&durable)?;
+            return Err(e);
+        }
+        let meta = self.meta.lock().expect("meta lock").clone();
+        self.files.save_bitmap(&snapshot, &meta)?;
+        *durable = snapshot;
+        Ok(())
+    }
+
+    /// Throws away every present piece that `keep` does not name.
+    fn forget_all_but(&self, keep: &Bitmap) -> Result<(), StoreError> {
+        let _saving = self.boot_save.lock().expect("boot save lock");
         let (bitmap, removed) = {
             let mut st = self.lock();
             let before = self.bytes_of(&st.have);
-            if pieces.start == 0 && pieces.end >= st.have.pieces() && st.inflight.is_empty() {
-                st.have.clear();
-            } else {
-                let keep: Vec<u32> = (0..st.have.pieces())
-                    .filter(|p| st.have.has(*p) && !pieces.contains(p))
-                    .collect();
-                st.have.clear();
-                for p in keep {
-                    st.have.set(p);
+            for p in 0..st.have.pieces() {
+                if !keep.has(p) {
+                    st.have.unset(p);
                 }
+            }
+            st.generation += 1;
+            (st.have.clone(), before - self.bytes_of(&st.have))
+        };
+        self.shared
+            .bytes_on_disk
+            .fetch_sub(removed, Ordering::Relaxed);
+        let meta = self.meta.lock().expect("meta lock").clone();
+        self.files.save_boot_bitmap(&bitmap, &meta)
+    }
+
+    /// Throws away the pieces covering `range` (those not being fetched right now).
+    /// The bitmap saved is the durable one less these pieces: pieces present but not yet
+    /// durable are saved by the flush that follows their run.
+    fn discard(&self, pieces: Range<u32>) -> Result<(), StoreError> {
+        let mut durable = self.durable.lock().expect("durable lock");
+        let _saving = self.boot_save.lock().expect("boot save lock");
+        let (bitmap, removed) = {
+            let mut st = self.lock();
+            let before = self.bytes_of(&st.have);
+            for p in pieces.start..pieces.end.min(st.have.pieces()) {
+                st.have.unset(p);
+                durable.unset(p);
             }
             st.generation += 1;
             (st.have.clone(), before - self.bytes_of(&st.have))
@@ -488,7 +555,8 @@ impl BlobInner {
         let mut meta = self.meta.lock().expect("meta lock");
         meta.verified = false;
         self.files.save_meta(&meta)?;
-        self.files.save_bitmap(&bitmap, &meta)
+        self.files.save_boot_bitmap(&bitmap, &meta)?;
+        self.files.save_bitmap(&durable, &meta)
     }
 
     /// What the complete blob must hash to: its name when content-addressed, else the content
@@ -511,13 +579,16 @@ impl BlobInner {
         if !self.lock().have.is_complete() {
             return Ok(());
         }
-        let Some(expected) = self.expected_digest() else {
-            let mut meta = self.meta.lock().expect("meta lock");
-            meta.verified = true;
-            return self.files.save_meta(&meta);
-        };
+        let expected = self.expected_digest();
         let this = self.clone();
         let join = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            // "Verified" is saved only beside a bitmap that names every piece.
+            this.flush()?;
+            let Some(expected) = expected else {
+                let mut meta = this.meta.lock().expect("meta lock");
+                meta.verified = true;
+                return this.files.save_meta(&meta);
+            };
             let actual = this.files.hash()?;
             if actual == expected {
                 *this.last_mismatch.lock().expect("mismatch lock") = None;

@@ -55,8 +55,9 @@ pub trait RangeSource: Send + Sync + 'static {
         priority: Priority,
     ) -> BoxFuture<'static, Result<Bytes, SourceError>>;
 
-    /// Called once the bytes of `range` (from an earlier `fetch`) are durable in the store and
-    /// readable by others, e.g. to announce the pieces to a scheduler. Must not block.
+    /// Called once the bytes of `range` (from an earlier `fetch`) are in the store and
+    /// readable by others (their sync to disk follows), e.g. to announce the pieces to a
+    /// scheduler. Must not block.
     fn stored(&self, _range: Range<u64>) {}
 
     /// Called once when the blob leaves the store (evicted or removed), e.g. to tell a

@@ -126,7 +126,7 @@ pub struct StoreStats {
     /// Requests made to sources.
     pub source_requests: u64,
     /// Fetches someone waited for (not background), and the microseconds they spent, summed:
-    /// waiting for a request slot, in the source, writing the pieces durably.
+    /// waiting for a request slot, in the source, writing the pieces (the sync comes after).
     pub urgent_runs: u64,
     /// See [`StoreStats::urgent_runs`].
     pub urgent_gate_micros: u64,
@@ -292,9 +292,37 @@ impl PieceStore {
         };
         let files = BlobFiles::create(&dir, &meta)?;
         let have = Bitmap::empty(piece_count(size, meta.piece_length));
-        let inner = BlobInner::new(files, meta, have, Some(make()), self.inner.shared.clone());
+        let inner = BlobInner::new(
+            files,
+            meta,
+            have.clone(),
+            have,
+            Some(make()),
+            self.inner.shared.clone(),
+        );
         blobs.insert(digest.to_owned(), inner.clone());
         Ok(Blob::from_inner(inner))
+    }
+
+    /// Makes every piece stored so far durable, in every blob (each run's own sync follows it
+    /// by moments; this waits for them all, e.g. before the daemon exits).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let blobs: Vec<Arc<BlobInner>> = self
+            .inner
+            .blobs
+            .lock()
+            .expect("store lock")
+            .values()
+            .cloned()
+            .collect();
+        let dir = self.inner.dir.clone();
+        tokio::task::spawn_blocking(move || blobs.iter().try_for_each(|b| b.flush()))
+            .await
+            .map_err(|e| StoreError::Io {
+                what: "flush task failed",
+                path: dir,
+                source: std::io::Error::other(e.to_string()),
+            })?
     }
 
     /// The blob `digest` if the store knows it (whatever pieces it has).
@@ -489,16 +517,27 @@ fn load_kind(
         let loaded = blob_dir(root, &digest)
             .map_err(|e| e.to_string())
             .and_then(|_| BlobFiles::load(&path))
-            .and_then(|(files, meta, have)| {
+            .and_then(|(files, meta, pieces)| {
                 if meta.digest != digest {
                     Err(format!("meta.json names {}", meta.digest))
                 } else {
-                    Ok((files, meta, have))
+                    Ok((files, meta, pieces))
                 }
             });
         match loaded {
-            Ok((files, meta, have)) => {
-                let inner = BlobInner::new(files, meta, have, None, shared.clone());
+            Ok((files, meta, pieces)) => {
+                let inner = BlobInner::new(
+                    files,
+                    meta,
+                    pieces.have,
+                    pieces.durable,
+                    None,
+                    shared.clone(),
+                );
+                // Pieces a killed daemon stored but had not synced yet: synced now.
+                if let Err(e) = inner.flush() {
+                    tracing::warn!(blob = %digest, error = %e, "cannot sync pieces found at start; they will be fetched again");
+                }
                 shared
                     .bytes_on_disk
                     .fetch_add(inner.present_bytes(), Ordering::Relaxed);
