@@ -106,6 +106,23 @@ impl ParentClients {
         req: &PieceRequest,
         max: usize,
     ) -> Result<Bytes, PieceFetchError> {
+        let mut got = self
+            .get_pieces_tcp(ip, port, std::slice::from_ref(req), max)
+            .await;
+        got.pop().expect("one answer per request")
+    }
+
+    /// Pieces `reqs` from the parent at `ip:port`, pipelined on one connection: every request
+    /// is sent at once and the parent answers them in order (so it sees them in order: a
+    /// seed sees a run's first piece first). One answer per request, each at most `max`
+    /// bytes. A pooled connection the parent has since closed is retried once on a fresh one.
+    pub async fn get_pieces_tcp(
+        &self,
+        ip: &str,
+        port: u32,
+        reqs: &[PieceRequest],
+        max: usize,
+    ) -> Vec<Result<Bytes, PieceFetchError>> {
         let key = parent_addr(ip, port);
         let pooled = self
             .idle
@@ -114,10 +131,18 @@ impl ParentClients {
             .get_mut(&key)
             .and_then(Vec::pop);
         if let Some(conn) = pooled {
-            if let Ok(r) = self.exchange(&key, conn, req, max).await {
+            if let Ok(r) = self.exchange(&key, conn, reqs, max).await {
                 return r;
             }
         }
+        let failed = |message: String| {
+            let e = PieceFetchError {
+                unreachable: true,
+                busy: false,
+                message,
+            };
+            vec![Err(e); reqs.len()]
+        };
         let conn = match tokio::time::timeout(
             Duration::from_secs(3),
             self.dialer.connect(&key, PARENT_ROLES),
@@ -125,41 +150,35 @@ impl ParentClients {
         .await
         {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                return Err(PieceFetchError {
-                    unreachable: true,
-                    busy: false,
-                    message: format!("cannot connect to {key}: {e}"),
-                })
-            }
-            Err(_) => {
-                return Err(PieceFetchError {
-                    unreachable: true,
-                    busy: false,
-                    message: format!("connecting to {key} timed out"),
-                })
-            }
+            Ok(Err(e)) => return failed(format!("cannot connect to {key}: {e}")),
+            Err(_) => return failed(format!("connecting to {key} timed out")),
         };
-        self.exchange(&key, conn, req, max)
+        self.exchange(&key, conn, reqs, max)
             .await
-            .unwrap_or_else(Err)
+            .unwrap_or_else(|e| vec![Err(e); reqs.len()])
     }
 
-    /// One request on `conn`. `Err` means the connection failed (the outer `Ok` carries the
-    /// parent's answer, good or bad); a connection left in a clean state goes back to the pool.
+    /// `reqs` on `conn`, pipelined. `Err` means the connection failed (the `Ok` carries the
+    /// parent's answers, good or bad); a connection left in a clean state goes back to the
+    /// pool.
     async fn exchange(
         &self,
         key: &str,
         mut conn: ClientConn,
-        req: &PieceRequest,
+        reqs: &[PieceRequest],
         max: usize,
-    ) -> Result<Result<Bytes, PieceFetchError>, PieceFetchError> {
+    ) -> Result<Vec<Result<Bytes, PieceFetchError>>, PieceFetchError> {
+        let first = reqs.first().map_or(0, |r| r.number);
         let io = tokio::time::timeout(PIECE_TIMEOUT, async {
-            piece_wire::write_request(&mut conn, req).await?;
-            piece_wire::read_response(&mut conn, max).await
+            piece_wire::write_requests(&mut conn, reqs).await?;
+            let mut answers = Vec::with_capacity(reqs.len());
+            for _ in reqs {
+                answers.push(piece_wire::read_response(&mut conn, max).await?);
+            }
+            Ok::<_, std::io::Error>(answers)
         })
         .await;
-        let (status, payload) = match io {
+        let answers = match io {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 let unreachable = matches!(
@@ -172,14 +191,14 @@ impl ParentClients {
                 return Err(PieceFetchError {
                     unreachable,
                     busy: false,
-                    message: format!("piece {} from {key}: {e}", req.number),
+                    message: format!("piece {first} from {key}: {e}"),
                 });
             }
             Err(_) => {
                 return Err(PieceFetchError {
                     unreachable: false,
                     busy: false,
-                    message: format!("piece {} from {key} timed out", req.number),
+                    message: format!("piece {first} from {key} timed out"),
                 })
             }
         };
@@ -190,18 +209,24 @@ impl ParentClients {
                 conns.push(conn);
             }
         }
-        if status == WireStatus::Ok {
-            return Ok(Ok(payload));
-        }
-        Ok(Err(PieceFetchError {
-            unreachable: false,
-            busy: status == WireStatus::Busy,
-            message: format!(
-                "piece {} from {key}: {status:?}: {}",
-                req.number,
-                String::from_utf8_lossy(&payload)
-            ),
-        }))
+        Ok(reqs
+            .iter()
+            .zip(answers)
+            .map(|(req, (status, payload))| {
+                if status == WireStatus::Ok {
+                    return Ok(payload);
+                }
+                Err(PieceFetchError {
+                    unreachable: false,
+                    busy: status == WireStatus::Busy,
+                    message: format!(
+                        "piece {} from {key}: {status:?}: {}",
+                        req.number,
+                        String::from_utf8_lossy(&payload)
+                    ),
+                })
+            })
+            .collect())
     }
 
     /// The gRPC client for `ip:port`.

@@ -570,4 +570,47 @@ mod tests {
             Some(&(13 * pl as u64..data.len() as u64))
         );
     }
+
+    /// Requests pipelined on one connection are answered in order, an error answer (a piece
+    /// past the end) does not stop the rest, and a run asked that way is one origin request
+    /// however the seed's tasks are scheduled: it sees the run's first piece first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pipelined_requests_are_answered_in_order_and_a_run_is_one_origin_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, origin, data, digest) = demand_peer(dir.path(), true).await;
+        let parents = ParentClients::default();
+        let pl = 64 << 10;
+        let req = |number: u32, fetch_until: u32| PieceRequest {
+            task_id: digest.clone(),
+            number,
+            peer_id: "child".into(),
+            fetch: true,
+            fetch_until,
+        };
+        let reqs: Vec<_> = (3..9).map(|n| req(n, 9)).collect();
+        let got = parents
+            .get_pieces_tcp("127.0.0.1", u32::from(port), &reqs, pl)
+            .await;
+        assert_eq!(got.len(), 6);
+        for (n, piece) in (3..9).zip(got) {
+            assert_eq!(
+                &piece.unwrap()[..],
+                &data[n * pl..(n + 1) * pl],
+                "piece {n}"
+            );
+        }
+        assert_eq!(origin.requests(), vec![3 * pl as u64..9 * pl as u64]);
+
+        let reqs = [req(9, 10), req(99, 100), req(10, 11)];
+        let got = parents
+            .get_pieces_tcp("127.0.0.1", u32::from(port), &reqs, pl)
+            .await;
+        assert_eq!(&got[0].as_ref().unwrap()[..], &data[9 * pl..10 * pl]);
+        let past = got[1].as_ref().unwrap_err();
+        assert!(
+            past.message.contains("BadRequest") && !past.unreachable,
+            "{past:?}"
+        );
+        assert_eq!(&got[2].as_ref().unwrap()[..], &data[10 * pl..11 * pl]);
+    }
 }

@@ -1,7 +1,8 @@
 //! The raw-TCP piece protocol ("DFP1"): the bulk of the bytes between peers without HTTP/2
 //! framing and flow control on top. It shares the peer service's port: a connection whose
-//! first four bytes are the magic is ours, anything else is gRPC. A connection carries one
-//! request at a time and is reused.
+//! first four bytes are the magic is ours, anything else is gRPC. A connection is reused;
+//! its requests are answered one at a time, in order, so a client may pipeline several (a
+//! seed then sees a run's pieces in the order the reader needs them).
 //!
 //! ```text
 //! request:  "DFP1" | u16 task_id length | task_id | u32 piece number | u16 peer_id length | peer_id
@@ -108,18 +109,33 @@ fn put_id(out: &mut Vec<u8>, id: &str, what: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Sends `req`.
-pub async fn write_request<W: AsyncWrite + Unpin>(w: &mut W, req: &PieceRequest) -> io::Result<()> {
-    let mut out = Vec::with_capacity(17 + req.task_id.len() + req.peer_id.len());
+fn encode_request(out: &mut Vec<u8>, req: &PieceRequest) -> io::Result<()> {
     out.extend_from_slice(if req.fetch { MAGIC_FLAGS } else { MAGIC });
-    put_id(&mut out, &req.task_id, "task id")?;
+    put_id(out, &req.task_id, "task id")?;
     out.extend_from_slice(&req.number.to_be_bytes());
-    put_id(&mut out, &req.peer_id, "peer id")?;
+    put_id(out, &req.peer_id, "peer id")?;
     if req.has_run() {
         out.push(FLAG_FETCH | FLAG_RUN);
         out.extend_from_slice(&req.fetch_until.to_be_bytes());
     } else if req.fetch {
         out.push(FLAG_FETCH);
+    }
+    Ok(())
+}
+
+/// Sends `req`.
+pub async fn write_request<W: AsyncWrite + Unpin>(w: &mut W, req: &PieceRequest) -> io::Result<()> {
+    write_requests(w, std::slice::from_ref(req)).await
+}
+
+/// Sends `reqs` back to back, in one write: the parent answers them in this order.
+pub async fn write_requests<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    reqs: &[PieceRequest],
+) -> io::Result<()> {
+    let mut out = Vec::new();
+    for req in reqs {
+        encode_request(&mut out, req)?;
     }
     w.write_all(&out).await?;
     w.flush().await

@@ -3,7 +3,7 @@
 //! against the digest the scheduler recorded when the piece first left the origin, reports bad
 //! parents, and fetches from the origin (the registry) whatever no parent could provide — or
 //! everything, when the scheduler says so or cannot be reached. Pieces are reported to the
-//! scheduler once the store has them on disk, so nobody is sent to us for a piece we lack.
+//! scheduler once the store holds them, so nobody is sent to us for a piece we lack.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -29,6 +29,9 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 const MAX_ROUNDS: usize = 4;
 /// How long to pause when every parent asked was busy.
 const BUSY_PAUSE: Duration = Duration::from_millis(20);
+/// Most requests pipelined on one connection: a run of up to 8 MiB of 32 KiB pieces, whose
+/// requests (some 150 bytes each) fit in the parent's socket buffer while it answers.
+const MAX_PIPELINED: usize = 256;
 
 struct Pending {
     digest: String,
@@ -40,7 +43,7 @@ struct Pending {
 struct SourceState {
     /// `Some(true)` registered; `Some(false)` P2P unusable for this blob.
     registered: Option<bool>,
-    /// Pieces fetched but not yet durable in the store.
+    /// Pieces fetched but not yet in the store.
     pending: HashMap<u32, Pending>,
     /// Parents that sent this peer a corrupt piece of the task: never asked again, whatever
     /// the scheduler still offers (asks already in flight to them are dropped too).
@@ -381,50 +384,104 @@ impl PeerSource {
         }
     }
 
-    /// One piece from one parent, verified against `digest`. A piece an on-demand seed fetched
-    /// for us has no recorded digest yet (`None`): its bytes are checked by what they are
-    /// part of (chunk digests of a lazy layer, the blob's digest when it completes).
-    async fn fetch_from_parent(&self, ask: &Ask) -> Fetched {
-        let (parent, n, digest) = (&ask.parent, ask.piece, ask.digest.as_deref());
+    /// The answers of `batch`'s parent: one request, or the run pipelined on one connection.
+    async fn pieces_from(&self, batch: &[Ask]) -> Vec<Result<Bytes, PieceFetchError>> {
+        let first = &batch[0];
+        if batch.len() == 1 {
+            return vec![
+                self.piece_from(&first.parent, first.piece, first.until)
+                    .await,
+            ];
+        }
+        let reqs: Vec<PieceRequest> = batch
+            .iter()
+            .map(|a| PieceRequest {
+                task_id: self.task.id.clone(),
+                number: a.piece,
+                peer_id: self.peer_id.clone(),
+                fetch: true,
+                fetch_until: a.until,
+            })
+            .collect();
+        let max = self.task.piece_length as usize;
+        self.parents
+            .get_pieces_tcp(&first.parent.ip, first.parent.upload_port, &reqs, max)
+            .await
+    }
+
+    /// The pieces of one batch (see [`PeerSource::batches`]) from its parent, each verified
+    /// against its digest; the hashing of the whole batch is one blocking task. A piece an
+    /// on-demand seed fetched for us has no recorded digest yet (`None`): its bytes are
+    /// checked by what they are part of (chunk digests of a lazy layer, the blob's digest
+    /// when it completes). A failed request is reported once per batch.
+    async fn fetch_batch(&self, batch: &[Ask]) -> Vec<(u32, Fetched)> {
+        let parent = &batch[0].parent;
+        let failed = || batch.iter().map(|a| (a.piece, Fetched::Failed)).collect();
         if self.is_corrupt(&parent.peer_id) {
-            return Fetched::Failed;
+            return failed();
         }
         let started = Instant::now();
-        let data = match self.piece_from(parent, n, ask.until).await {
-            Ok(d) => d,
-            // Full upload slots are load, not a fault: ask again shortly.
-            Err(e) if e.busy => return Fetched::Busy,
-            Err(e) => {
-                let fault = if e.unreachable {
-                    Fault::Unreachable
-                } else {
-                    Fault::Failed
-                };
-                self.report_bad(&parent.peer_id, fault, e.message).await;
-                return Fetched::Failed;
-            }
+        let answers = self.pieces_from(batch).await;
+        let hashed = tokio::task::spawn_blocking(move || {
+            answers
+                .into_iter()
+                .map(|a| a.map(|d| (sha256(&d), d)))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(hashed) = hashed else {
+            return failed();
         };
-        let d = data.clone();
-        let Ok(actual) = tokio::task::spawn_blocking(move || sha256(&d)).await else {
-            return Fetched::Failed;
-        };
-        let expected = digest.unwrap_or(&actual);
+        let mut out = Vec::with_capacity(batch.len());
+        let mut reported = false;
+        for (ask, answer) in batch.iter().zip(hashed) {
+            let fetched = match answer {
+                Ok((actual, data)) => self.accept(ask, data, actual, started).await,
+                // Full upload slots are load, not a fault: ask again shortly.
+                Err(e) if e.busy => Fetched::Busy,
+                Err(e) => {
+                    if !std::mem::replace(&mut reported, true) {
+                        let fault = if e.unreachable {
+                            Fault::Unreachable
+                        } else {
+                            Fault::Failed
+                        };
+                        self.report_bad(&parent.peer_id, fault, e.message).await;
+                    }
+                    Fetched::Failed
+                }
+            };
+            out.push((ask.piece, fetched));
+        }
+        out
+    }
+
+    /// Piece `ask.piece` as delivered (`data`, hashing to `actual`): kept if it matches the
+    /// recorded digest and length, else the parent is marked corrupt and reported.
+    async fn accept(&self, ask: &Ask, data: Bytes, actual: String, started: Instant) -> Fetched {
+        let (parent, n) = (&ask.parent, ask.piece);
+        let expected = ask.digest.as_deref().unwrap_or(&actual);
         if data.len() as u64 != self.piece_len(n) || actual != expected {
-            {
+            // Reported once per parent (the rest of its batch is as bad).
+            let known = {
                 let mut st = self.state.lock().expect("state lock");
-                if st.corrupt.len() < MAX_CORRUPT_PARENTS {
+                let known = st.corrupt.contains(&parent.peer_id);
+                if !known && st.corrupt.len() < MAX_CORRUPT_PARENTS {
                     st.corrupt.insert(parent.peer_id.clone());
                 }
+                known
+            };
+            if !known {
+                self.report_bad(
+                    &parent.peer_id,
+                    Fault::Corrupt,
+                    format!(
+                        "piece {n}: {} bytes hashing to {actual}, expected {expected}",
+                        data.len()
+                    ),
+                )
+                .await;
             }
-            self.report_bad(
-                &parent.peer_id,
-                Fault::Corrupt,
-                format!(
-                    "piece {n}: {} bytes hashing to {actual}, expected {expected}",
-                    data.len()
-                ),
-            )
-            .await;
             return Fetched::Failed;
         }
         self.state.lock().expect("state lock").pending.insert(
@@ -475,6 +532,31 @@ impl PeerSource {
             i = j;
         }
         plan
+    }
+
+    /// The asks sent together: a run of adjacent pieces asked of one on-demand seed that
+    /// speaks the raw-TCP protocol is pipelined on one connection (so the seed sees the run's
+    /// first piece first and fetches the whole run from the origin in one request); every
+    /// other ask goes alone, spread over connections and parents.
+    fn batches(plan: Vec<Ask>) -> Vec<Vec<Ask>> {
+        let mut out: Vec<Vec<Ask>> = Vec::new();
+        for ask in plan {
+            if let Some(batch) = out.last_mut() {
+                let prev = &batch[batch.len() - 1];
+                if ask.parent.on_demand
+                    && ask.parent.tcp_pieces
+                    && ask.parent.peer_id == prev.parent.peer_id
+                    && ask.until == prev.until
+                    && ask.piece == prev.piece + 1
+                    && batch.len() < MAX_PIPELINED
+                {
+                    batch.push(ask);
+                    continue;
+                }
+            }
+            out.push(vec![ask]);
+        }
+        out
     }
 
     fn pick_parents(missing: &[u32], resp: &pb::FindParentsResponse) -> Vec<Ask> {
@@ -579,11 +661,12 @@ impl PeerSource {
                 break;
             }
             let asked = Instant::now();
-            let results: Vec<(u32, Fetched)> = stream::iter(plan)
-                .map(|ask| async move { (ask.piece, self.fetch_from_parent(&ask).await) })
+            let results: Vec<Vec<(u32, Fetched)>> = stream::iter(Self::batches(plan))
+                .map(|batch| async move { self.fetch_batch(&batch).await })
                 .buffer_unordered(self.parallel)
                 .collect()
                 .await;
+            let results: Vec<(u32, Fetched)> = results.into_iter().flatten().collect();
             self.timed("parents", urgent, asked);
             let before = got.len();
             let busy = results.iter().any(|(_, f)| matches!(f, Fetched::Busy));
@@ -794,5 +877,44 @@ mod tests {
             ],
             "piece 9 has no parent: it goes to the origin"
         );
+    }
+
+    /// A seed's runs over the raw-TCP protocol go as one pipelined batch each (at most
+    /// MAX_PIPELINED pieces); pieces of verified holders, and a seed's over gRPC, go alone.
+    #[test]
+    fn a_seeds_runs_are_batched_and_everything_else_goes_alone() {
+        let mut tcp_seed = parent("host:seed", &[], true);
+        tcp_seed.tcp_pieces = true;
+        let ask = |piece: u32, parent: &pb::Parent, until: u32| Ask {
+            piece,
+            parent: parent.clone(),
+            digest: None,
+            until,
+        };
+        let (peer, grpc_seed) = (parent("peer", &[], false), parent("grpc:seed", &[], true));
+        let plan = vec![
+            ask(0, &tcp_seed, 2),
+            ask(1, &tcp_seed, 2),
+            ask(2, &peer, 3),
+            ask(3, &peer, 4),
+            ask(4, &tcp_seed, 6),
+            ask(5, &tcp_seed, 6),
+            ask(6, &grpc_seed, 8),
+            ask(7, &grpc_seed, 8),
+        ];
+        let got: Vec<Vec<u32>> = PeerSource::batches(plan)
+            .iter()
+            .map(|b| b.iter().map(|a| a.piece).collect())
+            .collect();
+        assert_eq!(
+            got,
+            vec![vec![0, 1], vec![2], vec![3], vec![4, 5], vec![6], vec![7]]
+        );
+
+        let long: Vec<Ask> = (0..MAX_PIPELINED as u32 + 3)
+            .map(|n| ask(n, &tcp_seed, MAX_PIPELINED as u32 + 3))
+            .collect();
+        let sizes: Vec<usize> = PeerSource::batches(long).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![MAX_PIPELINED, 3]);
     }
 }
