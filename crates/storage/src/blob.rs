@@ -509,7 +509,11 @@ impl BlobInner {
         let meta = self.meta.lock().expect("meta lock").clone();
         self.files.save_bitmap(&snapshot, &meta)?;
         *durable = snapshot;
-        Ok(())
+        // Written again after `bitmap`, so a load never takes `bitmap` for the newer one (a
+        // `bitmap` newer than `boot-bitmap` means another build wrote it).
+        let _saving = self.boot_save.lock().expect("boot save lock");
+        let current = self.lock().have.clone();
+        self.files.save_boot_bitmap(&current, &meta)
     }
 
     /// Throws away every present piece that `keep` does not name.
@@ -555,8 +559,9 @@ impl BlobInner {
         let mut meta = self.meta.lock().expect("meta lock");
         meta.verified = false;
         self.files.save_meta(&meta)?;
-        self.files.save_boot_bitmap(&bitmap, &meta)?;
-        self.files.save_bitmap(&durable, &meta)
+        // In this order: a `bitmap` newer than `boot-bitmap` makes a load ignore the latter.
+        self.files.save_bitmap(&durable, &meta)?;
+        self.files.save_boot_bitmap(&bitmap, &meta)
     }
 
     /// What the complete blob must hash to: its name when content-addressed, else the content

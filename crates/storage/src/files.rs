@@ -152,9 +152,15 @@ impl BlobFiles {
         Ok((files, meta, Loaded { have, durable }))
     }
 
-    /// `boot-bitmap` if this boot wrote it and it is intact.
+    /// `boot-bitmap` if this boot wrote it, it is intact, and `bitmap` was not written after
+    /// it (as by an older build, which knows only `bitmap`, run in between: a rollback).
     fn this_boots_bitmap(&self, meta: &Meta) -> Option<Bitmap> {
-        let raw = std::fs::read(self.dir.join("boot-bitmap")).ok()?;
+        let path = self.dir.join("boot-bitmap");
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        if modified(&self.dir.join("bitmap")) > modified(&path) {
+            return None;
+        }
+        let raw = std::fs::read(&path).ok()?;
         let rest = raw.strip_prefix(BOOT_MAGIC)?;
         let (&len, rest) = rest.split_first()?;
         let (id, bits) = rest.split_at_checked(len as usize)?;
@@ -278,6 +284,19 @@ mod tests {
         files.save_boot_bitmap(&bits(&[1, 2, 5]), &meta).unwrap();
         let (_, _, got) = BlobFiles::load(&blob).unwrap();
         assert_eq!((got.have, got.durable), (bits(&[1, 2, 5]), bits(&[1])));
+
+        // `bitmap` written later (an older build ran in between, and may have thrown pieces
+        // away): it wins.
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        let synced = File::options()
+            .write(true)
+            .open(blob.join("bitmap"))
+            .unwrap();
+        synced.set_modified(later).unwrap();
+        let (_, _, got) = BlobFiles::load(&blob).unwrap();
+        assert_eq!(got.have, bits(&[1]), "after a rollback");
+        files.save_bitmap(&bits(&[1]), &meta).unwrap();
+        files.save_boot_bitmap(&bits(&[1, 2, 5]), &meta).unwrap();
 
         let path = blob.join("boot-bitmap");
         let mut raw = std::fs::read(&path).unwrap();
