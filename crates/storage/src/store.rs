@@ -316,7 +316,18 @@ impl PieceStore {
             .cloned()
             .collect();
         let dir = self.inner.dir.clone();
-        tokio::task::spawn_blocking(move || blobs.iter().try_for_each(|b| b.flush()))
+        // Every blob is tried; the first failure is the answer.
+        let flush_all = move || {
+            let mut first = Ok(());
+            for b in &blobs {
+                let r = b.flush();
+                if first.is_ok() {
+                    first = r;
+                }
+            }
+            first
+        };
+        tokio::task::spawn_blocking(flush_all)
             .await
             .map_err(|e| StoreError::Io {
                 what: "flush task failed",
