@@ -15,7 +15,8 @@
 #                                      # mutual TLS: the ratio is what TLS costs a swarm
 #   scripts/bench.sh pieces            # peer-to-peer piece throughput on loopback through the real
 #                                      # peer port (raw-TCP piece protocol vs gRPC, with and without
-#                                      # the receiver's sha256), vs reading the store directly
+#                                      # the receiver's sha256), vs reading the store directly;
+#                                      # plain and mutual TLS, with each side's CPU per GB
 #   scripts/bench.sh manager           # 1,000 job creations and 10,000 job polls against the manager
 #                                      # (SQLite; BENCH_DATABASE_URL=postgres://... for PostgreSQL)
 #   scripts/bench.sh scheduler         # parent selections/s with 10,000 simulated peers (sampled
@@ -653,8 +654,13 @@ import json, sys
 plain, tls = (json.load(open(p)) for p in sys.argv[1:3])
 keys = ["tcp_transport_only_gbps", "grpc_transport_only_gbps", "best_tcp_verified_gbps", "best_grpc_verified_gbps"]
 ratios = {k: round(tls[k] / plain[k], 3) for k in keys}
-json.dump({"bench": "piece_transfer_tls_vs_plain", "tls_over_plain": ratios}, open(sys.argv[3], "w"), indent=2)
+# Each side's CPU per GB (on a cluster the sides are different machines): TLS over plain.
+cpu = {f"{run}_{side}_cpu_per_gb": round(tls[run][f"{side}_cpu_s_per_gb"] / plain[run][f"{side}_cpu_s_per_gb"], 3)
+       for run in ("tcp_transport_8_inflight", "tcp_verified_8_inflight") for side in ("sender", "receiver")}
+json.dump({"bench": "piece_transfer_tls_vs_plain", "tls_over_plain": ratios, "tls_over_plain_cpu": cpu},
+          open(sys.argv[3], "w"), indent=2)
 print("mutual TLS vs plain, same run: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+print("CPU per GB, TLS over plain: " + ", ".join(f"{k} {v:.2f}x" for k, v in cpu.items()))
 PY
   echo "written: $OUT_DIR/pieces.json $OUT_DIR/pieces-4mib.json $OUT_DIR/pieces-tls.json $OUT_DIR/pieces-tls-ratio.json"
 }

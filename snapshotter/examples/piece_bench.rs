@@ -4,6 +4,9 @@
 //! sha256 like the P2P source does.
 //! Baselines in the same run: reading the pieces straight from the store, and sha256 on one
 //! core (the receiver's verification bounds what a 2-core node can take in).
+//! The uploader runs on its own runtime (threads `bench-server`), so the CPU each side spends
+//! per GB is measured apart: on a real cluster the two sides are different machines, and a
+//! side's CPU per GB is what bounds it there.
 //! Run by `scripts/bench.sh pieces`; prints figures and writes JSON to the first argument.
 
 use std::sync::Arc;
@@ -45,6 +48,54 @@ fn tls_membership() -> Membership {
 
 fn gbps(bytes: usize, secs: f64) -> f64 {
     bytes as f64 / secs / 1e9
+}
+
+/// Prefix of the uploader runtime's thread names.
+const SERVER_THREADS: &str = "bench-server";
+
+/// CPU seconds used so far: (the receiving side: every thread but the uploader's, the
+/// uploader's threads). The uploader's threads never exit (their keep-alive is long), so
+/// their counters are complete.
+fn cpu_by_side() -> (f64, f64) {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let usage = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    let total = secs(usage.user_time()) + secs(usage.system_time());
+    let mut server = 0.0;
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with(SERVER_THREADS) {
+            continue;
+        }
+        // First field: nanoseconds on a CPU.
+        let ns: f64 = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        server += ns / 1e9;
+    }
+    (total - server, server)
+}
+
+/// One measured transfer: throughput and each side's CPU seconds per GB.
+#[derive(Clone, Copy)]
+struct Measured {
+    gbps: f64,
+    receiver_cpu_s_per_gb: f64,
+    sender_cpu_s_per_gb: f64,
+}
+
+impl Measured {
+    fn json(&self) -> String {
+        format!(
+            "{{\"gbps\": {:.3}, \"receiver_cpu_s_per_gb\": {:.3}, \"sender_cpu_s_per_gb\": {:.3}}}",
+            self.gbps, self.receiver_cpu_s_per_gb, self.sender_cpu_s_per_gb
+        )
+    }
 }
 
 #[tokio::main]
@@ -119,21 +170,41 @@ async fn main() {
     } else {
         Membership::plain()
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let pool = SchedulerPool::new(&config, port, false, &membership)
+    // The uploader on a runtime of its own, as many workers as the receiver's, so its CPU is
+    // counted apart; its store reads run on that runtime's blocking threads.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name(SERVER_THREADS)
+        .thread_keep_alive(std::time::Duration::from_secs(24 * 3600))
+        .enable_all()
+        .build()
+        .unwrap();
+    let (serving_store, acceptor) = (store.clone(), membership.acceptor.clone());
+    let (pool_config, pool_membership) = (config.clone(), membership.clone());
+    server_rt
+        .spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let pool = SchedulerPool::new(&pool_config, port, false, &pool_membership)
+                .await
+                .unwrap();
+            let service = Arc::new(PeerService::new(
+                serving_store,
+                64,
+                pool,
+                Metrics::new(),
+                None,
+                0,
+            ));
+            // The daemon's peer port: raw-TCP piece connections served directly, the rest
+            // to gRPC.
+            piece_server::serve_peer_port(listener, service, 1024, acceptor);
+        })
         .await
         .unwrap();
-    let service = Arc::new(PeerService::new(
-        store.clone(),
-        64,
-        pool,
-        Metrics::new(),
-        None,
-        0,
-    ));
-    // The daemon's peer port: raw-TCP piece connections served directly, the rest to gRPC.
-    piece_server::serve_peer_port(listener, service, 1024, membership.acceptor.clone());
     // The clients the P2P source uses.
     let parents = Arc::new(ParentClients::new(membership.dialer.clone()));
     let client = parents.get("127.0.0.1", u32::from(port)).unwrap();
@@ -170,8 +241,9 @@ async fn main() {
         }
     };
     // Every piece with `inflight` requests at once, optionally checking each piece's sha256
-    // on the blocking pool like the P2P source does; GB/s.
+    // on the blocking pool like the P2P source does.
     let run = |tcp: bool, verify: bool, inflight: usize| async move {
+        let cpu_before = cpu_by_side();
         let started = Instant::now();
         let total: usize = stream::iter(0..pieces)
             .map(|n| async move {
@@ -189,20 +261,32 @@ async fn main() {
             .fold(0, |a, b| async move { a + b })
             .await;
         assert_eq!(total, SIZE);
-        gbps(SIZE, started.elapsed().as_secs_f64())
+        let secs = started.elapsed().as_secs_f64();
+        let cpu_after = cpu_by_side();
+        let gb = SIZE as f64 / 1e9;
+        Measured {
+            gbps: gbps(SIZE, secs),
+            receiver_cpu_s_per_gb: (cpu_after.0 - cpu_before.0) / gb,
+            sender_cpu_s_per_gb: (cpu_after.1 - cpu_before.1) / gb,
+        }
     };
     // Transport alone (what a parent can push), then with the receiver's mandatory check.
-    let transport = run(false, false, 8).await;
-    let tcp_transport = run(true, false, 8).await;
+    let transport = run(false, false, 8).await.gbps;
+    let tcp_transport_measured = run(true, false, 8).await;
+    let tcp_transport = tcp_transport_measured.gbps;
     let hash_started = Instant::now();
     std::hint::black_box(Sha256::digest(&blob_bytes));
     let sha256 = gbps(SIZE, hash_started.elapsed().as_secs_f64());
     let mut results = Vec::new();
     let mut tcp_results = Vec::new();
+    let mut tcp_verified_measured = None;
     for inflight in [1usize, 4, 8] {
-        results.push((inflight, run(false, true, inflight).await));
-        tcp_results.push((inflight, run(true, true, inflight).await));
+        results.push((inflight, run(false, true, inflight).await.gbps));
+        let tcp = run(true, true, inflight).await;
+        tcp_results.push((inflight, tcp.gbps));
+        tcp_verified_measured = Some(tcp);
     }
+    let tcp_verified_measured = tcp_verified_measured.expect("ran");
     let best_of = |r: &[(usize, f64)]| r.iter().map(|r| r.1).fold(0.0, f64::max);
     let per = |r: &[(usize, f64)]| {
         r.iter()
@@ -212,11 +296,13 @@ async fn main() {
     };
     let (best, tcp_best) = (best_of(&results), best_of(&tcp_results));
     let json = format!(
-        "{{\n  \"bench\": \"piece_transfer\",\n  \"tls\": {tls},\n  \"bytes\": {SIZE},\n  \"piece_length\": {piece_length},\n  \"store_read_gbps\": {local:.3},\n  \"sha256_one_core_gbps\": {sha256:.3},\n  \"grpc_transport_only_gbps\": {transport:.3},\n  \"tcp_transport_only_gbps\": {tcp_transport:.3},\n  \"grpc_verified_gbps_by_inflight\": {{{}}},\n  \"tcp_verified_gbps_by_inflight\": {{{}}},\n  \"best_grpc_verified_gbps\": {best:.3},\n  \"best_tcp_verified_gbps\": {tcp_best:.3},\n  \"tcp_vs_grpc_transport\": {:.3},\n  \"tcp_verified_vs_sha256_one_core\": {:.3}\n}}\n",
+        "{{\n  \"bench\": \"piece_transfer\",\n  \"tls\": {tls},\n  \"bytes\": {SIZE},\n  \"piece_length\": {piece_length},\n  \"store_read_gbps\": {local:.3},\n  \"sha256_one_core_gbps\": {sha256:.3},\n  \"grpc_transport_only_gbps\": {transport:.3},\n  \"tcp_transport_only_gbps\": {tcp_transport:.3},\n  \"grpc_verified_gbps_by_inflight\": {{{}}},\n  \"tcp_verified_gbps_by_inflight\": {{{}}},\n  \"best_grpc_verified_gbps\": {best:.3},\n  \"best_tcp_verified_gbps\": {tcp_best:.3},\n  \"tcp_vs_grpc_transport\": {:.3},\n  \"tcp_verified_vs_sha256_one_core\": {:.3},\n  \"tcp_transport_8_inflight\": {},\n  \"tcp_verified_8_inflight\": {}\n}}\n",
         per(&results),
         per(&tcp_results),
         tcp_transport / transport,
-        tcp_best / sha256
+        tcp_best / sha256,
+        tcp_transport_measured.json(),
+        tcp_verified_measured.json()
     );
     if let Some(d) = std::path::Path::new(&out).parent() {
         std::fs::create_dir_all(d).ok();
@@ -228,4 +314,6 @@ async fn main() {
         piece_length >> 10,
         tcp_transport / transport
     );
+    // Not dropped inside this async context (that would block it).
+    server_rt.shutdown_background();
 }
