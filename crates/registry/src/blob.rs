@@ -193,37 +193,11 @@ impl Inner {
         digest: &str,
         range: Range<u64>,
     ) -> Result<Bytes, Error> {
-        repo.check()?;
         let digest = Digest::parse(digest)?;
-        if range.start > range.end {
-            return Err(Error::InvalidRange {
-                start: range.start,
-                end: range.end,
-            });
-        }
-        if range.start == range.end {
+        let Some(spec) = range_request(repo, &digest, &range)? else {
             return Ok(Bytes::new());
-        }
-        let what = format!(
-            "bytes {}..{} of blob {digest} of {repo}",
-            range.start, range.end
-        );
-        let mut headers = HeaderMap::new();
-        let value = format!("bytes={}-{}", range.start, range.end - 1);
-        headers.insert(
-            http::header::RANGE,
-            HeaderValue::from_str(&value).expect("digits and '-' are a valid header value"),
-        );
-        let spec = RequestSpec {
-            method: Method::GET,
-            repo,
-            path: blob_path(repo, &digest),
-            headers,
-            what: what.clone(),
-            total_timeout: false,
-            pass_statuses: &[416],
         };
-        let (what, digest, range) = (&what, &digest, &range);
+        let (what, digest, range) = (&spec.what, &digest, &range);
         self.run(&spec, |a| async move {
             range_answer(a, digest, range.clone(), what).await
         })
@@ -277,6 +251,42 @@ impl Inner {
     }
 }
 
+/// The GET for bytes `range` of blob `digest` (checked), or `None` for an empty range.
+pub(crate) fn range_request<'a>(
+    repo: &'a Repository,
+    digest: &Digest,
+    range: &Range<u64>,
+) -> Result<Option<RequestSpec<'a>>, Error> {
+    repo.check()?;
+    if range.start > range.end {
+        return Err(Error::InvalidRange {
+            start: range.start,
+            end: range.end,
+        });
+    }
+    if range.start == range.end {
+        return Ok(None);
+    }
+    let mut headers = HeaderMap::new();
+    let value = format!("bytes={}-{}", range.start, range.end - 1);
+    headers.insert(
+        http::header::RANGE,
+        HeaderValue::from_str(&value).expect("digits and '-' are a valid header value"),
+    );
+    Ok(Some(RequestSpec {
+        method: Method::GET,
+        repo,
+        path: blob_path(repo, digest),
+        headers,
+        what: format!(
+            "bytes {}..{} of blob {digest} of {repo}",
+            range.start, range.end
+        ),
+        total_timeout: false,
+        pass_statuses: &[416],
+    }))
+}
+
 fn bad_response(host: &str, what: &str, reason: String) -> Error {
     Error::BadResponse {
         registry: host.to_string(),
@@ -286,7 +296,7 @@ fn bad_response(host: &str, what: &str, reason: String) -> Error {
 }
 
 /// Turns the answer to a ranged GET into exactly the requested bytes, or an error.
-async fn range_answer(
+pub(crate) async fn range_answer(
     a: Answer,
     digest: &Digest,
     range: Range<u64>,
@@ -316,7 +326,7 @@ async fn range_answer(
 
 /// The `(first, last)` bytes a 206 says it carries, checked to cover `range` (a larger range
 /// is fine; bytes from another offset are not) with a plausible length.
-fn checked_content_range(
+pub(crate) fn checked_content_range(
     a: &Answer,
     range: &Range<u64>,
     what: &str,
@@ -365,7 +375,7 @@ fn checked_content_range(
 }
 
 /// A 206: the range (or one covering it), cut to size; verified when it is the whole blob.
-async fn partial_answer(
+pub(crate) async fn partial_answer(
     a: Answer,
     digest: &Digest,
     range: Range<u64>,

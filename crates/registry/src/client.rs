@@ -108,6 +108,18 @@ impl RegistryClient {
         self.inner.get_blob_range(repo, digest, range).await
     }
 
+    /// Bytes `range` of a blob as they arrive (the same checks as
+    /// [`RegistryClient::get_blob_range`]; an answer holding the whole blob is verified
+    /// before any byte is handed on).
+    pub async fn get_blob_range_stream(
+        &self,
+        repo: &Repository,
+        digest: &str,
+        range: Range<u64>,
+    ) -> Result<crate::RangeBody, Error> {
+        self.inner.get_blob_range_stream(repo, digest, range).await
+    }
+
     /// The whole blob as a stream that checks its length and digest (a mismatch is the
     /// stream's last item, an `Err`).
     pub async fn get_blob(&self, repo: &Repository, digest: &str) -> Result<BlobStream, Error> {

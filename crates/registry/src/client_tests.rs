@@ -900,3 +900,63 @@ async fn destination_rules_apply_to_token_realms_and_redirects() {
     );
     assert_eq!(storage.state.requests.load(Ordering::SeqCst), 0);
 }
+
+async fn collect_range(body: crate::RangeBody) -> Result<Vec<u8>, Error> {
+    body.fold(Ok(Vec::new()), |out, chunk| async move {
+        let mut out = out?;
+        out.extend_from_slice(&chunk?);
+        Ok(out)
+    })
+    .await
+}
+
+/// A streamed range hands on exactly the bytes a buffered ranged read returns, with the same
+/// refusals; behind storage that ignores `Range`, a small blob is verified whole before any
+/// byte of it goes on, and a tampered one yields nothing but the mismatch.
+#[tokio::test]
+async fn blob_range_streams_hand_on_what_ranged_reads_return() {
+    let storage = StorageServer::start().await;
+    let reg = TestRegistry::start(RegistryOptions {
+        redirect_to: Some(storage.base_url()),
+        ..Default::default()
+    })
+    .await;
+    storage.set_root(&reg.storage_root());
+    let data = test_bytes(300_000, 9);
+    let d = reg.push_blob("stream/app", &data, None).await;
+    let r = repo(&reg, "stream/app");
+    let c = client();
+    let len = data.len() as u64;
+    for range in [0..1, len - 1..len, 1234..256_789, 0..len, 99_000..len] {
+        let body = c
+            .get_blob_range_stream(&r, &d, range.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            collect_range(body).await.unwrap(),
+            &data[range.start as usize..range.end as usize],
+            "{range:?}"
+        );
+    }
+    let empty = c.get_blob_range_stream(&r, &d, 5..5).await.unwrap();
+    assert!(collect_range(empty).await.unwrap().is_empty());
+    #[allow(clippy::reversed_empty_ranges)]
+    let err = c.get_blob_range_stream(&r, &d, 6..5).await.err().unwrap();
+    assert!(matches!(err, Error::InvalidRange { .. }), "{err}");
+    let err = c
+        .get_blob_range_stream(&r, &d, len - 10..len + 10)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("wrong offset"), "{err}");
+
+    storage.state.ignore_range.store(true, Ordering::SeqCst);
+    let body = c.get_blob_range_stream(&r, &d, 10..20).await.unwrap();
+    assert_eq!(collect_range(body).await.unwrap(), &data[10..20]);
+    let stored = reg.blob_data_path(&d);
+    let mut tampered = std::fs::read(&stored).unwrap();
+    tampered[0] ^= 1;
+    std::fs::write(&stored, tampered).unwrap();
+    let err = c.get_blob_range_stream(&r, &d, 10..20).await.err().unwrap();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+}

@@ -32,6 +32,7 @@ mod error;
 mod hosts;
 mod log;
 mod manifest;
+mod range_stream;
 mod reference;
 mod transport;
 
@@ -48,4 +49,5 @@ pub use document::{
 };
 pub use error::Error;
 pub use manifest::{media_types, Manifest};
+pub use range_stream::RangeBody;
 pub use reference::{Reference, Repository};
