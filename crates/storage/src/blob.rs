@@ -3,9 +3,11 @@
 //! A read first makes its pieces present: pieces already being fetched are waited for (and
 //! their request's priority raised to the reader's), the others are grouped into runs of
 //! adjacent pieces, each fetched by one source request in its own task (so a reader that gives
-//! up never leaves a half-done piece behind). A run's bytes are written, its pieces marked
-//! present in memory and in this boot's bitmap (unsynced), and its waiters told; then, off
-//! their path, the data file is synced and the bitmap saved as it was before the sync. So the
+//! up never leaves a half-done piece behind). A run's bytes are taken as they arrive: each
+//! time whole pieces are in, they are written, marked present in memory and in this boot's
+//! bitmap (unsynced), and the readers waiting for them told, while the rest of the run is still
+//! arriving (a source that fails midway is asked again for the rest). Then, off the readers'
+//! path, the data file is synced and the bitmap saved as it was before the sync. So the
 //! synced bitmap never names a piece that is not durable (after a crash of the machine a piece
 //! is fetched again, never trusted), and a daemon killed and restarted within the boot finds
 //! every piece it had (their bytes are in the page cache).
@@ -17,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
@@ -25,7 +27,7 @@ use crate::bitmap::Bitmap;
 use crate::error::StoreError;
 use crate::files::{BlobFiles, Meta};
 use crate::gate::Priority;
-use crate::source::{RangeSource, SourceError};
+use crate::source::{RangeSource, RangeStream, SourceError};
 use crate::store::is_sha256;
 use crate::store::Shared;
 
@@ -36,11 +38,112 @@ struct RunFailure {
     retryable: bool,
 }
 
+impl From<SourceError> for RunFailure {
+    fn from(e: SourceError) -> RunFailure {
+        RunFailure {
+            message: e.message,
+            retryable: e.retryable,
+        }
+    }
+}
+
+impl RunFailure {
+    /// The source answered `got` bytes for `range`.
+    fn wrong_length(got: u64, range: &Range<u64>) -> RunFailure {
+        RunFailure {
+            message: format!(
+                "the source returned {got} bytes for a {}-byte range (bytes {}..{})",
+                range.end - range.start,
+                range.start,
+                range.end
+            ),
+            retryable: true,
+        }
+    }
+}
+
+/// A source's chunks as the store takes them: each time, the next chunk together with every
+/// further chunk that has already arrived, so pieces that came together are stored together
+/// in one write.
+struct Arrivals {
+    chunks: futures::stream::Fuse<RangeStream>,
+    /// A failure met while joining, handed out after the bytes before it.
+    failed: Option<SourceError>,
+}
+
+impl Arrivals {
+    fn new(chunks: RangeStream) -> Arrivals {
+        Arrivals {
+            chunks: chunks.fuse(),
+            failed: None,
+        }
+    }
+
+    async fn next(&mut self) -> Option<Result<Bytes, SourceError>> {
+        if let Some(e) = self.failed.take() {
+            return Some(Err(e));
+        }
+        let first = match self.chunks.next().await? {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut joined: Option<BytesMut> = None;
+        while let Some(Some(more)) = self.chunks.next().now_or_never() {
+            match more {
+                Ok(b) => joined
+                    .get_or_insert_with(|| BytesMut::from(&first[..]))
+                    .extend_from_slice(&b),
+                Err(e) => {
+                    self.failed = Some(e);
+                    break;
+                }
+            }
+        }
+        Some(Ok(joined.map_or(first, BytesMut::freeze)))
+    }
+}
+
+/// How often a run asks its source again for the rest after a failure midway (each time only
+/// after more pieces arrived).
+const MAX_RESUMES: u32 = 3;
+
+/// How far a run has got. Its pieces are stored in order, from the first, as their bytes
+/// arrive; a reader waits only for the pieces it needs.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    /// How many of the run's pieces (from its first) are stored.
+    stored: u32,
+    /// Set when the run has ended.
+    outcome: Option<Result<(), RunFailure>>,
+}
+
 /// One source request for a run of adjacent pieces.
 struct Run {
     pieces: Range<u32>,
     priority: Arc<AtomicU8>,
-    done: watch::Sender<Option<Result<(), RunFailure>>>,
+    progress: watch::Sender<Progress>,
+}
+
+impl Run {
+    /// Waits until the run's pieces before `need_end` are stored, or it ended without them.
+    async fn wait_until(&self, need_end: u32) -> Result<(), RunFailure> {
+        let need = need_end
+            .min(self.pieces.end)
+            .saturating_sub(self.pieces.start);
+        let mut rx = self.progress.subscribe();
+        let seen = rx
+            .wait_for(|p| p.stored >= need || p.outcome.is_some())
+            .await
+            .map(|p| p.clone());
+        match seen {
+            Ok(p) if p.stored >= need => Ok(()),
+            Ok(p) => p.outcome.expect("checked is_some"),
+            Err(_) => Err(RunFailure {
+                message: "the fetch task ended without a result".into(),
+                retryable: true,
+            }),
+        }
+    }
 }
 
 struct State {
@@ -275,81 +378,92 @@ impl BlobInner {
         range: Range<u64>,
         priority: Priority,
     ) -> Result<(), StoreError> {
-        self.check_range(&range)?;
+        self.ensure_within(range.clone(), range, priority).await
+    }
+
+    /// Makes the pieces of `need` present, fetching every missing piece of `claim` (which
+    /// holds `need`) with them, in the same runs; returns as soon as those of `need` are in,
+    /// while the rest of `claim` goes on arriving.
+    async fn ensure_within(
+        self: &Arc<Self>,
+        claim: Range<u64>,
+        need: Range<u64>,
+        priority: Priority,
+    ) -> Result<(), StoreError> {
+        self.check_range(&claim)?;
+        self.check_range(&need)?;
         self.last_used.store(self.shared.tick(), Ordering::Relaxed);
-        if range.is_empty() {
+        if need.is_empty() {
             return Ok(());
         }
-        let pieces = self.pieces_of(&range);
-        let per_fetch = self.shared.config.pieces_per_fetch(self.piece_length);
+        let (claim, need) = (self.pieces_of(&claim), self.pieces_of(&need));
         loop {
-            if priority == Priority::Background && !self.lock().have.has_all(pieces.clone()) {
+            if priority == Priority::Background && !self.lock().have.has_all(need.clone()) {
                 // Wait for a quiet moment before claiming pieces: a container read must never
                 // find its piece claimed by a background request that is still waiting.
                 self.shared.background_pause().await;
             }
-            let waits = {
-                let mut st = self.lock();
-                if st.have.has_all(pieces.clone()) {
-                    return Ok(());
-                }
-                let missing: Vec<u32> = st.have.missing(pieces.clone()).collect();
-                let mut waits: Vec<Arc<Run>> = Vec::new();
-                let mut new_runs: Vec<Range<u32>> = Vec::new();
-                let mut current: Option<Range<u32>> = None;
-                for p in missing {
-                    if let Some(run) = st.inflight.get(&p) {
-                        run.priority.fetch_max(priority as u8, Ordering::Relaxed);
-                        if !waits.iter().any(|w| Arc::ptr_eq(w, run)) {
-                            waits.push(run.clone());
-                        }
-                        new_runs.extend(current.take());
-                        continue;
-                    }
-                    current = match current.take() {
-                        Some(r) if r.end == p && r.end - r.start < per_fetch => {
-                            Some(r.start..p + 1)
-                        }
-                        Some(r) => {
-                            new_runs.push(r);
-                            Some(p..p + 1)
-                        }
-                        None => Some(p..p + 1),
-                    };
-                }
-                new_runs.extend(current.take());
-                for pieces in new_runs {
-                    let (done, _) = watch::channel(None);
-                    let run = Arc::new(Run {
-                        pieces: pieces.clone(),
-                        priority: Arc::new(AtomicU8::new(priority as u8)),
-                        done,
-                    });
-                    for p in pieces {
-                        st.inflight.insert(p, run.clone());
-                    }
-                    tokio::spawn(self.clone().run_task(run.clone()));
-                    waits.push(run);
-                }
-                waits
+            let Some(waits) = self.claim(claim.clone(), need.clone(), priority) else {
+                return Ok(());
             };
             for run in waits {
-                let mut rx = run.done.subscribe();
-                let outcome = rx
-                    .wait_for(|v| v.is_some())
-                    .await
-                    .map(|v| v.clone().expect("checked is_some"))
-                    .unwrap_or_else(|_| {
-                        Err(RunFailure {
-                            message: "the fetch task ended without a result".into(),
-                            retryable: true,
-                        })
-                    });
-                if let Err(f) = outcome {
+                if let Err(f) = run.wait_until(need.end).await {
                     return Err(self.failure(&run.pieces, f));
                 }
             }
         }
+    }
+
+    /// Starts runs for the missing pieces of `claim` not already in flight and returns the
+    /// runs holding missing pieces of `need`; `None` once `need` is present.
+    fn claim(
+        self: &Arc<Self>,
+        claim: Range<u32>,
+        need: Range<u32>,
+        priority: Priority,
+    ) -> Option<Vec<Arc<Run>>> {
+        let per_fetch = self.shared.config.pieces_per_fetch(self.piece_length);
+        let mut st = self.lock();
+        if st.have.has_all(need.clone()) {
+            return None;
+        }
+        let mut runs: Vec<Arc<Run>> = Vec::new();
+        let mut new_runs: Vec<Range<u32>> = Vec::new();
+        let mut current: Option<Range<u32>> = None;
+        for p in st.have.missing(claim.clone()).collect::<Vec<u32>>() {
+            if let Some(run) = st.inflight.get(&p) {
+                run.priority.fetch_max(priority as u8, Ordering::Relaxed);
+                if !runs.iter().any(|w| Arc::ptr_eq(w, run)) {
+                    runs.push(run.clone());
+                }
+                new_runs.extend(current.take());
+                continue;
+            }
+            current = match current.take() {
+                Some(r) if r.end == p && r.end - r.start < per_fetch => Some(r.start..p + 1),
+                Some(r) => {
+                    new_runs.push(r);
+                    Some(p..p + 1)
+                }
+                None => Some(p..p + 1),
+            };
+        }
+        new_runs.extend(current.take());
+        for pieces in new_runs {
+            let (progress, _) = watch::channel(Progress::default());
+            let run = Arc::new(Run {
+                pieces: pieces.clone(),
+                priority: Arc::new(AtomicU8::new(priority as u8)),
+                progress,
+            });
+            for p in pieces {
+                st.inflight.insert(p, run.clone());
+            }
+            tokio::spawn(self.clone().run_task(run.clone()));
+            runs.push(run);
+        }
+        runs.retain(|r| r.pieces.start < need.end && need.start < r.pieces.end);
+        Some(runs)
     }
 
     /// Fetches one run and tells its waiters, whatever happens.
@@ -373,54 +487,137 @@ impl BlobInner {
         if let Err(f) = &res {
             tracing::warn!(blob = %self.digest, pieces = ?run.pieces, error = %f.message, "piece fetch failed");
         }
-        let stored = res.is_ok();
-        run.done.send_replace(Some(res));
+        let stored = run.progress.borrow().stored > 0;
+        run.progress.send_modify(|p| p.outcome = Some(res));
         if stored {
             self.flush_in_background().await;
         }
         self.shared.evict.notify_one();
     }
 
+    /// Fetches a run from the source, storing its pieces as their bytes arrive. A retryable
+    /// failure after some pieces arrived asks again for the rest (so a connection lost midway
+    /// costs only what was not yet stored).
     async fn fetch_run(self: &Arc<Self>, run: &Run) -> Result<(), RunFailure> {
-        let range = self.piece_range(&run.pieces);
-        let want = range.end - range.start;
-        if run.priority.load(Ordering::Relaxed) != Priority::Background as u8 {
+        let urgent = run.priority.load(Ordering::Relaxed) != Priority::Background as u8;
+        if urgent {
             self.shared.urgent_fetch_started();
         }
         let started = Instant::now();
-        let permit = self.shared.gate.acquire(run.priority.clone()).await;
+        let _permit = self.shared.gate.acquire(run.priority.clone()).await;
         let admitted = Instant::now();
-        let source = self.current_source().map_err(|e| RunFailure {
-            message: e.message,
-            retryable: e.retryable,
-        })?;
+        let source = self.current_source().map_err(RunFailure::from)?;
+        let mut next = run.pieces.start;
+        let mut resumes = 0;
+        let arrived = loop {
+            let from = next;
+            match self.stream_pieces(run, &source, &mut next).await {
+                Ok(arrived) => break arrived,
+                Err(f) if f.retryable && next > from && resumes < MAX_RESUMES => {
+                    resumes += 1;
+                    tracing::debug!(blob = %self.digest, pieces = ?(next..run.pieces.end), error = %f.message, "source failed midway; asking again for the rest");
+                }
+                Err(f) => return Err(f),
+            }
+        };
+        if urgent {
+            self.shared
+                .stats
+                .urgent
+                .add(started, admitted, arrived, Instant::now());
+        }
+        Ok(())
+    }
+
+    /// One source request for the run's pieces from `*next` on; each whole piece (or several,
+    /// as much as has arrived) is stored at once and `*next` moved past it. Returns when the
+    /// last bytes arrived (before they were stored).
+    async fn stream_pieces(
+        self: &Arc<Self>,
+        run: &Run,
+        source: &Arc<dyn RangeSource>,
+        next: &mut u32,
+    ) -> Result<Instant, RunFailure> {
+        let range = self.piece_range(&(*next..run.pieces.end));
         self.shared
             .stats
             .source_requests
             .fetch_add(1, Ordering::Relaxed);
         let priority = Priority::from_u8(run.priority.load(Ordering::Relaxed));
-        let data = source
-            .fetch(range.clone(), priority)
-            .await
-            .map_err(|e| RunFailure {
-                message: e.message,
-                retryable: e.retryable,
-            })?;
-        drop(permit);
-        let arrived = Instant::now();
-        if data.len() as u64 != want {
-            return Err(RunFailure {
-                message: format!(
-                    "the source returned {} bytes for a {want}-byte range",
-                    data.len()
-                ),
-                retryable: true,
-            });
+        let mut chunks = Arrivals::new(
+            source
+                .fetch_stream(range.clone(), priority)
+                .await
+                .map_err(RunFailure::from)?,
+        );
+        let mut buf = BytesMut::new();
+        let mut offset = range.start;
+        let mut arrived = Instant::now();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(RunFailure::from)?;
+            arrived = Instant::now();
+            if offset + (buf.len() + chunk.len()) as u64 > range.end {
+                return Err(RunFailure::wrong_length(
+                    offset - range.start + (buf.len() + chunk.len()) as u64,
+                    &range,
+                ));
+            }
+            let end = self.whole_pieces_end(offset + (buf.len() + chunk.len()) as u64, range.end);
+            if end <= offset {
+                buf.extend_from_slice(&chunk);
+            } else {
+                let data = if buf.is_empty() {
+                    // Whole pieces at the chunk's start are written without a copy.
+                    let cut = (end - offset) as usize;
+                    buf.extend_from_slice(&chunk[cut..]);
+                    chunk.slice(..cut)
+                } else {
+                    buf.extend_from_slice(&chunk);
+                    buf.split_to((end - offset) as usize).freeze()
+                };
+                self.store_arrived(run, source, offset, data).await?;
+                offset = end;
+                *next = self.pieces_of(&(0..end)).end;
+                if offset == range.end {
+                    // All asked for is in; what the stream may still say does not matter.
+                    break;
+                }
+            }
         }
+        if offset != range.end || !buf.is_empty() {
+            return Err(RunFailure::wrong_length(
+                offset - range.start + buf.len() as u64,
+                &range,
+            ));
+        }
+        Ok(arrived)
+    }
+
+    /// The end of the whole pieces among bytes that arrived up to `upto` (the run's last piece
+    /// is whole at `run_end`).
+    fn whole_pieces_end(&self, upto: u64, run_end: u64) -> u64 {
+        if upto == run_end {
+            return upto;
+        }
+        let pl = u64::from(self.piece_length);
+        upto / pl * pl
+    }
+
+    /// Stores whole pieces that arrived for `run` at `offset`, tells the run's waiters, counts
+    /// them and tells the source they are readable.
+    async fn store_arrived(
+        self: &Arc<Self>,
+        run: &Run,
+        source: &Arc<dyn RangeSource>,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), RunFailure> {
+        let len = data.len() as u64;
+        let range = offset..offset + len;
+        let pieces = self.pieces_of(&range);
         let this = self.clone();
-        let pieces = run.pieces.clone();
         let complete =
-            tokio::task::spawn_blocking(move || this.store_run(range.start, &data, pieces))
+            tokio::task::spawn_blocking(move || this.store_run(offset, &data, pieces.clone()))
                 .await
                 .map_err(|e| RunFailure {
                     message: format!("the disk write task failed: {e}"),
@@ -430,16 +627,15 @@ impl BlobInner {
                     message: e.to_string(),
                     retryable: false,
                 })?;
+        let stored = self.pieces_of(&range).end - run.pieces.start;
+        run.progress.send_modify(|p| p.stored = stored);
         let stats = &self.shared.stats;
-        stats.fetched_bytes.fetch_add(want, Ordering::Relaxed);
+        stats.fetched_bytes.fetch_add(len, Ordering::Relaxed);
         // Raised while in flight counts too: someone waited for these bytes.
         if run.priority.load(Ordering::Relaxed) != Priority::Background as u8 {
-            stats
-                .fetched_urgent_bytes
-                .fetch_add(want, Ordering::Relaxed);
-            stats.urgent.add(started, admitted, arrived, Instant::now());
+            stats.fetched_urgent_bytes.fetch_add(len, Ordering::Relaxed);
         }
-        source.stored(self.piece_range(&run.pieces));
+        source.stored(range);
         if complete {
             let this = self.clone();
             tokio::spawn(async move {
@@ -461,6 +657,8 @@ impl BlobInner {
             let before = self.bytes_of(&st.have);
             for p in pieces {
                 st.have.set(p);
+                // Stored: a reader finds it present, never waits on its run.
+                st.inflight.remove(&p);
             }
             (
                 st.have.clone(),
@@ -732,6 +930,20 @@ impl Blob {
         self.inner.ensure(range, priority).await
     }
 
+    /// Makes the bytes of `need` present, fetching every missing piece of `claim` (widened to
+    /// hold `need`) in the same requests; returns once `need` is in, while the rest of
+    /// `claim` goes on arriving. What a seed does for a reader that asked for a run: each
+    /// piece is handed on as soon as it arrived, not when the whole run did.
+    pub async fn ensure_within(
+        &self,
+        claim: Range<u64>,
+        need: Range<u64>,
+        priority: Priority,
+    ) -> Result<(), StoreError> {
+        let claim = claim.start.min(need.start)..claim.end.max(need.end);
+        self.inner.ensure_within(claim, need, priority).await
+    }
+
     /// The bytes of `range`, fetched first if missing.
     pub async fn read(&self, range: Range<u64>, priority: Priority) -> Result<Bytes, StoreError> {
         let len = range.end.saturating_sub(range.start);
@@ -863,3 +1075,7 @@ impl Blob {
 #[cfg(test)]
 #[path = "blob_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "blob_stream_tests.rs"]
+mod stream_tests;

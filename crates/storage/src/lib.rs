@@ -26,7 +26,7 @@ pub use config::StoreConfig;
 pub use error::StoreError;
 pub use gate::Priority;
 pub use reader::BlobReader;
-pub use source::{RangeSource, SourceError};
+pub use source::{RangeSource, RangeStream, SourceError};
 pub use store::{Deletion, PieceStore, StoreStats, StoreUsage};
 
 #[cfg(any(test, feature = "testing"))]

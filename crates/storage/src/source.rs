@@ -4,7 +4,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt, TryFutureExt};
+use futures::stream::{self, BoxStream, StreamExt};
 
 use crate::gate::Priority;
 
@@ -44,6 +45,10 @@ impl SourceError {
     }
 }
 
+/// The bytes of a range as they arrive: consecutive chunks, in order, that add up to the range
+/// (the store checks); an `Err` ends it.
+pub type RangeStream = BoxStream<'static, Result<Bytes, SourceError>>;
+
 /// A source of byte ranges of one blob (the registry, a parent peer, ...).
 pub trait RangeSource: Send + Sync + 'static {
     /// Exactly the bytes of `range` (the store checks the length), for a reader of `priority`
@@ -54,6 +59,19 @@ pub trait RangeSource: Send + Sync + 'static {
         range: Range<u64>,
         priority: Priority,
     ) -> BoxFuture<'static, Result<Bytes, SourceError>>;
+
+    /// The bytes of `range` as they arrive, so the store can hand out each piece as soon as it
+    /// is complete rather than when the whole range is (what a seed relaying the origin to a
+    /// waiting reader needs). By default, [`RangeSource::fetch`]'s answer as one chunk.
+    fn fetch_stream(
+        &self,
+        range: Range<u64>,
+        priority: Priority,
+    ) -> BoxFuture<'static, Result<RangeStream, SourceError>> {
+        self.fetch(range, priority)
+            .map_ok(|b| stream::once(async move { Ok(b) }).boxed())
+            .boxed()
+    }
 
     /// Called once the bytes of `range` (from an earlier `fetch`) are in the store and
     /// readable by others (their sync to disk follows), e.g. to announce the pieces to a

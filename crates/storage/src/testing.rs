@@ -1,5 +1,6 @@
 //! Test sources (feature `testing`, and this crate's own tests): an in-memory blob that counts
-//! requests and can be slowed, broken or lie.
+//! requests and can be slowed, broken or lie, and can answer in chunks held back until a test
+//! lets each one go.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -8,10 +9,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{self, StreamExt};
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use crate::gate::Priority;
-use crate::source::{RangeSource, SourceError};
+use crate::source::{RangeSource, RangeStream, SourceError};
 
 /// Serves a fixed byte string.
 pub struct MemSource {
@@ -27,10 +30,18 @@ pub struct MemSource {
     pub corrupt: AtomicBool,
     /// Return one byte too few.
     pub short: AtomicBool,
+    /// Return one byte too many.
+    pub long: AtomicBool,
     /// Requests being served now.
     pub in_flight: AtomicUsize,
     /// The most requests served at once.
     pub max_in_flight: AtomicUsize,
+    /// Streamed answers come in chunks of this many bytes (0: one chunk).
+    pub chunk: usize,
+    /// When set, each chunk of a streamed answer waits for a permit of it.
+    pub chunk_gate: Option<Arc<Semaphore>>,
+    /// The next streamed answer fails (retryable) after its first chunk.
+    pub fail_midway: AtomicBool,
 }
 
 impl MemSource {
@@ -43,9 +54,22 @@ impl MemSource {
             fail: AtomicBool::new(false),
             corrupt: AtomicBool::new(false),
             short: AtomicBool::new(false),
+            long: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            chunk: 0,
+            chunk_gate: None,
+            fail_midway: AtomicBool::new(false),
         })
+    }
+
+    /// A source of `data` whose streamed answers come `chunk` bytes at a time, each chunk
+    /// held back until `gate` gives a permit for it.
+    pub fn chunked(data: Vec<u8>, chunk: usize, gate: Arc<Semaphore>) -> Arc<MemSource> {
+        let mut s = Arc::into_inner(MemSource::new(data)).expect("fresh");
+        s.chunk = chunk;
+        s.chunk_gate = Some(gate);
+        Arc::new(s)
     }
 
     /// A source of `data` that takes `delay` per request.
@@ -94,7 +118,47 @@ impl RangeSource for Arc<MemSource> {
             if me.short.load(Ordering::SeqCst) {
                 out.pop();
             }
+            if me.long.load(Ordering::SeqCst) {
+                out.push(0);
+            }
             Ok(Bytes::from(out))
+        }
+        .boxed()
+    }
+
+    fn fetch_stream(
+        &self,
+        range: Range<u64>,
+        priority: Priority,
+    ) -> BoxFuture<'static, Result<RangeStream, SourceError>> {
+        let whole = self.fetch(range, priority);
+        let me = self.clone();
+        async move {
+            let data = whole.await?;
+            let size = if me.chunk == 0 { data.len() } else { me.chunk };
+            let mut chunks: Vec<Result<Bytes, SourceError>> = (0..data.len())
+                .step_by(size.max(1))
+                .map(|i| Ok(data.slice(i..(i + size).min(data.len()))))
+                .collect();
+            if me.fail_midway.swap(false, Ordering::SeqCst) {
+                chunks.truncate(1);
+                chunks.push(Err(SourceError::new(
+                    "injected failure midway".into(),
+                    true,
+                )));
+            }
+            let gate = me.chunk_gate.clone();
+            Ok(stream::iter(chunks)
+                .then(move |c| {
+                    let gate = gate.clone();
+                    async move {
+                        if let Some(g) = gate {
+                            g.acquire().await.expect("gate open").forget();
+                        }
+                        c
+                    }
+                })
+                .boxed())
         }
         .boxed()
     }
