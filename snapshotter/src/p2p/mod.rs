@@ -4,6 +4,7 @@
 
 pub mod dynconfig;
 pub mod membership;
+mod origin_pieces;
 pub mod piece_server;
 pub mod piece_wire;
 pub mod ratelimit;

@@ -456,13 +456,25 @@ mod tests {
         dir: &std::path::Path,
         triggered: bool,
     ) -> (u16, Arc<MemSource>, Vec<u8>, String) {
+        demand_peer_with(dir, triggered, |data| {
+            MemSource::slow(data, std::time::Duration::from_millis(200))
+        })
+        .await
+    }
+
+    /// Like [`demand_peer`], with the origin `origin(data)`.
+    async fn demand_peer_with(
+        dir: &std::path::Path,
+        triggered: bool,
+        origin: impl FnOnce(Vec<u8>) -> Arc<MemSource>,
+    ) -> (u16, Arc<MemSource>, Vec<u8>, String) {
         let config = StoreConfig {
             piece_length: 64 << 10,
             ..StoreConfig::default()
         };
         let store = PieceStore::open(dir, config).await.unwrap();
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
-        let origin = MemSource::slow(data.clone(), std::time::Duration::from_millis(200));
+        let origin = origin(data.clone());
         let digest = origin.digest();
         store
             .blob(&digest, data.len() as u64, Arc::new(origin.clone()))
@@ -612,5 +624,50 @@ mod tests {
             "{past:?}"
         );
         assert_eq!(&got[2].as_ref().unwrap()[..], &data[10 * pl..11 * pl]);
+    }
+
+    /// A seed relays a run piece by piece: the answer for the run's first piece goes out as
+    /// soon as that piece came from the origin, while the origin still holds back the rest;
+    /// the next pieces, asked on the same connection, follow from the same origin request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_demand_is_answered_when_its_piece_arrives_not_the_whole_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let pl = 64 << 10;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let g = gate.clone();
+        let (port, origin, data, digest) = demand_peer_with(dir.path(), true, move |data| {
+            MemSource::chunked(data, pl, g)
+        })
+        .await;
+        let parents = ParentClients::default();
+        gate.add_permits(1);
+        let first = tokio::time::timeout(
+            Duration::from_secs(10),
+            ask(&parents, port, &digest, 3, true, 9),
+        )
+        .await
+        .expect("the first piece must not wait for the run's other five")
+        .unwrap();
+        assert_eq!(&first[..], &data[3 * pl..4 * pl]);
+        gate.add_permits(5);
+        let req = |number: u32| PieceRequest {
+            task_id: digest.clone(),
+            number,
+            peer_id: "child".into(),
+            fetch: true,
+            fetch_until: 9,
+        };
+        let reqs: Vec<_> = (4..9).map(req).collect();
+        let got = parents
+            .get_pieces_tcp("127.0.0.1", u32::from(port), &reqs, pl)
+            .await;
+        for (n, piece) in (4..9).zip(got) {
+            assert_eq!(
+                &piece.unwrap()[..],
+                &data[n * pl..(n + 1) * pl],
+                "piece {n}"
+            );
+        }
+        assert_eq!(origin.requests(), vec![3 * pl as u64..9 * pl as u64]);
     }
 }

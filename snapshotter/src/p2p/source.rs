@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use dragonfly_proto::peer as peerpb;
 use dragonfly_proto::scheduler as pb;
-use dragonfly_storage::{PieceStore, Priority, RangeSource, SourceError};
+use dragonfly_storage::{PieceStore, Priority, RangeSource, RangeStream, SourceError};
 use futures::future::{BoxFuture, FutureExt};
-use futures::stream::{self, StreamExt};
+use futures::stream::{self, StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
+use super::origin_pieces::{self, Layout};
 use super::piece_wire::PieceRequest;
 use super::{P2p, ParentClients, PieceFetchError, SchedulerPool};
 use crate::metrics::Metrics;
@@ -99,7 +100,7 @@ pub struct PeerSource {
     state: Mutex<SourceState>,
 }
 
-fn sha256(b: &[u8]) -> String {
+pub(super) fn sha256(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
 }
 
@@ -248,64 +249,43 @@ impl PeerSource {
         });
     }
 
-    /// Fetches `pieces` from the origin in one request and splits them.
-    async fn fetch_origin(
-        &self,
+    /// The origin's bytes of `pieces` (one request), handed on in whole pieces as they arrive,
+    /// each piece's digest recorded for the scheduler before its bytes go on.
+    fn origin_stream(
+        self: &Arc<Self>,
         pieces: Range<u32>,
         priority: Priority,
-    ) -> Result<Vec<(u32, Bytes)>, SourceError> {
-        let pl = u64::from(self.task.piece_length);
-        let range = u64::from(pieces.start) * pl
-            ..(u64::from(pieces.end) * pl).min(self.task.content_length);
-        let data = self.origin().fetch(range.clone(), priority).await?;
-        if data.len() as u64 != range.end - range.start {
-            return Err(SourceError::new(
-                format!(
-                    "the origin returned {} bytes for {}..{}",
-                    data.len(),
-                    range.start,
-                    range.end
-                ),
-                true,
-            ));
-        }
-        let out: Vec<(u32, Bytes)> = pieces
-            .map(|n| {
-                let off = (u64::from(n) * pl - range.start) as usize;
-                (n, data.slice(off..off + self.piece_len(n) as usize))
-            })
-            .collect();
-        // Piece digests for the scheduler's record, hashed off the async workers.
-        let to_hash = out.clone();
-        let digests = tokio::task::spawn_blocking(move || {
-            to_hash
-                .iter()
-                .map(|(_, p)| sha256(p))
-                .collect::<Vec<String>>()
-        })
-        .await
-        .map_err(|e| SourceError::new(format!("hashing pieces failed: {e}"), true))?;
-        let mut st = self.state.lock().expect("state lock");
-        for ((n, _), digest) in out.iter().zip(digests) {
-            st.pending.insert(
-                *n,
+        urgent: bool,
+    ) -> RangeStream {
+        let layout = Layout {
+            piece_length: u64::from(self.task.piece_length),
+            content_length: self.task.content_length,
+        };
+        let asked = Instant::now();
+        let body = stream::once(self.origin().fetch_stream(layout.range(&pieces), priority))
+            .try_flatten()
+            .boxed();
+        let me = self.clone();
+        let last = pieces.end - 1;
+        let record = Box::new(move |n: u32, digest: String, len: u64| {
+            me.state.lock().expect("state lock").pending.insert(
+                n,
                 Pending {
                     digest,
                     parent: String::new(),
                     cost_ms: 0,
                 },
             );
-        }
-        drop(st);
-        self.metrics
-            .p2p_pieces
-            .with_label_values(&["origin"])
-            .inc_by(out.len() as u64);
-        self.metrics
-            .p2p_bytes
-            .with_label_values(&["origin"])
-            .inc_by(data.len() as u64);
-        Ok(out)
+            me.metrics.p2p_pieces.with_label_values(&["origin"]).inc();
+            me.metrics
+                .p2p_bytes
+                .with_label_values(&["origin"])
+                .inc_by(len);
+            if n == last {
+                me.timed("origin", urgent, asked);
+            }
+        });
+        origin_pieces::cut(body, pieces, layout, record)
     }
 
     async fn report_bad(&self, parent: &str, fault: Fault, reason: String) {
@@ -687,52 +667,40 @@ impl PeerSource {
         got
     }
 
+    /// The bytes of `range`, in order, as they arrive: the pieces parents hold first (asked
+    /// for all at once), then what no parent had, streamed from the origin in contiguous runs.
     async fn fetch_range(
         self: Arc<Self>,
         range: Range<u64>,
         priority: Priority,
-    ) -> Result<Bytes, SourceError> {
+    ) -> Result<RangeStream, SourceError> {
         let pl = u64::from(self.task.piece_length);
         let aligned = range.start.is_multiple_of(pl)
             && (range.end.is_multiple_of(pl) || range.end == self.task.content_length);
         if !aligned || range.end > self.task.content_length || !self.registered().await {
-            return self.origin().fetch(range, priority).await;
+            return self.origin().fetch_stream(range, priority).await;
         }
         let pieces: Vec<u32> = ((range.start / pl) as u32..range.end.div_ceil(pl) as u32).collect();
         // A reader blocked on a few chunks; bulk reads and fills take what fills provide.
         let urgent = priority >= Priority::Prefetch;
         let mut got = self.fetch_from_parents(&pieces, urgent).await;
-        // Whatever is still missing comes from the origin, in contiguous runs.
+        let mut parts: Vec<RangeStream> = Vec::new();
         let mut run: Option<Range<u32>> = None;
-        let mut runs = Vec::new();
-        for n in &pieces {
-            if got.contains_key(n) {
-                runs.extend(run.take());
-                continue;
-            }
-            run = Some(match run.take() {
-                Some(r) if r.end == *n => r.start..n + 1,
-                Some(r) => {
-                    runs.push(r);
-                    *n..n + 1
+        for n in pieces {
+            match got.remove(&n) {
+                Some(data) => {
+                    if let Some(r) = run.take() {
+                        parts.push(self.origin_stream(r, priority, urgent));
+                    }
+                    parts.push(stream::once(async move { Ok(data) }).boxed());
                 }
-                None => *n..n + 1,
-            });
-        }
-        runs.extend(run);
-        for r in runs {
-            let asked = Instant::now();
-            let fetched = self.fetch_origin(r, priority).await?;
-            self.timed("origin", urgent, asked);
-            for (n, data) in fetched {
-                got.insert(n, data);
+                None => run = Some(run.map_or(n..n + 1, |r| r.start..n + 1)),
             }
         }
-        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
-        for n in &pieces {
-            out.extend_from_slice(&got[n]);
+        if let Some(r) = run {
+            parts.push(self.origin_stream(r, priority, urgent));
         }
-        Ok(out.freeze())
+        Ok(stream::iter(parts).flatten().boxed())
     }
 
     fn report_stored(self: Arc<Self>, range: Range<u64>) {
@@ -805,6 +773,23 @@ impl RangeSource for SharedPeerSource {
         range: Range<u64>,
         priority: Priority,
     ) -> BoxFuture<'static, Result<Bytes, SourceError>> {
+        let stream = self.0.clone().fetch_range(range.clone(), priority);
+        async move {
+            let mut body = stream.await?;
+            let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+            while let Some(chunk) = body.next().await {
+                out.extend_from_slice(&chunk?);
+            }
+            Ok(out.freeze())
+        }
+        .boxed()
+    }
+
+    fn fetch_stream(
+        &self,
+        range: Range<u64>,
+        priority: Priority,
+    ) -> BoxFuture<'static, Result<RangeStream, SourceError>> {
         self.0.clone().fetch_range(range, priority).boxed()
     }
 

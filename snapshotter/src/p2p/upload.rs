@@ -3,7 +3,8 @@
 //! A plain request only reads what is already stored. A demand request (`fetch`, sent to a
 //! seed peer the scheduler named as an on-demand parent) fetches a missing piece of a task
 //! this peer opened or is opening from its origin at once, ahead of the task's fill, together
-//! with the rest of the run the reader asked for (`fetch_until`), in one origin request; the
+//! with the rest of the run the reader asked for (`fetch_until`), in one origin request, and
+//! answers as soon as that piece is in (the run's next pieces follow as they arrive); the
 //! store's single-flight makes every peer asking for the same piece share one origin fetch.
 //! A scheduler's `DeleteTask` (a delete_task job) removes a task's pieces unless a running
 //! lazy mount, a download or an unpack uses them, and says which.
@@ -105,19 +106,24 @@ impl PeerService {
         }
     }
 
-    /// A missing piece a reader waits for, fetched from the origin now (ahead of any fill),
-    /// holding no upload slot meanwhile: the store bounds origin requests itself.
+    /// A missing piece a reader waits for, fetched from the origin now (ahead of any fill)
+    /// together with the rest of its `run`, holding no upload slot meanwhile: the store bounds
+    /// origin requests itself. Returns once the piece itself is in, while the run goes on
+    /// arriving (the reader's requests for the next pieces wait for theirs).
     async fn fetch_for_demand(
         &self,
         blob: &dragonfly_storage::Blob,
-        range: std::ops::Range<u64>,
-        task_id: &str,
-        number: u32,
+        run: std::ops::Range<u64>,
+        piece: std::ops::Range<u64>,
+        (task_id, number): (&str, u32),
     ) -> Result<(), UploadError> {
         let outcome = |label: &str| self.metrics.p2p_uploads.with_label_values(&[label]).inc();
         let asked = std::time::Instant::now();
-        let fetched =
-            tokio::time::timeout(DEMAND_TIMEOUT, blob.ensure(range, Priority::OnDemand)).await;
+        let fetched = tokio::time::timeout(
+            DEMAND_TIMEOUT,
+            blob.ensure_within(run, piece, Priority::OnDemand),
+        )
+        .await;
         self.metrics
             .p2p_demand_seconds
             .with_label_values(&["demand_origin"])
@@ -225,7 +231,7 @@ impl PeerService {
                 .min(start + MAX_DEMAND_RUN_BYTES)
                 .min(blob.size())
                 .max(range.end);
-            self.fetch_for_demand(&blob, start..run_end, task_id, number)
+            self.fetch_for_demand(&blob, start..run_end, range.clone(), (task_id, number))
                 .await?;
             outcome("demand");
         }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dragonfly_storage::{Priority, RangeSource, SourceError};
+use dragonfly_storage::{Priority, RangeSource, RangeStream, SourceError};
 use futures::future::{BoxFuture, FutureExt};
+use futures::StreamExt;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 /// Counters of origin fetches, labelled by origin kind (`registry`, `http`).
@@ -116,6 +117,59 @@ impl RangeSource for Metered {
         }
         .boxed()
     }
+
+    /// Counted once the stream has ended (with what it delivered) or failed.
+    fn fetch_stream(
+        &self,
+        range: Range<u64>,
+        priority: Priority,
+    ) -> BoxFuture<'static, Result<RangeStream, SourceError>> {
+        let fetch = self.inner.fetch_stream(range, priority);
+        let (kind, metrics) = (self.kind, self.metrics.clone());
+        async move {
+            let started = Instant::now();
+            let body = match fetch.await {
+                Ok(body) => body,
+                Err(e) => {
+                    metrics.observe(kind, false, 0, started.elapsed());
+                    return Err(e);
+                }
+            };
+            let count = Count {
+                kind,
+                metrics,
+                started,
+                bytes: 0,
+                ok: true,
+            };
+            Ok(body
+                .scan(count, |count, chunk| {
+                    match &chunk {
+                        Ok(b) => count.bytes += b.len() as u64,
+                        Err(_) => count.ok = false,
+                    }
+                    futures::future::ready(Some(chunk))
+                })
+                .boxed())
+        }
+        .boxed()
+    }
+}
+
+/// What a streamed fetch delivered, counted when it is dropped (ended, failed or abandoned).
+struct Count {
+    kind: &'static str,
+    metrics: OriginMetrics,
+    started: Instant,
+    bytes: u64,
+    ok: bool,
+}
+
+impl Drop for Count {
+    fn drop(&mut self) {
+        self.metrics
+            .observe(self.kind, self.ok, self.bytes, self.started.elapsed());
+    }
 }
 
 #[cfg(test)]
@@ -161,5 +215,34 @@ mod tests {
                 .get(),
             1
         );
+    }
+
+    /// A streamed fetch is counted once, when its stream ends, with the bytes it delivered; one
+    /// that fails to start is counted as an error.
+    #[tokio::test]
+    async fn a_streamed_fetch_is_counted_once_it_ends() {
+        let metrics = OriginMetrics::unregistered();
+        let ok = Metered::new(
+            Arc::new(Fixed(Ok(Bytes::from_static(b"abcdef")))),
+            "registry",
+            metrics.clone(),
+        );
+        let mut body = ok.fetch_stream(0..6, Priority::OnDemand).await.unwrap();
+        let ok_count = || metrics.fetches.with_label_values(&["registry", "ok"]).get();
+        assert_eq!(ok_count(), 0, "not counted while the body is unread");
+        assert_eq!(&body.next().await.unwrap().unwrap()[..], b"abcdef");
+        assert!(body.next().await.is_none());
+        drop(body);
+        assert_eq!(ok_count(), 1);
+        assert_eq!(metrics.bytes.with_label_values(&["registry"]).get(), 6);
+
+        let bad = Metered::new(
+            Arc::new(Fixed(Err(SourceError::new("down".into(), true)))),
+            "registry",
+            metrics.clone(),
+        );
+        assert!(bad.fetch_stream(0..6, Priority::OnDemand).await.is_err());
+        let errors = metrics.fetches.with_label_values(&["registry", "error"]);
+        assert_eq!(errors.get(), 1);
     }
 }

@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use dragonfly_registry::{media_types, Manifest, Reference, RegistryClient};
-use dragonfly_storage::{Priority, RangeSource, SourceError};
+use dragonfly_storage::{Priority, RangeSource, RangeStream, SourceError};
 use futures::future::{BoxFuture, FutureExt};
+use futures::StreamExt;
 
 use super::error::OriginError;
 use super::metered::OriginMetrics;
@@ -63,6 +64,35 @@ impl RangeSource for RegistryBlob {
                     }
                     .into()
                 })
+        }
+        .boxed()
+    }
+
+    fn fetch_stream(
+        &self,
+        range: Range<u64>,
+        _: Priority,
+    ) -> BoxFuture<'static, Result<RangeStream, SourceError>> {
+        let client = self.client.clone();
+        let o = self.object.clone();
+        async move {
+            let digest = o.digest.to_string();
+            let what = format!(
+                "{}/{} blob {digest} bytes {}..{}",
+                o.repo.registry, o.repo.repository, range.start, range.end
+            );
+            let error = move |source| -> SourceError {
+                OriginError::Registry {
+                    what: what.clone(),
+                    source,
+                }
+                .into()
+            };
+            let body = client
+                .get_blob_range_stream(&o.repo, &digest, range.clone())
+                .await
+                .map_err(&error)?;
+            Ok(body.map(move |chunk| chunk.map_err(&error)).boxed())
         }
         .boxed()
     }
