@@ -5,6 +5,7 @@
 pub mod dynconfig;
 pub mod membership;
 mod origin_pieces;
+mod piece_order;
 pub mod piece_server;
 pub mod piece_wire;
 pub mod ratelimit;
@@ -24,6 +25,7 @@ use dragonfly_membership::Role;
 use dragonfly_proto::peer::peer_client::PeerClient;
 use dragonfly_runtime::grpc::{endpoint, BadAddress, Timeouts};
 use lru::LruCache;
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use piece_wire::{PieceRequest, WireStatus};
@@ -97,6 +99,38 @@ fn parent_addr(ip: &str, port: u32) -> String {
     }
 }
 
+/// Where a parent's answers go as they arrive.
+pub type Answers = mpsc::UnboundedSender<Result<Bytes, PieceFetchError>>;
+
+/// Requests that will not be answered: `count` copies of `e` (a reader that went away does
+/// not want them).
+fn fail_rest(answers: &Answers, count: usize, e: PieceFetchError) {
+    for _ in 0..count {
+        let _ = answers.send(Err(e.clone()));
+    }
+}
+
+/// A parent's answer to `req` from `key`: the piece, or why it did not send it.
+fn answer(
+    key: &str,
+    req: &PieceRequest,
+    status: WireStatus,
+    payload: Bytes,
+) -> Result<Bytes, PieceFetchError> {
+    if status == WireStatus::Ok {
+        return Ok(payload);
+    }
+    Err(PieceFetchError {
+        unreachable: false,
+        busy: status == WireStatus::Busy,
+        message: format!(
+            "piece {} from {key}: {status:?}: {}",
+            req.number,
+            String::from_utf8_lossy(&payload)
+        ),
+    })
+}
+
 impl ParentClients {
     /// Piece `req` from the parent at `ip:port` over the raw-TCP protocol, at most `max`
     /// bytes. A pooled connection the parent has since closed is retried once on a fresh one.
@@ -113,10 +147,8 @@ impl ParentClients {
         got.pop().expect("one answer per request")
     }
 
-    /// Pieces `reqs` from the parent at `ip:port`, pipelined on one connection: every request
-    /// is sent at once and the parent answers them in order (so it sees them in order: a
-    /// seed sees a run's first piece first). One answer per request, each at most `max`
-    /// bytes. A pooled connection the parent has since closed is retried once on a fresh one.
+    /// Pieces `reqs` from the parent at `ip:port`, pipelined on one connection (see
+    /// [`ParentClients::stream_pieces_tcp`]), once every answer is in.
     pub async fn get_pieces_tcp(
         &self,
         ip: &str,
@@ -124,6 +156,29 @@ impl ParentClients {
         reqs: &[PieceRequest],
         max: usize,
     ) -> Vec<Result<Bytes, PieceFetchError>> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.stream_pieces_tcp(ip, port, reqs, max, &tx).await;
+        drop(tx);
+        let mut answers = Vec::with_capacity(reqs.len());
+        while let Some(answer) = rx.recv().await {
+            answers.push(answer);
+        }
+        answers
+    }
+
+    /// Pieces `reqs` from the parent at `ip:port`, pipelined on one connection: every request
+    /// is sent at once and the parent answers them in order (so it sees them in order: a
+    /// seed sees a run's first piece first). Each answer, at most `max` bytes, goes to
+    /// `answers` as it arrives: exactly one per request, in order. A pooled connection the
+    /// parent has since closed is retried once on a fresh one.
+    pub async fn stream_pieces_tcp(
+        &self,
+        ip: &str,
+        port: u32,
+        reqs: &[PieceRequest],
+        max: usize,
+        answers: &Answers,
+    ) {
         let key = parent_addr(ip, port);
         let pooled = self
             .idle
@@ -132,17 +187,18 @@ impl ParentClients {
             .get_mut(&key)
             .and_then(Vec::pop);
         if let Some(conn) = pooled {
-            if let Ok(r) = self.exchange(&key, conn, reqs, max).await {
-                return r;
+            match self.exchange(&key, conn, reqs, max, answers).await {
+                Ok(()) => return,
+                // It answered, then failed: the rest fail with it.
+                Err((done, e)) if done > 0 => return fail_rest(answers, reqs.len() - done, e),
+                // Closed while idle: a fresh connection.
+                Err(_) => {}
             }
         }
-        let failed = |message: String| {
-            let e = PieceFetchError {
-                unreachable: true,
-                busy: false,
-                message,
-            };
-            vec![Err(e); reqs.len()]
+        let unreachable = |message: String| PieceFetchError {
+            unreachable: true,
+            busy: false,
+            message,
         };
         let conn = match tokio::time::timeout(
             Duration::from_secs(3),
@@ -151,36 +207,47 @@ impl ParentClients {
         .await
         {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return failed(format!("cannot connect to {key}: {e}")),
-            Err(_) => return failed(format!("connecting to {key} timed out")),
+            Ok(Err(e)) => {
+                let e = unreachable(format!("cannot connect to {key}: {e}"));
+                return fail_rest(answers, reqs.len(), e);
+            }
+            Err(_) => {
+                let e = unreachable(format!("connecting to {key} timed out"));
+                return fail_rest(answers, reqs.len(), e);
+            }
         };
-        self.exchange(&key, conn, reqs, max)
-            .await
-            .unwrap_or_else(|e| vec![Err(e); reqs.len()])
+        if let Err((done, e)) = self.exchange(&key, conn, reqs, max, answers).await {
+            fail_rest(answers, reqs.len() - done, e);
+        }
     }
 
-    /// `reqs` on `conn`, pipelined. `Err` means the connection failed (the `Ok` carries the
-    /// parent's answers, good or bad); a connection left in a clean state goes back to the
-    /// pool.
+    /// `reqs` on `conn`, pipelined, each answer sent to `answers` as it arrives. `Err` means
+    /// the connection failed after that many answers; a connection left in a clean state goes
+    /// back to the pool.
     async fn exchange(
         &self,
         key: &str,
         mut conn: ClientConn,
         reqs: &[PieceRequest],
         max: usize,
-    ) -> Result<Vec<Result<Bytes, PieceFetchError>>, PieceFetchError> {
-        let first = reqs.first().map_or(0, |r| r.number);
+        answers: &Answers,
+    ) -> Result<(), (usize, PieceFetchError)> {
+        let mut done = 0;
         let io = tokio::time::timeout(PIECE_TIMEOUT, async {
             piece_wire::write_requests(&mut conn, reqs).await?;
-            let mut answers = Vec::with_capacity(reqs.len());
-            for _ in reqs {
-                answers.push(piece_wire::read_response(&mut conn, max).await?);
+            for req in reqs {
+                let (status, payload) = piece_wire::read_response(&mut conn, max).await?;
+                // A reader that went away no longer wants the rest; reading them keeps the
+                // connection clean for the pool.
+                let _ = answers.send(answer(key, req, status, payload));
+                done += 1;
             }
-            Ok::<_, std::io::Error>(answers)
+            Ok::<_, std::io::Error>(())
         })
         .await;
-        let answers = match io {
-            Ok(Ok(r)) => r,
+        let number = reqs.get(done).map_or(0, |r| r.number);
+        match io {
+            Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 let unreachable = matches!(
                     e.kind(),
@@ -189,45 +256,34 @@ impl ParentClients {
                         | std::io::ErrorKind::BrokenPipe
                         | std::io::ErrorKind::UnexpectedEof
                 );
-                return Err(PieceFetchError {
-                    unreachable,
-                    busy: false,
-                    message: format!("piece {first} from {key}: {e}"),
-                });
+                let message = format!("piece {number} from {key}: {e}");
+                return Err((
+                    done,
+                    PieceFetchError {
+                        unreachable,
+                        busy: false,
+                        message,
+                    },
+                ));
             }
             Err(_) => {
-                return Err(PieceFetchError {
-                    unreachable: false,
-                    busy: false,
-                    message: format!("piece {first} from {key} timed out"),
-                })
-            }
-        };
-        {
-            let mut idle = self.idle.lock().expect("idle lock");
-            let conns = idle.get_or_insert_mut(key.to_owned(), Vec::new);
-            if conns.len() < IDLE_PER_PARENT {
-                conns.push(conn);
+                let message = format!("piece {number} from {key} timed out");
+                return Err((
+                    done,
+                    PieceFetchError {
+                        unreachable: false,
+                        busy: false,
+                        message,
+                    },
+                ));
             }
         }
-        Ok(reqs
-            .iter()
-            .zip(answers)
-            .map(|(req, (status, payload))| {
-                if status == WireStatus::Ok {
-                    return Ok(payload);
-                }
-                Err(PieceFetchError {
-                    unreachable: false,
-                    busy: status == WireStatus::Busy,
-                    message: format!(
-                        "piece {} from {key}: {status:?}: {}",
-                        req.number,
-                        String::from_utf8_lossy(&payload)
-                    ),
-                })
-            })
-            .collect())
+        let mut idle = self.idle.lock().expect("idle lock");
+        let conns = idle.get_or_insert_mut(key.to_owned(), Vec::new);
+        if conns.len() < IDLE_PER_PARENT {
+            conns.push(conn);
+        }
+        Ok(())
     }
 
     /// The gRPC client for `ip:port`.

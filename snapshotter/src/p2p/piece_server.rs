@@ -670,4 +670,49 @@ mod tests {
         }
         assert_eq!(origin.requests(), vec![3 * pl as u64..9 * pl as u64]);
     }
+
+    /// The node's side of the relay: a run asked of the seed on one connection hands each
+    /// answer on as it arrives, so the run's first piece reaches the reader while the origin
+    /// still holds back the rest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pipelined_run_reaches_the_asker_piece_by_piece() {
+        let dir = tempfile::tempdir().unwrap();
+        let pl = 64 << 10;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let g = gate.clone();
+        let (port, origin, data, digest) = demand_peer_with(dir.path(), true, move |data| {
+            MemSource::chunked(data, pl, g)
+        })
+        .await;
+        let reqs: Vec<_> = (3..9)
+            .map(|number| PieceRequest {
+                task_id: digest.clone(),
+                number,
+                peer_id: "child".into(),
+                fetch: true,
+                fetch_until: 9,
+            })
+            .collect();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let asking = tokio::spawn(async move {
+            let parents = ParentClients::default();
+            parents
+                .stream_pieces_tcp("127.0.0.1", u32::from(port), &reqs, pl, &tx)
+                .await;
+        });
+        gate.add_permits(1);
+        let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the run's first piece must not wait for its other five")
+            .unwrap();
+        assert_eq!(&first.unwrap()[..], &data[3 * pl..4 * pl]);
+        gate.add_permits(5);
+        for n in 4..9 {
+            let piece = rx.recv().await.unwrap().unwrap();
+            assert_eq!(&piece[..], &data[n * pl..(n + 1) * pl], "piece {n}");
+        }
+        asking.await.unwrap();
+        assert!(rx.recv().await.is_none(), "one answer per request");
+        assert_eq!(origin.requests(), vec![3 * pl as u64..9 * pl as u64]);
+    }
 }

@@ -2,7 +2,8 @@
 //! task's scheduler for parents, fetches pieces from several parents at once, checks each
 //! against the digest the scheduler recorded when the piece first left the origin, reports bad
 //! parents, and fetches from the origin (the registry) whatever no parent could provide — or
-//! everything, when the scheduler says so or cannot be reached. Pieces are reported to the
+//! everything, when the scheduler says so or cannot be reached. Each piece is handed on as it
+//! arrives (in order), so a reader waits only for the pieces it needs. Pieces are reported to the
 //! scheduler once the store holds them, so nobody is sent to us for a piece we lack.
 
 use std::collections::{HashMap, HashSet};
@@ -17,10 +18,13 @@ use dragonfly_storage::{PieceStore, Priority, RangeSource, RangeStream, SourceEr
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::origin_pieces::{self, Layout};
+use super::piece_order::{self, Driver};
 use super::piece_wire::PieceRequest;
-use super::{P2p, ParentClients, PieceFetchError, SchedulerPool};
+use super::{Answers, P2p, ParentClients, PieceFetchError, SchedulerPool};
 use crate::metrics::Metrics;
 
 /// Longest a read waits for a seed peer before taking the origin itself.
@@ -54,10 +58,13 @@ struct SourceState {
 /// Most corrupt parents remembered per task (they are blocklisted by the scheduler as well).
 const MAX_CORRUPT_PARENTS: usize = 256;
 
+/// Hands piece `n`'s bytes, verified, on to whoever reads the range.
+type Deliver = dyn Fn(u32, Bytes) + Send + Sync;
+
 /// How asking one parent for one piece went.
 enum Fetched {
-    /// The piece, verified.
-    Piece(Bytes),
+    /// The piece, verified and delivered.
+    Delivered,
     /// The parent's upload slots were full.
     Busy,
     /// It failed (and was reported).
@@ -364,14 +371,16 @@ impl PeerSource {
         }
     }
 
-    /// The answers of `batch`'s parent: one request, or the run pipelined on one connection.
-    async fn pieces_from(&self, batch: &[Ask]) -> Vec<Result<Bytes, PieceFetchError>> {
+    /// The answers of `batch`'s parent, sent to `answers` as they arrive: one request, or the
+    /// run pipelined on one connection.
+    async fn pieces_from(&self, batch: &[Ask], answers: &Answers) {
         let first = &batch[0];
         if batch.len() == 1 {
-            return vec![
-                self.piece_from(&first.parent, first.piece, first.until)
-                    .await,
-            ];
+            let got = self
+                .piece_from(&first.parent, first.piece, first.until)
+                .await;
+            let _ = answers.send(got);
+            return;
         }
         let reqs: Vec<PieceRequest> = batch
             .iter()
@@ -384,61 +393,87 @@ impl PeerSource {
             })
             .collect();
         let max = self.task.piece_length as usize;
+        let (ip, port) = (&first.parent.ip, first.parent.upload_port);
         self.parents
-            .get_pieces_tcp(&first.parent.ip, first.parent.upload_port, &reqs, max)
+            .stream_pieces_tcp(ip, port, &reqs, max, answers)
             .await
     }
 
     /// The pieces of one batch (see [`PeerSource::batches`]) from its parent, each verified
-    /// against its digest; the hashing of the whole batch is one blocking task. A piece an
-    /// on-demand seed fetched for us has no recorded digest yet (`None`): its bytes are
-    /// checked by what they are part of (chunk digests of a lazy layer, the blob's digest
-    /// when it completes). A failed request is reported once per batch.
-    async fn fetch_batch(&self, batch: &[Ask]) -> Vec<(u32, Fetched)> {
-        let parent = &batch[0].parent;
-        let failed = || batch.iter().map(|a| (a.piece, Fetched::Failed)).collect();
-        if self.is_corrupt(&parent.peer_id) {
-            return failed();
+    /// against its digest and delivered as it arrives. A piece an on-demand seed fetched for
+    /// us has no recorded digest yet (`None`): its bytes are checked by what they are part of
+    /// (chunk digests of a lazy layer, the blob's digest when it completes).
+    async fn fetch_batch(&self, batch: &[Ask], deliver: &Deliver) -> Vec<(u32, Fetched)> {
+        if self.is_corrupt(&batch[0].parent.peer_id) {
+            return batch.iter().map(|a| (a.piece, Fetched::Failed)).collect();
         }
         let started = Instant::now();
-        let answers = self.pieces_from(batch).await;
-        let hashed = tokio::task::spawn_blocking(move || {
-            answers
-                .into_iter()
-                .map(|a| a.map(|d| (sha256(&d), d)))
-                .collect::<Vec<_>>()
-        })
-        .await;
-        let Ok(hashed) = hashed else {
-            return failed();
-        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let asking = async move { self.pieces_from(batch, &tx).await };
+        let taking = self.take_answers(batch, rx, started, deliver);
+        futures::join!(asking, taking).1
+    }
+
+    /// `batch`'s answers as they arrive: those that came together are hashed in one blocking
+    /// task, then each is checked and delivered. A failed request is reported once per batch.
+    async fn take_answers(
+        &self,
+        batch: &[Ask],
+        answers: mpsc::UnboundedReceiver<Result<Bytes, PieceFetchError>>,
+        started: Instant,
+        deliver: &Deliver,
+    ) -> Vec<(u32, Fetched)> {
+        let parent = &batch[0].parent;
+        let mut asks = batch.iter();
         let mut out = Vec::with_capacity(batch.len());
         let mut reported = false;
-        for (ask, answer) in batch.iter().zip(hashed) {
-            let fetched = match answer {
-                Ok((actual, data)) => self.accept(ask, data, actual, started).await,
-                // Full upload slots are load, not a fault: ask again shortly.
-                Err(e) if e.busy => Fetched::Busy,
-                Err(e) => {
-                    if !std::mem::replace(&mut reported, true) {
-                        let fault = if e.unreachable {
-                            Fault::Unreachable
-                        } else {
-                            Fault::Failed
-                        };
-                        self.report_bad(&parent.peer_id, fault, e.message).await;
-                    }
-                    Fetched::Failed
-                }
+        let mut groups = UnboundedReceiverStream::new(answers).ready_chunks(MAX_PIPELINED);
+        while let Some(group) = groups.next().await {
+            let hashed = tokio::task::spawn_blocking(move || {
+                group
+                    .into_iter()
+                    .map(|a| a.map(|d| (sha256(&d), d)))
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            let Ok(hashed) = hashed else {
+                break;
             };
-            out.push((ask.piece, fetched));
+            // `hashed` first: zip must not take an ask past the group's last answer.
+            for (answer, ask) in hashed.into_iter().zip(asks.by_ref()) {
+                let fetched = match answer {
+                    Ok((actual, data)) => self.accept(ask, data, actual, started, deliver).await,
+                    // Full upload slots are load, not a fault: ask again shortly.
+                    Err(e) if e.busy => Fetched::Busy,
+                    Err(e) => {
+                        if !std::mem::replace(&mut reported, true) {
+                            let fault = if e.unreachable {
+                                Fault::Unreachable
+                            } else {
+                                Fault::Failed
+                            };
+                            self.report_bad(&parent.peer_id, fault, e.message).await;
+                        }
+                        Fetched::Failed
+                    }
+                };
+                out.push((ask.piece, fetched));
+            }
         }
+        out.extend(asks.map(|a| (a.piece, Fetched::Failed)));
         out
     }
 
-    /// Piece `ask.piece` as delivered (`data`, hashing to `actual`): kept if it matches the
-    /// recorded digest and length, else the parent is marked corrupt and reported.
-    async fn accept(&self, ask: &Ask, data: Bytes, actual: String, started: Instant) -> Fetched {
+    /// Piece `ask.piece` as the parent sent it (`data`, hashing to `actual`): delivered if it
+    /// matches the recorded digest and length, else the parent is marked corrupt and reported.
+    async fn accept(
+        &self,
+        ask: &Ask,
+        data: Bytes,
+        actual: String,
+        started: Instant,
+        deliver: &Deliver,
+    ) -> Fetched {
         let (parent, n) = (&ask.parent, ask.piece);
         let expected = ask.digest.as_deref().unwrap_or(&actual);
         if data.len() as u64 != self.piece_len(n) || actual != expected {
@@ -477,7 +512,8 @@ impl PeerSource {
             .p2p_bytes
             .with_label_values(&["peer"])
             .inc_by(data.len() as u64);
-        Fetched::Piece(data)
+        deliver(n, data);
+        Fetched::Delivered
     }
 
     fn is_corrupt(&self, parent: &str) -> bool {
@@ -597,11 +633,11 @@ impl PeerSource {
         }
     }
 
-    /// Pieces from parents; returns what it got (the rest goes to the origin). An `urgent`
-    /// read (a container waits) may be served by a seed fetching on demand; a background fill
-    /// waits for the seed's own fill instead.
-    async fn fetch_from_parents(&self, pieces: &[u32], urgent: bool) -> HashMap<u32, Bytes> {
-        let mut got: HashMap<u32, Bytes> = HashMap::new();
+    /// Pieces from parents, each delivered as it arrives; the rest goes to the origin. An
+    /// `urgent` read (a container waits) may be served by a seed fetching on demand; a
+    /// background fill waits for the seed's own fill instead.
+    async fn fetch_from_parents(&self, pieces: &[u32], urgent: bool, deliver: &Deliver) {
+        let mut got: HashSet<u32> = HashSet::new();
         // Since the last piece arrived: waiting (for a seed, or for parents still fetching
         // the pieces) is bounded by MAX_WAIT, fruitless parent rounds by MAX_ROUNDS.
         let mut progress_at = Instant::now();
@@ -610,7 +646,7 @@ impl PeerSource {
             let missing: Vec<u32> = pieces
                 .iter()
                 .copied()
-                .filter(|n| !got.contains_key(n))
+                .filter(|n| !got.contains(n))
                 .collect();
             if missing.is_empty() {
                 break;
@@ -642,7 +678,7 @@ impl PeerSource {
             }
             let asked = Instant::now();
             let results: Vec<Vec<(u32, Fetched)>> = stream::iter(Self::batches(plan))
-                .map(|batch| async move { self.fetch_batch(&batch).await })
+                .map(|batch| async move { self.fetch_batch(&batch, deliver).await })
                 .buffer_unordered(self.parallel)
                 .collect()
                 .await;
@@ -651,7 +687,7 @@ impl PeerSource {
             let before = got.len();
             let busy = results.iter().any(|(_, f)| matches!(f, Fetched::Busy));
             got.extend(results.into_iter().filter_map(|(n, f)| match f {
-                Fetched::Piece(d) => Some((n, d)),
+                Fetched::Delivered => Some(n),
                 _ => None,
             }));
             if got.len() > before {
@@ -664,11 +700,11 @@ impl PeerSource {
                 rounds += 1;
             }
         }
-        got
     }
 
-    /// The bytes of `range`, in order, as they arrive: the pieces parents hold first (asked
-    /// for all at once), then what no parent had, streamed from the origin in contiguous runs.
+    /// The bytes of `range`, in order, as they arrive: the pieces parents hold (asked for all
+    /// at once, each handed on as soon as it and those before it are in), and what no parent
+    /// had, streamed from the origin in contiguous runs.
     async fn fetch_range(
         self: Arc<Self>,
         range: Range<u64>,
@@ -683,24 +719,26 @@ impl PeerSource {
         let pieces: Vec<u32> = ((range.start / pl) as u32..range.end.div_ceil(pl) as u32).collect();
         // A reader blocked on a few chunks; bulk reads and fills take what fills provide.
         let urgent = priority >= Priority::Prefetch;
-        let mut got = self.fetch_from_parents(&pieces, urgent).await;
-        let mut parts: Vec<RangeStream> = Vec::new();
-        let mut run: Option<Range<u32>> = None;
-        for n in pieces {
-            match got.remove(&n) {
-                Some(data) => {
-                    if let Some(r) = run.take() {
-                        parts.push(self.origin_stream(r, priority, urgent));
-                    }
-                    parts.push(stream::once(async move { Ok(data) }).boxed());
-                }
-                None => run = Some(run.map_or(n..n + 1, |r| r.start..n + 1)),
+        let (senders, slots): (HashMap<u32, _>, Vec<_>) = pieces
+            .iter()
+            .map(|&n| {
+                let (tx, rx) = oneshot::channel();
+                ((n, tx), (n, rx))
+            })
+            .unzip();
+        let senders = Mutex::new(senders);
+        // A piece no parent delivers is dropped with its sender when the rounds end.
+        let deliver = move |n: u32, data: Bytes| {
+            if let Some(tx) = senders.lock().expect("senders lock").remove(&n) {
+                let _ = tx.send(data);
             }
-        }
-        if let Some(r) = run {
-            parts.push(self.origin_stream(r, priority, urgent));
-        }
-        Ok(stream::iter(parts).flatten().boxed())
+        };
+        let me = self.clone();
+        let rounds = tokio::spawn(async move {
+            me.fetch_from_parents(&pieces, urgent, &deliver).await;
+        });
+        let origin = move |run: Range<u32>| self.origin_stream(run, priority, urgent);
+        Ok(piece_order::in_order(slots, origin, Driver(rounds)))
     }
 
     fn report_stored(self: Arc<Self>, range: Range<u64>) {
