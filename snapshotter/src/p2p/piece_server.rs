@@ -494,6 +494,18 @@ mod tests {
         (port, origin, data, digest)
     }
 
+    /// A triggered seed whose origin hands out one `chunk` of bytes per permit of the gate.
+    async fn gated_seed(
+        dir: &std::path::Path,
+        chunk: usize,
+    ) -> (Arc<Semaphore>, (u16, Arc<MemSource>, Vec<u8>, String)) {
+        let gate = Arc::new(Semaphore::new(0));
+        let g = gate.clone();
+        let seed =
+            demand_peer_with(dir, true, move |data| MemSource::chunked(data, chunk, g)).await;
+        (gate, seed)
+    }
+
     /// Asks `port` for piece `number` (64 KiB pieces) of `digest`.
     async fn ask(
         parents: &ParentClients,
@@ -633,12 +645,7 @@ mod tests {
     async fn a_demand_is_answered_when_its_piece_arrives_not_the_whole_run() {
         let dir = tempfile::tempdir().unwrap();
         let pl = 64 << 10;
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let g = gate.clone();
-        let (port, origin, data, digest) = demand_peer_with(dir.path(), true, move |data| {
-            MemSource::chunked(data, pl, g)
-        })
-        .await;
+        let (gate, (port, origin, data, digest)) = gated_seed(dir.path(), pl).await;
         let parents = ParentClients::default();
         gate.add_permits(1);
         let first = tokio::time::timeout(
@@ -678,12 +685,7 @@ mod tests {
     async fn a_pipelined_run_reaches_the_asker_piece_by_piece() {
         let dir = tempfile::tempdir().unwrap();
         let pl = 64 << 10;
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let g = gate.clone();
-        let (port, origin, data, digest) = demand_peer_with(dir.path(), true, move |data| {
-            MemSource::chunked(data, pl, g)
-        })
-        .await;
+        let (gate, (port, origin, data, digest)) = gated_seed(dir.path(), pl).await;
         let reqs: Vec<_> = (3..9)
             .map(|number| PieceRequest {
                 task_id: digest.clone(),
