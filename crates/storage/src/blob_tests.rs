@@ -7,22 +7,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::testing::{bytes, MemSource};
+use crate::testing::{bytes, store_config, MemSource};
 use crate::{Blob, Deletion, PieceStore, Priority, StoreConfig, StoreError};
 
 const PL: u32 = 64 * 1024;
 
 fn config() -> StoreConfig {
-    StoreConfig {
-        capacity_bytes: 1 << 40,
-        piece_length: PL,
-        lazy_piece_length: PL,
-        max_concurrent_fetches: 4,
-        max_fetch_bytes: 4 * u64::from(PL),
-        background_pause_ms: 0,
-        background_fetch_bytes: 2 * u64::from(PL),
-        whole_blob_requests: 1,
-    }
+    store_config(PL, 4)
 }
 
 async fn store(dir: &std::path::Path) -> PieceStore {

@@ -13,8 +13,24 @@ use futures::stream::{self, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use crate::config::StoreConfig;
 use crate::gate::Priority;
 use crate::source::{RangeSource, RangeStream, SourceError};
+
+/// A store configuration for tests: `piece_length` pieces, runs of up to `max_fetch_pieces`,
+/// four fetches at once, background fills of two pieces without pauses, room for anything.
+pub fn store_config(piece_length: u32, max_fetch_pieces: u64) -> StoreConfig {
+    StoreConfig {
+        capacity_bytes: 1 << 40,
+        piece_length,
+        lazy_piece_length: piece_length,
+        max_concurrent_fetches: 4,
+        max_fetch_bytes: max_fetch_pieces * u64::from(piece_length),
+        background_pause_ms: 0,
+        background_fetch_bytes: 2 * u64::from(piece_length),
+        whole_blob_requests: 1,
+    }
+}
 
 /// Serves a fixed byte string.
 pub struct MemSource {
