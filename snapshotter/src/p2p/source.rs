@@ -107,6 +107,27 @@ pub struct PeerSource {
     state: Mutex<SourceState>,
 }
 
+/// Answers of this many bytes or fewer are hashed on the worker (a 32 KiB piece takes some
+/// 20 µs with SHA-NI); more go to a blocking thread, which costs a hand-off each time.
+const INLINE_HASH_BYTES: usize = 64 * 1024;
+
+type Answer = Result<Bytes, PieceFetchError>;
+
+/// Each answer with its bytes' digest; `None` if the blocking hash task died.
+async fn hash_answers(group: Vec<Answer>) -> Option<Vec<Result<(String, Bytes), PieceFetchError>>> {
+    let hash = |group: Vec<Answer>| {
+        group
+            .into_iter()
+            .map(|a| a.map(|d| (sha256(&d), d)))
+            .collect::<Vec<_>>()
+    };
+    let bytes: usize = group.iter().flatten().map(Bytes::len).sum();
+    if bytes <= INLINE_HASH_BYTES {
+        return Some(hash(group));
+    }
+    tokio::task::spawn_blocking(move || hash(group)).await.ok()
+}
+
 pub(super) fn sha256(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
 }
@@ -414,12 +435,13 @@ impl PeerSource {
         futures::join!(asking, taking).1
     }
 
-    /// `batch`'s answers as they arrive: those that came together are hashed in one blocking
-    /// task, then each is checked and delivered. A failed request is reported once per batch.
+    /// `batch`'s answers as they arrive: those that came together are hashed together (on a
+    /// blocking thread when they are large), then each is checked and delivered. A failed
+    /// request is reported once per batch.
     async fn take_answers(
         &self,
         batch: &[Ask],
-        answers: mpsc::UnboundedReceiver<Result<Bytes, PieceFetchError>>,
+        answers: mpsc::UnboundedReceiver<Answer>,
         started: Instant,
         deliver: &Deliver,
     ) -> Vec<(u32, Fetched)> {
@@ -429,14 +451,7 @@ impl PeerSource {
         let mut reported = false;
         let mut groups = UnboundedReceiverStream::new(answers).ready_chunks(MAX_PIPELINED);
         while let Some(group) = groups.next().await {
-            let hashed = tokio::task::spawn_blocking(move || {
-                group
-                    .into_iter()
-                    .map(|a| a.map(|d| (sha256(&d), d)))
-                    .collect::<Vec<_>>()
-            })
-            .await;
-            let Ok(hashed) = hashed else {
+            let Some(hashed) = hash_answers(group).await else {
                 break;
             };
             // `hashed` first: zip must not take an ask past the group's last answer.
