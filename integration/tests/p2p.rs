@@ -760,3 +760,62 @@ fn dfctl_get_downloads_a_file_through_the_swarm() {
     );
     assert!(r.is_err() && !out.exists(), "{r:?}");
 }
+
+/// Waits up to 30 s until `node`'s log says `what` more than `before` times.
+fn wait_for_log(swarm: &Swarm, i: usize, what: &str, before: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while swarm.nodes[i].daemon.log().matches(what).count() <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {i} never logged {what:?}\n{}",
+            swarm.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn after_the_whole_cluster_restarts_peers_offer_what_they_stored_before() {
+    // Node 0 is the seed. Node 1 downloads a file, then the scheduler, the seed and node 1
+    // all restart: nothing in memory knows who holds the file. The seed's and node 1's stores
+    // are offered again (the seed's announcement records the piece digests), then the seed and
+    // the origin go away: node 2 can only get the file from node 1's store.
+    let mut swarm = Swarm::start_with_seeds(1, 3, "").expect("swarm");
+    let img = fixtures::large().expect("fixture");
+    swarm.publish("large", &img).expect("publish");
+    let digest = img.layers[1].clone();
+    let url = format!("http://{}/v2/large/blobs/{digest}", swarm.registry.addr);
+    let want = std::fs::read(swarm.registry.blob_path(&digest)).unwrap();
+    let out = swarm.path().join("file-1");
+    let r = dfctl_get(&swarm.nodes[1], &url, &out, &digest);
+    assert!(r.is_ok(), "dfctl get on node 1: {r:?}\n{}", swarm.logs());
+    wait_for_log(&swarm, 0, "triggered download complete and verified", 0);
+
+    let offered = "blobs held before the restart are offered to the swarm again";
+    let announced = "announced pieces already held";
+    let before: Vec<usize> = [0, 1]
+        .map(|i| swarm.nodes[i].daemon.log().matches(announced).count())
+        .to_vec();
+    swarm.scheduler.restart().expect("scheduler restart");
+    for i in [0, 1] {
+        swarm.nodes[i].daemon.restart().expect("daemon restart");
+        wait_for_log(&swarm, i, offered, 0);
+        wait_for_log(&swarm, i, announced, before[i]);
+    }
+    swarm.nodes[0].daemon.kill9();
+    swarm.registry.stop();
+
+    let out = swarm.path().join("file-2");
+    let r = dfctl_get(&swarm.nodes[2], &url, &out, &digest);
+    assert!(r.is_ok(), "dfctl get on node 2: {r:?}\n{}", swarm.logs());
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "node 2 wrote wrong bytes"
+    );
+    let from_peers = swarm.nodes[2].metric("dragonfly_snapshotter_p2p_bytes_total", "peer");
+    assert!(
+        from_peers >= want.len() as f64,
+        "{from_peers}\n{}",
+        swarm.logs()
+    );
+}

@@ -311,7 +311,6 @@ async fn start_swarm(
     let pool = SchedulerPool::new(&config.p2p, port, seed, &membership)
         .await
         .map_err(|e| anyhow::anyhow!("cannot set up P2P: {e}"))?;
-    tokio::spawn(pool.clone().keepalive_loop());
     if config.p2p.schedulers.is_empty() {
         tokio::spawn(crate::p2p::dynconfig::run(
             pool.clone(),
@@ -326,6 +325,9 @@ async fn start_swarm(
         parallel: config.p2p.parallel_parents,
     });
     let swarm = Swarm::new(store.clone(), Some(p2p), origins, metrics.clone());
+    // Before the first announcement, which registers them.
+    crate::p2p::restored::offer_restored(&swarm);
+    tokio::spawn(pool.clone().keepalive_loop());
     // Every peer takes triggered downloads: seeds for first downloads, all for preheat jobs.
     let downloader = Some(TriggeredDownloads::new(swarm.clone()));
     let service = PeerService::new(

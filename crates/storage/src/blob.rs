@@ -271,6 +271,10 @@ impl BlobInner {
         true
     }
 
+    pub(crate) fn has_source(&self) -> bool {
+        self.source.lock().expect("source lock").is_some()
+    }
+
     /// The source, or an error saying the blob has none yet.
     fn current_source(&self) -> Result<Arc<dyn RangeSource>, SourceError> {
         self.source
@@ -892,6 +896,20 @@ impl Blob {
             return false;
         }
         range.is_empty() || self.inner.lock().have.has_all(self.inner.pieces_of(&range))
+    }
+
+    /// What the complete blob must hash to, when known: its name for a blob, the digest a
+    /// request gave for a file.
+    pub fn content_digest(&self) -> Option<String> {
+        self.inner.expected_digest()
+    }
+
+    /// Whether the blob has a source whose origin is not known (one attached to a blob loaded
+    /// from disk before any request named its origin): the next request that opens the blob
+    /// should hand its origin over with [`Blob::refresh_origin`].
+    pub fn origin_unknown(&self) -> bool {
+        let source = self.inner.source.lock().expect("source lock");
+        source.as_ref().is_some_and(|s| !s.origin_known())
     }
 
     /// An explicit refresh of where the blob's missing pieces come from (new credentials, a

@@ -794,3 +794,68 @@ async fn a_file_is_checked_against_the_content_digest_a_request_gives() {
         .unwrap();
     assert!(oci.expect_digest(&good).is_ok() && oci.expect_digest(&wrong).is_err());
 }
+
+/// After a restart, the blobs that hold pieces and that no request opened yet are the ones
+/// without a source; a source that does not know its origin says so until a refresh.
+#[tokio::test]
+async fn reloaded_blobs_are_listed_until_a_source_is_attached_and_an_unknown_origin_shows() {
+    struct NoOrigin;
+    impl crate::RangeSource for NoOrigin {
+        fn fetch(
+            &self,
+            _range: Range<u64>,
+            _priority: Priority,
+        ) -> futures::future::BoxFuture<'static, Result<bytes::Bytes, crate::SourceError>> {
+            Box::pin(async { Err(crate::SourceError::new("no origin".into(), false)) })
+        }
+        fn origin_known(&self) -> bool {
+            false
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = bytes(3 * PL as usize, 21);
+    let (held, empty) = (
+        MemSource::new(data.clone()),
+        MemSource::new(bytes(PL as usize, 22)),
+    );
+    let size = data.len() as u64;
+    {
+        let s = store(dir.path()).await;
+        let blob = s
+            .blob(&held.digest(), size, Arc::new(held.clone()))
+            .unwrap();
+        blob.read(0..1, Priority::OnDemand).await.unwrap();
+        s.blob(&empty.digest(), PL as u64, Arc::new(empty.clone()))
+            .unwrap();
+        assert!(s.without_source().is_empty(), "both have sources");
+        s.flush().await.unwrap();
+    }
+    let s = store(dir.path()).await;
+    let listed: Vec<String> = s
+        .without_source()
+        .iter()
+        .map(|b| b.digest().to_owned())
+        .collect();
+    assert_eq!(listed, vec![held.digest()], "only the blob with pieces");
+    let blob = s
+        .open_blob(&held.digest(), size, PL, || Arc::new(NoOrigin))
+        .unwrap();
+    assert!(s.without_source().is_empty());
+    assert!(blob.origin_unknown());
+    assert_eq!(blob.content_digest(), Some(held.digest()));
+    // Present pieces read without a source; a missing one says why it cannot come.
+    assert_eq!(
+        blob.read(0..1, Priority::OnDemand).await.unwrap(),
+        data[..1]
+    );
+    let e = blob
+        .read(2 * PL as u64..2 * PL as u64 + 1, Priority::OnDemand)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no origin"), "{e}");
+    blob.refresh_origin(Arc::new(held.clone()));
+    assert!(!blob.origin_unknown());
+    blob.read(2 * PL as u64..2 * PL as u64 + 1, Priority::OnDemand)
+        .await
+        .unwrap();
+}

@@ -88,4 +88,10 @@ pub trait RangeSource: Send + Sync + 'static {
     fn swap_origin(&self, _origin: Arc<dyn RangeSource>) -> bool {
         false
     }
+
+    /// False for a source that does not know its blob's origin yet (see
+    /// [`crate::Blob::origin_unknown`]).
+    fn origin_known(&self) -> bool {
+        true
+    }
 }

@@ -342,6 +342,17 @@ impl PieceStore {
         blobs.get(digest).map(|b| Blob::from_inner(b.clone()))
     }
 
+    /// The blobs that hold pieces but have no source yet: those loaded from disk that no
+    /// request has opened since (what this peer can offer the swarm after a restart).
+    pub fn without_source(&self) -> Vec<Blob> {
+        let blobs = self.inner.blobs.lock().expect("store lock");
+        blobs
+            .values()
+            .filter(|b| !b.has_source() && b.present_bytes() > 0)
+            .map(|b| Blob::from_inner(b.clone()))
+            .collect()
+    }
+
     /// The piece length `digest` has (if stored) or will get.
     pub fn piece_length_of(&self, digest: &str) -> u32 {
         self.piece_length_for(digest, false)

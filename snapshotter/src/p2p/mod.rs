@@ -9,6 +9,7 @@ mod piece_order;
 pub mod piece_server;
 pub mod piece_wire;
 pub mod ratelimit;
+pub mod restored;
 pub mod schedulers;
 pub mod source;
 pub mod swarm;

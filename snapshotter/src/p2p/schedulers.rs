@@ -92,7 +92,14 @@ pub struct SchedulerPool {
     pub active_uploads: Arc<AtomicU32>,
     /// Blob sources to register again when a scheduler forgets this host.
     sources: Mutex<Vec<Weak<PeerSource>>>,
+    /// Some scheduler took this host's announcement since the daemon started.
+    announced_once: AtomicBool,
+    /// Re-announcements of held pieces running at once (each reads and hashes its blob).
+    pub(super) rehash: Arc<tokio::sync::Semaphore>,
 }
+
+/// Blobs read and hashed at once to announce the pieces they hold.
+const REHASH_AT_ONCE: usize = 2;
 
 /// Where this host's traffic goes first: the first scheduler, or the manager.
 pub fn towards(config: &P2pConfig) -> Result<String, PoolError> {
@@ -173,6 +180,8 @@ impl SchedulerPool {
             dialer: dialer.clone(),
             active_uploads: Arc::new(AtomicU32::new(0)),
             sources: Mutex::new(Vec::new()),
+            announced_once: AtomicBool::new(false),
+            rehash: Arc::new(tokio::sync::Semaphore::new(REHASH_AT_ONCE)),
         }))
     }
 
@@ -192,6 +201,9 @@ impl SchedulerPool {
             .iter()
             .filter_map(Weak::upgrade)
             .collect();
+        if live.is_empty() {
+            return;
+        }
         tracing::info!(
             sources = live.len(),
             "registering blobs again with the scheduler"
@@ -336,8 +348,11 @@ impl SchedulerPool {
                         Ok(secs) => {
                             interval = Duration::from_secs(u64::from(secs));
                             m.announced.store(true, Ordering::Relaxed);
-                            if m.ever.swap(true, Ordering::Relaxed) {
-                                // The scheduler lost this host (restart or expiry).
+                            let forgot = m.ever.swap(true, Ordering::Relaxed);
+                            let first = !self.announced_once.swap(true, Ordering::Relaxed);
+                            if forgot || first {
+                                // The scheduler lost this host (restart or expiry), or this
+                                // daemon just started with blobs from before its restart.
                                 self.reregister_all();
                             }
                             *m.down_until.lock().expect("down lock") = None;

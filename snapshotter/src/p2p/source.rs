@@ -243,6 +243,10 @@ impl PeerSource {
         }
         let me = self.clone();
         tokio::spawn(async move {
+            // A daemon restarted with many blobs reads them a few at a time.
+            let Ok(_permit) = me.pool.rehash.clone().acquire_owned().await else {
+                return;
+            };
             let pl = u64::from(me.task.piece_length);
             let count = me.task.content_length.div_ceil(pl) as u32;
             let mut reports = Vec::new();
@@ -859,6 +863,10 @@ impl RangeSource for SharedPeerSource {
     fn swap_origin(&self, origin: Arc<dyn RangeSource>) -> bool {
         *self.0.origin.lock().expect("origin lock") = origin;
         true
+    }
+
+    fn origin_known(&self) -> bool {
+        self.0.origin().origin_known()
     }
 }
 

@@ -7,7 +7,8 @@
 //! `pieceLength`), else the swarm's (so this peer can exchange pieces with it), else the
 //! store's default. A blob's source — the swarm's parents in front of its origin when P2P is
 //! on, else the origin — is attached when the blob first needs one and replaced only by an
-//! explicit refresh (a request that brings its own credentials or signed URL).
+//! explicit refresh (a request that brings its own credentials or signed URL), or by the first
+//! request that names the origin of a blob offered to the swarm after a restart.
 
 use std::sync::Arc;
 
@@ -98,7 +99,9 @@ impl Swarm {
                 source,
             })?;
         }
-        if existed && spec.refresh {
+        // A blob offered to the swarm after a restart learns its origin from the first
+        // request that names it.
+        if existed && (spec.refresh || blob.origin_unknown()) {
             blob.refresh_origin(origin.source());
         }
         Ok(blob)
@@ -155,6 +158,16 @@ impl Swarm {
             },
             origin_headers: Default::default(),
         };
+        self.peer_source(p2p, task, origin)
+    }
+
+    /// `task`'s parents in front of `origin`.
+    pub(super) fn peer_source(
+        &self,
+        p2p: &P2p,
+        task: pb::Task,
+        origin: Arc<dyn RangeSource>,
+    ) -> Arc<dyn RangeSource> {
         Arc::new(SharedPeerSource(PeerSource::new(
             p2p,
             self.store.clone(),
