@@ -14,6 +14,7 @@ use dragonfly_membership::Role;
 use dragonfly_proto::scheduler as pb;
 use dragonfly_proto::scheduler::scheduler_client::SchedulerClient;
 use dragonfly_runtime::grpc::{member_channel, BadAddress, Timeouts};
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
@@ -100,6 +101,8 @@ pub struct SchedulerPool {
 
 /// Blobs read and hashed at once to announce the pieces they hold.
 const REHASH_AT_ONCE: usize = 2;
+/// Registrations sent at once when every blob registers again.
+const REGISTER_AT_ONCE: usize = 16;
 
 /// Where this host's traffic goes first: the first scheduler, or the manager.
 pub fn towards(config: &P2pConfig) -> Result<String, PoolError> {
@@ -208,12 +211,17 @@ impl SchedulerPool {
             sources = live.len(),
             "registering blobs again with the scheduler"
         );
-        for s in live {
+        for s in &live {
             s.forget_registration();
-            tokio::spawn(async move {
-                s.registered().await;
-            });
         }
+        // A daemon holding thousands of blobs does not ask the scheduler thousands of times
+        // at once.
+        tokio::spawn(futures::stream::iter(live).for_each_concurrent(
+            REGISTER_AT_ONCE,
+            |s| async move {
+                s.registered().await;
+            },
+        ));
     }
 
     /// The content length and piece length the task's scheduler knows for `task`, if any.
