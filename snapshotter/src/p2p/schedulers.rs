@@ -192,7 +192,11 @@ impl SchedulerPool {
     /// scheduler forgot this host.
     pub fn track(&self, source: &Arc<PeerSource>) {
         let mut sources = self.sources.lock().expect("sources lock");
-        sources.retain(|s| s.strong_count() > 0);
+        // Dropped sources are pruned each time the list reaches a power of two: amortised
+        // constant work per source, even for thousands of blobs offered after a restart.
+        if sources.len().is_power_of_two() {
+            sources.retain(|s| s.strong_count() > 0);
+        }
         sources.push(Arc::downgrade(source));
     }
 
