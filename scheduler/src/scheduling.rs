@@ -310,7 +310,9 @@ fn decide_without_parents(
             }
         }
         SeedStatus::Failed { at } if now.duration_since(at) < seed_wait => {}
-        SeedStatus::None | SeedStatus::Failed { .. } => {
+        // A task no peer has named a URL for (registered only by peers that restarted with
+        // it stored) cannot be fetched by a seed: the asker goes to the origin it knows.
+        SeedStatus::None | SeedStatus::Failed { .. } if !t.url.is_empty() => {
             let seeds = state.seed_hosts();
             if let Some(seed) = pick_seed(&t.id, seeds.iter().filter(|h| h.id != *ask.host)) {
                 t.seed = SeedStatus::Triggered {
@@ -329,6 +331,7 @@ fn decide_without_parents(
                 return (answer, trigger);
             }
         }
+        SeedStatus::None | SeedStatus::Failed { .. } => {}
     }
     if t.back_to_source_peers() >= cfg.back_to_source_limit {
         return (
@@ -589,6 +592,28 @@ mod tests {
         let (r, _) = ask(&s, &cfg, "pa", &[0]);
         assert_eq!(decision(&r), pb::Decision::Parents);
         assert_eq!(r.parents[0].peer_id, "pseed");
+    }
+
+    /// A task registered without a URL (by a peer offering what it stored before a restart)
+    /// triggers no seed; once a peer names the URL, the next asker's does.
+    #[test]
+    fn a_task_without_a_url_triggers_no_seed_until_a_peer_names_one() {
+        let s = State::default();
+        s.announce_host(1000, &host("a", false, "")).unwrap();
+        s.announce_host(1000, &host("b", false, "")).unwrap();
+        s.announce_host(1000, &host("seed", true, "")).unwrap();
+        let stored = pb::Task {
+            url: String::new(),
+            ..task()
+        };
+        s.register_peer("a", "pa", &stored).unwrap();
+        let cfg = SchedulingConfig::default();
+        let (r, trig) = ask(&s, &cfg, "pa", &[0]);
+        assert!(trig.is_none(), "a seed cannot fetch a task without a URL");
+        assert_eq!(decision(&r), pb::Decision::BackToSource);
+        s.register_peer("b", "pb", &task()).unwrap();
+        let (_, trig) = ask(&s, &cfg, "pb", &[1]);
+        assert_eq!(trig.expect("a seed trigger").task.url, task().url);
     }
 
     #[test]
