@@ -579,40 +579,13 @@ fn after_a_scheduler_restart_peers_announce_what_they_hold_again() {
     );
     assert!(ok && out.contains(&want), "{out}");
     // The seed's fills end, so the registry's count below is node 2's alone.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while swarm.nodes[0]
-        .daemon
-        .log()
-        .matches("triggered download complete and verified")
-        .count()
-        < layers.len()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the seed did not finish its fills\n{}",
-            swarm.logs()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let fill = "triggered download complete and verified";
+    wait_for_log(&swarm, 0, fill, layers.len(), 60);
     swarm.scheduler.restart().expect("scheduler restart");
     // The seed and node 1 notice at their next keepalive (1 s), announce again and re-report
     // their pieces, once per layer they hold pieces of.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     for i in [0, 1] {
-        while swarm.nodes[i]
-            .daemon
-            .log()
-            .matches("announced pieces already held")
-            .count()
-            < layers.len()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "node {i} did not re-announce\n{}",
-                swarm.logs()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
+        wait_for_log(&swarm, i, "announced pieces already held", layers.len(), 15);
     }
     let before: u64 = layers.iter().map(|d| swarm.registry.bytes_sent(d)).sum();
     let b = &swarm.nodes[2];
@@ -761,10 +734,10 @@ fn dfctl_get_downloads_a_file_through_the_swarm() {
     assert!(r.is_err() && !out.exists(), "{r:?}");
 }
 
-/// Waits up to 30 s until `node`'s log says `what` more than `before` times.
-fn wait_for_log(swarm: &Swarm, i: usize, what: &str, before: usize) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while swarm.nodes[i].daemon.log().matches(what).count() <= before {
+/// Waits up to `secs` until node `i`'s log says `what` at least `times` times.
+fn wait_for_log(swarm: &Swarm, i: usize, what: &str, times: usize, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while swarm.nodes[i].daemon.log().matches(what).count() < times {
         assert!(
             std::time::Instant::now() < deadline,
             "node {i} never logged {what:?}\n{}",
@@ -789,7 +762,7 @@ fn after_the_whole_cluster_restarts_peers_offer_what_they_stored_before() {
     let out = swarm.path().join("file-1");
     let r = dfctl_get(&swarm.nodes[1], &url, &out, &digest);
     assert!(r.is_ok(), "dfctl get on node 1: {r:?}\n{}", swarm.logs());
-    wait_for_log(&swarm, 0, "triggered download complete and verified", 0);
+    wait_for_log(&swarm, 0, "triggered download complete and verified", 1, 30);
 
     let offered = "blobs held before the restart are offered to the swarm again";
     let announced = "announced pieces already held";
@@ -799,8 +772,8 @@ fn after_the_whole_cluster_restarts_peers_offer_what_they_stored_before() {
     swarm.scheduler.restart().expect("scheduler restart");
     for i in [0, 1] {
         swarm.nodes[i].daemon.restart().expect("daemon restart");
-        wait_for_log(&swarm, i, offered, 0);
-        wait_for_log(&swarm, i, announced, before[i]);
+        wait_for_log(&swarm, i, offered, 1, 30);
+        wait_for_log(&swarm, i, announced, before[i] + 1, 30);
     }
     swarm.nodes[0].daemon.kill9();
     swarm.registry.stop();
