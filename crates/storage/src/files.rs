@@ -59,6 +59,26 @@ pub(crate) struct BlobFiles {
     data: File,
 }
 
+/// `len` bytes of `file` at `offset`, read straight into a fresh buffer's spare capacity (a
+/// served piece is not zeroed first, then overwritten). Fails with `UnexpectedEof` where the
+/// file is shorter.
+fn read_exact_at(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    buf.reserve_exact(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The allocator may have given more room than asked, and a read may have filled it.
+    buf.truncate(len);
+    Ok(buf)
+}
+
 /// Replaces `path` with `bytes` (a temporary file renamed into place), synced first if `sync`.
 fn write_atomically(path: &Path, bytes: &[u8], sync: bool) -> Result<(), StoreError> {
     let tmp = path.with_extension("tmp");
@@ -194,14 +214,10 @@ impl BlobFiles {
 
     /// Reads `len` bytes at `offset`.
     pub(crate) fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
-        let mut buf = vec![0; len];
-        self.data
-            .read_exact_at(&mut buf, offset)
-            .map_err(StoreError::io(
-                "cannot read blob data",
-                self.dir.join("data"),
-            ))?;
-        Ok(buf)
+        read_exact_at(&self.data, offset, len).map_err(StoreError::io(
+            "cannot read blob data",
+            self.dir.join("data"),
+        ))
     }
 
     /// Saves `bitmap` as the synced one: every piece it names must be synced already.
@@ -253,6 +269,20 @@ impl BlobFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_give_exactly_the_range_and_a_range_past_the_end_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let bytes: Vec<u8> = (0..100u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        assert_eq!(read_exact_at(&file, 10, 50).unwrap(), &bytes[10..60]);
+        assert_eq!(read_exact_at(&file, 0, 100).unwrap(), bytes);
+        assert!(read_exact_at(&file, 100, 0).unwrap().is_empty());
+        let err = read_exact_at(&file, 90, 20).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
 
     fn bits(pieces: &[u32]) -> Bitmap {
         let mut b = Bitmap::empty(8);

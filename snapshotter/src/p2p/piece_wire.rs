@@ -16,7 +16,7 @@
 
 use std::io;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// First bytes of a plain request.
@@ -207,8 +207,15 @@ pub async fn read_response<R: AsyncRead + Unpin>(
             "response of {len} bytes is longer than the {max} expected"
         )));
     }
-    let mut buf = BytesMut::zeroed(len);
-    r.read_exact(&mut buf).await?;
+    // Read into spare capacity: a piece is not zeroed first, then overwritten.
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let want = len - buf.len();
+        let mut rest = (&mut buf).limit(want);
+        if r.read_buf(&mut rest).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
     Ok((status, buf.freeze()))
 }
 
@@ -288,5 +295,30 @@ mod tests {
         assert!(read_response(&mut &buf[..], 10).await.is_err());
         buf[0] = 9;
         assert!(read_response(&mut &buf[..], 100).await.is_err());
+    }
+
+    /// A payload that arrives a few bytes at a time is put together exactly, the answer after
+    /// it is untouched, and one cut short is an unexpected end, not a short piece.
+    #[tokio::test]
+    async fn responses_arriving_in_small_reads_are_whole_and_a_cut_one_is_refused() {
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let mut wire = Vec::new();
+        write_response(&mut wire, WireStatus::Ok, &payload)
+            .await
+            .unwrap();
+        write_response(&mut wire, WireStatus::Ok, b"next")
+            .await
+            .unwrap();
+        let (mut w, mut r) = tokio::io::duplex(7);
+        let sent = wire.clone();
+        tokio::spawn(async move { w.write_all(&sent).await.unwrap() });
+        let (s, d) = read_response(&mut r, 8192).await.unwrap();
+        assert_eq!((s, &d[..]), (WireStatus::Ok, &payload[..]));
+        let (_, d) = read_response(&mut r, 8192).await.unwrap();
+        assert_eq!(&d[..], b"next");
+
+        let cut = &wire[..wire.len() / 2];
+        let err = read_response(&mut &cut[..], 8192).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }
