@@ -152,6 +152,7 @@ fn a_cluster_of_members_pulls_and_strangers_and_rogue_members_change_nothing() {
                 code(
                     s.announce_host(pb::AnnounceHostRequest {
                         protocol: pb::PROTOCOL,
+                        fresh_start: false,
                         host: Some(host),
                     })
                     .await
@@ -249,6 +250,7 @@ async fn strangers_are_unauthenticated(swarm: &Swarm, fingerprint: &str, peer_ad
             code(
                 s.announce_host(pb::AnnounceHostRequest {
                     protocol: pb::PROTOCOL,
+                    fresh_start: false,
                     host: Some(host),
                 })
                 .await,

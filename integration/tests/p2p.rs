@@ -240,6 +240,7 @@ mod corrupt_parent {
                 .unwrap();
             c.announce_host(pb::AnnounceHostRequest {
                 protocol: pb::PROTOCOL,
+                fresh_start: false,
                 host: Some(pb::Host {
                     id: "liar".into(),
                     hostname: "liar".into(),
@@ -791,4 +792,54 @@ fn after_the_whole_cluster_restarts_peers_offer_what_they_stored_before() {
         "{from_peers}\n{}",
         swarm.logs()
     );
+}
+
+#[test]
+fn a_daemon_restarted_under_a_running_scheduler_stays_one_peer_of_its_task() {
+    use dragonfly_proto::scheduler as pb;
+    use dragonfly_proto::scheduler::scheduler_client::SchedulerClient;
+    // Node 0 is the seed. Node 1 downloads a file, then its daemon restarts twice while the
+    // scheduler runs on. Each new process announces a fresh start, which drops the peer of
+    // the old one: the task lists node 1 once, holding the whole file (before, each restart
+    // left one more peer behind, counted against the task's peer limit).
+    let mut swarm = Swarm::start_with_seeds(1, 2, "").expect("swarm");
+    let img = fixtures::large().expect("fixture");
+    swarm.publish("large", &img).expect("publish");
+    let digest = img.layers[1].clone();
+    let url = format!("http://{}/v2/large/blobs/{digest}", swarm.registry.addr);
+    let size = std::fs::metadata(swarm.registry.blob_path(&digest))
+        .unwrap()
+        .len();
+    let r = dfctl_get(&swarm.nodes[1], &url, &swarm.path().join("f"), &digest);
+    assert!(r.is_ok(), "dfctl get on node 1: {r:?}\n{}", swarm.logs());
+    let announced = "announced pieces already held";
+    for times in 1..=2 {
+        swarm.nodes[1].daemon.restart().expect("daemon restart");
+        wait_for_log(&swarm, 1, announced, times, 30);
+    }
+    let log = swarm.nodes[1].daemon.log();
+    let line = log.lines().find(|l| l.contains(announced)).unwrap();
+    let task_id = regex::Regex::new("(?:task|sha256):[0-9a-f]{64}")
+        .unwrap()
+        .find(line)
+        .unwrap_or_else(|| panic!("no task ID in {line:?}"))
+        .as_str()
+        .to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let got = rt.block_on(async {
+        let mut c = SchedulerClient::connect(format!("http://{}", swarm.scheduler.addr))
+            .await
+            .unwrap();
+        c.get_task(pb::GetTaskRequest { task_id })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    let node: Vec<_> = got
+        .peers
+        .iter()
+        .filter(|p| p.host_type != pb::HostType::Seed as i32)
+        .collect();
+    assert_eq!(node.len(), 1, "{got:?}\n{}", swarm.logs());
+    assert_eq!(node[0].present_bytes, size, "{got:?}");
 }

@@ -74,6 +74,12 @@ impl Scheduler for SchedulerService {
         self.state
             .announce_host(r.protocol, &host)
             .map_err(status)?;
+        if r.fresh_start {
+            let dropped = self.state.drop_peers_of(&host.id);
+            if dropped > 0 {
+                tracing::info!(host = %host.id, dropped, "host started anew: the peers it registered before are dropped");
+            }
+        }
         tracing::debug!(host = %host.id, seed = host.r#type == pb::HostType::Seed as i32, "host announced");
         Ok(Response::new(pb::AnnounceHostResponse {
             protocol: pb::PROTOCOL,

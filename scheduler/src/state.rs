@@ -453,8 +453,13 @@ impl State {
     /// Removes a host and its peers from every task.
     pub fn leave_host(&self, host: &str) {
         self.hosts.write().expect("hosts lock").remove(host);
-        let tasks = self.all_tasks();
-        for t in tasks {
+        self.drop_peers_of(host);
+    }
+
+    /// Removes every peer of `host` from every task (the host stays); how many there were.
+    pub fn drop_peers_of(&self, host: &str) -> usize {
+        let mut dropped = 0;
+        for t in self.all_tasks() {
             let mut t = t.lock().expect("task lock");
             let gone: Vec<Arc<str>> = t
                 .peers
@@ -462,10 +467,12 @@ impl State {
                 .filter(|p| &*p.host_id == host)
                 .map(|p| p.id.clone())
                 .collect();
+            dropped += gone.len();
             for p in gone {
                 t.remove_peer(&p);
             }
         }
+        dropped
     }
 
     /// Registers a peer for a task (creating the task); returns (content_length, piece_length).

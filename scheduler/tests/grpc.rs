@@ -80,6 +80,7 @@ async fn start_with(
 fn host(id: &str, port: u32, seed: bool) -> pb::AnnounceHostRequest {
     pb::AnnounceHostRequest {
         protocol: pb::PROTOCOL,
+        fresh_start: false,
         host: Some(pb::Host {
             id: id.into(),
             hostname: id.into(),
@@ -315,6 +316,7 @@ async fn malformed_requests_get_grpc_errors_and_the_scheduler_lives_on() {
     let e = c
         .announce_host(pb::AnnounceHostRequest {
             protocol: pb::PROTOCOL,
+            fresh_start: false,
             host: None,
         })
         .await
@@ -632,6 +634,61 @@ async fn get_task_names_the_holders_and_delete_task_evicts_them_everywhere() {
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}: {e:?}");
     }
+}
+
+/// A daemon that restarts announces a fresh start: the peers it registered in its old life
+/// leave every task (each restart would otherwise leave one more behind, counted against the
+/// task's peer limit and named as a parent); a plain re-announcement and other hosts' peers
+/// are untouched.
+#[tokio::test]
+async fn a_fresh_start_drops_the_hosts_old_peers_and_nobody_elses() {
+    let (_s, mut c) = start().await;
+    for h in ["n1", "n2"] {
+        c.announce_host(host(h, 4000, false)).await.unwrap();
+    }
+    let t = pb::Task {
+        id: format!("sha256:{}", "ab".repeat(32)),
+        ..task()
+    };
+    let register = |host: &str, peer: &str| pb::RegisterPeerRequest {
+        host_id: host.into(),
+        peer_id: peer.into(),
+        task: Some(t.clone()),
+    };
+    let report = |peer: &str, n: u32| pb::PieceFinished {
+        task_id: t.id.clone(),
+        ..report(peer, n, "")
+    };
+    let peers = |mut c: SchedulerClient<Channel>, task_id: String| async move {
+        let got = c
+            .get_task(pb::GetTaskRequest { task_id })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut ids: Vec<String> = got.peers.into_iter().map(|p| p.peer_id).collect();
+        ids.sort();
+        ids
+    };
+    c.register_peer(register("n1", "n1-old")).await.unwrap();
+    c.register_peer(register("n2", "n2-p")).await.unwrap();
+    c.report_pieces(tokio_stream::iter([report("n1-old", 0), report("n2-p", 1)]))
+        .await
+        .unwrap();
+    c.announce_host(host("n1", 4000, false)).await.unwrap();
+    assert_eq!(peers(c.clone(), t.id.clone()).await, ["n1-old", "n2-p"]);
+
+    let mut fresh = host("n1", 4000, false);
+    fresh.fresh_start = true;
+    c.announce_host(fresh).await.unwrap();
+    assert_eq!(peers(c.clone(), t.id.clone()).await, ["n2-p"]);
+    // The old peer is gone for good: its reports are refused, the new one's taken.
+    let e = c
+        .report_pieces(tokio_stream::iter([report("n1-old", 2)]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    c.register_peer(register("n1", "n1-new")).await.unwrap();
+    assert_eq!(peers(c.clone(), t.id.clone()).await, ["n1-new", "n2-p"]);
 }
 
 /// A client of `addr` with a `role` certificate for `id` from `ca`.

@@ -34,6 +34,10 @@ pub struct Member {
     announced: AtomicBool,
     /// It was announced to at least once (a later re-announce means it forgot us).
     ever: AtomicBool,
+    /// Held across an announcement: the first one of the daemon's life (a fresh start, which
+    /// drops the peers the scheduler kept from the old process) ends before any peer
+    /// registers with this scheduler.
+    announcing: tokio::sync::Mutex<()>,
 }
 
 /// A handle on the scheduler a call went to, for reporting it down.
@@ -80,6 +84,7 @@ fn member(addr: &str, what: &'static str, dialer: &Dialer) -> Result<Arc<Member>
         down_until: Mutex::new(None),
         announced: AtomicBool::new(false),
         ever: AtomicBool::new(false),
+        announcing: tokio::sync::Mutex::new(()),
     }))
 }
 
@@ -329,16 +334,46 @@ impl SchedulerPool {
 
     /// Announces this host to scheduler `m` now (e.g. when it says it does not know us).
     pub async fn announce_to(&self, m: &SchedulerRef) -> Result<u32, PoolError> {
-        self.announce(m).await
+        let _one = m.announcing.lock().await;
+        self.announce(m, false).await
     }
 
-    async fn announce(&self, m: &Member) -> Result<u32, PoolError> {
+    /// Before a peer registers with `m`: this daemon's first announcement to it is done (see
+    /// [`Member::announcing`]).
+    pub async fn ensure_announced(&self, m: &SchedulerRef) -> Result<(), PoolError> {
+        if m.ever.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.announce_and_resync(m).await.map(|_| ())
+    }
+
+    /// Announces to `m` (a fresh start the first time in this daemon's life) and, when the
+    /// scheduler had lost this host or this daemon just started, registers every blob again.
+    async fn announce_and_resync(&self, m: &Member) -> Result<u32, PoolError> {
+        let _one = m.announcing.lock().await;
+        let fresh = !m.ever.load(Ordering::Acquire);
+        let secs = self.announce(m, fresh).await?;
+        m.announced.store(true, Ordering::Relaxed);
+        let forgot = m.ever.swap(true, Ordering::AcqRel);
+        let first = !self.announced_once.swap(true, Ordering::Relaxed);
+        if forgot || first {
+            // The scheduler lost this host (restart or expiry), or this daemon just started
+            // with blobs from before its restart.
+            self.reregister_all();
+        }
+        *m.down_until.lock().expect("down lock") = None;
+        tracing::info!(scheduler = %m.addr, host = %self.host.id, fresh, "announced to scheduler");
+        Ok(secs)
+    }
+
+    async fn announce(&self, m: &Member, fresh_start: bool) -> Result<u32, PoolError> {
         let r = m
             .client
             .clone()
             .announce_host(pb::AnnounceHostRequest {
                 protocol: pb::PROTOCOL,
                 host: Some(self.host.clone()),
+                fresh_start,
             })
             .await
             .map_err(|source| PoolError::Announce {
@@ -356,20 +391,8 @@ impl SchedulerPool {
             let members: Vec<Arc<Member>> = self.members.read().expect("members lock").clone();
             for m in &members {
                 if !m.announced.load(Ordering::Relaxed) {
-                    match self.announce(m).await {
-                        Ok(secs) => {
-                            interval = Duration::from_secs(u64::from(secs));
-                            m.announced.store(true, Ordering::Relaxed);
-                            let forgot = m.ever.swap(true, Ordering::Relaxed);
-                            let first = !self.announced_once.swap(true, Ordering::Relaxed);
-                            if forgot || first {
-                                // The scheduler lost this host (restart or expiry), or this
-                                // daemon just started with blobs from before its restart.
-                                self.reregister_all();
-                            }
-                            *m.down_until.lock().expect("down lock") = None;
-                            tracing::info!(scheduler = %m.addr, host = %self.host.id, "announced to scheduler");
-                        }
+                    match self.announce_and_resync(m).await {
+                        Ok(secs) => interval = Duration::from_secs(u64::from(secs)),
                         Err(e) => self.mark_down(m, &e.to_string()),
                     }
                     continue;

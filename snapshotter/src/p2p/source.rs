@@ -196,6 +196,10 @@ impl PeerSource {
         let Some((i, mut c)) = self.pool.for_task(&self.task.id) else {
             return false;
         };
+        if let Err(e) = self.pool.ensure_announced(&i).await {
+            self.pool.mark_down(&i, &e.to_string());
+            return false;
+        }
         let req = pb::RegisterPeerRequest {
             host_id: self.pool.host_id().to_owned(),
             peer_id: self.peer_id.clone(),
