@@ -153,6 +153,10 @@ struct StoreInner {
     dir: PathBuf,
     shared: Arc<Shared>,
     blobs: Mutex<HashMap<String, Arc<BlobInner>>>,
+    /// Held by an eviction pass: two at once (the background task and a caller) would each
+    /// see usage still over capacity while the other's victim is being removed, and evict
+    /// more than needed.
+    evicting: Mutex<()>,
 }
 
 impl Drop for StoreInner {
@@ -223,6 +227,7 @@ impl PieceStore {
                 dir: dir.to_owned(),
                 shared,
                 blobs: Mutex::new(loaded),
+                evicting: Mutex::new(()),
             }),
         };
         tokio::spawn(evict_loop(Arc::downgrade(&store.inner)));
@@ -458,9 +463,10 @@ impl PieceStore {
         std::fs::remove_dir_all(dir).map_err(StoreError::io("cannot remove blob", dir))
     }
 
-    /// Evicts least-recently-used blobs nobody holds until usage is within capacity. Returns
-    /// the bytes freed.
+    /// Evicts least-recently-used blobs nobody holds until usage is within capacity, one pass
+    /// at a time. Returns the bytes freed.
     pub fn evict_to_capacity(&self) -> u64 {
+        let _one = self.inner.evicting.lock().expect("eviction lock");
         let capacity = self.inner.shared.config.capacity_bytes;
         let mut freed = 0;
         while self.inner.shared.bytes_on_disk.load(Ordering::Relaxed) > capacity {
