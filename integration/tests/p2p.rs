@@ -748,17 +748,24 @@ fn wait_for_log(swarm: &Swarm, i: usize, what: &str, times: usize, secs: u64) {
     }
 }
 
+/// A swarm of a seed and `nodes` nodes with the large fixture published: the digest of its
+/// big layer and that layer's registry URL, fetched as a file (`dfctl get`).
+fn seeded_file_swarm(nodes: usize) -> (Swarm, String, String) {
+    let swarm = Swarm::start_with_seeds(1, nodes, "").expect("swarm");
+    let img = fixtures::large().expect("fixture");
+    swarm.publish("large", &img).expect("publish");
+    let digest = img.layers[1].clone();
+    let url = format!("http://{}/v2/large/blobs/{digest}", swarm.registry.addr);
+    (swarm, digest, url)
+}
+
 #[test]
 fn after_the_whole_cluster_restarts_peers_offer_what_they_stored_before() {
     // Node 0 is the seed. Node 1 downloads a file, then the scheduler, the seed and node 1
     // all restart: nothing in memory knows who holds the file. The seed's and node 1's stores
     // are offered again (the seed's announcement records the piece digests), then the seed and
     // the origin go away: node 2 can only get the file from node 1's store.
-    let mut swarm = Swarm::start_with_seeds(1, 3, "").expect("swarm");
-    let img = fixtures::large().expect("fixture");
-    swarm.publish("large", &img).expect("publish");
-    let digest = img.layers[1].clone();
-    let url = format!("http://{}/v2/large/blobs/{digest}", swarm.registry.addr);
+    let (mut swarm, digest, url) = seeded_file_swarm(3);
     let want = std::fs::read(swarm.registry.blob_path(&digest)).unwrap();
     let out = swarm.path().join("file-1");
     let r = dfctl_get(&swarm.nodes[1], &url, &out, &digest);
@@ -802,11 +809,7 @@ fn a_daemon_restarted_under_a_running_scheduler_stays_one_peer_of_its_task() {
     // scheduler runs on. Each new process announces a fresh start, which drops the peer of
     // the old one: the task lists node 1 once, holding the whole file (before, each restart
     // left one more peer behind, counted against the task's peer limit).
-    let mut swarm = Swarm::start_with_seeds(1, 2, "").expect("swarm");
-    let img = fixtures::large().expect("fixture");
-    swarm.publish("large", &img).expect("publish");
-    let digest = img.layers[1].clone();
-    let url = format!("http://{}/v2/large/blobs/{digest}", swarm.registry.addr);
+    let (mut swarm, digest, url) = seeded_file_swarm(2);
     let size = std::fs::metadata(swarm.registry.blob_path(&digest))
         .unwrap()
         .len();
