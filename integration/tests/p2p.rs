@@ -783,6 +783,9 @@ fn after_the_whole_cluster_restarts_peers_offer_what_they_stored_before() {
         wait_for_log(&swarm, i, offered, 1, 30);
         wait_for_log(&swarm, i, announced, before[i] + 1, 30);
     }
+    // Node 2 kept running: it asks the scheduler again once it has announced to the new
+    // process (a keepalive that hit the restart skips the scheduler for a few seconds).
+    wait_for_log(&swarm, 2, "announced to scheduler", 2, 30);
     swarm.nodes[0].daemon.kill9();
     swarm.registry.stop();
 
