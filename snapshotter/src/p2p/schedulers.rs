@@ -349,11 +349,16 @@ impl SchedulerPool {
 
     /// Announces to `m` (a fresh start the first time in this daemon's life) and, when the
     /// scheduler had lost this host or this daemon just started, registers every blob again.
-    async fn announce_and_resync(&self, m: &Member) -> Result<u32, PoolError> {
+    /// `None` when another caller announced while this one waited: callers that queue up
+    /// behind the first announcement do not repeat it (nor the re-registration of every blob).
+    async fn announce_and_resync(&self, m: &Member) -> Result<Option<u32>, PoolError> {
         let _one = m.announcing.lock().await;
+        if m.announced.load(Ordering::Acquire) {
+            return Ok(None);
+        }
         let fresh = !m.ever.load(Ordering::Acquire);
         let secs = self.announce(m, fresh).await?;
-        m.announced.store(true, Ordering::Relaxed);
+        m.announced.store(true, Ordering::Release);
         let forgot = m.ever.swap(true, Ordering::AcqRel);
         let first = !self.announced_once.swap(true, Ordering::Relaxed);
         if forgot || first {
@@ -363,7 +368,7 @@ impl SchedulerPool {
         }
         *m.down_until.lock().expect("down lock") = None;
         tracing::info!(scheduler = %m.addr, host = %self.host.id, fresh, "announced to scheduler");
-        Ok(secs)
+        Ok(Some(secs))
     }
 
     async fn announce(&self, m: &Member, fresh_start: bool) -> Result<u32, PoolError> {
@@ -392,7 +397,8 @@ impl SchedulerPool {
             for m in &members {
                 if !m.announced.load(Ordering::Relaxed) {
                     match self.announce_and_resync(m).await {
-                        Ok(secs) => interval = Duration::from_secs(u64::from(secs)),
+                        Ok(Some(secs)) => interval = Duration::from_secs(u64::from(secs)),
+                        Ok(None) => {}
                         Err(e) => self.mark_down(m, &e.to_string()),
                     }
                     continue;
